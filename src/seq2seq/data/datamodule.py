@@ -1,0 +1,367 @@
+"""The LightningDataModule serving parallel corpora (and document/summary pairs).
+
+``prepare_data`` (rank 0 only) materializes the corpus (generates the embedded one, or downloads),
+trains the sentencepiece tokenizer on the training split and tokenizes every split into an
+on-disk cache; ``setup`` (every rank) loads them. Training batches come from a token-budget,
+length-bucketed sampler; validation and test batches are sorted by length and carry each
+sentence's index so that outputs can be put back in corpus order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seq2seq.data.filtering import filter_pairs
+from seq2seq.data.sampler import TokenBudgetBatchSampler
+from seq2seq.data.sources import CorpusFormat, find_split, read_split
+from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.errors import DataError
+from seq2seq.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TokenizedSplit:
+    """A split's token ids as flat arrays with offsets (compact, fast to save and load)."""
+
+    src_flat: np.ndarray
+    src_offsets: np.ndarray
+    tgt_flat: np.ndarray
+    tgt_offsets: np.ndarray
+
+    @classmethod
+    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> TokenizedSplit:
+        def pack(seqs):
+            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+            offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
+            return flat, offsets
+
+        return cls(*pack(src), *pack(tgt))
+
+    def __len__(self) -> int:
+        return len(self.src_offsets) - 1
+
+    def src(self, i: int) -> np.ndarray:
+        return self.src_flat[self.src_offsets[i] : self.src_offsets[i + 1]]
+
+    def tgt(self, i: int) -> np.ndarray:
+        return self.tgt_flat[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.diff(self.src_offsets)
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.diff(self.tgt_offsets)
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenizedSplit:
+        with np.load(path) as data:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+class PairDataset(Dataset):
+    """Index -> (index, source ids, target ids), with optional per-side truncation."""
+
+    def __init__(self, data: TokenizedSplit, max_src_len: int | None = None, max_tgt_len: int | None = None):
+        self.data = data
+        self.max_src_len = max_src_len
+        self.max_tgt_len = max_tgt_len
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        src, tgt = self.data.src(i), self.data.tgt(i)
+        if self.max_src_len is not None and len(src) > self.max_src_len:
+            src = np.concatenate([src[: self.max_src_len - 1], [EOS_ID]])  # keep the final EOS
+        if self.max_tgt_len is not None:
+            tgt = tgt[: self.max_tgt_len]
+        return i, src, tgt
+
+
+def collate(items: list) -> dict[str, torch.Tensor]:
+    """Pad a list of (index, src, tgt) into the batch the LightningModule expects.
+
+    ``src`` (B, S) ends each sentence with EOS; ``tgt_in`` (B, T) = BOS + target and
+    ``tgt_out`` (B, T) = target + EOS (teacher forcing); ``index`` (B,) locates each sentence in
+    its split.
+    """
+    batch = len(items)
+    src_len = max(len(s) for _, s, _ in items)
+    tgt_len = max(len(t) for _, _, t in items) + 1
+    src = np.full((batch, src_len), PAD_ID, dtype=np.int64)
+    tgt_in = np.full((batch, tgt_len), PAD_ID, dtype=np.int64)
+    tgt_out = np.full((batch, tgt_len), PAD_ID, dtype=np.int64)
+    for row, (_, s, t) in enumerate(items):
+        src[row, : len(s)] = s
+        tgt_in[row, 0] = BOS_ID
+        tgt_in[row, 1 : len(t) + 1] = t
+        tgt_out[row, : len(t)] = t
+        tgt_out[row, len(t)] = EOS_ID
+    return {
+        "src": torch.from_numpy(src),
+        "tgt_in": torch.from_numpy(tgt_in),
+        "tgt_out": torch.from_numpy(tgt_out),
+        "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
+    }
+
+
+@dataclass
+class _Split:
+    src_text: list[str]
+    tgt_text: list[str]
+    files: str = ""
+
+
+@dataclass
+class SplitNames:
+    """Base names of each split's files; a list gives candidates, the first that exists wins."""
+
+    train: str | list[str] = "train"
+    val: str | list[str] = "val"
+    test: str | list[str] | None = field(default_factory=lambda: ["test"])
+
+
+class Seq2SeqDataModule(L.LightningDataModule):
+    """Parallel text for sequence-to-sequence training.
+
+    Args:
+        root: folder holding the corpus files.
+        src_lang, tgt_lang: file suffixes (``train.en``) or field names of the two sides.
+        splits: base names per split (see :class:`SplitNames`); test is optional.
+        format: ``lines`` | ``tsv`` | ``jsonl`` | ``hf``, with ``src_field``/``tgt_field`` etc.
+        generate: options of the embedded corpus (``seed``, ``sizes``), generated into ``root``.
+        download: name of a downloadable corpus (``multi30k``) fetched into ``root`` when missing.
+        vocab_size, joint_vocab, spm_model_type: the sentencepiece tokenizer.
+        max_tokens: token budget of a training batch, padding included (fairseq's ``--max-tokens``).
+        eval_max_tokens: the same for validation and test (default: 2 x max_tokens).
+        max_src_len, max_tgt_len, overlong, max_len_ratio: training-pair filtering.
+        cache_dir: where tokenizers and tokenized splits are cached.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        src_lang: str = "src",
+        tgt_lang: str = "tgt",
+        splits: dict | SplitNames | None = None,
+        format: str = "lines",
+        src_field: str | None = None,
+        tgt_field: str | None = None,
+        hf_path: str | None = None,
+        hf_name: str | None = None,
+        hf_data_files: dict | None = None,
+        generate: dict | None = None,
+        download: str | None = None,
+        vocab_size: int = 8000,
+        joint_vocab: bool = True,
+        spm_model_type: str = "unigram",
+        max_tokens: int = 4096,
+        max_sentences: int | None = None,
+        eval_max_tokens: int | None = None,
+        max_src_len: int = 256,
+        max_tgt_len: int = 256,
+        overlong: str = "drop",
+        max_len_ratio: float | None = None,
+        cache_dir: str = ".cache/seq2seq",
+        num_workers: int = 0,
+        seed: int = 1234,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
+        self.splits = splits if isinstance(splits, SplitNames) else SplitNames(**dict(splits or {}))
+        self.format = CorpusFormat(
+            format=format,
+            src_field=src_field or src_lang,
+            tgt_field=tgt_field or tgt_lang,
+            hf_path=hf_path,
+            hf_name=hf_name,
+            hf_data_files=dict(hf_data_files) if hf_data_files else None,
+        )
+        self.generate = dict(generate) if generate else None
+        self.download = download
+        self.vocab_size, self.joint_vocab, self.spm_model_type = vocab_size, joint_vocab, spm_model_type
+        self.max_tokens, self.max_sentences = max_tokens, max_sentences
+        self.eval_max_tokens = eval_max_tokens or 2 * max_tokens
+        self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
+        self.overlong, self.max_len_ratio = overlong, max_len_ratio
+        self.cache_dir = Path(cache_dir)
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, PairDataset] = {}
+        self._texts: dict[str, _Split] = {}
+        self.filter_counts: dict[str, int] = {}
+        self._train_sampler: TokenBudgetBatchSampler | None = None
+
+    # ------------------------------------------------------------------ reading
+    def _materialize(self) -> None:
+        if self.generate is not None:
+            from seq2seq.data.toy import write_corpus
+
+            write_corpus(self.root, **self.generate)
+        if self.download == "multi30k":
+            from seq2seq.data.download import download_multi30k
+
+            names = [n for name in (self.splits.train, self.splits.val, self.splits.test) if name
+                     for n in ([name] if isinstance(name, str) else name)]
+            if find_split(self.root, [names[0]], self.src_lang, self.tgt_lang, self.format) is None:
+                download_multi30k(self.root, langs=(self.src_lang, self.tgt_lang))
+        elif self.download:
+            raise DataError(f"data.download={self.download!r} is not a known corpus; use 'multi30k' or null")
+
+    def _read(self, split: str) -> _Split | None:
+        """The split's texts, or None for a missing optional (test) split."""
+        if split in self._texts:
+            return self._texts[split]
+        names = getattr(self.splits, split)
+        if names is None:
+            return None
+        candidates = [names] if isinstance(names, str) else list(names)
+        found = find_split(self.root, candidates, self.src_lang, self.tgt_lang, self.format)
+        if found is None and split == "test":
+            return None
+        # A required split that is missing: read_split raises with the expected paths.
+        src, tgt = read_split(self.root, found or candidates[0], self.src_lang, self.tgt_lang, self.format)
+        self._texts[split] = _Split(src, tgt, f"{self.root}/{found or candidates[0]}")
+        return self._texts[split]
+
+    # ------------------------------------------------------------------ preparation
+    def _tokenizer(self) -> Tokenizer:
+        train = self._read("train")
+        return Tokenizer.load_or_train(
+            self.cache_dir, train.src_text, train.tgt_text, self.vocab_size, self.joint_vocab, self.spm_model_type
+        )
+
+    def _cache_file(self, tokenizer: Tokenizer, split: _Split) -> Path:
+        key = hashlib.sha256()
+        for blob in tokenizer.state_dict().values():
+            key.update(blob or b"")
+        for text in (*split.src_text, "\x00", *split.tgt_text):
+            key.update(text.encode("utf-8", "surrogatepass"))
+            key.update(b"\n")
+        return self.cache_dir / f"ids-{key.hexdigest()[:24]}.npz"
+
+    def _tokenized(self, tokenizer: Tokenizer, split: _Split) -> TokenizedSplit:
+        path = self._cache_file(tokenizer, split)
+        if path.exists():
+            return TokenizedSplit.load(path)
+        data = TokenizedSplit.from_lists(tokenizer.encode_source(split.src_text), tokenizer.encode_target(split.tgt_text))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data.save(path)
+        return data
+
+    def prepare_data(self) -> None:
+        self._materialize()
+        tokenizer = self._tokenizer()
+        for split in SPLITS:
+            texts = self._read(split)
+            if texts is not None:
+                self._tokenized(tokenizer, texts)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if self.tokenizer is None:
+            self.tokenizer = self._tokenizer()
+        for split in SPLITS:
+            texts = self._read(split)
+            if texts is None:
+                log.warning("No test split found under %s (looked for %s); the run will not test.",
+                            self.root, self.splits.test)
+                continue
+            data = self._tokenized(self.tokenizer, texts)
+            if split == "train":
+                data = self._filter_train(data)
+                self.datasets[split] = PairDataset(data)
+            else:
+                # Every reference is scored; over-long sources are truncated rather than dropped.
+                self.datasets[split] = PairDataset(data, max_src_len=self.max_src_len + 1)
+
+    def _filter_train(self, data: TokenizedSplit) -> TokenizedSplit:
+        src = [data.src(i)[:-1].tolist() for i in range(len(data))]  # lengths without EOS
+        tgt = [data.tgt(i).tolist() for i in range(len(data))]
+        kept, counts, src, tgt = filter_pairs(
+            src, tgt, max_src_len=self.max_src_len, max_tgt_len=self.max_tgt_len,
+            overlong=self.overlong, max_len_ratio=self.max_len_ratio,
+        )
+        self.filter_counts = {**counts, "kept": len(kept), "total": len(data)}
+        if len(kept) < len(data) or counts.get("truncated"):
+            log.info("Training pairs filtered: %s", self.filter_counts)
+        if len(kept) == 0:
+            raise DataError(
+                f"every training pair under {self.root} was filtered out ({self.filter_counts}); "
+                "raise data.max_src_len / data.max_tgt_len or relax data.max_len_ratio"
+            )
+        return TokenizedSplit.from_lists([[*s, EOS_ID] for s in src], tgt)
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def has_test(self) -> bool:
+        return "test" in self.datasets
+
+    def references(self, split: str) -> list[str]:
+        """The split's raw target sentences (what BLEU is computed against)."""
+        return self._read(split).tgt_text
+
+    def sources(self, split: str) -> list[str]:
+        return self._read(split).src_text
+
+    def _sampler(self, data: TokenizedSplit, train: bool) -> TokenBudgetBatchSampler:
+        trainer = self.trainer
+        return TokenBudgetBatchSampler(
+            data.src_lengths,
+            data.tgt_lengths + 1,  # BOS/EOS
+            self.max_tokens if train else self.eval_max_tokens,
+            max_sentences=self.max_sentences if train else None,
+            shuffle=train,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = self._sampler(dataset.data, train)
+        if train:
+            self._train_sampler = sampler
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.has_test:
+            raise DataError(f"no test split under {self.root}; looked for {self.splits.test}")
+        return self._loader("test", train=False)

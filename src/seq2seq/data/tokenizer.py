@@ -1,0 +1,134 @@
+"""Subword tokenization with sentencepiece.
+
+A :class:`Tokenizer` holds one sentencepiece model (joint, for a shared vocabulary and tied
+embeddings) or two (one per side). Ids are fixed across the project: pad 0, unk 1, bos 2, eos 3.
+A tokenizer serializes to bytes (:meth:`Tokenizer.state_dict`), which is what checkpoints store so
+that a checkpoint alone can translate. Decoding inverts encoding, so metrics see real text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from seq2seq.utils.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+def train_sentencepiece(
+    texts: Iterable[str], vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0,
+    seed_sentences: int = 2_000_000,
+) -> bytes:
+    """Train a sentencepiece model on ``texts`` in memory; returns the serialized model."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        # Small corpora cannot fill a large vocabulary; take what they have instead of failing.
+        hard_vocab_limit=False,
+        input_sentence_size=seed_sentences,
+        shuffle_input_sentence=True,
+        num_threads=2,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+class Tokenizer:
+    """Source and target sentencepiece processors (the same one when ``joint``)."""
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, src_model: bytes, tgt_model: bytes | None = None):
+        self._src_bytes = src_model
+        self._tgt_bytes = tgt_model
+        self.src = spm.SentencePieceProcessor(model_proto=src_model)
+        self.tgt = self.src if tgt_model is None else spm.SentencePieceProcessor(model_proto=tgt_model)
+
+    @property
+    def joint(self) -> bool:
+        return self._tgt_bytes is None
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    @classmethod
+    def train(
+        cls, src_texts: Sequence[str], tgt_texts: Sequence[str], vocab_size: int, joint: bool = True,
+        model_type: str = "unigram",
+    ) -> Tokenizer:
+        """Train on the training split: one model over both sides, or one per side."""
+        if joint:
+            return cls(train_sentencepiece([*src_texts, *tgt_texts], vocab_size, model_type))
+        return cls(
+            train_sentencepiece(src_texts, vocab_size, model_type),
+            train_sentencepiece(tgt_texts, vocab_size, model_type),
+        )
+
+    @classmethod
+    def load_or_train(
+        cls, cache_dir: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str], vocab_size: int,
+        joint: bool = True, model_type: str = "unigram",
+    ) -> Tokenizer:
+        """Reuse a tokenizer trained on the same texts with the same options, or train and cache one."""
+        key = hashlib.sha256()
+        key.update(f"{vocab_size}|{joint}|{model_type}|{spm.__version__}".encode())
+        for text in (*src_texts, "\x00", *tgt_texts):
+            key.update(text.encode("utf-8", "surrogatepass"))
+            key.update(b"\n")
+        path = Path(cache_dir) / f"spm-{key.hexdigest()[:16]}"
+        src_file, tgt_file = path.with_suffix(".src.model"), path.with_suffix(".tgt.model")
+        if src_file.exists() and (joint or tgt_file.exists()):
+            log.info("Loading the cached sentencepiece model %s", src_file)
+            return cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes())
+        tok = cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(src_file, tok._src_bytes)
+        if not joint:
+            atomic_write_bytes(tgt_file, tok._tgt_bytes)
+        return tok
+
+    def state_dict(self) -> dict:
+        return {"src_model": self._src_bytes, "tgt_model": self._tgt_bytes}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Tokenizer:
+        return cls(state["src_model"], state.get("tgt_model"))
+
+    def encode_source(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source ids, each followed by EOS (the encoder sees where the sentence ends)."""
+        return [ids + [EOS_ID] for ids in self.src.encode(list(texts))]
+
+    def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
+        """Target ids without BOS/EOS; the collator adds them for teacher forcing."""
+        return self.tgt.encode(list(texts))
+
+    def decode_target(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Ids -> detokenized text, cut at the first EOS and ignoring pad/bos."""
+        cleaned = []
+        for seq in ids:
+            seq = list(seq)
+            if EOS_ID in seq:
+                seq = seq[: seq.index(EOS_ID)]
+            cleaned.append([i for i in seq if i not in (PAD_ID, BOS_ID)])
+        return self.tgt.decode(cleaned)
