@@ -36,8 +36,10 @@ def train(cfg: DictConfig) -> dict:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = [] if fast_dev_run else _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+    resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(resolved)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = scalar_metrics(trainer.callback_metrics)
@@ -54,10 +56,8 @@ def train(cfg: DictConfig) -> dict:
     results = module.eval_results.get("test") or module.eval_results.get("val") or {}
     checkpoints = {}
     if trainer.checkpoint_callback is not None and not fast_dev_run:
-        checkpoints = {
-            "best": trainer.checkpoint_callback.best_model_path,
-            "last": trainer.checkpoint_callback.last_model_path,
-        }
+        folder = Path(trainer.checkpoint_callback.dirpath)
+        checkpoints = {name: str(folder / f"{name}.ckpt") for name in ("best", "last")}
     if trainer.is_global_zero:
         write_metrics(
             output_dir / "metrics.json",
