@@ -213,7 +213,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.datasets: dict[str, PairDataset] = {}
         self._texts: dict[str, _Split] = {}
         self.filter_counts: dict[str, int] = {}
-        self._train_sampler: TokenBudgetBatchSampler | None = None
+        self.train_sampler: TokenBudgetBatchSampler | None = None
 
     # ------------------------------------------------------------------ reading
     def _materialize(self) -> None:
@@ -345,7 +345,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         sampler = self._sampler(dataset.data, train)
         if train:
-            self._train_sampler = sampler
+            self.train_sampler = sampler
         return DataLoader(
             dataset,
             batch_sampler=sampler,

@@ -135,6 +135,12 @@ class Seq2SeqModule(L.LightningModule):
         self.log("train/nll", nll / n_tokens, batch_size=size)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning sets the epoch on samplers, not on batch samplers: reshuffle ours per epoch.
+        sampler = getattr(getattr(self.trainer, "datamodule", None), "train_sampler", None)
+        if sampler is not None:
+            sampler.set_epoch(self.current_epoch)
+
     def configure_optimizers(self):
         opt = self.hparams.optim
         decay, no_decay = [], []

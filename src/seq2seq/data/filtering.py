@@ -1,0 +1,125 @@
+"""Length filtering of tokenized sentence pairs.
+
+Works on token-id lists *without* BOS/EOS: ``max_src_len`` and ``max_tgt_len`` count content tokens,
+so a caller whose model has ``max_positions`` positions and adds BOS and EOS passes
+``max_positions - 2``.
+
+Each pair is checked in this order and counted under the first reason that applies:
+
+1. ``empty``: either side has no tokens (only when ``drop_empty``). Empty targets teach the model
+   to stop at once, empty sources are alignment errors.
+2. ``ratio``: ``longer / shorter > max_len_ratio`` (only when both sides are non-empty), the usual
+   sign of a misaligned pair. It uses the original lengths, since truncating does not realign.
+3. ``too_long``: a side exceeds its maximum and ``overlong="drop"``. With ``overlong="truncate"``
+   the pair is kept with the long side(s) cut to the maximum and counted as ``truncated``.
+
+``kept + empty + ratio + too_long`` is the number of input pairs; ``truncated`` counts kept pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from seq2seq.errors import ConfigError
+
+__all__ = ["FilterResult", "filter_pairs"]
+
+_OVERLONG_MODES = ("drop", "truncate")
+
+
+class FilterResult(NamedTuple):
+    """What :func:`filter_pairs` kept.
+
+    ``kept`` indexes the input lists; ``src_ids[i]`` and ``tgt_ids[i]`` belong to input pair
+    ``kept[i]`` (truncated copies where needed, the input objects themselves otherwise).
+    """
+
+    kept: np.ndarray
+    counts: dict[str, int]
+    src_ids: list[Sequence[int]]
+    tgt_ids: list[Sequence[int]]
+
+
+def _lengths(seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+
+
+def filter_pairs(
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    *,
+    max_src_len: int,
+    max_tgt_len: int,
+    overlong: str = "drop",
+    max_len_ratio: float | None = None,
+    drop_empty: bool = True,
+) -> FilterResult:
+    """Select the pairs worth training on; see the module docstring for the rules.
+
+    Args:
+        src_ids: token ids of each source, without BOS/EOS.
+        tgt_ids: token ids of each target, aligned with ``src_ids``.
+        max_src_len: most source tokens allowed (``> 0``).
+        max_tgt_len: most target tokens allowed (``> 0``).
+        overlong: ``"drop"`` the pair or ``"truncate"`` the long side(s).
+        max_len_ratio: drop pairs whose longer side is more than this many times the shorter one
+            (``>= 1``); ``None`` disables the check.
+        drop_empty: drop pairs with an empty side.
+
+    Returns:
+        A :class:`FilterResult` ``(kept, counts, src_ids, tgt_ids)``: ``kept`` is an ``int64``
+        array of input indices in input order, ``counts`` has the keys ``empty``, ``too_long``,
+        ``ratio`` and ``truncated``.
+    """
+    if len(src_ids) != len(tgt_ids):
+        raise ValueError(f"{len(src_ids)} sources but {len(tgt_ids)} targets")
+    for name, value in (("max_src_len", max_src_len), ("max_tgt_len", max_tgt_len)):
+        if value is None or int(value) <= 0:
+            raise ConfigError(f"data.{name} must be a positive number of tokens, got {value!r}")
+    if overlong not in _OVERLONG_MODES:
+        raise ConfigError(f"data.overlong must be one of {', '.join(_OVERLONG_MODES)}, got {overlong!r}")
+    if max_len_ratio is not None and not max_len_ratio >= 1:
+        raise ConfigError(f"data.max_len_ratio must be >= 1 or null, got {max_len_ratio!r}")
+
+    src_len, tgt_len = _lengths(src_ids), _lengths(tgt_ids)
+    alive = np.ones(len(src_ids), dtype=bool)
+
+    empty = (src_len == 0) | (tgt_len == 0)
+    n_empty = 0
+    if drop_empty:
+        n_empty = int(empty.sum())
+        alive &= ~empty
+
+    n_ratio = 0
+    if max_len_ratio is not None:
+        both = ~empty
+        longer = np.maximum(src_len, tgt_len)
+        shorter = np.maximum(np.minimum(src_len, tgt_len), 1)
+        # Compare by multiplication: no float division, and exact for integer ratios.
+        bad_ratio = alive & both & (longer > max_len_ratio * shorter)
+        n_ratio = int(bad_ratio.sum())
+        alive &= ~bad_ratio
+
+    overlong_mask = alive & ((src_len > max_src_len) | (tgt_len > max_tgt_len))
+    n_too_long = n_truncated = 0
+    if overlong == "drop":
+        n_too_long = int(overlong_mask.sum())
+        alive &= ~overlong_mask
+    else:
+        n_truncated = int(overlong_mask.sum())
+
+    kept = np.flatnonzero(alive).astype(np.int64)
+    kept_list = kept.tolist()
+    if n_truncated:
+        # Slicing copies only the sequences that are too long; the rest are passed through.
+        out_src = [s[:max_src_len] if len(s) > max_src_len else s for s in (src_ids[i] for i in kept_list)]
+        out_tgt = [t[:max_tgt_len] if len(t) > max_tgt_len else t for t in (tgt_ids[i] for i in kept_list)]
+    else:
+        out_src = [src_ids[i] for i in kept_list]
+        out_tgt = [tgt_ids[i] for i in kept_list]
+
+    counts = {"empty": n_empty, "too_long": n_too_long, "ratio": n_ratio, "truncated": n_truncated}
+    return FilterResult(kept, counts, out_src, out_tgt)

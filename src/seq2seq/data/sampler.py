@@ -1,0 +1,252 @@
+"""Token-budget batching (fairseq style) for variable-length sequence pairs.
+
+A batch is a list of dataset indices whose padded size fits a token budget::
+
+    cost(batch) = len(batch) * max(longest source, longest target) <= max_tokens
+
+Lengths are the lengths of the tensors the model sees (with BOS/EOS), so ``cost`` counts padding.
+A single example longer than ``max_tokens`` forms a batch of its own rather than being lost; drop
+such examples beforehand with :func:`seq2seq.data.filtering.filter_pairs`.
+
+How batches are formed, and why:
+
+* Examples are sorted by ``max(src_len, tgt_len)`` (the quantity the cost depends on), then by
+  source length and target length, so neighbours have nearly the same shape and padding stays
+  small. Ties are broken by a permutation drawn from ``(seed, epoch)``, so with ``shuffle=True``
+  the members of a batch change from epoch to epoch while the padding does not.
+* Batches are cut greedily from that order. Because the cost only depends on the sorted sequence of
+  ``max(src_len, tgt_len)``, which the tie-breaking cannot change, the batch boundaries and
+  therefore ``len(sampler)`` are the same in every epoch; they are computed once.
+* With ``shuffle=True`` the order of the batches is shuffled from ``(seed, epoch)``; with
+  ``shuffle=False`` (validation, test) batches come shortest first and no randomness is used.
+* DDP: every rank builds the same global batch list and takes every ``num_replicas``-th batch, so
+  ranks see disjoint batches. All ranks must run the same number of steps (else collective ops
+  hang), so the list is padded to a multiple of ``num_replicas`` by repeating batches from its
+  start (a few examples are seen twice per epoch, as with ``DistributedSampler``); with
+  ``drop_last=True`` the remainder is dropped instead.
+
+Resuming mid-epoch: :meth:`state_dict` records the epoch and how many of this rank's batches were
+consumed; after :meth:`load_state_dict`, the next iteration continues with the next unseen batch of
+that epoch, then later epochs run in full.
+
+Use it as ``DataLoader(dataset, batch_sampler=sampler, ...)``. Lightning only calls ``set_epoch``
+on ``loader.sampler`` and ``loader.batch_sampler.sampler``, not on a batch sampler, so call
+:meth:`set_epoch` yourself at the start of each epoch, and create the Trainer with
+``use_distributed_sampler=False`` (Lightning cannot re-create this sampler with a
+``DistributedSampler`` inside); pass ``num_replicas``/``rank`` from the trainer instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from seq2seq.errors import CheckpointError, ConfigError
+
+__all__ = ["TokenBudgetBatchSampler"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+def _greedy_boundaries(sorted_keys: np.ndarray, max_tokens: int, max_sentences: int | None) -> list[int]:
+    """Return the start offset of every batch after the first, for keys sorted ascending.
+
+    Sorted ascending, the example being added is always the longest so far, so the cost of the batch
+    with it is ``(n + 1) * key``.
+    """
+    boundaries: list[int] = []
+    start = 0
+    for i, key in enumerate(sorted_keys.tolist()):
+        n = i - start
+        if n > 0 and ((n + 1) * key > max_tokens or (max_sentences is not None and n + 1 > max_sentences)):
+            boundaries.append(i)
+            start = i
+    return boundaries
+
+
+class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yield lists of dataset indices whose padded size fits ``max_tokens``; see the module docstring.
+
+    Args:
+        src_lengths: source length of every example, including BOS/EOS.
+        tgt_lengths: target length of every example, including BOS/EOS.
+        max_tokens: budget per batch, ``n_sentences * max(src_len, tgt_len)`` (``data.max_tokens``).
+        max_sentences: optional cap on examples per batch (``data.max_sentences``).
+        shuffle: shuffle tie-breaking and batch order per epoch (training); False keeps length order.
+        seed: base seed; the order of an epoch depends only on ``(seed, epoch)``.
+        num_replicas: number of DDP ranks.
+        rank: this process's rank, ``0 <= rank < num_replicas``.
+        drop_last: with several ranks, drop the last ``len % num_replicas`` batches instead of
+            repeating batches to even them out.
+    """
+
+    def __init__(
+        self,
+        src_lengths: Sequence[int] | np.ndarray,
+        tgt_lengths: Sequence[int] | np.ndarray,
+        max_tokens: int,
+        *,
+        max_sentences: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        src = np.asarray(src_lengths, dtype=np.int64).reshape(-1)
+        tgt = np.asarray(tgt_lengths, dtype=np.int64).reshape(-1)
+        if src.shape != tgt.shape:
+            raise ValueError(f"src_lengths has {src.size} entries but tgt_lengths has {tgt.size}")
+        if src.size and (src.min() < 0 or tgt.min() < 0):
+            raise ValueError("sequence lengths must be >= 0")
+        if max_tokens is None or int(max_tokens) <= 0:
+            raise ConfigError(
+                f"data.max_tokens must be a positive number of tokens per batch, got {max_tokens!r}; "
+                "set e.g. data.max_tokens=4096"
+            )
+        if max_sentences is not None and int(max_sentences) <= 0:
+            raise ConfigError(f"data.max_sentences must be a positive number or null, got {max_sentences!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
+            )
+
+        self.src_lengths = src
+        self.tgt_lengths = tgt
+        self.max_tokens = int(max_tokens)
+        self.max_sentences = None if max_sentences is None else int(max_sentences)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = bool(drop_last)
+
+        self._keys = np.maximum(src, tgt)
+        self._base_order = self._sort(np.arange(src.size, dtype=np.int64))
+        self._boundaries = _greedy_boundaries(
+            self._keys[self._base_order], self.max_tokens, self.max_sentences
+        )
+        self.num_batches_total = len(self._boundaries) + 1 if src.size else 0
+        if self.num_replicas == 1:
+            self._per_rank = self.num_batches_total
+        elif self.drop_last:
+            self._per_rank = self.num_batches_total // self.num_replicas
+        else:
+            self._per_rank = math.ceil(self.num_batches_total / self.num_replicas)
+
+        self.epoch = 0
+        self._resume_at = 0  # batches of self.epoch to skip on the next iteration
+        self._position = 0  # batches of self.epoch handed out so far
+
+        oversized = int((self._keys > self.max_tokens).sum())
+        if oversized:
+            logger.warning(
+                "%d example(s) are longer than data.max_tokens=%d and will form batches of one",
+                oversized,
+                self.max_tokens,
+            )
+
+    # -- ordering ---------------------------------------------------------------------------------
+    def _sort(self, candidates: np.ndarray) -> np.ndarray:
+        """Return ``candidates`` ordered by (max len, src len, tgt len), keeping their order on ties."""
+        keys = (self.tgt_lengths[candidates], self.src_lengths[candidates], self._keys[candidates])
+        return candidates[np.lexsort(keys)]  # lexsort is stable; the last key is the primary one
+
+    def _global_batches(self, epoch: int) -> list[np.ndarray]:
+        """All batches of ``epoch`` for all ranks, in the order they are handed out."""
+        if self.num_batches_total == 0:
+            return []
+        if not self.shuffle:
+            return np.split(self._base_order, self._boundaries)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = self._sort(rng.permutation(self.src_lengths.size))
+        batches = np.split(order, self._boundaries)
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _rank_batches(self, epoch: int) -> list[np.ndarray]:
+        batches = self._global_batches(epoch)
+        if self.num_replicas > 1 and batches:
+            wanted = self._per_rank * self.num_replicas
+            # Repeat from the start (cyclically, in case there are fewer batches than ranks).
+            batches = [batches[i % len(batches)] for i in range(wanted)]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    # -- Sampler API ------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration uses (call before every epoch).
+
+        Setting the epoch a checkpoint was saved in keeps its resume position, so calling this after
+        :meth:`load_state_dict` is safe.
+        """
+        epoch = int(epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._resume_at = 0
+            self._position = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start, self._resume_at = self._resume_at, 0
+        batches = self._rank_batches(self.epoch)
+        self._position = start
+        for batch in batches[start:]:
+            self._position += 1
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank and in every epoch)."""
+        return self._per_rank
+
+    # -- resuming ---------------------------------------------------------------------------------
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """Return the position in the current epoch.
+
+        By default the position is the number of batches this sampler has handed out. A
+        ``DataLoader`` with workers fetches a few batches ahead of the training step, so a training
+        loop that knows how many batches it actually finished should pass ``batches_consumed``.
+        """
+        position = self._position if batches_consumed is None else int(batches_consumed)
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self.epoch,
+            "position": position,
+            "seed": self.seed,
+            "num_replicas": self.num_replicas,
+            "num_examples": int(self.src_lengths.size),
+            "num_batches": self._per_rank,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position: the next iteration resumes the saved epoch after its consumed batches."""
+        mismatches = [
+            f"{key} {state.get(key)!r} (now {now!r})"
+            for key, now in (
+                ("num_examples", int(self.src_lengths.size)),
+                ("num_replicas", self.num_replicas),
+                ("num_batches", self._per_rank),
+            )
+            if state.get(key) != now
+        ]
+        if mismatches:
+            raise CheckpointError(
+                "The checkpoint's batch sampler state does not fit this run: saved "
+                + ", ".join(mismatches)
+                + ". Resume with the same data, data.max_tokens and number of devices, "
+                "or start a new run without resuming."
+            )
+        position = int(state["position"])
+        if not 0 <= position <= self._per_rank:
+            raise CheckpointError(
+                f"The checkpoint's batch sampler position {position} is outside 0..{self._per_rank}."
+            )
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self._resume_at = position
+        self._position = position

@@ -1,0 +1,453 @@
+"""Reading parallel corpora into two aligned lists of strings.
+
+Formats (:class:`CorpusFormat.format`):
+
+``lines``
+    ``{root}/{split}.{src_lang}`` and ``{root}/{split}.{tgt_lang}``, one segment per line, UTF-8;
+    line *i* of one file translates line *i* of the other. Either file may instead be gzipped as
+    ``{split}.{lang}.gz`` (the plain file wins when both exist).
+``tsv``
+    ``{root}/{split}.tsv``, one pair per row, TAB-separated, no quoting. Columns are chosen by header
+    name when the first row contains both ``src_field`` and ``tgt_field``, else by 0-based index
+    (``src``/``tgt`` with no header mean columns 0 and 1).
+``jsonl``
+    ``{root}/{split}.jsonl``, one JSON object per line, fields by dotted path, e.g.
+    ``translation.en`` for WMT-style ``{"translation": {"en": ..., "de": ...}}``. Blank lines are
+    skipped.
+``hf``
+    ``datasets.load_dataset(hf_path, hf_name, split=split, data_files=hf_data_files)`` with the same
+    dotted field paths. Needs the ``datasets`` package.
+
+Text is kept exactly as in the file: only the line break (``\\n`` or ``\\r\\n``) and a UTF-8 byte
+order mark at the start of a file are removed. Leading and trailing spaces are left alone, so the
+text the metrics see is the reference as published; whitespace normalization belongs to the
+tokenizer. Lines are split on ``\\n`` only, never on other Unicode line separators, which would
+silently misalign the two sides.
+
+Every problem a user can fix (missing file, bad UTF-8 or JSON, a missing field, different line
+counts, an empty split) raises :class:`~seq2seq.errors.DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seq2seq.errors import DataError
+
+__all__ = ["FORMATS", "CorpusFormat", "find_split", "read_split"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("lines", "tsv", "jsonl", "hf")
+
+
+@dataclass
+class CorpusFormat:
+    """How a corpus is stored; see the module docstring.
+
+    ``src_field``/``tgt_field`` name the source and target: header names or 0-based column indices
+    for ``tsv``, dotted paths (``translation.en``) for ``jsonl`` and ``hf``; ``lines`` ignores them.
+    """
+
+    format: str = "lines"
+    src_field: str = "src"
+    tgt_field: str = "tgt"
+    hf_path: str | None = None
+    hf_name: str | None = None
+    hf_data_files: dict | None = None
+
+
+# -- public API -----------------------------------------------------------------------------------
+
+
+def read_split(
+    root: str | Path,
+    split_files: str | Sequence[str] | Mapping[str, Any],
+    src_lang: str,
+    tgt_lang: str,
+    fmt: CorpusFormat,
+) -> tuple[list[str], list[str]]:
+    """Read one split as ``(sources, targets)``, two lists of equal, non-zero length.
+
+    ``split_files`` is a split base name (``"train"``, ``"test_2016_flickr"``); a list of base
+    names, of which the first one present is read; or a mapping of explicit files, relative to
+    ``root`` unless absolute: ``{"src": ..., "tgt": ...}`` for ``lines``, ``{"path": ...}`` for
+    ``tsv``/``jsonl``, ``{"split": ...}`` for ``hf``.
+    """
+    _check_format(fmt)
+    root = Path(root)
+    if isinstance(split_files, Mapping):
+        return _read_explicit(root, split_files, fmt)
+    if isinstance(split_files, str):
+        split = split_files
+    else:
+        candidates = [str(c) for c in split_files]
+        if not candidates:
+            raise DataError("No split names given: the list of split candidates is empty.")
+        found = find_split(root, candidates, src_lang, tgt_lang, fmt)
+        if found is None:
+            expected = "; ".join(_describe_expected(root, c, src_lang, tgt_lang, fmt) for c in candidates)
+            raise DataError(
+                f"None of the splits {candidates} was found. Expected one of: {expected}. "
+                "Put the files there or point data.root=DIR at the folder that holds them."
+            )
+        split = found
+
+    if fmt.format == "lines":
+        src_path = _resolve_lines_file(root, split, src_lang)
+        tgt_path = _resolve_lines_file(root, split, tgt_lang)
+        missing = [p for p in (src_path, tgt_path) if not p.is_file()]
+        if missing:
+            raise DataError(
+                f"Missing corpus file(s) for split '{split}': "
+                + ", ".join(f"{p} (or {p}.gz)" for p in missing)
+                + ". Put the files there or point data.root=DIR at the folder that holds them."
+            )
+        return _read_lines_pair(src_path, tgt_path)
+    if fmt.format == "hf":
+        return _read_hf(root, split, fmt)
+    path = root / f"{split}.{fmt.format}"
+    if not path.is_file():
+        raise DataError(
+            f"Missing corpus file for split '{split}': {path}. "
+            "Put the file there or point data.root=DIR at the folder that holds it."
+        )
+    return _read_tsv(path, fmt) if fmt.format == "tsv" else _read_jsonl(path, fmt)
+
+
+def find_split(
+    root: str | Path,
+    candidates: Sequence[str],
+    src_lang: str,
+    tgt_lang: str,
+    fmt: CorpusFormat,
+) -> str | None:
+    """Return the first split base name among ``candidates`` whose files exist, or ``None``.
+
+    For ``hf`` a split exists when it is a key of ``hf_data_files`` or, without data files, one of
+    the dataset's split names (which may need the network).
+    """
+    _check_format(fmt)
+    root = Path(root)
+    if fmt.format == "hf":
+        names = _hf_split_names(root, fmt)
+        return next((c for c in candidates if c in names), None)
+    for split in candidates:
+        if fmt.format == "lines":
+            paths = [_resolve_lines_file(root, split, lang) for lang in (src_lang, tgt_lang)]
+        else:
+            paths = [root / f"{split}.{fmt.format}"]
+        if all(p.is_file() for p in paths):
+            return split
+    return None
+
+
+# -- helpers shared by the formats ----------------------------------------------------------------
+
+
+def _check_format(fmt: CorpusFormat) -> None:
+    if fmt.format not in FORMATS:
+        raise DataError(f"Unknown corpus format {fmt.format!r}; use one of: {', '.join(FORMATS)}.")
+
+
+def _describe_expected(root: Path, split: str, src_lang: str, tgt_lang: str, fmt: CorpusFormat) -> str:
+    if fmt.format == "lines":
+        return " and ".join(f"{root / f'{split}.{lang}'}[.gz]" for lang in (src_lang, tgt_lang))
+    if fmt.format == "hf":
+        return f"split '{split}' of {fmt.hf_path}"
+    return str(root / f"{split}.{fmt.format}")
+
+
+def _resolve_lines_file(root: Path, split: str, lang: str) -> Path:
+    """``{split}.{lang}``, or its ``.gz`` when only that exists (the plain path when neither does)."""
+    plain = root / f"{split}.{lang}"
+    gz = plain.with_name(plain.name + ".gz")
+    if not plain.is_file() and gz.is_file():
+        return gz
+    return plain
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"Missing corpus file: {path}.") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.") from None
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
+
+
+def _read_text_lines(path: Path) -> list[str]:
+    """Return the lines of a UTF-8 file without their line breaks.
+
+    The whole file is decoded at once (fast); on failure the line number is recovered from the
+    error's byte offset, which is exact because ``\\n`` never occurs inside a UTF-8 sequence.
+    """
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = data.count(b"\n", 0, e.start) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}, line {line_no}: invalid UTF-8 (byte {data[e.start : e.start + 1].hex(' ')} at "
+            f"column {e.start - line_start + 1}). Convert the file to UTF-8, e.g. with "
+            f"`iconv -f LATIN1 -t UTF-8`, or remove the line from both sides."
+        ) from None
+    text = text.removeprefix("\ufeff")
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final line break ends the last line; it does not start an empty one
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _empty_split(*paths: Path) -> DataError:
+    return DataError(
+        f"The split is empty: {' and '.join(str(p) for p in paths)} contain(s) no examples. "
+        "Check that the right files were downloaded or point data.root=DIR at another folder."
+    )
+
+
+# -- lines ----------------------------------------------------------------------------------------
+
+
+def _read_lines_pair(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
+    src, tgt = _read_text_lines(src_path), _read_text_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; line i of one file must "
+            "be the translation of line i of the other. Check that neither file is cut short or has "
+            "extra lines (a blank line at the end counts as a line)."
+        )
+    if not src:
+        raise _empty_split(src_path, tgt_path)
+    return src, tgt
+
+
+# -- tsv ------------------------------------------------------------------------------------------
+
+
+def _as_index(field: Any) -> int | None:
+    if isinstance(field, bool):
+        return None
+    if isinstance(field, int):
+        return field
+    if isinstance(field, str) and field.strip().isdigit():
+        return int(field)
+    return None
+
+
+def _read_tsv(path: Path, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
+    lines = _read_text_lines(path)
+    while lines and lines[-1].strip() == "":
+        lines.pop()
+    if not lines:
+        raise _empty_split(path)
+    first = lines[0].split("\t")
+    n_cols = len(first)
+    src_f, tgt_f = fmt.src_field, fmt.tgt_field
+
+    if str(src_f) in first and str(tgt_f) in first:
+        src_col, tgt_col = first.index(str(src_f)), first.index(str(tgt_f))
+        first_data = 1
+    else:
+        if (src_f, tgt_f) == ("src", "tgt"):
+            src_col, tgt_col = 0, 1
+        else:
+            src_col, tgt_col = _as_index(src_f), _as_index(tgt_f)
+            if src_col is None or tgt_col is None:
+                raise DataError(
+                    f"{path}, line 1: the first row is not a header with columns '{src_f}' and "
+                    f"'{tgt_f}' (it has: {', '.join(repr(c) for c in first[:10])}). Set src_field and "
+                    "tgt_field to header names of this file or to 0-based column numbers."
+                )
+        first_data = 0
+        if max(src_col, tgt_col) >= n_cols:
+            raise DataError(
+                f"{path}, line 1: has {n_cols} column(s) but columns {src_col} and {tgt_col} are "
+                "needed. Separate the columns with TAB characters or set src_field/tgt_field."
+            )
+
+    src: list[str] = []
+    tgt: list[str] = []
+    for line_no, line in enumerate(lines[first_data:], start=first_data + 1):
+        cells = line.split("\t")
+        if len(cells) != n_cols:
+            raise DataError(
+                f"{path}, line {line_no}: {len(cells)} TAB-separated column(s), expected {n_cols} "
+                "like line 1. TSV files are read without quoting, so a TAB inside a segment must be "
+                "replaced (e.g. by a space)."
+            )
+        src.append(cells[src_col])
+        tgt.append(cells[tgt_col])
+    if not src:
+        raise _empty_split(path)
+    return src, tgt
+
+
+# -- jsonl / hf fields ----------------------------------------------------------------------------
+
+
+class _FieldError(Exception):
+    """A field path that does not lead to a string; the caller adds file and line."""
+
+
+def _get_field(obj: Any, path: str) -> str:
+    """Follow a dotted path (``translation.en``); a key that itself contains dots is tried first."""
+    if isinstance(obj, Mapping) and path in obj:
+        value = obj[path]
+    else:
+        value = obj
+        for depth, part in enumerate(path.split(".")):
+            if not isinstance(value, Mapping) or part not in value:
+                where = ".".join(path.split(".")[:depth]) or "the record"
+                keys = list(value.keys())[:10] if isinstance(value, Mapping) else type(value).__name__
+                raise _FieldError(f"field '{path}' not found ({where} has: {keys})")
+            value = value[part]
+    if not isinstance(value, str):
+        raise _FieldError(f"field '{path}' is {type(value).__name__}, not a string")
+    return value
+
+
+def _read_jsonl(path: Path, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
+    src: list[str] = []
+    tgt: list[str] = []
+    src_f, tgt_f = str(fmt.src_field), str(fmt.tgt_field)
+    for line_no, line in enumerate(_read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}, line {line_no}: invalid JSON ({e.msg} at column {e.colno}). "
+                "Each line must be one complete JSON object."
+            ) from None
+        try:
+            src.append(_get_field(record, src_f))
+            tgt.append(_get_field(record, tgt_f))
+        except _FieldError as e:
+            raise DataError(
+                f"{path}, line {line_no}: {e}. Set src_field/tgt_field to the paths of the source and "
+                "target text, e.g. 'translation.en'."
+            ) from None
+    if not src:
+        raise _empty_split(path)
+    return src, tgt
+
+
+# -- hf -------------------------------------------------------------------------------------------
+
+
+def _import_datasets() -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "format=hf needs the Hugging Face `datasets` package: run `pip install datasets` "
+            "(or install this project with its `hf` extra)."
+        ) from None
+    return datasets
+
+
+def _hf_data_files(root: Path, fmt: CorpusFormat) -> dict | None:
+    """``hf_data_files`` with relative local paths taken relative to ``root``, like other formats."""
+    if fmt.hf_data_files is None:
+        return None
+
+    def resolve(p: Any) -> Any:
+        if isinstance(p, str) and "://" not in p and not Path(p).is_absolute():
+            return str(root / p)
+        if isinstance(p, Sequence) and not isinstance(p, str):
+            return [resolve(x) for x in p]
+        return p
+
+    return {str(k): resolve(v) for k, v in dict(fmt.hf_data_files).items()}
+
+
+def _hf_split_names(root: Path, fmt: CorpusFormat) -> list[str]:
+    data_files = _hf_data_files(root, fmt)
+    if data_files is not None:
+        return list(data_files)
+    datasets = _import_datasets()
+    try:
+        return list(datasets.get_dataset_split_names(fmt.hf_path, fmt.hf_name))
+    except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing config, ...)
+        raise DataError(f"Cannot list the splits of Hugging Face dataset {fmt.hf_path!r}: {e}") from None
+
+
+def _read_hf(root: Path, split: str, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
+    if not fmt.hf_path:
+        raise DataError("format=hf needs hf_path (a Hub dataset name or a builder such as 'json').")
+    datasets = _import_datasets()
+    what = f"Hugging Face dataset {fmt.hf_path!r}" + (f" ({fmt.hf_name!r})" if fmt.hf_name else "")
+    try:
+        ds = datasets.load_dataset(
+            fmt.hf_path, fmt.hf_name, split=split, data_files=_hf_data_files(root, fmt)
+        )
+    except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing files, unknown split, ...)
+        raise DataError(f"Cannot load split '{split}' of {what}: {type(e).__name__}: {e}") from None
+
+    columns = list(ds.column_names)
+    out: list[list[str]] = []
+    for field in (str(fmt.src_field), str(fmt.tgt_field)):
+        top = field if field in columns else field.split(".", 1)[0]
+        if top not in columns:
+            raise DataError(
+                f"Split '{split}' of {what} has no field '{field}' (columns: {columns}). "
+                "Set src_field/tgt_field, e.g. 'translation.en'."
+            )
+        rest = field[len(top) + 1 :]
+        values: list[str] = []
+        # Column access is far faster than iterating rows; nested parts are walked per value.
+        for row, value in enumerate(ds[top]):
+            try:
+                values.append(_get_field({top: value}, f"{top}.{rest}" if rest else top))
+            except _FieldError as e:
+                raise DataError(f"Split '{split}' of {what}, row {row}: {e}.") from None
+        out.append(values)
+    if not out[0]:
+        raise DataError(f"Split '{split}' of {what} is empty.")
+    return out[0], out[1]
+
+
+def _read_explicit(root: Path, files: Mapping[str, Any], fmt: CorpusFormat) -> tuple[list[str], list[str]]:
+    """Read a split given as explicit files (see :func:`read_split`)."""
+
+    def path_of(key: str) -> Path:
+        if key not in files:
+            raise DataError(f"Split files {dict(files)} for format={fmt.format} need the key '{key}'.")
+        p = Path(str(files[key]))
+        return p if p.is_absolute() else root / p
+
+    if fmt.format == "hf":
+        if "split" not in files:
+            raise DataError(f"Split files {dict(files)} for format=hf need the key 'split'.")
+        return _read_hf(root, str(files["split"]), fmt)
+    if fmt.format == "lines":
+        src_path, tgt_path = path_of("src"), path_of("tgt")
+        missing = [p for p in (src_path, tgt_path) if not p.is_file()]
+        if missing:
+            raise DataError(
+                "Missing corpus file(s): "
+                + ", ".join(str(p) for p in missing)
+                + ". Put the files there or fix the split's file names."
+            )
+        return _read_lines_pair(src_path, tgt_path)
+    path = path_of("path")
+    if not path.is_file():
+        raise DataError(f"Missing corpus file: {path}. Put the file there or fix the split's file name.")
+    return _read_tsv(path, fmt) if fmt.format == "tsv" else _read_jsonl(path, fmt)
