@@ -46,13 +46,26 @@ def compose_train(tmp_path: Path, overrides: list[str] = (), config_name: str = 
     return cfg
 
 
+# A short real training (~40 s on 2 cores) that learns enough of the grammar to be scored.
+SHORT_TRAINING_OVERRIDES = TINY_OVERRIDES + [
+    "data.generate.sizes={train:4000,val:100,test:100}",
+    "model.num_encoder_layers=2",
+    "model.num_decoder_layers=2",
+    "model.d_ff=256",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=100",
+    "trainer.max_epochs=5",
+    "trainer.max_time=null",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """A tiny model trained briefly through the real train() path; returns its metrics.json content."""
     from seq2seq.train import train
 
     tmp = tmp_path_factory.mktemp("tiny_run")
-    cfg = compose_train(tmp, TINY_OVERRIDES + ["trainer.max_epochs=3", "trainer.max_time=null"])
+    cfg = compose_train(tmp, SHORT_TRAINING_OVERRIDES)
     metrics = train(cfg)
     metrics["run_dir"] = str(tmp / "run")
     metrics["data_dir"] = str(tmp / "data" / "toy")

@@ -24,3 +24,11 @@ def test_checkpoint_alone_rebuilds_model(tiny_checkpoint):
     src = torch.tensor([module.tokenizer.encode_source(["The old man saw a dog."])[0]])
     logits = module.net(src, torch.tensor([[module.tokenizer.bos_id]]))
     assert logits.shape == (1, 1, module.tokenizer.tgt_vocab_size)
+
+
+def test_short_training_learns_the_embedded_corpus(tiny_run):
+    """Five short epochs on 4,000 sentences: the model must translate well beyond chance."""
+    # Measured: val 60.6 / test 54.8 BLEU; an untrained or broken model scores below 1.
+    assert tiny_run["val/bleu_best"] >= 40.0
+    assert tiny_run["test/bleu"] >= 35.0
+    assert tiny_run["val/loss"] < 1.0
