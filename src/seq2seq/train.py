@@ -8,6 +8,8 @@ Returns ``val/bleu_best`` so that Hydra sweepers can optimize it.
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,6 +22,9 @@ from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.run_summary import print_metrics_table, scalar_metrics, write_metrics
 
 log = logging.getLogger(__name__)
+# Noise from library internals that a user cannot act on.
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -28,13 +33,14 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 def train(cfg: DictConfig) -> dict:
     """Train and test as ``cfg`` says; returns the final metrics (also written to metrics.json)."""
+    started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
     module = Seq2SeqModule(model=cfg.model, optim=cfg.optim, decoding=cfg.decoding)
     fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = [] if fast_dev_run else _instantiate_all(cfg.get("logger"))
+    loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
@@ -66,6 +72,8 @@ def train(cfg: DictConfig) -> dict:
             num_parameters=module.net.num_parameters(),
             checkpoints=checkpoints,
             run_dir=str(output_dir),
+            wall_time_s=round(time.time() - started, 1),
+            device=str(trainer.strategy.root_device),
         )
         print_metrics_table(metrics)
         print(f"Run folder: {output_dir}")

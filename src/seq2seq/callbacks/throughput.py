@@ -1,0 +1,144 @@
+"""Training throughput and model-FLOPs utilization (MFU), logged to every logger.
+
+FLOPs are counted from the model config, per source and per target token, the usual way
+(Kaplan et al. 2020; PaLM appendix B): every weight multiply is 2 FLOPs forward, the backward
+pass costs twice the forward, and attention adds its score and weighted-sum products over the
+full (unmasked) key length. MFU = achieved model FLOPs / the device's peak FLOPs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from seq2seq.models.transformer import TransformerConfig
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) for the usual training GPUs, by device-name substring.
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,  # SXM; the PCIe card is 756
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+    "RTX 4090": 165.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
+
+
+@dataclass
+class FlopsPerToken:
+    """Forward FLOPs per source token and per target token, for sequences of the given lengths."""
+
+    source: float
+    target: float
+
+    def training(self, n_src: float, n_tgt: float) -> float:
+        """Forward + backward FLOPs of a batch with ``n_src`` source and ``n_tgt`` target tokens."""
+        return 3.0 * (self.source * n_src + self.target * n_tgt)
+
+
+def flops_per_token(cfg: TransformerConfig, src_len: float, tgt_len: float) -> FlopsPerToken:
+    """Count the matmul FLOPs of one forward pass, split per source and per target token.
+
+    Encoder layer, per source token: QKV + output projections (4 d^2), feed-forward (2 d d_ff),
+    attention over ``src_len`` keys (2 src_len d for scores, the same for the weighted sum).
+    Decoder cross-attention keys/values are projected once per source token (2 d^2 per decoder
+    layer), so they count on the source side. Decoder layer, per target token: self-attention
+    projections (4 d^2) and attention over ``tgt_len`` keys, cross-attention query and output
+    projections (2 d^2) and attention over ``src_len`` keys, feed-forward (2 d d_ff); then the
+    output projection to the vocabulary (d V). Each multiply-add is 2 FLOPs. Embedding lookups,
+    norms and softmax are left out, as usual.
+    """
+    d, ff = cfg.d_model, cfg.d_ff
+    enc_layer = 4 * d * d + 2 * d * ff + 2 * src_len * d
+    source = 2 * (cfg.num_encoder_layers * enc_layer + cfg.num_decoder_layers * 2 * d * d)
+    dec_layer = 4 * d * d + 2 * tgt_len * d + 2 * d * d + 2 * src_len * d + 2 * d * ff
+    target = 2 * (cfg.num_decoder_layers * dec_layer + d * cfg.tgt_vocab_size)
+    return FlopsPerToken(source=float(source), target=float(target))
+
+
+def device_peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """Peak FLOP/s of ``device``: the override if given, else a known GPU's bf16 peak, else None."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs ``train/tokens_per_s`` (source + target, padding excluded) and ``train/mfu``.
+
+    Token counts are accumulated on the device and read back only every ``log_every_n_steps``
+    steps, so the callback adds no host-device sync to the other steps.
+
+    Args:
+        peak_tflops: the device's peak in TFLOP/s; by default looked up from the GPU's name
+            (MFU is not logged where the peak is unknown, e.g. on CPUs).
+        log_every_n_steps: how often to measure and log (default: the Trainer's).
+    """
+
+    def __init__(self, peak_tflops: float | None = None, log_every_n_steps: int | None = None):
+        self.peak_tflops = peak_tflops
+        self.log_every_n_steps = log_every_n_steps
+        self._reset()
+        self.total_tokens = 0
+        self.total_time = 0.0
+
+    def _reset(self) -> None:
+        self._steps = 0
+        self._sentences = 0
+        self._src_cells = self._tgt_cells = 0
+        self._start = None
+        self._elapsed = 0.0  # training time of the window before the current stretch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pad = pl_module.net.config.pad_id
+        counts = torch.stack([(batch["src"] != pad).sum(), (batch["tgt_out"] != pad).sum()])
+        self._counts = counts if self._steps == 0 else self._counts + counts
+        self._src_cells += batch["src"].numel()
+        self._tgt_cells += batch["tgt_out"].numel()
+        self._sentences += batch["src"].size(0)
+        self._steps += 1
+        if self._steps < (self.log_every_n_steps or trainer.log_every_n_steps):
+            return
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = self._elapsed + time.perf_counter() - self._start
+        n_src, n_tgt = (float(x) for x in self._counts.tolist())
+        world = trainer.world_size
+        cells = self._src_cells + self._tgt_cells
+        metrics = {"train/tokens_per_s": (n_src + n_tgt) * world / elapsed, "train/padding": 1 - (n_src + n_tgt) / cells}
+        # Attention cost grows with the padded lengths the kernels actually see.
+        flops = flops_per_token(
+            pl_module.net.config, self._src_cells / self._sentences, self._tgt_cells / self._sentences
+        )
+        peak = device_peak_flops(trainer.strategy.root_device, self.peak_tflops)
+        achieved = flops.training(n_src, n_tgt) / elapsed
+        metrics["train/tflops"] = achieved / 1e12
+        if peak:
+            metrics["train/mfu"] = achieved / peak
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        self.total_tokens += int((n_src + n_tgt) * world)
+        self.total_time += elapsed
+        self._reset()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Validation runs between epochs: pause the clock so it does not count as training time.
+        if self._start is not None:
+            self._elapsed += time.perf_counter() - self._start
+            self._start = None
