@@ -5,6 +5,20 @@ trains the sentencepiece tokenizer on the training split and tokenizes every spl
 on-disk cache; ``setup`` (every rank) loads them. Training batches come from a token-budget,
 length-bucketed sampler; validation and test batches are sorted by length and carry each
 sentence's index so that outputs can be put back in corpus order.
+
+The cache is keyed on content, not on names: a tokenizer file is named after a hash of its options
+and training texts (see :meth:`Tokenizer.load_or_train`), a tokenized split after a hash of the
+tokenizer and the split's texts. Editing a corpus file or changing ``vocab_size`` therefore never
+serves stale ids, and a second run with the same data skips sentencepiece training and
+tokenization. Files are written atomically (:func:`seq2seq.utils.io.atomic_path`), so an
+interrupted run leaves no partial cache entry, and DDP ranks may share one cache folder.
+
+The test split is optional: published corpora often ship without test references, and such a run
+trains and validates, and :attr:`Seq2SeqDataModule.has_test` is False.
+
+``format=hf`` (a Hugging Face Hub dataset) is read from local files instead when ``root`` holds the
+training split as ``{split}.jsonl`` (with the same fields) or ``{split}.{src_lang}`` /
+``{split}.{tgt_lang}`` lines, so ``data.root=DIR`` points any named corpus at files on disk.
 """
 
 from __future__ import annotations
@@ -12,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -43,11 +57,16 @@ class TokenizedSplit:
 
     @classmethod
     def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> TokenizedSplit:
+        """Pack per-sentence id sequences (lists, or numpy arrays which are concatenated, faster)."""
+
         def pack(seqs):
             lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
             offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
+            if len(seqs) and isinstance(seqs[0], np.ndarray):
+                flat = np.concatenate(seqs).astype(np.int32, copy=False)
+            else:
+                flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
             return flat, offsets
 
         return cls(*pack(src), *pack(tgt))
@@ -70,6 +89,8 @@ class TokenizedSplit:
         return np.diff(self.tgt_offsets)
 
     def save(self, path: Path) -> None:
+        # Written under a temporary name and renamed when complete: a crash mid-write leaves no
+        # ``ids-*.npz`` that a later run would take for a valid cache entry.
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **self.__dict__)
 
@@ -80,12 +101,25 @@ class TokenizedSplit:
 
 
 class PairDataset(Dataset):
-    """Index -> (index, source ids, target ids), with optional per-side truncation."""
+    """Position -> (corpus index, source ids, target ids), with optional per-side truncation.
 
-    def __init__(self, data: TokenizedSplit, max_src_len: int | None = None, max_tgt_len: int | None = None):
+    ``corpus_index[i]`` is the line of the split's files that position ``i`` holds (the identity
+    unless filtering dropped pairs), so a batch's ``index`` always locates sentences in the corpus.
+    """
+
+    def __init__(
+        self,
+        data: TokenizedSplit,
+        max_src_len: int | None = None,
+        max_tgt_len: int | None = None,
+        corpus_index: np.ndarray | None = None,
+    ):
         self.data = data
         self.max_src_len = max_src_len
         self.max_tgt_len = max_tgt_len
+        if corpus_index is not None and len(corpus_index) != len(data):
+            raise ValueError(f"corpus_index has {len(corpus_index)} entries for {len(data)} pairs")
+        self.corpus_index = corpus_index
 
     def __len__(self) -> int:
         return len(self.data)
@@ -96,7 +130,7 @@ class PairDataset(Dataset):
             src = np.concatenate([src[: self.max_src_len - 1], [EOS_ID]])  # keep the final EOS
         if self.max_tgt_len is not None:
             tgt = tgt[: self.max_tgt_len]
-        return i, src, tgt
+        return (i if self.corpus_index is None else int(self.corpus_index[i])), src, tgt
 
 
 def collate(items: list) -> dict[str, torch.Tensor]:
@@ -124,6 +158,12 @@ def collate(items: list) -> dict[str, torch.Tensor]:
         "tgt_out": torch.from_numpy(tgt_out),
         "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
     }
+
+
+def _update_with_texts(key: hashlib._Hash, texts: Sequence[str]) -> None:
+    """Feed ``text + "\\n"`` for every text into ``key`` (one join: much faster than per line)."""
+    if texts:
+        key.update(("\n".join(texts) + "\n").encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -191,6 +231,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.splits = splits if isinstance(splits, SplitNames) else SplitNames(**dict(splits or {}))
+        # What the config asked for; ``_corpus_format`` may switch a Hub dataset to local files.
         self.format = CorpusFormat(
             format=format,
             src_field=src_field or src_lang,
@@ -214,8 +255,34 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self._texts: dict[str, _Split] = {}
         self.filter_counts: dict[str, int] = {}
         self.train_sampler: TokenBudgetBatchSampler | None = None
+        self._resolved_format: CorpusFormat | None = None
 
     # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _candidates(names: str | Sequence[str] | None) -> list[str]:
+        if names is None:
+            return []
+        return [names] if isinstance(names, str) else [str(n) for n in names]
+
+    def _corpus_format(self) -> CorpusFormat:
+        """The format to read with: ``format=hf`` becomes a local format when ``root`` holds the files.
+
+        Checked once, on the training split, so all splits are read the same way.
+        """
+        if self._resolved_format is not None:
+            return self._resolved_format
+        fmt = self.format
+        if fmt.format == "hf" and fmt.hf_data_files is None and self.root.is_dir():
+            train = self._candidates(self.splits.train)
+            for local in ("jsonl", "lines"):
+                candidate = replace(fmt, format=local)
+                if find_split(self.root, train, self.src_lang, self.tgt_lang, candidate) is not None:
+                    log.info("Reading %s files under %s instead of the Hub dataset %s", local, self.root, fmt.hf_path)
+                    fmt = candidate
+                    break
+        self._resolved_format = fmt
+        return fmt
+
     def _materialize(self) -> None:
         if self.generate is not None:
             from seq2seq.data.toy import write_corpus
@@ -224,9 +291,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if self.download == "multi30k":
             from seq2seq.data.download import download_multi30k
 
-            names = [n for name in (self.splits.train, self.splits.val, self.splits.test) if name
-                     for n in ([name] if isinstance(name, str) else name)]
-            if find_split(self.root, [names[0]], self.src_lang, self.tgt_lang, self.format) is None:
+            train = self._candidates(self.splits.train)
+            if find_split(self.root, train, self.src_lang, self.tgt_lang, self._corpus_format()) is None:
                 download_multi30k(self.root, langs=(self.src_lang, self.tgt_lang))
         elif self.download:
             raise DataError(f"data.download={self.download!r} is not a known corpus; use 'multi30k' or null")
@@ -235,15 +301,17 @@ class Seq2SeqDataModule(L.LightningDataModule):
         """The split's texts, or None for a missing optional (test) split."""
         if split in self._texts:
             return self._texts[split]
-        names = getattr(self.splits, split)
-        if names is None:
-            return None
-        candidates = [names] if isinstance(names, str) else list(names)
-        found = find_split(self.root, candidates, self.src_lang, self.tgt_lang, self.format)
+        candidates = self._candidates(getattr(self.splits, split))
+        if not candidates:
+            if split == "test":
+                return None
+            raise DataError(f"data.splits.{split} is empty; name the {split} split's files (e.g. '{split}')")
+        fmt = self._corpus_format()
+        found = find_split(self.root, candidates, self.src_lang, self.tgt_lang, fmt)
         if found is None and split == "test":
             return None
-        # A required split that is missing: read_split raises with the expected paths.
-        src, tgt = read_split(self.root, found or candidates[0], self.src_lang, self.tgt_lang, self.format)
+        # A required split that is missing: read_split raises with the expected paths of every candidate.
+        src, tgt = read_split(self.root, found or candidates, self.src_lang, self.tgt_lang, fmt)
         self._texts[split] = _Split(src, tgt, f"{self.root}/{found or candidates[0]}")
         return self._texts[split]
 
@@ -258,9 +326,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
         key = hashlib.sha256()
         for blob in tokenizer.state_dict().values():
             key.update(blob or b"")
-        for text in (*split.src_text, "\x00", *split.tgt_text):
-            key.update(text.encode("utf-8", "surrogatepass"))
-            key.update(b"\n")
+        _update_with_texts(key, split.src_text)
+        _update_with_texts(key, ["\x00"])
+        _update_with_texts(key, split.tgt_text)
         return self.cache_dir / f"ids-{key.hexdigest()[:24]}.npz"
 
     def _tokenized(self, tokenizer: Tokenizer, split: _Split) -> TokenizedSplit:
@@ -288,20 +356,29 @@ class Seq2SeqDataModule(L.LightningDataModule):
         for split in SPLITS:
             texts = self._read(split)
             if texts is None:
-                log.warning("No test split found under %s (looked for %s); the run will not test.",
-                            self.root, self.splits.test)
+                if self.splits.test is None:
+                    log.info("No test split configured (data.splits.test=null); the run will not test.")
+                else:
+                    log.warning("No test split found under %s (looked for %s); the run will not test.",
+                                self.root, self.splits.test)
                 continue
             data = self._tokenized(self.tokenizer, texts)
             if split == "train":
-                data = self._filter_train(data)
-                self.datasets[split] = PairDataset(data)
+                data, kept = self._filter_train(data)
+                self.datasets[split] = PairDataset(data, corpus_index=kept)
             else:
                 # Every reference is scored; over-long sources are truncated rather than dropped.
                 self.datasets[split] = PairDataset(data, max_src_len=self.max_src_len + 1)
 
-    def _filter_train(self, data: TokenizedSplit) -> TokenizedSplit:
-        src = [data.src(i)[:-1].tolist() for i in range(len(data))]  # lengths without EOS
-        tgt = [data.tgt(i).tolist() for i in range(len(data))]
+    def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit, np.ndarray | None]:
+        """Drop (or truncate) training pairs as ``max_src_len``/``max_tgt_len``/``max_len_ratio`` say.
+
+        Returns the kept pairs and their corpus indices (None when every pair was kept). The counts
+        go to :attr:`filter_counts` and the log. Works on array views, not lists: this
+        runs in every ``setup``, including cached runs.
+        """
+        src = [data.src(i)[:-1] for i in range(len(data))]  # without EOS, as filter_pairs expects
+        tgt = [data.tgt(i) for i in range(len(data))]
         kept, counts, src, tgt = filter_pairs(
             src, tgt, max_src_len=self.max_src_len, max_tgt_len=self.max_tgt_len,
             overlong=self.overlong, max_len_ratio=self.max_len_ratio,
@@ -314,11 +391,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 f"every training pair under {self.root} was filtered out ({self.filter_counts}); "
                 "raise data.max_src_len / data.max_tgt_len or relax data.max_len_ratio"
             )
-        return TokenizedSplit.from_lists([[*s, EOS_ID] for s in src], tgt)
+        if len(kept) == len(data) and not counts.get("truncated"):
+            return data, None
+        eos = np.array([EOS_ID], dtype=np.int32)
+        return TokenizedSplit.from_lists([np.concatenate([s, eos]) for s in src], tgt), kept
 
     # ------------------------------------------------------------------ loaders
     @property
     def has_test(self) -> bool:
+        """Whether the corpus has a test split (known after ``setup``)."""
         return "test" in self.datasets
 
     def references(self, split: str) -> list[str]:
@@ -329,6 +410,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._read(split).src_text
 
     def _sampler(self, data: TokenizedSplit, train: bool) -> TokenBudgetBatchSampler:
+        # Under DDP every rank builds the same batch list and keeps its share (the Trainer runs
+        # with use_distributed_sampler=False, so it does not wrap this sampler itself).
         trainer = self.trainer
         return TokenBudgetBatchSampler(
             data.src_lengths,
