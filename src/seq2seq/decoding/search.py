@@ -1,63 +1,430 @@
-"""Autoregressive decoding over the cached decoder.
+"""Autoregressive decoding over the cached decoder: greedy, beam search and sampling.
 
-Every search starts from BOS, encodes the source once, and feeds one new token per step through
-the decoder's :class:`~seq2seq.models.transformer.KVCache`. Finished sequences are dropped from
-the active batch so that they stop costing work.
+Every search encodes the source once, starts from BOS and feeds one new token per row and step
+through a :class:`DecoderStepper`, which keeps the decoder's
+:class:`~seq2seq.models.transformer.KVCache`: self-attention keys/values grow by one position per
+step and cross-attention keys/values are computed on the first step only. Rows whose sequence is
+finished (EOS, or the length limit) are dropped from the active batch with
+:meth:`DecoderStepper.select`, so they stop costing work. ``use_cache=False`` recomputes the whole
+prefix at every step instead; it gives the same logits (up to float rounding) and exists as a
+reference for tests and benchmarks.
+
+Shapes: B sources, S source length, t tokens so far (BOS included), R active rows (B, B * beams
+or B * samples), V target vocabulary.
+
+Scores. Every :class:`Hypothesis` carries ``log_prob``, the sum of the model's log-probabilities of
+its scored tokens (its tokens, plus the EOS when it ended with one), and ``score`` = ``log_prob /
+lp`` with the GNMT length penalty ``lp = ((5 + n) / 6) ** alpha`` (Wu et al., 2016), n the number
+of scored tokens. Constraints (``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove
+candidates; they never renormalize the log-probabilities of the others, so
+:func:`sequence_scores` (teacher forcing) reproduces the scores the searches report.
+
+Length limits: a source of ``n`` tokens (EOS included) gets at most ``int(max_len_a * n +
+max_len_b)`` output tokens (EOS included), capped by the model's ``max_positions``; a hypothesis
+that reaches the limit without EOS is returned as is (``eos=False``). EOS is blocked for the first
+``min_len`` output tokens.
+
+Entry point: :func:`generate` dispatches on ``DecodingConfig.strategy``; :func:`greedy_search` is
+the plain token-list API that validation uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from seq2seq.errors import ConfigError
 from seq2seq.models.transformer import Seq2SeqTransformer
+
+STRATEGIES = ("greedy", "beam", "sampling")
 
 
 @dataclass
 class DecodingConfig:
     """Options shared by the searches (the ``decoding`` config group)."""
 
-    strategy: str = "greedy"
+    strategy: str = "greedy"  # "greedy" | "beam" | "sampling"
     max_len_a: float = 1.2  # output length limit: a * source_length + b
     max_len_b: int = 10
-    min_len: int = 0
+    min_len: int = 0  # EOS is blocked for the first min_len output tokens
+    beam_size: int = 5
+    alpha: float = 0.6  # GNMT length penalty exponent; 0 ranks by the plain sum of log-probabilities
+    n_best: int = 1  # hypotheses returned per source (beam: <= beam_size; sampling: independent samples)
+    no_repeat_ngram_size: int = 0  # 0 = off; n > 0 forbids repeating any n-gram of the output
+    temperature: float = 1.0  # sampling only
+    top_k: int = 0  # sampling only; 0 = off
+    top_p: float = 1.0  # sampling only (nucleus); 1.0 = off
+    seed: int | None = None  # sampling only; None = torch's global generator
+    use_cache: bool = True  # False recomputes the whole prefix at every step (reference path)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> DecodingConfig:
+        """Build from a dict or DictConfig; keys that are not fields (other config entries) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(values or {}).items() if k in names})
+
+    def validate(self) -> DecodingConfig:
+        """Raise :class:`~seq2seq.errors.ConfigError` for values no search can use; return self."""
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"decoding.strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.beam_size < 1:
+            raise ConfigError(f"decoding.beam_size={self.beam_size} must be at least 1")
+        if self.n_best < 1:
+            raise ConfigError(f"n_best={self.n_best} must be at least 1")
+        if self.strategy == "greedy" and self.n_best > 1:
+            raise ConfigError(
+                f"n_best={self.n_best} needs decoding=beam or decoding=sampling (greedy has one output)"
+            )
+        if self.strategy == "beam" and self.n_best > self.beam_size:
+            raise ConfigError(f"n_best={self.n_best} is larger than decoding.beam_size={self.beam_size}")
+        if self.min_len < 0 or self.no_repeat_ngram_size < 0 or self.top_k < 0:
+            raise ConfigError("decoding.min_len, no_repeat_ngram_size and top_k must not be negative")
+        if not self.temperature > 0:
+            raise ConfigError(f"decoding.temperature={self.temperature} must be positive")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"decoding.top_p={self.top_p} must be in (0, 1]")
+        return self
+
+
+@dataclass
+class Hypothesis:
+    """One output: token ids without BOS/EOS, and its scores (see the module docstring)."""
+
+    tokens: list[int]
+    score: float  # log_prob / length penalty
+    log_prob: float  # sum of the log-probabilities of the scored tokens
+    eos: bool  # True when it ended with EOS, False when cut at the length limit
+
+    @property
+    def num_scored(self) -> int:
+        """Number of scored tokens: the output tokens plus the EOS, if any."""
+        return len(self.tokens) + int(self.eos)
+
+
+def length_penalty(length: float | Tensor, alpha: float):
+    """GNMT length penalty ``((5 + length) / 6) ** alpha``."""
+    return ((5.0 + length) / 6.0) ** alpha
 
 
 def max_output_lengths(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> Tensor:
-    """Per-sentence output limit ``a * source_length + b``, capped by the model's positions."""
+    """Per-sentence output limit ``a * source_length + b`` (B,), capped by the model's positions."""
     src_len = (src != pad_id).sum(dim=1)
     return (src_len.float() * a + b).long().clamp(min=1, max=limit - 1)
 
 
-@torch.no_grad()
-def greedy_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig | None = None) -> list[list[int]]:
-    """Greedy decoding of a batch of sources (B, S); returns B token-id lists without BOS/EOS."""
-    cfg = cfg or DecodingConfig()
+class DecoderStepper:
+    """Feeds a growing target prefix through the decoder, one position per call.
+
+    Args:
+        model: the network, in eval mode.
+        src: source ids (B, S), padded with ``pad_id``.
+        use_cache: keep a :class:`KVCache` (each step runs the new position only); ``False``
+            recomputes the whole prefix against the full encoder output at every step.
+
+    :meth:`step` takes the prefix of every active row, (R, t) with BOS first, and returns the
+    next-token logits (R, V) in the model's dtype. :meth:`select` keeps/reorders rows between
+    steps. Row ``i`` of the first step is source ``i``.
+    """
+
+    def __init__(self, model: Seq2SeqTransformer, src: Tensor, use_cache: bool = True):
+        mc = model.config
+        if src.size(1) > mc.max_positions:
+            raise ValueError(
+                f"source length {src.size(1)} exceeds the model's max_positions={mc.max_positions}"
+            )
+        self.model = model
+        self.use_cache = use_cache
+        self.memory, self.memory_mask = model.encode(src)
+        self.cache = model.decoder.new_cache() if use_cache else None
+        self.steps = 0
+
+    def step(self, prefix: Tensor) -> Tensor:
+        """prefix (R, t) -> logits of the next token (R, V)."""
+        if self.use_cache:
+            if prefix.size(1) != self.cache.length + 1:
+                raise ValueError(
+                    f"prefix of length {prefix.size(1)} after {self.cache.length} cached positions"
+                )
+            # Only the first step needs the encoder states: it fills the cross-attention cache.
+            memory = self.memory if self.steps == 0 else None
+            hidden = self.model.decode(
+                prefix[:, -1:], memory, self.memory_mask, cache=self.cache, return_hidden=True
+            )
+            if self.steps == 0:
+                self.memory = None  # keys/values are cached; let the encoder states go
+        else:
+            hidden = self.model.decode(prefix, self.memory, self.memory_mask, return_hidden=True)
+        self.steps += 1
+        # Project the last position only: the vocabulary projection dominates small models.
+        return self.model.decoder.project(hidden[:, -1])
+
+    def select(self, index: Tensor) -> None:
+        """Keep rows ``index`` (R',) in that order (drop finished rows, reorder or expand beams)."""
+        self.memory_mask = self.memory_mask.index_select(0, index)
+        if self.use_cache:
+            self.cache.select(index)
+        else:
+            self.memory = self.memory.index_select(0, index)
+
+
+def _constrain(logprobs: Tensor, generated: Tensor, step: int, cfg: DecodingConfig, model_cfg) -> Tensor:
+    """Block tokens that may not come next; logprobs (R, V), modified in place and returned.
+
+    PAD and BOS are never targets in training (their logits are untrained), so they are always
+    blocked; EOS before ``min_len``; and tokens that would repeat an n-gram.
+    ``generated`` (R, step) holds the output tokens so far (no BOS).
+    """
+    logprobs[:, model_cfg.pad_id] = float("-inf")
+    logprobs[:, model_cfg.bos_id] = float("-inf")
+    if step < cfg.min_len:
+        logprobs[:, model_cfg.eos_id] = float("-inf")
+    n = cfg.no_repeat_ngram_size
+    if n > 0 and step >= n:
+        # Every earlier n-gram whose first n-1 tokens equal the last n-1 generated tokens bans
+        # its n-th token. unfold gives all n-grams at once: (R, step - n + 1, n).
+        grams = generated.unfold(1, n, 1)
+        suffix = generated[:, step - n + 1 :].unsqueeze(1)  # (R, 1, n-1)
+        match = (grams[:, :, :-1] == suffix).all(dim=-1)  # (R, W)
+        # scatter_add is safe with repeated indices (a plain scatter of booleans is not).
+        penalty = torch.zeros_like(logprobs).scatter_add_(
+            1,
+            grams[:, :, -1],
+            torch.zeros_like(match, dtype=logprobs.dtype).masked_fill_(match, float("-inf")),
+        )
+        logprobs += penalty
+    return logprobs
+
+
+def _sample(logprobs: Tensor, cfg: DecodingConfig, generator: torch.Generator | None) -> Tensor:
+    """Draw one token per row (R,) from logprobs (R, V) with temperature, top-k and top-p."""
+    logits = logprobs / cfg.temperature
+    if cfg.top_k > 0:
+        kth = logits.topk(min(cfg.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass; the most
+        # likely token always stays.
+        drop = (probs.cumsum(dim=-1) - probs) >= cfg.top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def _extend_rows(stepper: DecoderStepper, prefix: Tensor, logprobs: Tensor, copies: int):
+    """After the first step, give each source ``copies`` rows (beams or samples)."""
+    index = torch.arange(prefix.size(0), device=prefix.device).repeat_interleave(copies)
+    stepper.select(index)
+    return prefix.index_select(0, index), logprobs.index_select(0, index)
+
+
+def _greedy_or_sample(
+    model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig, sample: bool
+) -> list[list[Hypothesis]]:
+    """Greedy decoding (argmax) or sampling, ``n_best`` samples per source; see :func:`generate`."""
     mc = model.config
-    batch = src.size(0)
-    memory, memory_mask = model.encode(src)
+    device = src.device
+    copies = cfg.n_best if sample else 1
+    generator = None
+    if sample and cfg.seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(cfg.seed))
+    stepper = DecoderStepper(model, src, cfg.use_cache)
+    rows = src.size(0) * copies
     limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions)
-    cache = model.decoder.new_cache()
-    active = torch.arange(batch, device=src.device)  # original row of each active sequence
-    tokens = torch.full((batch, 1), mc.bos_id, dtype=torch.long, device=src.device)
-    outputs: list[list[int]] = [[] for _ in range(batch)]
+    limits = limits.repeat_interleave(copies)
+    # Results live in full-size tensors indexed by original row, written through `active`, so
+    # that no Python loop runs per row and step.
+    out = torch.full((rows, int(limits.max())), mc.pad_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    log_prob = torch.zeros(rows, dtype=torch.float32, device=device)
+    ended = torch.zeros(rows, dtype=torch.bool, device=device)
+    active = torch.arange(rows, device=device)
+    prefix = torch.full((src.size(0), 1), mc.bos_id, dtype=torch.long, device=device)
     step = 0
     while active.numel() > 0:
-        logits = model.decode(tokens, memory if step == 0 else None, memory_mask, cache=cache)[:, -1]
-        if step < cfg.min_len:
-            logits[:, mc.eos_id] = float("-inf")
-        next_tokens = logits.argmax(dim=-1)
+        logprobs = stepper.step(prefix).float().log_softmax(dim=-1)
+        if step == 0 and copies > 1:
+            prefix, logprobs = _extend_rows(stepper, prefix, logprobs, copies)
+        # In place: constraints only set other tokens to -inf, the chosen token's value stays.
+        logprobs = _constrain(logprobs, prefix[:, 1:], step, cfg, mc)
+        next_tokens = _sample(logprobs, cfg, generator) if sample else logprobs.argmax(dim=-1)
         step += 1
-        finished = (next_tokens == mc.eos_id) | (limits[active] <= step)
-        for row, tok, done in zip(active.tolist(), next_tokens.tolist(), finished.tolist()):
-            if tok != mc.eos_id:
-                outputs[row].append(tok)
+        out[active, step - 1] = next_tokens
+        lengths[active] = step
+        log_prob[active] += logprobs.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
+        is_eos = next_tokens == mc.eos_id
+        ended[active] = is_eos
+        finished = is_eos | (limits[active] <= step)
         if finished.any():
             keep = (~finished).nonzero().squeeze(1)
-            active, next_tokens = active[keep], next_tokens[keep]
-            memory_mask = memory_mask.index_select(0, keep)
-            cache.select(keep)
-        tokens = next_tokens.unsqueeze(1)
-    return outputs
+            active, next_tokens, prefix = active[keep], next_tokens[keep], prefix[keep]
+            stepper.select(keep)
+        prefix = torch.cat([prefix, next_tokens.unsqueeze(1)], dim=1)
+
+    out_l, len_l, lp_l, eos_l = out.tolist(), lengths.tolist(), log_prob.tolist(), ended.tolist()
+    hyps = []
+    for row in range(rows):
+        n = len_l[row]
+        tokens = out_l[row][: n - 1 if eos_l[row] else n]
+        score = lp_l[row] / length_penalty(n, cfg.alpha)
+        hyps.append(Hypothesis(tokens, score, lp_l[row], eos_l[row]))
+    grouped = [hyps[i * copies : (i + 1) * copies] for i in range(src.size(0))]
+    return [sorted(group, key=lambda h: -h.score) for group in grouped] if copies > 1 else grouped
+
+
+@torch.inference_mode()
+def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> list[list[Hypothesis]]:
+    """Batched beam search; returns, per source, ``n_best`` hypotheses sorted best first.
+
+    Follows fairseq's scheme: every step ranks the 2k best (hypothesis, token) extensions by their
+    summed log-probability; EOS extensions among the best k become finished hypotheses, scored
+    with the length penalty; the k best non-EOS extensions continue. A source is done once it has
+    k finished hypotheses, or when it reaches its length limit (then all k best extensions are
+    finished as they are). Done sources leave the batch. With ``beam_size=1`` the result is
+    exactly greedy decoding's.
+
+    Beam search is a heuristic: its best hypothesis usually, not provably, scores at least as
+    well as greedy's.
+    """
+    mc = model.config
+    device = src.device
+    k = cfg.beam_size
+    vocab = mc.tgt_vocab_size
+    if 2 * k > vocab:
+        raise ConfigError(f"decoding.beam_size={k} is too large for a vocabulary of {vocab} tokens")
+    batch = src.size(0)
+    stepper = DecoderStepper(model, src, cfg.use_cache)
+    limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions).tolist()
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    active = list(range(batch))  # source index of each active sentence
+    prefix = torch.full((batch, 1), mc.bos_id, dtype=torch.long, device=device)  # (A * beams, t)
+    # The first step runs one row per source (all beams would be equal); its candidates then
+    # seed k beams. scores: summed log-probabilities of the live beams (A, beams).
+    scores = torch.zeros(batch, 1, device=device)
+    positions = torch.arange(2 * k, device=device)
+    step = 0
+    while active:
+        n_active, beams = scores.shape
+        logprobs = stepper.step(prefix).float().log_softmax(dim=-1)
+        logprobs = _constrain(logprobs, prefix[:, 1:], step, cfg, mc)
+        candidates = (scores.unsqueeze(-1) + logprobs.view(n_active, beams, vocab)).view(
+            n_active, beams * vocab
+        )
+        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # (A, 2k), best first
+        cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
+        cand_token = cand_index % vocab
+        step += 1
+        is_eos = cand_token == mc.eos_id
+        at_limit = torch.tensor([limits[b] <= step for b in active], device=device)
+        to_finish = (is_eos | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores)
+        to_finish[:, k:] = False  # only the k best extensions may finish (as in fairseq)
+
+        if to_finish.any():
+            penalty = length_penalty(step, cfg.alpha)
+            prefixes = prefix[:, 1:].view(n_active, beams, prefix.size(1) - 1)
+            for a, j in to_finish.nonzero().tolist():  # row-major: best first within a sentence
+                src_index = active[a]
+                if len(finished[src_index]) >= k and limits[src_index] > step:
+                    continue
+                eos = bool(is_eos[a, j])
+                tokens = prefixes[a, int(cand_beam[a, j])].tolist()
+                if not eos:
+                    tokens.append(int(cand_token[a, j]))
+                total = float(cand_scores[a, j])
+                finished[src_index].append(Hypothesis(tokens, total / penalty, total, eos))
+
+        done = [limits[b] <= step or len(finished[b]) >= k for b in active]
+        # The first k non-EOS candidates continue: sort positions with EOS pushed to the end.
+        order = (positions + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).indices  # (A, k)
+        next_beam = cand_beam.gather(1, order)
+        next_token = cand_token.gather(1, order)
+        next_scores = cand_scores.gather(1, order)
+        if any(done):
+            for a, src_index in enumerate(active):
+                if done[a] and not finished[src_index]:
+                    # Nothing could finish (every extension blocked): return the best live beam.
+                    tokens = prefix[a * beams + int(next_beam[a, 0]), 1:].tolist() + [int(next_token[a, 0])]
+                    total = float(next_scores[a, 0])
+                    finished[src_index].append(
+                        Hypothesis(tokens, total / length_penalty(step, cfg.alpha), total, False)
+                    )
+            keep = torch.tensor([a for a, d in enumerate(done) if not d], dtype=torch.long, device=device)
+            active = [b for b, d in zip(active, done) if not d]
+            if not active:
+                break
+            next_beam, next_token, next_scores = next_beam[keep], next_token[keep], next_scores[keep]
+            sentence = keep
+        else:
+            sentence = torch.arange(n_active, device=device)
+        rows = (sentence.unsqueeze(1) * beams + next_beam).view(-1)  # (A' * k,) rows of the old prefix
+        stepper.select(rows)
+        prefix = torch.cat([prefix.index_select(0, rows), next_token.view(-1, 1)], dim=1)
+        scores = next_scores
+
+    n_best = min(cfg.n_best, k)
+    return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
+
+
+@torch.inference_mode()
+def generate(
+    model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig | None = None
+) -> list[list[Hypothesis]]:
+    """Decode a batch of sources (B, S) with ``cfg.strategy``; returns B lists of hypotheses, best first.
+
+    greedy: one hypothesis per source. beam: ``n_best`` (<= ``beam_size``) per source. sampling:
+    ``n_best`` independent samples per source, reproducible with ``seed`` for the same batch
+    (a different batching draws different random numbers). The model must be in eval mode.
+    """
+    cfg = (cfg or DecodingConfig()).validate()
+    if cfg.strategy == "beam":
+        return beam_search(model, src, cfg)
+    return _greedy_or_sample(model, src, cfg, sample=cfg.strategy == "sampling")
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig | None = None
+) -> list[list[int]]:
+    """Greedy decoding of a batch of sources (B, S); returns B token-id lists without BOS/EOS.
+
+    Uses ``max_len_a``, ``max_len_b``, ``min_len``, ``no_repeat_ngram_size`` and ``use_cache`` of
+    ``cfg`` whatever its ``strategy`` (validation always decodes greedily).
+    """
+    cfg = cfg or DecodingConfig()
+    return [group[0].tokens for group in _greedy_or_sample(model, src, cfg, sample=False)]
+
+
+@torch.inference_mode()
+def sequence_scores(
+    model: Seq2SeqTransformer,
+    src: Tensor,
+    outputs: list[list[int]],
+    eos: list[bool] | bool = True,
+    alpha: float = 0.6,
+) -> list[tuple[float, float]]:
+    """Teacher-forced ``(score, log_prob)`` of given outputs, as the searches compute them.
+
+    src (B, S); ``outputs``: B token lists without BOS/EOS; ``eos``: whether each output ends
+    with EOS (then its log-probability counts). Useful to compare or rescore hypotheses.
+    """
+    mc = model.config
+    eos_flags = [eos] * len(outputs) if isinstance(eos, bool) else list(eos)
+    targets = [list(t) + ([mc.eos_id] if e else []) for t, e in zip(outputs, eos_flags)]
+    width = max(1, max(len(t) for t in targets))
+    tgt_out = torch.full((len(targets), width), mc.pad_id, dtype=torch.long, device=src.device)
+    for i, t in enumerate(targets):
+        tgt_out[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], mc.bos_id), tgt_out[:, :-1]], dim=1)
+    logprobs = model(src, tgt_in).float().log_softmax(dim=-1)
+    token_lp = logprobs.gather(2, tgt_out.unsqueeze(2)).squeeze(2)
+    results = []
+    for i, t in enumerate(targets):
+        total = float(token_lp[i, : len(t)].sum())
+        results.append((total / length_penalty(len(t), alpha), total))
+    return results

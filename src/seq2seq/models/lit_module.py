@@ -19,8 +19,13 @@ from torch import Tensor
 
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig, greedy_search
+from seq2seq.errors import CheckpointError, Seq2SeqError
 from seq2seq.metrics.text_metrics import translation_scores
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+
+
+class TrainingError(Seq2SeqError):
+    """Training cannot go on (e.g. the loss became NaN)."""
 
 
 def _plain(cfg: Any) -> dict:
@@ -101,8 +106,15 @@ class Seq2SeqModule(L.LightningModule):
         checkpoint["bleu_best"] = self.bleu_best
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "tokenizer" not in checkpoint:
+            raise CheckpointError("the checkpoint holds no tokenizer: it was not written by seq2seq.train")
         if self.net is None:
             self.build(Tokenizer.from_state_dict(checkpoint["tokenizer"]))
+        elif self.tokenizer.state_dict() != checkpoint["tokenizer"]:
+            raise CheckpointError(
+                "the checkpoint's tokenizer differs from the one trained on this run's data: it comes "
+                "from another corpus or vocabulary. Resume with the same data.* settings, or start anew."
+            )
         self.bleu_best = checkpoint.get("bleu_best", 0.0)
 
     @property
@@ -127,9 +139,19 @@ class Seq2SeqModule(L.LightningModule):
         nll = F.cross_entropy(flat_logits.detach().float(), flat_target, ignore_index=pad, reduction="sum")
         return smoothed, nll, (target != pad).sum()
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         smoothed, nll, n_tokens = self._loss(batch)
         loss = smoothed / n_tokens
+        if not torch.isfinite(loss):
+            # A NaN/inf loss would silently poison the weights: stop, or skip this batch.
+            if self.hparams.optim.get("nonfinite", "stop") == "skip":
+                self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+                return None
+            raise TrainingError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}). Lower optim.lr, raise optim.warmup_steps or check the data; "
+                "optim.nonfinite=skip skips such batches instead."
+            )
         size = batch["src"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/nll", nll / n_tokens, batch_size=size)
