@@ -30,3 +30,11 @@ lint: install
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# A small sweep, then its results table and plot: `make sweep [SWEEP_ARGS="..."] [SWEEP_DIR=DIR]`.
+SWEEP_ARGS ?= experiment=toy model/size=tiny,small
+.PHONY: sweep
+sweep: install
+	d="$${SWEEP_DIR:-outputs/train/multiruns/sweep-$$(date +%Y-%m-%d_%H-%M-%S)}" && \
+	$(BIN)/python -m seq2seq.train -m "hydra.sweep.dir=$$d" $(SWEEP_ARGS) && \
+	$(BIN)/python -m seq2seq.report "$$d"

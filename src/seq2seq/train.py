@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.run_summary import print_metrics_table, scalar_metrics, write_metrics
+from seq2seq.utils.run_info import log_run_info, run_info
 
 log = logging.getLogger(__name__)
 # Noise from library internals that a user cannot act on.
@@ -65,11 +66,15 @@ def train(cfg: DictConfig) -> dict:
         folder = Path(trainer.checkpoint_callback.dirpath)
         checkpoints = {name: str(folder / f"{name}.ckpt") for name in ("best", "last")}
     if trainer.is_global_zero:
+        signature = {"bleu": results.get("bleu_signature"), "chrf": results.get("chrf_signature")}
+        info = run_info(num_parameters=module.net.num_parameters(), sacrebleu_signature=signature, trainer=trainer)
+        log_run_info(trainer.loggers, info)
         write_metrics(
             output_dir / "metrics.json",
             metrics,
-            sacrebleu_signature={"bleu": results.get("bleu_signature"), "chrf": results.get("chrf_signature")},
+            sacrebleu_signature=signature,
             num_parameters=module.net.num_parameters(),
+            git_commit=info["git_commit"],
             checkpoints=checkpoints,
             run_dir=str(output_dir),
             wall_time_s=round(time.time() - started, 1),

@@ -1,0 +1,170 @@
+"""Experiments x sizes x trainers compose; launchers and the Optuna sweeper compose; real tiny sweeps run.
+
+The real sweeps run `python -m seq2seq.train -m ...` in a subprocess, as a user would, with
+SEQ2SEQ_ROOT pointing at tmp_path and wandb offline.
+"""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import REPO, TINY_OVERRIDES, compose_train
+from seq2seq.config import config_dir
+from seq2seq.report import report
+
+CONF = REPO / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+SIZES = sorted(p.stem for p in (CONF / "model" / "size").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
+
+# Few batches of everything: a real run of the whole path in seconds, not a trained model.
+QUICK = [*TINY_OVERRIDES, "debug=limit", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", "model.d_model=32"]
+
+
+def _trainer_value(name: str, key: str):
+    """``key`` as trainer/<name>.yaml sets it, else as trainer/default.yaml does."""
+    own = yaml.safe_load((CONF / "trainer" / f"{name}.yaml").read_text()) or {}
+    return own[key] if key in own else yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())[key]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_with_every_size_and_trainer(experiment, tmp_path):
+    # Every size and every trainer with this experiment (pairs cycled: sizes and trainers set
+    # disjoint keys, so their own combinations add nothing); the whole config must resolve.
+    pairs = zip(itertools.islice(itertools.cycle(SIZES), max(len(SIZES), len(TRAINERS))),
+                itertools.islice(itertools.cycle(TRAINERS), max(len(SIZES), len(TRAINERS))))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for size, trainer in pairs:
+            overrides = [f"experiment={experiment}", f"model/size={size}", f"trainer={trainer}",
+                         f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"]
+            cfg = compose("train", overrides=overrides)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            expected = yaml.safe_load((CONF / "model" / "size" / f"{size}.yaml").read_text())
+            assert resolved["model"]["d_model"] == expected["d_model"], (experiment, size)
+            assert resolved["trainer"]["accelerator"] == _trainer_value(trainer, "accelerator"), (experiment, trainer)
+            assert resolved["data"]["root"] and resolved["trainer"]["_target_"] == "lightning.pytorch.Trainer"
+
+
+def test_distributed_trainers(tmp_path):
+    ddp_sim = compose_train(tmp_path, ["trainer=ddp_sim"]).trainer
+    assert (ddp_sim.accelerator, ddp_sim.devices, ddp_sim.strategy) == ("cpu", 2, "ddp")
+    multinode = compose_train(tmp_path, ["trainer=multinode"]).trainer
+    assert (multinode.num_nodes, multinode.devices, multinode.strategy) == (2, 8, "ddp")
+    gpu = compose_train(tmp_path, ["trainer=ddp"]).trainer
+    assert gpu.accelerator == "gpu" and gpu.precision == "bf16-mixed"
+
+
+def test_callbacks_and_debug_options_compose(tmp_path):
+    cfg = compose_train(tmp_path, ["callbacks=early_stopping"])
+    assert cfg.callbacks.early_stopping.monitor == "val/bleu" and "model_checkpoint" in cfg.callbacks
+    cfg = compose_train(tmp_path, ["callbacks=epoch_checkpoints"])
+    assert cfg.callbacks.epoch_checkpoints.save_top_k == -1 and "model_checkpoint" in cfg.callbacks
+    cfg = compose_train(tmp_path, ["debug=overfit"])
+    assert cfg.trainer.overfit_batches > 0 and "fixed_train_batches" in cfg.callbacks and cfg.model.dropout == 0
+    assert compose_train(tmp_path, ["debug=profiler"]).trainer.profiler._target_.endswith("SimpleProfiler")
+    assert compose_train(tmp_path, ["debug=limit"]).trainer.limit_train_batches == 10
+
+
+@pytest.mark.parametrize(
+    "launcher, target",
+    [
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ],
+)
+def test_launchers_compose(launcher, target, tmp_path):
+    cfg = compose_train(tmp_path, [f"hydra/launcher={launcher}", "trainer=ddp"])
+    assert cfg.hydra.launcher._target_ == target
+    OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.timeout_min == 1440 and cfg.hydra.launcher.tasks_per_node == 1
+
+
+def test_optuna_search_composes(tmp_path):
+    cfg = compose_train(tmp_path, ["hparams_search=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"optim.lr", "optim.warmup_steps", "model.dropout", "optim.label_smoothing"}
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    for key in sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None  # every searched key exists in the config
+
+
+def test_make_sweep_runs_train_then_report(tmp_path):
+    result = subprocess.run(["make", "-n", "sweep", "SWEEP_ARGS=model.d_model=32,64", f"SWEEP_DIR={tmp_path}/s"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "-m seq2seq.train -m" in result.stdout and "model.d_model=32,64" in result.stdout
+    assert "-m seq2seq.report" in result.stdout
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEQ2SEQ_ROOT": str(cwd), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "seq2seq.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_multirun_two_jobs_get_own_folders_and_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_train(["-m", *QUICK, "model.d_model=32,64", "logger=many", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for num, d_model in ((0, 32), (1, 64)):
+        job = sweep / str(num)
+        assert f"model.d_model={d_model}" in (job / ".hydra" / "overrides.yaml").read_text()
+        assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "csv" / "metrics.csv").is_file()
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["run_dir"] == str(job) and "test/bleu" in metrics
+
+    # Each job logged to its own wandb run, grouped under the sweep's name.
+    from test_loggers import wandb_run_record
+
+    records = [wandb_run_record(sweep / str(num)) for num in (0, 1)]
+    assert records[0]["run_id"] != records[1]["run_id"]
+    assert records[0]["config"]["model"]["d_model"] == 32 and records[1]["config"]["model"]["d_model"] == 64
+    assert "val/bleu" in records[1]["summary"]
+    if records[0]["run"]:  # read from the transaction log: group and name are there
+        assert records[0]["run"]["run_group"] == records[1]["run"]["run_group"] == f"{sweep.parent.name}_{sweep.name}"
+        assert "model.d_model=32" in records[0]["run"]["display_name"]
+
+    result = report(sweep)
+    assert [row["status"] for row in result["rows"]] == ["ok", "ok"]
+    params = [row["parameters"] for row in result["rows"]]
+    assert params[0] < params[1]
+    table = [line for line in result["markdown"].splitlines() if line.startswith("| ")]
+    assert len(table) == 3 and "model.d_model=32" in table[1] and "model.d_model=64" in table[2]
+    assert result["plot_file"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_optuna_sweep_of_two_trials_returns_the_metric(tmp_path):
+    sweep = tmp_path / "search"
+    result = run_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK, "test=false",
+                        f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    objectives = [json.loads((sweep / str(n) / "metrics.json").read_text())["val/bleu_best"] for n in (0, 1)]
+    assert results["best_value"] == pytest.approx(max(objectives))
+    assert set(results["best_params"]) == {"optim.lr", "optim.warmup_steps", "model.dropout", "optim.label_smoothing"}
+    overrides = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "optim.lr=" in overrides and "model.dropout=" in overrides
+
+
+def test_ddp_sim_trains_and_validates_on_two_cpu_processes(tmp_path):
+    result = run_train([*QUICK, "trainer=ddp_sim"], tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stdout + result.stderr
+    run_dir = Path(result.stdout.split("Run folder:")[1].split()[0])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "val/bleu" in metrics and "test/bleu" in metrics
