@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES, compose_train
+from conftest import SHORT_TRAINING_OVERRIDES, TINY_OVERRIDES, compose_train
 from seq2seq.errors import CheckpointError
 from seq2seq.models.lit_module import Seq2SeqModule, TrainingError
 from seq2seq.train import train
@@ -70,6 +70,8 @@ def test_nan_loss_can_skip_the_batch(tmp_path, monkeypatch):
 
 
 def test_resume_with_other_data_is_refused(tmp_path, tiny_checkpoint):
-    cfg = compose_train(tmp_path, QUICK + ["data.vocab_size=300", f"ckpt_path={tiny_checkpoint}"])
+    # The checkpoint's model (so that only the data differs: another model is refused before that).
+    model = [o for o in SHORT_TRAINING_OVERRIDES if o.startswith("model.")]
+    cfg = compose_train(tmp_path, QUICK + model + ["data.vocab_size=300", f"ckpt_path={tiny_checkpoint}"])
     with pytest.raises(CheckpointError, match="tokenizer differs"):
         train(cfg)

@@ -25,15 +25,73 @@ def config_dir() -> str:
     return str(path)
 
 
+def _user_error(err: BaseException) -> Seq2SeqError | None:
+    """``err`` or the exception it wraps (``raise ... from``), if a :class:`Seq2SeqError`.
+
+    Hydra's ``instantiate`` re-raises whatever a constructor raises as an ``InstantiationException``
+    whose cause is the original error.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Seq2SeqError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 def user_errors_exit(fn):
-    """Turn a :class:`Seq2SeqError` into one message on stderr and exit status 2."""
+    """Turn a :class:`Seq2SeqError` (also one wrapped by Hydra) into one message on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Seq2SeqError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:
+            user_error = _user_error(err)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def _unwritable_folder(path: Path) -> str | None:
+    """Why the folder ``path`` cannot be created or written, or None when it can (nothing is created)."""
+    path = path.absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder (Not a directory)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable (Permission denied)"
+    return None
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object
+
+
+class CheckRunFolder(_HydraCallback):
+    """Hydra callback (``hydra.callbacks.check_run_folder``): one message when the run folder cannot be made.
+
+    Hydra creates ``hydra.run.dir`` (or ``hydra.sweep.dir``) before the command's code runs, and
+    reports a failure there with a traceback; this check runs just before and ends the command with
+    ``error: ...`` and exit status 2 instead.
+    """
+
+    def _check(self, folder: str, key: str) -> None:
+        problem = _unwritable_folder(Path(folder))
+        if problem is not None:
+            print(f"error: cannot create the run folder {folder} ({key}): {problem}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(str(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(str(config.hydra.sweep.dir), "hydra.sweep.dir")

@@ -2,7 +2,9 @@
 
 Composes the DataModule, the LightningModule, callbacks, loggers and the Trainer from the Hydra
 config, trains, tests the best checkpoint, and writes ``metrics.json`` into the run folder.
-Returns ``val/bleu_best`` so that Hydra sweepers can optimize it.
+Returns the best value of the checkpoint metric (``callbacks.model_checkpoint.monitor``:
+``val/bleu_best`` by default) so that Hydra sweepers can optimize it. ``task=summarization`` scores
+validation and test with ROUGE instead of BLEU/chrF (see :class:`Seq2SeqModule`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.run_summary import print_metrics_table, scalar_metrics, write_metrics
@@ -32,25 +35,61 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def checkpoint_metric(cfg: DictConfig) -> tuple[str | None, str]:
+    """(monitor, mode) of ``callbacks.model_checkpoint``; (None, "max") without one."""
+    checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    return checkpoint.get("monitor"), checkpoint.get("mode", "max")
+
+
+def truncation_counts(datamodule) -> dict:
+    """Training filter counts (``truncated``, ``too_long``, ...) and truncated val/test sources."""
+    counts = dict(datamodule.filter_counts)
+    for split in ("val", "test"):
+        dataset = datamodule.datasets.get(split)
+        if dataset is not None and dataset.max_src_len is not None:
+            counts[f"{split}_truncated"] = int((dataset.data.src_lengths > dataset.max_src_len).sum())
+    return counts
+
+
+def _plugins(configured) -> list:
+    """The trainer's plugins, with checkpoints written atomically unless another CheckpointIO is set."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in (configured or [])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
 def train(cfg: DictConfig) -> dict:
     """Train and test as ``cfg`` says; returns the final metrics (also written to metrics.json)."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir, cfg.model)
     datamodule = instantiate(cfg.data)
-    module = Seq2SeqModule(model=cfg.model, optim=cfg.optim, decoding=cfg.decoding)
+    monitor, monitor_mode = checkpoint_metric(cfg)
+    module = Seq2SeqModule(
+        model=cfg.model, optim=cfg.optim, decoding=cfg.decoding,
+        task=cfg.get("task", "translation"), monitor=monitor, monitor_mode=monitor_mode,
+    )
     fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg.trainer.get("plugins"))
+    )
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
-    metrics["val/bleu_best"] = module.bleu_best
+    if module.task == "translation":
+        metrics["val/bleu_best"] = module.bleu_best
+    metrics.update({f"{name}_best": value for name, value in module.best_scores.items()})
 
     if cfg.get("test"):
         if datamodule.has_test:
@@ -67,12 +106,19 @@ def train(cfg: DictConfig) -> dict:
         checkpoints = {name: str(folder / f"{name}.ckpt") for name in ("best", "last")}
     if trainer.is_global_zero:
         signature = {"bleu": results.get("bleu_signature"), "chrf": results.get("chrf_signature")}
+        extra = {"rouge_signature": results["rouge_signature"]} if "rouge_signature" in results else {}
+        data_filter = truncation_counts(datamodule)
+        if data_filter.get("truncated") or data_filter.get("val_truncated") or data_filter.get("test_truncated"):
+            log.info("Sources truncated to data.max_src_len=%s: %s", datamodule.max_src_len, data_filter)
         info = run_info(num_parameters=module.net.num_parameters(), sacrebleu_signature=signature, trainer=trainer)
         log_run_info(trainer.loggers, info)
         write_metrics(
             output_dir / "metrics.json",
             metrics,
             sacrebleu_signature=signature,
+            **extra,
+            task=module.task,
+            data_filter=data_filter,
             num_parameters=module.net.num_parameters(),
             git_commit=info["git_commit"],
             checkpoints=checkpoints,
@@ -89,7 +135,8 @@ def train(cfg: DictConfig) -> dict:
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
-    return metrics.get("val/bleu_best", 0.0)
+    monitor, _ = checkpoint_metric(cfg)
+    return metrics.get(f"{monitor}_best", metrics.get("val/bleu_best", 0.0))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ text when K > 1) without calling the model. A line with more source tokens than 
 (default: the model's ``max_positions``) is truncated, with a warning on stderr naming its line
 number (counted from 1). Progress and warnings go to stderr only. The output file is written
 atomically once every line is translated, so a failed run leaves no partial file. A missing or
-invalid checkpoint, or an unreadable input, ends with one ``error: ...`` line and exit status 2.
+invalid checkpoint, an unreadable input, or an output that cannot be written (checked before
+decoding) ends with one ``error: ...`` line and exit status 2.
 Nothing else is written: no run folder, no log file.
 """
 
@@ -64,7 +65,7 @@ __all__ = [
 def _one_line(err: BaseException, limit: int = 200) -> str:
     """First line of an exception message, shortened: user errors are one line."""
     text = str(err).strip().splitlines()
-    first = text[0] if text else ""
+    first = text[0].split(". ")[0] if text else ""  # torch's messages run on: the first sentence says enough
     first = first if len(first) <= limit else first[: limit - 3] + "..."
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
@@ -261,6 +262,17 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _check_output(path: str) -> None:
+    """Raise :class:`ConfigError` when ``output=path`` cannot be written (its folder is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"output={path} is a folder; name a file to write the translations to")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write output={path}: {err.strerror or err} ({path.parent})") from None
+
+
 @user_errors_exit
 def translate(cfg: DictConfig) -> None:
     """Run the command for a composed ``translate`` config (user errors: one message, exit 2)."""
@@ -269,6 +281,8 @@ def translate(cfg: DictConfig) -> None:
     decoding.n_best = n_best
     decoding.validate()
     device = resolve_device(cfg.get("device"))
+    if cfg.get("output"):
+        _check_output(cfg.output)  # before minutes of decoding, not after
     net, tokenizer = load_checkpoint(cfg.get("ckpt_path"), device)
     lines = read_lines(cfg.get("input"))
     show = bool(cfg.get("progress", True))
@@ -295,7 +309,10 @@ def translate(cfg: DictConfig) -> None:
     )
     text = format_results(results, n_best)
     if cfg.get("output"):
-        atomic_write_text(cfg.output, text)
+        try:
+            atomic_write_text(cfg.output, text)
+        except OSError as err:
+            raise ConfigError(f"cannot write output={cfg.output}: {err.strerror or err}") from None
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -38,7 +40,7 @@ from seq2seq.data.filtering import filter_pairs
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.data.sources import CorpusFormat, find_split, read_split
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from seq2seq.errors import DataError
+from seq2seq.errors import ConfigError, DataError
 from seq2seq.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -133,16 +135,18 @@ class PairDataset(Dataset):
         return (i if self.corpus_index is None else int(self.corpus_index[i])), src, tgt
 
 
-def collate(items: list) -> dict[str, torch.Tensor]:
+def collate(items: list, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
     """Pad a list of (index, src, tgt) into the batch the LightningModule expects.
 
     ``src`` (B, S) ends each sentence with EOS; ``tgt_in`` (B, T) = BOS + target and
     ``tgt_out`` (B, T) = target + EOS (teacher forcing); ``index`` (B,) locates each sentence in
-    its split.
+    its split. ``pad_to_multiple``: S and T are padded up to a multiple of it (fewer distinct
+    shapes, aligned for tensor cores).
     """
     batch = len(items)
-    src_len = max(len(s) for _, s, _ in items)
-    tgt_len = max(len(t) for _, _, t in items) + 1
+    m = max(1, int(pad_to_multiple))
+    src_len = m * math.ceil(max(len(s) for _, s, _ in items) / m)
+    tgt_len = m * math.ceil((max(len(t) for _, _, t in items) + 1) / m)
     src = np.full((batch, src_len), PAD_ID, dtype=np.int64)
     tgt_in = np.full((batch, tgt_len), PAD_ID, dtype=np.int64)
     tgt_out = np.full((batch, tgt_len), PAD_ID, dtype=np.int64)
@@ -158,6 +162,32 @@ def collate(items: list) -> dict[str, torch.Tensor]:
         "tgt_out": torch.from_numpy(tgt_out),
         "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
     }
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` whose position in the epoch is saved in checkpoints.
+
+    Lightning stores ``state_dict()`` of every train dataloader that has one (under the fit loop's
+    ``combined_loader`` state) and calls ``load_state_dict`` when resuming, before the first batch
+    is drawn. Both delegate to the :class:`TokenBudgetBatchSampler`: after a resume in the middle of
+    an epoch the loader yields the epoch's remaining batches only, which is what Lightning's epoch
+    loop expects of a stateful loader (it counts the batches already done and stops at
+    ``len(loader)``).
+
+    The position saved is what the training loop actually consumed (``batches_consumed()``), not
+    what the sampler handed out: worker processes fetch batches ahead of the training step.
+    """
+
+    def __init__(self, *args, batches_consumed: Callable[[], int | None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_consumed = batches_consumed
+
+    def state_dict(self) -> dict:
+        consumed = self.batches_consumed() if self.batches_consumed is not None else None
+        return {"batch_sampler": self.batch_sampler.state_dict(batches_consumed=consumed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state["batch_sampler"])
 
 
 def _update_with_texts(key: hashlib._Hash, texts: Sequence[str]) -> None:
@@ -195,6 +225,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         vocab_size, joint_vocab, spm_model_type: the sentencepiece tokenizer.
         max_tokens: token budget of a training batch, padding included (fairseq's ``--max-tokens``).
         eval_max_tokens: the same for validation and test (default: 2 x max_tokens).
+        pad_to_multiple: pad every batch's lengths up to a multiple of this (see :func:`collate`).
         max_src_len, max_tgt_len, overlong, max_len_ratio: training-pair filtering.
         cache_dir: where tokenizers and tokenized splits are cached.
     """
@@ -218,6 +249,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         spm_model_type: str = "unigram",
         max_tokens: int = 4096,
         max_sentences: int | None = None,
+        pad_to_multiple: int = 1,
         eval_max_tokens: int | None = None,
         max_src_len: int = 256,
         max_tgt_len: int = 256,
@@ -228,6 +260,16 @@ class Seq2SeqDataModule(L.LightningDataModule):
         seed: int = 1234,
     ):
         super().__init__()
+        # Checked here, before any corpus is read or tokenizer trained.
+        for key, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens),
+                           ("max_sentences", max_sentences)):
+            if (value is None and key == "max_tokens") or (
+                value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0)
+            ):
+                raise ConfigError(
+                    f"data.{key} must be a positive number{'' if key == 'max_tokens' else ' or null'}, "
+                    f"got {value!r}; e.g. data.{key}={4096 if 'tokens' in key else 64}"
+                )
         self.root = Path(root)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.splits = splits if isinstance(splits, SplitNames) else SplitNames(**dict(splits or {}))
@@ -244,6 +286,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.download = download
         self.vocab_size, self.joint_vocab, self.spm_model_type = vocab_size, joint_vocab, spm_model_type
         self.max_tokens, self.max_sentences = max_tokens, max_sentences
+        self.pad_to_multiple = max(1, int(pad_to_multiple or 1))
         self.eval_max_tokens = eval_max_tokens or 2 * max_tokens
         self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
         self.overlong, self.max_len_ratio = overlong, max_len_ratio
@@ -310,8 +353,11 @@ class Seq2SeqDataModule(L.LightningDataModule):
         found = find_split(self.root, candidates, self.src_lang, self.tgt_lang, fmt)
         if found is None and split == "test":
             return None
-        # A required split that is missing: read_split raises with the expected paths of every candidate.
-        src, tgt = read_split(self.root, found or candidates, self.src_lang, self.tgt_lang, fmt)
+        # A required split that is missing: read_split raises with the expected paths of every candidate
+        # (for a single candidate, naming just the file(s) that are missing).
+        src, tgt = read_split(
+            self.root, found or (candidates[0] if len(candidates) == 1 else candidates), self.src_lang, self.tgt_lang, fmt
+        )
         self._texts[split] = _Split(src, tgt, f"{self.root}/{found or candidates[0]}")
         return self._texts[split]
 
@@ -424,19 +470,32 @@ class Seq2SeqDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
         )
 
+    def _train_batches_consumed(self) -> int | None:
+        """Training batches of the current epoch the Trainer has taken (what a resume skips)."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        # `started` counts batches whose training step began: at every point where a checkpoint is
+        # saved (end of a training batch, end of validation, end of the epoch) those are done.
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.started)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
         sampler = self._sampler(dataset.data, train)
-        if train:
-            self.train_sampler = sampler
-        return DataLoader(
-            dataset,
+        # A generator of its own: creating the loader's iterator then draws its base seed from it,
+        # not from torch's global generator, whose state (dropout) a resumed run must continue exactly.
+        options = dict(
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=collate if self.pad_to_multiple == 1 else partial(collate, pad_to_multiple=self.pad_to_multiple),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if train:
+            self.train_sampler = sampler
+            return ResumableDataLoader(dataset, batches_consumed=self._train_batches_consumed, **options)
+        return DataLoader(dataset, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

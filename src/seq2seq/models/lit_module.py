@@ -9,19 +9,30 @@ therefore carries everything needed to translate: weights, model config and toke
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig, greedy_search
-from seq2seq.errors import CheckpointError, Seq2SeqError
-from seq2seq.metrics.text_metrics import translation_scores
+from seq2seq.errors import CheckpointError, ConfigError, Seq2SeqError
+from seq2seq.metrics.text_metrics import rouge_scores, translation_scores
+from seq2seq.models.loss import sequence_loss, target_index
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+from seq2seq.models.unpadded import right_padded, source_index
+
+# Corpus metrics logged as {val,test}/<name> after each validation and test, per task.
+TASK_METRICS = {
+    "translation": ("bleu", "chrf"),
+    "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum"),
+}
+
+# Our on_before_batch_transfer only adds a key (tgt_index); the DataModule has no such hook to lose.
+warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule`.*")
 
 
 class TrainingError(Seq2SeqError):
@@ -44,6 +55,36 @@ def inverse_sqrt_schedule(warmup_steps: int):
     return factor
 
 
+def resolve_compile(option: Any, device: torch.device) -> bool:
+    """``model.compile``: ``auto`` compiles on CUDA only (on CPUs compiling costs minutes for little
+    gain, see benchmarks/train_throughput.py); ``true``/``false`` force it."""
+    if isinstance(option, str):
+        option = option.strip().lower()
+        if option == "auto":
+            return device.type == "cuda"
+        if option in ("true", "false"):
+            return option == "true"
+        raise ValueError(f"model.compile must be auto, true or false, got {option!r}")
+    return bool(option)
+
+
+def build_optimizer(named_parameters, opt: Any) -> torch.optim.AdamW:
+    """AdamW over ``named_parameters`` with ``opt`` (the optim config); no weight decay on biases
+    and norms. Fused (one kernel for all parameters) when every parameter is on CUDA."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+    fused = all(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=opt["lr"],
+        betas=tuple(opt.get("betas", (0.9, 0.98))),
+        eps=opt.get("eps", 1e-9),
+        **({"fused": True} if fused else {}),
+    )
+
+
 class Seq2SeqModule(L.LightningModule):
     """Trains a :class:`Seq2SeqTransformer` and evaluates it with corpus BLEU and chrF.
 
@@ -54,6 +95,12 @@ class Seq2SeqModule(L.LightningModule):
             ``label_smoothing``.
         decoding: :class:`DecodingConfig` fields for validation and test.
         tokenizer: builds the network at once when given (otherwise in ``setup``).
+        task: ``translation`` (validation/test log ``bleu`` and ``chrf``) or ``summarization``
+            (``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``; see :data:`TASK_METRICS`).
+        monitor, monitor_mode: the metric the best checkpoint is chosen by (the
+            ``callbacks.model_checkpoint`` settings) and whether higher (``max``) or lower is better.
+            Its best value so far is logged as ``<monitor>_best`` (``val/bleu_best`` is always
+            logged for translation). Default: ``val/bleu``, or ``val/rougeLsum`` for summarization.
     """
 
     def __init__(
@@ -62,11 +109,23 @@ class Seq2SeqModule(L.LightningModule):
         optim: dict | DictConfig,
         decoding: dict | DictConfig | None = None,
         tokenizer: Tokenizer | None = None,
+        task: str = "translation",
+        monitor: str | None = None,
+        monitor_mode: str = "max",
     ):
         super().__init__()
+        if task not in TASK_METRICS:
+            raise ConfigError(f"task={task!r}: use one of {', '.join(TASK_METRICS)}")
+        if monitor_mode not in ("max", "min"):
+            raise ConfigError(f"monitor mode {monitor_mode!r}: use max or min")
         self.save_hyperparameters(
-            {"model": _plain(model), "optim": _plain(optim), "decoding": _plain(decoding)}
+            {"model": _plain(model), "optim": _plain(optim), "decoding": _plain(decoding), "task": task}
         )
+        self.task = task
+        self.monitor = monitor or ("val/bleu" if task == "translation" else "val/rougeLsum")
+        self.monitor_mode = monitor_mode
+        # Best value so far of each tracked validation metric (the monitored one; and BLEU for translation).
+        self.best_scores: dict[str, float] = {}
         self.tokenizer: Tokenizer | None = None
         self.net: Seq2SeqTransformer | None = None
         self.bleu_best = 0.0
@@ -99,11 +158,43 @@ class Seq2SeqModule(L.LightningModule):
             if datamodule is None or getattr(datamodule, "tokenizer", None) is None:
                 raise RuntimeError("Seq2SeqModule needs a tokenizer: pass one, or train with a Seq2SeqDataModule")
             self.build(datamodule.tokenizer)
+        if stage == "fit":
+            self._setup_fast_path()
+
+    def _setup_fast_path(self) -> None:
+        """Compile the training loss (``model.compile``) and choose how often NaNs are checked.
+
+        Only a function closing over ``self.net`` is compiled: the module itself stays as it is, so
+        checkpoints keep their ``net.*`` keys (no ``_orig_mod``) and load anywhere uncompiled.
+        """
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        self._compiled_loss = None
+        if resolve_compile(self.hparams.model.get("compile", "auto"), device):
+            net, chunk = self.net, self.hparams.model.get("loss_chunk_tokens")
+
+            def loss(src, tgt_in, tgt_out, index, src_index, label_smoothing, unpad):
+                # Inductor fuses the loss itself: the plain (unfused) formula compiles best.
+                return sequence_loss(
+                    net, src, tgt_in, tgt_out, label_smoothing, index, fused=False, chunk=chunk,
+                    src_index=src_index, unpad=unpad,
+                )
+
+            # dynamic=True: one graph for every batch size, length and target count.
+            self._compiled_loss = torch.compile(loss, dynamic=True)
+        # Reading the loss back every step would stall a GPU: in `stop` mode a CUDA run records the
+        # first non-finite step on the device and checks it every log interval (and before saving).
+        every = self.hparams.optim.get("nonfinite_check_every", "auto")
+        if every in (None, "auto"):
+            every = self.trainer.log_every_n_steps if device.type == "cuda" and self._trainer is not None else 1
+        self._nonfinite_every = max(1, int(every))
+        self._first_nonfinite = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._raise_if_nonfinite()
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
         checkpoint["model_config"] = dict(self.net.config.__dict__)
         checkpoint["bleu_best"] = self.bleu_best
+        checkpoint["best_scores"] = dict(self.best_scores)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizer" not in checkpoint:
@@ -116,6 +207,7 @@ class Seq2SeqModule(L.LightningModule):
                 "from another corpus or vocabulary. Resume with the same data.* settings, or start anew."
             )
         self.bleu_best = checkpoint.get("bleu_best", 0.0)
+        self.best_scores = dict(checkpoint.get("best_scores", {}))
 
     @property
     def decoding_config(self) -> DecodingConfig:
@@ -126,36 +218,84 @@ class Seq2SeqModule(L.LightningModule):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.net(src, tgt_in)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The positions of real tokens, found on the host: on a GPU the step needs no sync for them.
+        if isinstance(batch, dict) and "tgt_out" in batch and "tgt_index" not in batch and self.net is not None:
+            pad, pin = self.net.config.pad_id, batch["tgt_out"].is_pinned()
+            batch["tgt_index"] = target_index(batch["tgt_out"], pad)
+            # The unpadded forward needs right-padded targets (collate's); else the padded one runs.
+            if self.hparams.model.get("unpad", True) and right_padded(batch["tgt_out"], pad):
+                batch["src_index"] = source_index(batch["src"], pad)
+            for key in ("tgt_index", "src_index"):
+                if pin and key in batch:
+                    batch[key] = batch[key].pin_memory()
+        return batch
+
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """Label-smoothed cross-entropy summed over non-pad targets; returns (smoothed, nll, n_tokens)."""
-        logits = self.net(batch["src"], batch["tgt_in"])
+        """Label-smoothed cross-entropy summed over non-pad targets; returns (smoothed, nll, n_tokens).
+
+        Logits are computed for the non-pad targets only (see :mod:`seq2seq.models.loss`).
+        """
         target = batch["tgt_out"]
-        pad = self.net.config.pad_id
-        flat_logits, flat_target = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
-        smoothed = F.cross_entropy(
-            flat_logits.float(), flat_target, ignore_index=pad, reduction="sum",
-            label_smoothing=self.hparams.optim.get("label_smoothing", 0.0),
+        index, src_index = batch.get("tgt_index"), batch.get("src_index")
+        eps = self.hparams.optim.get("label_smoothing", 0.0)
+        # src_index is there when the batch may run unpadded (model.unpad, right-padded targets).
+        unpad = src_index is not None and index is not None
+        compiled = getattr(self, "_compiled_loss", None)
+        if compiled is not None and self.training and torch.is_grad_enabled():
+            if index is None:
+                index = target_index(target, self.net.config.pad_id)
+            smoothed, nll = compiled(batch["src"], batch["tgt_in"], target, index, src_index, eps, unpad)
+        else:
+            chunk = self.hparams.model.get("loss_chunk_tokens")
+            smoothed, nll = sequence_loss(
+                self.net, batch["src"], batch["tgt_in"], target, eps, index, chunk=chunk, src_index=src_index, unpad=unpad
+            )
+        return smoothed, nll, (target != self.net.config.pad_id).sum()
+
+    def _nonfinite_error(self, value: float, step: int, where: str) -> TrainingError:
+        return TrainingError(
+            f"non-finite loss ({value}) at step {step} ({where}). Lower optim.lr, raise "
+            "optim.warmup_steps or check the data; optim.nonfinite=skip skips such batches instead."
         )
-        nll = F.cross_entropy(flat_logits.detach().float(), flat_target, ignore_index=pad, reduction="sum")
-        return smoothed, nll, (target != pad).sum()
+
+    def _raise_if_nonfinite(self) -> None:
+        """Raise if the deferred check (CUDA, see :meth:`_setup_fast_path`) recorded a non-finite loss."""
+        record = getattr(self, "_first_nonfinite", None)
+        if record is not None:
+            step, value = record.tolist()
+            if step >= 0:
+                raise self._nonfinite_error(value, int(step), "found by the periodic check")
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         smoothed, nll, n_tokens = self._loss(batch)
         loss = smoothed / n_tokens
-        if not torch.isfinite(loss):
+        skip = self.hparams.optim.get("nonfinite", "stop") == "skip"
+        if getattr(self, "_nonfinite_every", 1) > 1 and not skip:
+            # No host-device sync: keep (first non-finite step, its loss) on the device.
+            here = torch.stack([torch.full_like(loss.detach(), self.global_step), loss.detach()])
+            if self._first_nonfinite is None:
+                self._first_nonfinite = torch.full_like(here, -1.0)
+            first = ~torch.isfinite(here[1]) & (self._first_nonfinite[0] < 0)
+            self._first_nonfinite = torch.where(first, here, self._first_nonfinite)
+            if (self.global_step + 1) % self._nonfinite_every == 0:
+                self._raise_if_nonfinite()
+        elif not torch.isfinite(loss):
             # A NaN/inf loss would silently poison the weights: stop, or skip this batch.
-            if self.hparams.optim.get("nonfinite", "stop") == "skip":
+            if skip:
                 self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
                 return None
-            raise TrainingError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}). Lower optim.lr, raise optim.warmup_steps or check the data; "
-                "optim.nonfinite=skip skips such batches instead."
-            )
+            raise self._nonfinite_error(loss.item(), self.global_step, f"epoch {self.current_epoch}, batch {batch_idx}")
         size = batch["src"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/nll", nll / n_tokens, batch_size=size)
         return loss
+
+    def on_validation_start(self) -> None:
+        self._raise_if_nonfinite()
+
+    def on_train_end(self) -> None:
+        self._raise_if_nonfinite()
 
     def on_train_epoch_start(self) -> None:
         # Lightning sets the epoch on samplers, not on batch samplers: reshuffle ours per epoch.
@@ -165,15 +305,8 @@ class Seq2SeqModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.hparams.optim
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": opt.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=opt["lr"],
-            betas=tuple(opt.get("betas", (0.9, 0.98))),
-            eps=opt.get("eps", 1e-9),
-        )
+        # Lightning moves the module to its device before this hook: fused AdamW on CUDA.
+        optimizer = build_optimizer(self.named_parameters(), opt)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(opt.get("warmup_steps", 4000)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -200,10 +333,13 @@ class Seq2SeqModule(L.LightningModule):
         indices, hypotheses = self.gathered_hypotheses()
         all_refs = self.trainer.datamodule.references(prefix)
         references = [all_refs[i] for i in indices]
-        scores = translation_scores(hypotheses, references)
+        if self.task == "summarization":
+            scores = rouge_scores(hypotheses, references)
+        else:
+            scores = translation_scores(hypotheses, references)
         # Every rank holds the same gathered corpus score, so no reduction is needed.
-        self.log(f"{prefix}/bleu", scores["bleu"])
-        self.log(f"{prefix}/chrf", scores["chrf"])
+        for name in TASK_METRICS[self.task]:
+            self.log(f"{prefix}/{name}", scores[name])
         loss = self.trainer.callback_metrics.get(f"{prefix}/loss")
         if loss is not None:
             self.log(f"{prefix}/ppl", torch.exp(loss.float().clamp(max=50)))
@@ -225,8 +361,21 @@ class Seq2SeqModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         scores = self._eval_epoch_end("val")
-        self.bleu_best = max(self.bleu_best, scores["bleu"])
-        self.log("val/bleu_best", self.bleu_best)
+        current = {f"val/{name}": value for name, value in scores.items() if isinstance(value, float)}
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is not None:
+            current["val/loss"] = float(loss)
+        tracked = [self.monitor] + (["val/bleu"] if self.task == "translation" else [])
+        for name in dict.fromkeys(tracked):
+            if name not in current:
+                continue
+            better = max if self.monitor_mode == "max" or name != self.monitor else min
+            # Checkpoints from before best_scores existed carry bleu_best only.
+            previous = self.best_scores.get(name, self.bleu_best if name == "val/bleu" else None)
+            self.best_scores[name] = current[name] if previous is None else better(previous, current[name])
+            self.log(f"{name}_best", self.best_scores[name])
+        if self.task == "translation":
+            self.bleu_best = max(self.bleu_best, scores["bleu"])
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -1,0 +1,272 @@
+"""Checkpoints that a crash cannot damage, and resuming a run exactly where it stopped.
+
+Three pieces, used by :mod:`seq2seq.train`:
+
+* :class:`AtomicCheckpointIO` (a Trainer plugin) writes every checkpoint to a temporary file in the
+  destination folder, flushes it to disk and renames it onto the final name, so a run killed while
+  saving leaves the previous ``last.ckpt`` intact instead of a truncated one.
+* :class:`ResumeState` (a callback, ``callbacks.resume_state``) stores in each checkpoint what
+  Lightning does not: the random number generators (torch, CUDA, NumPy, Python) and the CSV
+  logger's rows. Resuming restores them, so dropout masks, and the loss curve in ``csv/metrics.csv``,
+  continue as if the run had never stopped. Model, optimizer, scheduler, loop counters, callbacks
+  (early stopping, checkpointing) and the train loader's position (see
+  :class:`seq2seq.data.datamodule.ResumableDataLoader`) are restored by Lightning itself.
+* :func:`resume_checkpoint` resolves ``ckpt_path`` (``last`` means ``<run folder>/checkpoints/last.ckpt``)
+  and checks, before anything is trained, that the file is a complete seq2seq training checkpoint
+  of the configured model; otherwise it raises :class:`~seq2seq.errors.CheckpointError` with one
+  line saying what to do.
+
+Resume a killed run in its own folder::
+
+    python -m seq2seq.train <same overrides> ckpt_path=last hydra.run.dir=<run folder>
+
+``last.ckpt`` is written after every validation and, with ``callbacks.periodic_checkpoint.every_n_train_steps=N``,
+every N optimizer steps within an epoch. On CPU the resumed run ends with the same weights, metrics
+and loss curve as an uninterrupted one (``tests/test_resume.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from seq2seq.errors import CheckpointError, ConfigError
+from seq2seq.utils.io import atomic_path
+
+__all__ = ["AtomicCheckpointIO", "ResumeState", "resume_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file beside the target, fsync, then ``os.replace`` onto it.
+
+    Lightning's own writer saves through an fsspec transaction whose temporary file lives in the
+    system's temp folder: across file systems the final "move" is a copy into the target, which a
+    crash can leave half-written.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+# ---------------------------------------------------------------------------------- RNG and logs
+def _rng_state() -> dict[str, Any]:
+    """Every global generator's state, as types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss"]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            rank_zero_warn(f"The checkpoint holds the RNG state of {len(cuda)} GPUs, this machine has "
+                           f"{torch.cuda.device_count()}: CUDA random numbers will differ from the saved run.")
+
+
+def _csv_loggers(trainer: L.Trainer) -> list[CSVLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+
+
+class ResumeState(L.Callback):
+    """Save and restore the random generators and the CSV logger's rows with each checkpoint.
+
+    The generators (each rank's, under DDP) are captured when the checkpoint is written and set back
+    when the resumed run starts training (``on_train_start``). Nothing draws from torch's global generator between those
+    two points in either run (the data loaders have generators of their own), so dropout continues
+    with the same masks.
+
+    The CSV logger deletes an existing ``metrics.csv`` when it starts, so the rows written up to the
+    checkpoint are kept in it and written back on resume; a training step that is saved before its
+    metrics are logged (``every_n_train_steps``) carries that pending row as well. Rows the crashed
+    run logged after its checkpoint are dropped: the resumed run logs them again.
+    """
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    # -- saving --------------------------------------------------------------------------------
+    @staticmethod
+    def _pending_row(trainer: L.Trainer) -> dict[str, Any] | None:
+        """The step metrics this training batch will log right after the checkpoint, if any."""
+        loop = trainer.fit_loop.epoch_loop
+        current = loop.batch_progress.current
+        connector = trainer._logger_connector
+        in_batch_end = trainer.training and current.processed > current.completed
+        if not in_batch_end or connector._first_loop_iter is None or trainer.fit_loop._should_accumulate():
+            return None
+        if not (connector.should_update_logs or trainer.fast_dev_run):
+            return None
+        from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+        metrics = convert_tensors_to_scalars(dict(connector.metrics["log"]))
+        if not metrics:
+            return None
+        metrics.setdefault("epoch", trainer.current_epoch)
+        return {"metrics": metrics, "step": int(loop._batches_that_stepped)}
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        state: dict[str, Any] = {"rng": _rng_state(), "csv": []}
+        if trainer is None:
+            return state
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank saves (Trainer.save_checkpoint runs on all of them); rank 0's file keeps
+            # each rank's generators, which differ once dropout has drawn for batches of other shapes.
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, state["rng"])
+            state["rng_per_rank"] = gathered
+        pending = self._pending_row(trainer)
+        if trainer.is_global_zero:
+            for logger in _csv_loggers(trainer):
+                logger.save()
+                path = Path(logger.experiment.metrics_file_path)
+                text = path.read_text(encoding="utf-8") if path.is_file() else ""
+                state["csv"].append({"text": text, "pending": pending})
+        return state
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    # -- restoring -----------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._to_restore = self._to_restore, None
+        if not state:
+            return
+        if trainer.is_global_zero:
+            for logger, saved in zip(_csv_loggers(trainer), state.get("csv", [])):
+                self._restore_csv(logger, saved)
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == trainer.world_size:
+            _set_rng_state(per_rank[trainer.global_rank])
+        else:
+            if trainer.world_size > 1 or per_rank is not None:
+                rank_zero_warn(f"The checkpoint was saved by {len(per_rank or [0])} process(es), this run has "
+                               f"{trainer.world_size}: random numbers (dropout) will not continue exactly.")
+            _set_rng_state(state["rng"])
+
+    @staticmethod
+    def _restore_csv(logger: CSVLogger, saved: dict[str, Any]) -> None:
+        writer = logger.experiment  # creating it removes the file the crashed run left
+        writer.save()
+        text = saved.get("text") or ""
+        header = next(csv.reader(io.StringIO(text)), []) if text else []
+        path = Path(writer.metrics_file_path)
+        if header:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8", newline="")
+        else:  # nothing was logged before the checkpoint: the writer starts a fresh file
+            path.unlink(missing_ok=True)
+        # The columns of the file, in its order: later rows are appended under this header.
+        writer.metrics_keys = list(header)
+        pending = saved.get("pending")
+        if pending:
+            writer.log_metrics(pending["metrics"], pending["step"])
+            writer.save()
+        log.info("Restored %s rows of %s from the checkpoint", max(text.count("\n") - 1, 0), path)
+
+
+# -------------------------------------------------------------------------------- resuming
+# TransformerConfig fields that decide the parameters' shapes (dropout does not).
+_ARCHITECTURE = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "max_positions",
+                 "pre_norm", "tie_output", "activation")
+
+
+def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any = None) -> str | None:
+    """The checkpoint file to resume from, checked; None to start anew.
+
+    ``ckpt_path=last`` is ``<output_dir>/checkpoints/last.ckpt``: run the command with
+    ``hydra.run.dir=<the run folder>`` to continue a run in its own folder. The file must be a
+    complete training checkpoint (with optimizer and loop state) written by ``seq2seq.train``, of
+    the same architecture as ``model`` (the run's ``model`` config), else :class:`CheckpointError`.
+    """
+    if ckpt_path is None or str(ckpt_path).strip() == "":
+        return None
+    ckpt_path = str(ckpt_path).strip()
+    if ckpt_path == "last":
+        path = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last: there is no {path}. To resume a run, pass its folder as well: "
+                "ckpt_path=last hydra.run.dir=<run folder> (or ckpt_path=<a .ckpt file>)"
+            )
+    else:
+        path = Path(ckpt_path)
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        # mmap: only the small dictionaries are read here; Lightning loads the tensors afterwards.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
+        # torch's messages run long: their first sentence says enough.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason}); it may be truncated. "
+                              "Resume from another checkpoint of the run, or start anew without ckpt_path") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a seq2seq training checkpoint")
+    missing = [k for k in ("state_dict", "model_config", "tokenizer") if k not in checkpoint]
+    if "tokenizer" in missing:
+        raise CheckpointError(f"{path} holds no tokenizer: it was not written by seq2seq.train and cannot be resumed")
+    if missing:
+        raise CheckpointError(f"{path} is not a seq2seq training checkpoint (it lacks {', '.join(missing)})")
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"{path} holds model weights only (no optimizer or loop state), so training cannot resume from it; "
+            "use the run's last.ckpt"
+        )
+    if model is not None:
+        _check_architecture(path, checkpoint, model)
+    return str(path)
+
+
+def _check_architecture(path: Path, checkpoint: dict, model: Any) -> None:
+    saved = checkpoint["model_config"]
+    wanted = {k: model[k] for k in _ARCHITECTURE if k in model and k in saved}
+    joint = checkpoint["tokenizer"].get("tgt_model") is None
+    if "share_embeddings" in model and "share_embeddings" in saved:
+        wanted["share_embeddings"] = bool(model["share_embeddings"]) and joint
+    differ = [k for k, v in wanted.items() if saved[k] != v]
+    if differ:
+        theirs = ", ".join(f"{k}={saved[k]}" for k in differ)
+        ours = ", ".join(f"{k}={wanted[k]}" for k in differ)
+        raise CheckpointError(
+            f"{path} holds a different model ({theirs}) than this run configures ({ours}); "
+            "resume with the model settings it was trained with (the same model/size and model.* overrides)"
+        )

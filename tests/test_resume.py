@@ -1,0 +1,145 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed from its last checkpoint ends as if
+it had never stopped: same weights, same metrics.json, same loss curve in csv/metrics.csv.
+
+Two runs start together from the same corpus and cache: ``a`` trains uninterrupted; ``b`` is killed as
+soon as a periodic ``last.ckpt`` from the middle of its second epoch exists (after one validation,
+so early stopping and the best checkpoint have state), then resumed with
+``ckpt_path=last hydra.run.dir=<b>``. One thread per process, so the arithmetic is the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import TINY_OVERRIDES
+from seq2seq.callbacks.checkpointing import AtomicCheckpointIO
+from seq2seq.train import _plugins
+
+EVERY = 10  # periodic checkpoint every EVERY optimizer steps
+OVERRIDES = [
+    *TINY_OVERRIDES,
+    "data.generate.sizes={train:2000,val:32,test:32}",
+    "data.max_tokens=512",  # ~90 batches per epoch
+    "trainer.max_epochs=2",
+    "trainer.max_time=null",
+    "trainer.log_every_n_steps=1",
+    "callbacks=early_stopping",
+    f"callbacks.periodic_checkpoint.every_n_train_steps={EVERY}",
+]
+# Measure the machine, not the model.
+TIMING = ("wall_time_s", "train/tokens_per_s", "train/tflops", "train/mfu")
+
+
+def _env(root: Path) -> dict:
+    env = {**os.environ, "SEQ2SEQ_ROOT": str(root), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def _start(args: list[str], root: Path, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "seq2seq.train", *args], cwd=root, env=_env(root),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _mid_epoch_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path`` if it was saved by the periodic callback after the first epoch."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not there yet
+        return None
+    progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    if ckpt["epoch"] >= 1 and not progress["is_last_batch"] and progress["current"]["completed"] > 0:
+        return ckpt
+    return None
+
+
+def _curve(run: Path) -> list[dict]:
+    """The rows of csv/metrics.csv without the timing columns."""
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if not k.startswith(TIMING)} for row in csv.DictReader(f)]
+
+
+def _comparable(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if not k.startswith(TIMING) and k not in ("run_dir", "checkpoints")}
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    uninterrupted = _start([*OVERRIDES, f"hydra.run.dir={a}"], tmp_path, tmp_path / "a.log")
+    killed = _start([*OVERRIDES, f"hydra.run.dir={b}"], tmp_path, tmp_path / "b.log")
+    last = b / "checkpoints" / "last.ckpt"
+    deadline, seen, saved = time.monotonic() + 600, None, None
+    try:
+        while saved is None:
+            assert killed.poll() is None, "run b ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 600 s"
+            stamp = last.stat().st_mtime_ns if last.exists() else None
+            if stamp is not None and stamp != seen:
+                seen, saved = stamp, _mid_epoch_checkpoint(last)
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (b / "metrics.json").exists()
+
+    # The checkpoint resumed from is complete (atomic writes) and in the middle of epoch 1.
+    resumed_from = torch.load(last, map_location="cpu", weights_only=True)
+    progress = resumed_from["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert resumed_from["epoch"] == 1 and resumed_from["global_step"] % EVERY == 0
+    sampler = resumed_from["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batch_sampler"]
+    assert (sampler["epoch"], sampler["position"]) == (1, progress["completed"] + 1)
+    assert 0 < sampler["position"] < sampler["num_batches"]
+
+    resume = subprocess.run([sys.executable, "-m", "seq2seq.train", *OVERRIDES, "ckpt_path=last", f"hydra.run.dir={b}"],
+                            cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "a.log").read_text()[-3000:]
+
+    # Same final weights, metrics and loss curve.
+    weights_a = torch.load(a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    weights_b = torch.load(b / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    metrics_a, metrics_b = _comparable(a), _comparable(b)
+    assert "val/loss" in metrics_a and "val/bleu" in metrics_a and "test/bleu" in metrics_a
+    assert metrics_a == metrics_b
+    curve_a, curve_b = _curve(a), _curve(b)
+    steps = torch.load(a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert [int(row["step"]) for row in curve_a if row["train/loss"]] == list(range(steps))  # one row per step
+    assert curve_a == curve_b
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint whole, and no partial file behind."""
+    trainer = L.Trainer(plugins=_plugins(None), logger=False, enable_progress_bar=False)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, target)
+    before = target.read_bytes()
+
+    def crash(obj, path, *args, **kwargs):
+        Path(path).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"global_step": 2}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]

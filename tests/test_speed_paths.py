@@ -1,0 +1,241 @@
+"""The training fast path: pad-skipping fused loss, compile-safe checkpoints, deferred NaN checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_OVERRIDES, compose_train
+from seq2seq.data.datamodule import collate
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.decoding.search import DecodingConfig, greedy_search
+from seq2seq.models.lit_module import Seq2SeqModule, TrainingError, build_optimizer, resolve_compile
+from seq2seq.models.loss import (
+    fused_linear_label_smoothed_ce,
+    label_smoothed_nll,
+    plain_sequence_loss,
+    sequence_loss,
+    target_index,
+)
+from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+from seq2seq.models.unpadded import right_padded, source_index, unpadded_target_states
+from seq2seq.train import train
+
+PAD, BOS, EOS = 0, 2, 3
+VOCAB = 53
+
+
+def tiny_net(dtype=torch.float64, vocab=VOCAB) -> Seq2SeqTransformer:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=16, num_heads=2,
+                            num_encoder_layers=1, num_decoder_layers=1, d_ff=32, dropout=0.0)
+    return Seq2SeqTransformer(cfg).to(dtype)
+
+
+def padded_batch(src_lens=(7, 3, 5, 1, 6), tgt_lens=(4, 6, 2, 5, 1), vocab=VOCAB, seed=1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    items = [(i, torch.randint(4, vocab, (s,), generator=g).tolist() + [EOS],
+              torch.randint(4, vocab, (t,), generator=g).tolist()) for i, (s, t) in enumerate(zip(src_lens, tgt_lens))]
+    return collate(items)
+
+
+def grads(net) -> dict:
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("fused", [True, False])
+def test_pad_skipping_loss_equals_label_smoothed_cross_entropy(eps, fused):
+    net, b = tiny_net(), padded_batch()
+    assert (b["tgt_out"] == PAD).any()  # the batch has padding to skip
+    ref, ref_nll = plain_sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], eps)
+    ref.backward()
+    ref_grads = grads(net)
+    net.zero_grad()
+    index = target_index(b["tgt_out"], PAD)
+    smoothed, nll = sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], eps, index, fused=fused, chunk=4)
+    smoothed.backward()
+    n = int((b["tgt_out"] != PAD).sum())
+    assert abs(smoothed.item() - ref.item()) < 1e-5 and abs(nll.item() - ref_nll.item()) < 1e-5
+    assert abs(smoothed.item() / n - ref.item() / n) < 1e-5  # per token
+    for name, g in grads(net).items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-5, rtol=0), name
+
+
+@pytest.mark.parametrize("pre_norm,share,activation", [(False, True, "relu"), (True, False, "gelu")])
+def test_unpadded_forward_equals_padded_forward_at_real_positions(pre_norm, share, activation):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, d_model=16, num_heads=2,
+                            num_encoder_layers=2, num_decoder_layers=2, d_ff=32, dropout=0.0,
+                            pre_norm=pre_norm, share_embeddings=share, activation=activation)
+    net, b = Seq2SeqTransformer(cfg).double(), padded_batch()
+    tgt_index, src_index = target_index(b["tgt_out"], PAD), source_index(b["src"], PAD)
+    states = unpadded_target_states(net, b["src"], b["tgt_in"], src_index, tgt_index)
+    padded = net(b["src"], b["tgt_in"], return_hidden=True)
+    assert torch.allclose(states, padded.reshape(-1, 16)[tgt_index], atol=1e-10, rtol=0)
+    # And the loss and its gradients through it equal the reference.
+    ref, _ = plain_sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], 0.1)
+    ref.backward()
+    ref_grads = grads(net)
+    net.zero_grad()
+    loss, _ = sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], 0.1, tgt_index, src_index=src_index, unpad=True)
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 1e-5
+    for name, g in grads(net).items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-5, rtol=0), name
+
+
+def test_right_padded():
+    assert right_padded(torch.tensor([[5, 6, 0], [5, 0, 0]]), PAD)
+    assert not right_padded(torch.tensor([[5, 0, 6]]), PAD)
+    assert right_padded(padded_batch()["tgt_out"], PAD)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_per_token_loss_equals_cross_entropy(eps):
+    torch.manual_seed(0)
+    logits, target = torch.randn(40, VOCAB), torch.randint(0, VOCAB, (40,))
+    target[::3] = PAD
+    keep = target != PAD
+    ref = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=eps, reduction="none")
+    per_token, nll = label_smoothed_nll(logits[keep], target[keep], eps, reduction="none")
+    assert torch.allclose(per_token, ref[keep], atol=1e-5, rtol=0)
+    assert torch.allclose(nll, F.cross_entropy(logits, target, ignore_index=PAD, reduction="none")[keep], atol=1e-5)
+    total, _ = label_smoothed_nll(logits[keep], target[keep], eps)
+    ref_sum = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=eps, reduction="sum")
+    assert abs(total.item() - ref_sum.item()) <= 1e-5 * ref_sum.item()
+
+
+def test_fused_loss_chunks_agree_in_fp32_and_keep_only_one_backward():
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(VOCAB, 16, requires_grad=True)
+    target = torch.randint(0, VOCAB, (37,))
+    ref = F.cross_entropy(hidden @ weight.t(), target, label_smoothing=0.1, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, (hidden, weight))
+    for chunk in (1, 5, 37, 1000, None):
+        loss, _ = fused_linear_label_smoothed_ce(hidden, weight, target, 0.1, chunk)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for g, r in zip(torch.autograd.grad(loss * 2, (hidden, weight)), ref_grads):
+            assert torch.allclose(g, 2 * r, atol=1e-4, rtol=1e-4)
+    loss, _ = fused_linear_label_smoothed_ce(hidden, weight, target, 0.1)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()
+
+
+def test_fused_loss_under_bf16_autocast():
+    net, b = tiny_net(torch.float32), padded_batch()
+    ref, _ = plain_sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], 0.1, fused=True)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(ref.item(), rel=3e-2)
+    loss.backward()
+    assert net.decoder.output.weight.grad.dtype == torch.float32
+
+
+def test_compile_option_and_optimizer():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not resolve_compile("auto", cpu) and resolve_compile("auto", cuda)
+    assert resolve_compile(True, cpu) and resolve_compile("true", cpu) and not resolve_compile("false", cuda)
+    with pytest.raises(ValueError, match="model.compile"):
+        resolve_compile("sometimes", cpu)
+    net = tiny_net(torch.float32)
+    opt = build_optimizer(net.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
+    assert not opt.defaults.get("fused")  # fused only when every parameter is on CUDA
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+
+
+def test_collate_pads_lengths_to_a_multiple():
+    items = [(0, [5, 6, 3], [7, 8]), (1, [5, 3], [7, 8, 9, 10, 11, 12, 13, 14])]
+    plain, padded = collate(items), collate(items, pad_to_multiple=8)
+    assert padded["src"].shape == (2, 8) and padded["tgt_in"].shape == (2, 16)
+    for key in ("src", "tgt_in", "tgt_out"):
+        n = plain[key].size(1)
+        assert torch.equal(padded[key][:, :n], plain[key]) and (padded[key][:, n:] == PAD).all()
+
+
+def small_tokenizer() -> Tokenizer:
+    words = "the a cat dog sees likes big small red house tree runs".split()
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (6,), generator=g).tolist()) for _ in range(300)]
+    return Tokenizer.train(lines, lines, vocab_size=40)
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_checkpoint_of_compiled_module_has_plain_keys_and_loads_uncompiled(tmp_path):
+    from seq2seq.translate import load_checkpoint
+
+    model = {"d_model": 32, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1, "d_ff": 64,
+             "dropout": 0.1, "compile": True}
+    tokenizer = small_tokenizer()
+    module = Seq2SeqModule(model=model, optim={"lr": 1e-2, "warmup_steps": 1, "label_smoothing": 0.1},
+                           tokenizer=tokenizer)
+    module.setup("fit")  # compiles the training loss (lazily); the module itself stays unwrapped
+    assert module._compiled_loss is not None
+    # A few eager steps (compiling on a CPU takes minutes: the compiled run is the slow test below).
+    module._compiled_loss = None
+    optimizer = build_optimizer(module.named_parameters(), module.hparams.optim)
+    b = padded_batch(vocab=tokenizer.src_vocab_size)
+    b = module.on_before_batch_transfer(b, 0)
+    assert torch.equal(b["tgt_index"], target_index(b["tgt_out"], PAD))
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = module.training_step(b, 0)
+        loss.backward()
+        optimizer.step()
+    state = module.state_dict()
+    assert state and all(k.startswith("net.") and "_orig_mod" not in k for k in state)
+    checkpoint = {"state_dict": state}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    net, _ = load_checkpoint(tmp_path / "m.ckpt", torch.device("cpu"))
+    module.eval()
+    cfg = DecodingConfig(max_len_a=0.0, max_len_b=12)
+    assert greedy_search(net, b["src"], cfg) == greedy_search(module.net, b["src"], cfg)
+
+
+QUICK = TINY_OVERRIDES + ["data.generate.sizes={train:600,val:32,test:32}", "trainer.max_epochs=2",
+                          "trainer.max_time=null"]
+
+
+def test_deferred_nonfinite_check_names_the_first_bad_step(tmp_path, monkeypatch):
+    """The sync-free check GPUs use (every N steps) still names the step whose loss went NaN."""
+    original = Seq2SeqModule._loss
+
+    def poisoned(self, batch):
+        smoothed, nll, n = original(self, batch)
+        if self.training and self.global_step == 2:
+            smoothed = smoothed * float("nan")
+        return smoothed, nll, n
+
+    monkeypatch.setattr(Seq2SeqModule, "_loss", poisoned)
+    cfg = compose_train(tmp_path, QUICK + ["optim.nonfinite_check_every=4", "test=false"])
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 2 \(found by the periodic check\)"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoint_loads_uncompiled(tmp_path):
+    """A run with model.compile=true writes net.* weights that translate's loader reads."""
+    from seq2seq.translate import load_checkpoint
+
+    torch._dynamo.reset()
+    cfg = compose_train(tmp_path, QUICK + ["model.compile=true", "trainer.max_steps=6", "test=false",
+                                           "data.pad_to_multiple=8"])
+    train(cfg)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(k.startswith("net.") and "_orig_mod" not in k for k in state)
+    net, tokenizer = load_checkpoint(path, torch.device("cpu"))
+    module = Seq2SeqModule.load_from_checkpoint(path, map_location="cpu").eval()
+    b = padded_batch(vocab=tokenizer.src_vocab_size)
+    cfg = DecodingConfig(max_len_a=0.0, max_len_b=10)
+    assert greedy_search(net, b["src"], cfg) == greedy_search(module.net, b["src"], cfg)
+    # The compiled training function computes what the uncompiled module does with these weights.
+    module.setup("fit")
+    with torch.no_grad():
+        compiled = module._compiled_loss(b["src"], b["tgt_in"], b["tgt_out"], target_index(b["tgt_out"], PAD), 0.1)
+        eager = sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], 0.1)
+    assert compiled[0].item() == pytest.approx(eager[0].item(), rel=1e-4)
