@@ -119,7 +119,7 @@ def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comp
 
 def test_multirun_two_jobs_get_own_folders_and_report(tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_train(["-m", *QUICK, "model.d_model=32,64", "logger=many", f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_train(["-m", *QUICK, "model.d_model=32,64", "logger=csv", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for num, d_model in ((0, 32), (1, 64)):
         job = sweep / str(num)
@@ -127,17 +127,6 @@ def test_multirun_two_jobs_get_own_folders_and_report(tmp_path):
         assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "csv" / "metrics.csv").is_file()
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["run_dir"] == str(job) and "test/bleu" in metrics
-
-    # Each job logged to its own wandb run, grouped under the sweep's name.
-    from test_loggers import wandb_run_record
-
-    records = [wandb_run_record(sweep / str(num)) for num in (0, 1)]
-    assert records[0]["run_id"] != records[1]["run_id"]
-    assert records[0]["config"]["model"]["d_model"] == 32 and records[1]["config"]["model"]["d_model"] == 64
-    assert "val/bleu" in records[1]["summary"]
-    if records[0]["run"]:  # read from the transaction log: group and name are there
-        assert records[0]["run"]["run_group"] == records[1]["run"]["run_group"] == f"{sweep.parent.name}_{sweep.name}"
-        assert "model.d_model=32" in records[0]["run"]["display_name"]
 
     result = report(sweep)
     assert [row["status"] for row in result["rows"]] == ["ok", "ok"]

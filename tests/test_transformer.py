@@ -115,7 +115,8 @@ def test_paper_sizes(size, d_model, layers, heads, d_ff, dropout, tmp_path):
     m = cfg.model
     assert (m.d_model, m.num_encoder_layers, m.num_decoder_layers, m.num_heads, m.d_ff, m.dropout) == (
         d_model, layers, layers, heads, d_ff, dropout)
-    net = Seq2SeqTransformer(TransformerConfig(**{k: v for k, v in m.items()}, src_vocab_size=37000,
+    fields = TransformerConfig.__dataclass_fields__
+    net = Seq2SeqTransformer(TransformerConfig(**{k: v for k, v in m.items() if k in fields}, src_vocab_size=37000,
                                                tgt_vocab_size=37000))
     # Vaswani et al. report 65M (base) and 213M (big) parameters with a 37k shared vocabulary.
     expected = {"base": 65e6, "big": 213e6}[size]
