@@ -157,3 +157,25 @@ def test_ddp_sim_trains_and_validates_on_two_cpu_processes(tmp_path):
     run_dir = Path(result.stdout.split("Run folder:")[1].split()[0])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "val/bleu" in metrics and "test/bleu" in metrics
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_fast_dev_run_on_local_fixture_data(experiment, tmp_path):
+    """Each recipe trains one batch and validates one batch on small line-aligned files it is pointed at."""
+    from seq2seq.train import train
+
+    probe = compose_train(tmp_path / "probe", [f"experiment={experiment}"])
+    src, tgt = probe.data.src_lang, probe.data.tgt_lang
+    first = lambda names: names if isinstance(names, str) else list(names)[0]  # noqa: E731
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pairs = [(f"source sentence number {i} .", f"target sentence number {i} .") for i in range(40)]
+    for split in (first(probe.data.splits.train), first(probe.data.splits.val)):
+        (corpus / f"{split}.{src}").write_text("".join(s + "\n" for s, _ in pairs))
+        (corpus / f"{split}.{tgt}").write_text("".join(t + "\n" for _, t in pairs))
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("data.generate")]
+    overrides = [f"experiment={experiment}", *tiny, f"data.root={corpus}", "++data.generate=null",
+                 "++data.download=null", "data.vocab_size=60", "trainer=cpu", "trainer.precision=32-true",
+                 "debug=fast_dev_run"]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert "val/loss" in metrics
