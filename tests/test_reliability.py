@@ -12,7 +12,7 @@ from seq2seq.models.lit_module import Seq2SeqModule, TrainingError
 from seq2seq.train import train
 
 # Keys that measure the machine, not the model.
-TIMING_KEYS = ("wall_time_s", "run_dir", "checkpoints")
+TIMING_KEYS = ("wall_time_s", "run_dir", "checkpoints", "git_commit")  # a commit may land between runs
 QUICK = TINY_OVERRIDES + ["data.generate.sizes={train:600,val:32,test:32}", "trainer.max_epochs=2",
                           "trainer.max_time=null"]
 

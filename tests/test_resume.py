@@ -73,8 +73,11 @@ def _curve(run: Path) -> list[dict]:
 
 
 def _comparable(run: Path) -> dict:
+    """metrics.json without what describes the machine, the folder or the checkout (a commit may land
+    between the two runs' ends)."""
     metrics = json.loads((run / "metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if not k.startswith(TIMING) and k not in ("run_dir", "checkpoints")}
+    skip = ("run_dir", "checkpoints", "git_commit", "git_dirty")
+    return {k: v for k, v in metrics.items() if not k.startswith(TIMING) and k not in skip}
 
 
 def test_killed_run_resumes_exactly(tmp_path):
