@@ -5,32 +5,42 @@
 Times an optimizer-step loop (forward, label-smoothed loss, backward, gradient clipping, AdamW
 step) of three systems of identical size on identical batches, in one run:
 
-* ``ours``: :class:`seq2seq.models.transformer.Seq2SeqTransformer` with this project's training
-  loss (:func:`seq2seq.models.loss.sequence_loss`: logits of non-pad targets only, fused chunked
-  label-smoothed cross-entropy) and optimizer (:func:`seq2seq.models.lit_module.build_optimizer`);
+* ``ours``: :class:`seq2seq.models.transformer.Seq2SeqTransformer` trained as ``seq2seq.train``
+  trains it (:func:`seq2seq.models.loss.sequence_loss`): position-wise layers on real tokens only
+  (:mod:`seq2seq.models.unpadded`), logits of real targets only through the fused chunked
+  label-smoothed cross-entropy, the project's optimizer
+  (:func:`seq2seq.models.lit_module.build_optimizer`);
 * ``torch``: ``torch.nn.Transformer`` (post-LN, ``batch_first``) with the same embeddings (our
   :class:`Embedding`: one table shared by source and target, scaled by sqrt(d), sinusoidal
   positions, dropout) and output matrix tied to it; attention dropout set to ours (0);
 * ``hf``: ``transformers.BartForConditionalGeneration`` (``attn_implementation=sdpa``), random
   weights, same d_model / layers / heads / d_ff / vocabulary / dropout (residual and activation
-  dropout = ``dropout``, attention dropout as ours), scaled and tied embeddings.
+  dropout = ``dropout``, attention dropout as ours), scaled and tied embeddings, as many learned
+  positions as the batches need.
+
+Ablations of ours (``--systems``): ``ours_padded`` (padded forward, fused loss over real targets)
+and ``ours_plain`` (padded forward, full logits through ``F.cross_entropy``: the peers' loss).
 
 The peers compute the usual loss: ``F.cross_entropy`` of the full ``(B, T, V)`` logits with
 ``ignore_index=pad`` and the same label smoothing. Every system divides by the number of real
-target tokens, clips gradients to norm 1 (as ``trainer.gradient_clip_val``) and uses AdamW
-(fused on CUDA for all). Batches: ``--batch`` sentence pairs, source and target lengths drawn
-uniformly from ``[--min-len, --max-len]``, padded to the longest of the batch; ``--batches``
-distinct batches are cycled through.
+target tokens, clips gradients to norm 1 (as ``trainer.gradient_clip_val``) and uses the same
+AdamW (:func:`build_optimizer`: fused where torch has the kernel, on CUDA and CPU). Batches:
+``--batch`` sentence pairs, source and target lengths drawn uniformly from ``[--min-len,
+--max-len]``, right-padded to the longest of the batch; ``--batches`` distinct batches are cycled
+through. ``--compile ours|all`` compiles the step's forward + loss with dynamic shapes (one graph
+for every batch shape) of ours or of every system; on a 2-core CPU compiling made ours slower
+(size small: 312 ms a step compiled, 248 ms eager), hence ``model.compile=auto`` is CUDA only.
 
 Output: one JSON object per system, then one summary object. ``tok_s`` counts source + target
 tokens without padding per second (the median of ``--rounds`` timed rounds of ``--steps`` steps
 each; the systems' rounds are interleaved, so background load slows them alike);
 ``speedup_vs_torch``, ``speedup_vs_hf`` and ``speedup_vs_best_peer`` are ratios of ``ours``' tokens
 per second to the peers'. ``tflops`` and ``mfu`` use the model FLOP count of
-:func:`seq2seq.callbacks.throughput.flops_per_token` (the same for all three systems) and the
-device peak of :func:`device_peak_flops` (``--peak-tflops`` on CPUs). On CUDA, ``step_peak_mib``
-is the memory one step allocates above what was allocated before it (activations, logits,
-gradients, optimizer temporaries) and ``state_mib`` the parameters + gradients + AdamW state.
+:func:`seq2seq.callbacks.throughput.flops_per_token` over the padded lengths (the same for all
+systems, whatever they skip) and the device peak of :func:`device_peak_flops` (``--peak-tflops``
+on CPUs). On CUDA, ``step_peak_mib`` is the memory one step allocates above what was allocated
+before it (activations, logits, gradients, optimizer temporaries) and ``state_mib`` the parameters
++ gradients + AdamW state.
 
 Needs ``pip install transformers`` for the HF column (``--systems ours,torch`` skips it).
 """
@@ -54,7 +64,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from seq2seq.callbacks.throughput import device_peak_flops, flops_per_token
-from seq2seq.models.lit_module import build_optimizer
+from seq2seq.models.lit_module import build_optimizer, compile_dynamic
 from seq2seq.models.loss import plain_sequence_loss, sequence_loss, target_index
 from seq2seq.models.transformer import Embedding, Seq2SeqTransformer, TransformerConfig
 from seq2seq.models.unpadded import source_index
@@ -249,7 +259,7 @@ def build_systems(args, cfg: TransformerConfig, device: torch.device, names: lis
                 )[0]
 
             if args.compile != "off":
-                fn = torch.compile(fn, dynamic=True)
+                fn = compile_dynamic(fn)
 
             def loss(b: Batch, fn=fn):
                 # On CUDA the indices come with the batch (found on the host, as in training).
@@ -264,7 +274,7 @@ def build_systems(args, cfg: TransformerConfig, device: torch.device, names: lis
                 return peer_loss(model(src, tgt_in), tgt_out, eps)
 
             if args.compile == "all":
-                fn = torch.compile(fn, dynamic=True)
+                fn = compile_dynamic(fn)
 
             def loss(b: Batch, fn=fn):
                 return fn(b.src, b.tgt_in, b.tgt_out)
@@ -277,7 +287,7 @@ def build_systems(args, cfg: TransformerConfig, device: torch.device, names: lis
                 return peer_loss(out.logits, tgt_out, eps)
 
             if args.compile == "all":
-                fn = torch.compile(fn, dynamic=True)
+                fn = compile_dynamic(fn)
 
             def loss(b: Batch, fn=fn):
                 return fn(b.src, b.tgt_in, b.tgt_out)

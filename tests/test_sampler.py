@@ -178,7 +178,8 @@ def test_padding_is_small_on_multi30k() -> None:
     folder = SHARED_DATA / "multi30k"
     if not (folder / "train.en").is_file():
         pytest.skip(f"{folder} is absent")
-    read = lambda name: [len(x.split()) + 2 for x in (folder / name).read_text("utf-8").split("\n")[:-1]]
+    def read(name):
+        return [len(x.split()) + 2 for x in (folder / name).read_text("utf-8").split("\n")[:-1]]
     src, tgt = np.array(read("train.en")), np.array(read("train.de"))
     batches = list(TokenBudgetBatchSampler(src, tgt, max_tokens=4096, seed=1))
     real = sum(int(src[b].sum() + tgt[b].sum()) for b in batches)

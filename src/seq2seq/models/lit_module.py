@@ -68,21 +68,52 @@ def resolve_compile(option: Any, device: torch.device) -> bool:
     return bool(option)
 
 
+def compile_dynamic(fn):
+    """``torch.compile(fn, dynamic=True)`` that compiles once for every batch shape.
+
+    Without "duck sizing": by default two sizes that happen to be equal at the first call (a
+    batch of 32 sentences of 32 tokens) become one symbol, and the first batch where they differ
+    compiles again. Sizes 0 and 1 are still specialized (at most one more graph).
+    """
+    compiled = torch.compile(fn, dynamic=True)
+    try:
+        from torch.fx.experimental import _config as fx_config
+
+        fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError, TypeError):  # an older torch: duck sizing stays on
+        return compiled
+
+    def call(*args, **kwargs):
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 def build_optimizer(named_parameters, opt: Any) -> torch.optim.AdamW:
     """AdamW over ``named_parameters`` with ``opt`` (the optim config); no weight decay on biases
-    and norms. Fused (one kernel for all parameters) when every parameter is on CUDA."""
+    and norms. Fused (one kernel for all parameters) when every parameter is on CUDA, or on the
+    CPU where this torch has the fused CPU kernel (5x faster than foreach there); else foreach."""
     decay, no_decay = [], []
     for name, p in named_parameters:
         if p.requires_grad:
             (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opt.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt["lr"],
-        betas=tuple(opt.get("betas", (0.9, 0.98))),
-        eps=opt.get("eps", 1e-9),
-        **({"fused": True} if fused else {}),
-    )
+    params = decay + no_decay
+    groups = [{"params": decay, "weight_decay": opt.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"lr": opt["lr"], "betas": tuple(opt.get("betas", (0.9, 0.98))), "eps": opt.get("eps", 1e-9)}
+    devices = {p.device.type for p in params}
+    if params and len(devices) == 1 and devices <= {"cuda", "cpu"} and all(p.is_floating_point() for p in params):
+        try:
+            optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # no fused kernel for this device in this torch
+            pass
+        else:
+            # A fused AdamW tells GradScaler it unscales inside step(); Lightning then refuses gradient
+            # clipping under every mixed precision, bf16 included. Let the scaler unscale as for any
+            # optimizer (what clipping needs anyway); the update itself stays fused.
+            optimizer._step_supports_amp_scaling = False
+            return optimizer
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 class Seq2SeqModule(L.LightningModule):
@@ -179,8 +210,8 @@ class Seq2SeqModule(L.LightningModule):
                     src_index=src_index, unpad=unpad,
                 )
 
-            # dynamic=True: one graph for every batch size, length and target count.
-            self._compiled_loss = torch.compile(loss, dynamic=True)
+            # Dynamic shapes: one graph for every batch size, length and token count.
+            self._compiled_loss = compile_dynamic(loss)
         # Reading the loss back every step would stall a GPU: in `stop` mode a CUDA run records the
         # first non-finite step on the device and checks it every log interval (and before saving).
         every = self.hparams.optim.get("nonfinite_check_every", "auto")
@@ -305,7 +336,7 @@ class Seq2SeqModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.hparams.optim
-        # Lightning moves the module to its device before this hook: fused AdamW on CUDA.
+        # Lightning moves the module to its device before this hook: the fused AdamW kernel fits it.
         optimizer = build_optimizer(self.named_parameters(), opt)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(opt.get("warmup_steps", 4000)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

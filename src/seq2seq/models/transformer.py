@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -516,6 +517,21 @@ class Seq2SeqTransformer(nn.Module):
         """Teacher forcing: src (B, S), tgt_in (B, T) -> logits (B, T, V)."""
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask, return_hidden=return_hidden)
+
+    @torch.no_grad()
+    def attention(self, src: Tensor, tgt_in: Tensor) -> dict[str, Any]:
+        """Teacher-forced pass that also returns every attention map, for inspection.
+
+        src (B, S), tgt_in (B, T) -> ``{"logits": (B, T, V), "encoder": [...], "decoder": [...],
+        "cross": [...]}``, one weight tensor per layer: encoder self-attention (B, H, S, S),
+        decoder self-attention (B, H, T, T), cross-attention (B, H, T, S); rows sum to 1 over the
+        keys a query may see (padded source keys and future target keys get 0). The weights come
+        from an explicit softmax; ``forward`` keeps the fused SDPA kernels and computes none of this.
+        """
+        mask = self.source_padding_mask(src)
+        memory, encoder_weights = self.encoder(src, mask, need_weights=True)
+        logits, weights = self.decoder(tgt_in, None, memory, mask, need_weights=True)
+        return {"logits": logits, "encoder": encoder_weights, "decoder": weights["self"], "cross": weights["cross"]}
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (tied weights counted once)."""

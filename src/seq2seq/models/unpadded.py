@@ -8,19 +8,31 @@ that ``scaled_dot_product_attention`` needs, and gathers its output back. With t
 a typical batch this skips a quarter or more of the matmul FLOPs that padded positions would
 cost (see benchmarks/train_throughput.py).
 
-It reuses the modules of :class:`Seq2SeqTransformer` (their parameters, dropout, pre/post-LN
-sublayers, feed-forward) and gives the same states at real positions as
-``net(src, tgt_in, return_hidden=True)`` (tests/test_speed_paths.py checks it). Padding must be on
+It reuses the modules of :class:`Seq2SeqTransformer` (their parameters, dropout rates, norms) and
+follows their forward passes (pre/post-LN sublayers, feed-forward), giving the same states at real
+positions as ``net(src, tgt_in, return_hidden=True)`` (tests/test_speed_paths.py checks it).
+Dropout masks come from uniform floats compared with ``p`` on CPUs (twice as fast there as
+``bernoulli_``, which ``nn.Dropout`` uses; same distribution), from ``F.dropout`` elsewhere. Padding must be on
 the right of each target row (as :func:`seq2seq.data.datamodule.collate` pads): decoder
 positions before a real one must be real. Source padding may be anywhere (it is masked).
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
+from collections.abc import Callable
 
-from seq2seq.models.transformer import Embedding, MultiHeadAttention, Seq2SeqTransformer, blocked_to_keep
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq.models.transformer import (
+    Embedding,
+    FeedForward,
+    MultiHeadAttention,
+    Seq2SeqTransformer,
+    Sublayer,
+    blocked_to_keep,
+)
 
 
 def right_padded(tokens: Tensor, pad_id: int) -> bool:
@@ -29,13 +41,36 @@ def right_padded(tokens: Tensor, pad_id: int) -> bool:
     return bool((real[:, 1:] <= real[:, :-1]).all()) if tokens.size(1) > 1 else True
 
 
+def _dropout(x: Tensor, module: nn.Dropout) -> Tensor:
+    """``module(x)``, with a faster mask on CPUs (uniform floats >= p; ``nn.Dropout`` draws Bernoulli)."""
+    p = module.p
+    if not module.training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0 or torch.compiler.is_compiling():
+        return F.dropout(x, p, training=True)
+    keep = torch.rand_like(x) >= p
+    return x.mul(keep).mul_(1.0 / (1.0 - p))
+
+
+def _sublayer(block: Sublayer, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Sublayer.forward: pre-LN ``x + f(LN(x))`` or post-LN ``LN(x + f(x))``, dropout on f."""
+    if block.pre_norm:
+        return x + _dropout(fn(block.norm(x)), block.dropout)
+    return block.norm(x + _dropout(fn(x), block.dropout))
+
+
+def _ffn(ffn: FeedForward, x: Tensor) -> Tensor:
+    """FeedForward.forward."""
+    return ffn.fc2(_dropout(ffn.act(ffn.fc1(x)), ffn.dropout))
+
+
 def _embed(embed: Embedding, tokens: Tensor, index: Tensor) -> Tensor:
     """Embedding.forward at flat positions ``index`` of ``tokens`` (B, L): (N, D)."""
     length = tokens.size(1)
     if length > embed.positions.size(0):
         raise ValueError(f"sequence of length {length} exceeds max_positions={embed.positions.size(0)}")
     x = embed.tokens(tokens.reshape(-1).index_select(0, index)) * embed.scale
-    return embed.dropout(x + embed.positions.index_select(0, index % length))
+    return _dropout(x + embed.positions.index_select(0, index % length), embed.dropout)
 
 
 def _padded(x: Tensor, index: Tensor, rows: int) -> Tensor:
@@ -82,25 +117,25 @@ def unpadded_target_states(
     keep = blocked_to_keep(net.source_padding_mask(src))
     x = _embed(net.encoder.embed, src, src_index)
     for layer in net.encoder.layers:
-        x, _ = layer.attn_block(
-            x, lambda h, layer=layer: (_attention(layer.self_attn, h, src_index, (batch, src_len), keep, False), None)
+        x = _sublayer(
+            layer.attn_block, x, lambda h, layer=layer: _attention(layer.self_attn, h, src_index, (batch, src_len), keep, False)
         )
-        x, _ = layer.ffn_block(x, lambda h, layer=layer: (layer.ffn(h), None))
+        x = _sublayer(layer.ffn_block, x, lambda h, layer=layer: _ffn(layer.ffn, h))
     memory = net.encoder.final_norm(x)
 
     y = _embed(net.decoder.embed, tgt_in, tgt_index)
     for layer in net.decoder.layers:
-        y, _ = layer.self_block(
-            y, lambda h, layer=layer: (_attention(layer.self_attn, h, tgt_index, (batch, tgt_len), None, True), None)
+        y = _sublayer(
+            layer.self_block, y, lambda h, layer=layer: _attention(layer.self_attn, h, tgt_index, (batch, tgt_len), None, True)
         )
-        y, _ = layer.cross_block(
+        y = _sublayer(
+            layer.cross_block,
             y,
-            lambda h, layer=layer: (
-                _attention(layer.cross_attn, h, tgt_index, (batch, tgt_len), keep, False, memory, src_index, src_len),
-                None,
+            lambda h, layer=layer: _attention(
+                layer.cross_attn, h, tgt_index, (batch, tgt_len), keep, False, memory, src_index, src_len
             ),
         )
-        y, _ = layer.ffn_block(y, lambda h, layer=layer: (layer.ffn(h), None))
+        y = _sublayer(layer.ffn_block, y, lambda h, layer=layer: _ffn(layer.ffn, h))
     return net.decoder.final_norm(y)
 
 
