@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow lint clean
+.PHONY: install train test test-slow lint clean notebooks
 
 install: $(STAMP)
 
@@ -24,6 +24,14 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# Execute every notebook top to bottom (executed copies in outputs/notebooks/executed; the committed
+# files stay without outputs). 02 uses the run of 01; 03 the newest sweep (`make sweep`) or SEQ2SEQ_SWEEP.
+notebooks: install
+	$(BIN)/python -m seq2seq.utils.notebooks run notebooks/01_quickstart.ipynb notebooks/02_cross_attention.ipynb
+	@if [ -n "$$SEQ2SEQ_SWEEP" ] || ls -d outputs/train/multiruns/*/* >/dev/null 2>&1; then \
+		$(BIN)/python -m seq2seq.utils.notebooks run notebooks/03_sweep_results.ipynb; \
+	else echo "03_sweep_results skipped: no sweep under outputs/train/multiruns (run make sweep, or set SEQ2SEQ_SWEEP=DIR)"; fi
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

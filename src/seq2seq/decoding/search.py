@@ -126,7 +126,8 @@ class DecoderStepper:
             recomputes the whole prefix against the full encoder output at every step.
 
     :meth:`step` takes the prefix of every active row, (R, t) with BOS first, and returns the
-    next-token logits (R, V) in the model's dtype. :meth:`select` keeps/reorders rows between
+    next-token logits (R, V) in the model's dtype (log-probabilities in float32 for a model with
+    copy attention). :meth:`select` keeps/reorders rows between
     steps. Row ``i`` of the first step is source ``i``.
     """
 
@@ -138,6 +139,8 @@ class DecoderStepper:
             )
         self.model = model
         self.use_cache = use_cache
+        # Copy attention scatters onto the source ids: keep them, row for row.
+        self.src = src if model.copy_gate is not None else None
         self.memory, self.memory_mask = model.encode(src)
         self.cache = model.decoder.new_cache() if use_cache else None
         self.steps = 0
@@ -151,20 +154,28 @@ class DecoderStepper:
                 )
             # Only the first step needs the encoder states: it fills the cross-attention cache.
             memory = self.memory if self.steps == 0 else None
-            hidden = self.model.decode(
-                prefix[:, -1:], memory, self.memory_mask, cache=self.cache, return_hidden=True
-            )
-            if self.steps == 0:
-                self.memory = None  # keys/values are cached; let the encoder states go
+            tokens = prefix[:, -1:]
         else:
-            hidden = self.model.decode(prefix, self.memory, self.memory_mask, return_hidden=True)
+            memory, tokens = self.memory, prefix
+        if self.src is not None:
+            hidden, weights = self.model.decoder(
+                tokens, None, memory, self.memory_mask, cache=self.cache, return_hidden=True, need_weights="last"
+            )
+            scores = self.model.output_log_probs(hidden[:, -1:], weights["cross"][-1][:, :, -1:], self.src)[:, 0]
+        else:
+            hidden = self.model.decode(tokens, memory, self.memory_mask, cache=self.cache, return_hidden=True)
+            # Project the last position only: the vocabulary projection dominates small models.
+            scores = self.model.decoder.project(hidden[:, -1])
+        if self.use_cache and self.steps == 0:
+            self.memory = None  # keys/values are cached; let the encoder states go
         self.steps += 1
-        # Project the last position only: the vocabulary projection dominates small models.
-        return self.model.decoder.project(hidden[:, -1])
+        return scores
 
     def select(self, index: Tensor) -> None:
         """Keep rows ``index`` (R',) in that order (drop finished rows, reorder or expand beams)."""
         self.memory_mask = self.memory_mask.index_select(0, index)
+        if self.src is not None:
+            self.src = self.src.index_select(0, index)
         if self.use_cache:
             self.cache.select(index)
         else:

@@ -173,6 +173,11 @@ class Seq2SeqModule(L.LightningModule):
         self.tokenizer = tokenizer
         fields = {k: v for k, v in self.hparams.model.items() if k in TransformerConfig.__dataclass_fields__}
         fields["share_embeddings"] = fields.get("share_embeddings", True) and tokenizer.joint
+        if fields.get("copy_attention") and not tokenizer.joint:
+            raise ConfigError(
+                "model.copy_attention=true copies source tokens into the output and needs one vocabulary "
+                "for both sides: set data.joint_vocab=true (or model.copy_attention=false)"
+            )
         cfg = TransformerConfig(
             **fields,
             src_vocab_size=tokenizer.src_vocab_size,

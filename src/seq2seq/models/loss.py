@@ -168,8 +168,15 @@ def sequence_loss(
     fused chunked loss (default: whenever gradients are needed); else logits of the real tokens
     go through :func:`label_smoothed_nll`. ``unpad``: run the whole network on real tokens only
     (:func:`seq2seq.models.unpadded.unpadded_target_states`; targets must be right-padded), with
-    ``src_index`` the real source positions (computed here when None).
+    ``src_index`` the real source positions (computed here when None). A model with copy attention
+    runs padded and returns log-probabilities of its mixed distribution, scored as they are.
     """
+    if getattr(net, "copy_gate", None) is not None:
+        index = target_index(tgt_out, net.config.pad_id) if index is None else index
+        log_probs = net(src, tgt_in)
+        log_probs = log_probs.reshape(-1, log_probs.size(-1)).index_select(0, index)
+        # Normalized already: logsumexp is 0, so this is -log p and the smoothing term -mean(log p).
+        return label_smoothed_nll(log_probs, tgt_out.reshape(-1).index_select(0, index), label_smoothing)
     if unpad:
         from seq2seq.models.unpadded import source_index, unpadded_target_states
 

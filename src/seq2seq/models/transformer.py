@@ -46,6 +46,11 @@ class TransformerConfig:
     pre_norm: bool = False  # the paper is post-LN; pre-LN trains more stably without warmup tuning
     share_embeddings: bool = True  # one embedding table for source and target (needs a joint vocabulary)
     tie_output: bool = True  # output projection shares the target embedding matrix
+    # Copy attention (pointer-generator, See et al. 2017): the output distribution mixes the
+    # vocabulary softmax with the last decoder layer's cross-attention (heads averaged) scattered onto
+    # the source token ids, weighted by a learned gate. For summarization, where outputs reuse
+    # source words (names); needs a joint vocabulary (source ids are target ids).
+    copy_attention: bool = False
     pad_id: int = 0
     bos_id: int = 2
     eos_id: int = 3
@@ -55,6 +60,8 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+        if self.copy_attention and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError("copy_attention needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
 
 
 def blocked_to_keep(mask: Tensor | None) -> Tensor | None:
@@ -439,7 +446,7 @@ class TransformerDecoder(nn.Module):
         *,
         cache: KVCache | None = None,
         return_hidden: bool = False,
-        need_weights: bool = False,
+        need_weights: bool | str = False,
     ):
         """Decode ``tokens`` (B, T) attending to ``memory`` (B, S, D); returns logits (B, T, V).
 
@@ -448,7 +455,8 @@ class TransformerDecoder(nn.Module):
         With a ``cache``, ``tokens`` are the new positions only (usually T = 1) and the cache is
         advanced; ``memory`` may then be ``None`` after the first step. ``return_hidden`` returns
         the final states (B, T, D) instead of logits (for a chunked loss); ``need_weights`` also
-        returns ``{"self": [...], "cross": [...]}`` attention weights per layer.
+        returns ``{"self": [...], "cross": [...]}`` attention weights per layer (``"last"``: the
+        last layer's only, ``None`` elsewhere).
         """
         offset = cache.length if cache is not None else 0
         is_causal = self_attn_mask is None
@@ -456,8 +464,11 @@ class TransformerDecoder(nn.Module):
         memory_keep = blocked_to_keep(memory_mask)
         x = self.embed(tokens, offset)
         weights = {"self": [], "cross": []}
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, (self_w, cross_w) = layer(x, memory, self_keep, memory_keep, is_causal, cache, i, need_weights)
+            # need_weights="last": explicit attention in the last layer only (copy attention needs it).
+            want = need_weights is True or (need_weights == "last" and i == last)
+            x, (self_w, cross_w) = layer(x, memory, self_keep, memory_keep, is_causal, cache, i, want)
             weights["self"].append(self_w)
             weights["cross"].append(cross_w)
         if cache is not None:
@@ -486,6 +497,8 @@ class Seq2SeqTransformer(nn.Module):
         )
         self.encoder = TransformerEncoder.from_config(cfg, src_embed)
         self.decoder = TransformerDecoder.from_config(cfg, tgt_embed)
+        # P(generate from the vocabulary) per target position, from the decoder's final state.
+        self.copy_gate = nn.Linear(cfg.d_model, 1) if cfg.copy_attention else None
         self._init_linear()
 
     def _init_linear(self) -> None:
@@ -514,9 +527,36 @@ class Seq2SeqTransformer(nn.Module):
         return self.decoder(tgt_in, None, memory, memory_mask, cache=cache, return_hidden=return_hidden)
 
     def forward(self, src: Tensor, tgt_in: Tensor, return_hidden: bool = False) -> Tensor:
-        """Teacher forcing: src (B, S), tgt_in (B, T) -> logits (B, T, V)."""
+        """Teacher forcing: src (B, S), tgt_in (B, T) -> logits (B, T, V).
+
+        With ``copy_attention`` the returned scores are log-probabilities of the mixed output
+        distribution (see :meth:`output_log_probs`): ``log_softmax`` leaves them unchanged, so
+        losses and searches that normalize logits work on them as they are.
+        """
         memory, mask = self.encode(src)
+        if self.copy_gate is not None and not return_hidden:
+            hidden, weights = self.decoder(tgt_in, None, memory, mask, return_hidden=True, need_weights="last")
+            return self.output_log_probs(hidden, weights["cross"][-1], src)
         return self.decode(tgt_in, memory, mask, return_hidden=return_hidden)
+
+    def output_log_probs(self, hidden: Tensor, cross: Tensor | None, src: Tensor) -> Tensor:
+        """Final states (B, T, D) -> log-probabilities (B, T, V) in float32.
+
+        Without copy attention: ``log_softmax`` of the logits. With it (pointer-generator):
+        ``p = g * softmax(logits) + (1 - g) * copy``, where ``g = sigmoid(copy_gate(hidden))`` and
+        ``copy`` puts the last layer's cross-attention ``cross`` (B, H, T, S), averaged over heads,
+        on the vocabulary ids of the source tokens ``src`` (B, S) (a word appearing twice gets both
+        weights; padded positions get none).
+        """
+        logits = self.decoder.project(hidden).float()
+        if self.copy_gate is None:
+            return logits.log_softmax(dim=-1)
+        gate = torch.sigmoid(self.copy_gate(hidden).float())  # (B, T, 1)
+        attn = cross.float().mean(dim=1)  # (B, T, S)
+        copy = torch.zeros_like(logits).scatter_add_(2, src.unsqueeze(1).expand(-1, attn.size(1), -1), attn)
+        probs = gate * logits.softmax(dim=-1) + (1.0 - gate) * copy
+        # The vocabulary softmax never reaches exactly 0 in float32 but can underflow; keep log finite.
+        return probs.clamp_min(1e-30).log()
 
     @torch.no_grad()
     def attention(self, src: Tensor, tgt_in: Tensor) -> dict[str, Any]:
