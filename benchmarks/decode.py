@@ -12,6 +12,10 @@ for
   weights, same d_model / layers / heads / d_ff / vocabulary, same batch and source,
 
 and the ratios ``speedup_vs_hf`` and ``speedup_vs_uncached`` of ``ours_cached`` to the others.
+The greedy row also gives ``matmul_floor_tok_s``: the tokens per second of the decoder's weight
+matmuls alone at the same batch (:func:`matmul_floor`), an upper bound for any implementation,
+with ``ours_cached_of_floor`` (how close we are to it) and ``floor_vs_hf`` (the largest speedup
+over HF that any decoder could show on this device).
 Every system produces exactly ``--new-tokens`` tokens per sequence: EOS is blocked until then
 (our ``min_len`` = the length limit, HF's ``min_new_tokens`` = ``max_new_tokens``), so random
 weights cannot end sequences early. The runs of the three systems are interleaved, so a load
@@ -60,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-hf", action="store_true", help="skip HuggingFace generate")
     p.add_argument("--no-uncached", action="store_true", help="skip our uncached path")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-floor", action="store_true", help="skip the matmuls-only bound (greedy)")
     return p.parse_args(argv)
 
 
@@ -109,6 +114,30 @@ def build_hf(size: dict, vocab: int, max_positions: int):
         scale_embedding=True,
     )
     return BartForConditionalGeneration(cfg).eval()
+
+
+def matmul_floor(size: dict, vocab: int, rows: int, n_new: int, device, dtype, repeats: int) -> float:
+    """Output tokens/s if decoding did nothing but its weight matmuls (an upper bound for any system).
+
+    Per new token, every decoder layer multiplies the ``rows`` current states by its self-attention
+    QKV and output, cross-attention query and output, and feed-forward matrices, then the output
+    projection to ``vocab``; this times exactly those ``F.linear`` calls, ``n_new`` times, with no
+    attention, softmax, norms, cache or Python search logic.
+    """
+    d, ff = size["d_model"], size["d_ff"]
+    shapes = [(d, 3 * d), (d, d), (d, d), (d, d), (d, ff), (ff, d)] * size["num_decoder_layers"] + [(d, vocab)]
+    weights = [torch.randn(out, inp, device=device, dtype=dtype) for inp, out in shapes]
+    inputs = {width: torch.randn(rows, width, device=device, dtype=dtype) for width in (d, ff)}
+
+    def run() -> None:
+        for _ in range(n_new):
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.size(1)], w)
+
+    with torch.inference_mode():
+        run()
+        seconds = statistics.median(timed(run, device) for _ in range(repeats))
+    return rows * n_new / seconds
 
 
 def timed(fn, device: torch.device) -> float:
@@ -206,6 +235,13 @@ def main(argv=None) -> None:
         }
         if "hf_generate" in tok_s:
             row["speedup_vs_hf"] = round(tok_s["ours_cached"] / tok_s["hf_generate"], 2)
+        if strategy == "greedy" and not args.no_floor:
+            floor = matmul_floor(size, args.vocab, args.batch * beams, n_new, device, dtype, args.repeats)
+            row["matmul_floor_tok_s"] = round(floor, 1)
+            row["ours_cached_of_floor"] = round(tok_s["ours_cached"] / floor, 2)
+            if "hf_generate" in tok_s:
+                # No system can beat HF by more than this: its tokens/s over the matmuls-only bound.
+                row["floor_vs_hf"] = round(floor / tok_s["hf_generate"], 2)
         if "ours_uncached" in tok_s:
             row["speedup_vs_uncached"] = round(tok_s["ours_cached"] / tok_s["ours_uncached"], 2)
         row.update(torch=torch.__version__, transformers=hf_version, python=platform.python_version())

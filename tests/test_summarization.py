@@ -228,3 +228,45 @@ def test_module_task_and_monitor():
     assert Seq2SeqModule(model={}, optim={"lr": 1e-3}).monitor == "val/bleu"
     module = Seq2SeqModule(model={}, optim={"lr": 1e-3}, task="summarization")
     assert module.monitor == "val/rougeLsum" and module.hparams.task == "summarization"
+
+
+def test_eval_scores_a_summarization_checkpoint_with_rouge(tmp_path, monkeypatch):
+    """seq2seq.eval reads the task from the run and reproduces training's val ROUGE (greedy)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from seq2seq.config import config_dir
+    from seq2seq.eval import evaluate
+    from seq2seq.train import train
+
+    root = tmp_path / "corpus"
+    write_corpus(root)
+    cfg = compose_train(tmp_path, [
+        "experiment=samsum", f"data.root={root}", "data.vocab_size=150", "data.max_src_len=64",
+        "data.max_tgt_len=40", "model.d_model=32", "model.num_heads=2", "model.num_encoder_layers=1",
+        "model.num_decoder_layers=1", "model.d_ff=64", "trainer.precision=32-true", "logger=csv",
+        "callbacks.progress_bar=null", "trainer.enable_model_summary=false", "decoding.max_len_b=8",
+        "decoding.min_len=2", "trainer.max_steps=6", "trainer.val_check_interval=1.0", "optim.lr=5e-3",
+    ])
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as the command line writes it
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        eval_cfg = compose("eval", overrides=[
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", "decoding=summarization",
+            "decoding.strategy=greedy", "decoding.max_len_b=8", "decoding.min_len=2", "device=cpu",
+        ], return_hydra_config=True)
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+        eval_cfg.hydra.runtime.output_dir = str(tmp_path / "eval")
+    HydraConfig.instance().set_config(eval_cfg)
+    result = evaluate(eval_cfg)
+    assert result["task"] == "summarization" and "val/bleu" not in result
+    for key in ROUGE_KEYS:
+        assert result[f"val/{key}"] == pytest.approx(metrics[f"val/{key}"], abs=1e-6)
+    assert result["rouge"].startswith("torchmetrics")

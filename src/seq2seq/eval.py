@@ -3,14 +3,16 @@
 Loads a checkpoint (model and tokenizer come from the checkpoint alone), decodes a split of a data
 config with the ``decoding`` group (greedy, beam or sampling), and writes into its run folder:
 
-* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf``, ``{split}/loss`` and ``{split}/ppl`` (per
-  target token, teacher-forced), the sacreBLEU signatures, ``num_parameters``, ``ckpt_path``, the
+* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf`` (summarization: ``{split}/rouge1``,
+  ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature), ``{split}/loss`` and
+  ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures, ``num_parameters``, ``ckpt_path``, the
   decoding options, the corpus, timings and the device;
 * ``hypotheses.{split}.txt``: the best hypothesis of every source, one line each, in corpus order
   (and ``hypotheses.{split}.nbest.txt``, ``index<TAB>rank<TAB>score<TAB>text`` lines as
   ``seq2seq.translate`` writes them, when ``n_best > 1``).
 
-Without ``data=...`` the data config is the one of the run the checkpoint comes from (its
+The task (``task=translation|summarization``) defaults to the training run's. Without
+``data=...`` the data config is the one of the run the checkpoint comes from (its
 ``.hydra/config.yaml``); its relative paths mean what they meant to training, so run eval from the
 same folder (or with the same ``SEQ2SEQ_ROOT``). Batches are formed exactly as in training's validation and test (same
 tokenization, truncation and token budget), so greedy decoding reproduces the BLEU training
@@ -38,7 +40,7 @@ from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig, generate
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.metrics.text_metrics import translation_scores
+from seq2seq.metrics.text_metrics import ROUGE_KEYS, rouge_scores, translation_scores
 from seq2seq.models.transformer import Seq2SeqTransformer
 from seq2seq.run_summary import print_metrics_table, write_metrics
 from seq2seq.translate import load_checkpoint, resolve_device
@@ -73,6 +75,18 @@ def data_config(cfg: DictConfig) -> dict:
     run_cfg = OmegaConf.load(saved)
     # Interpolations (${paths.data_dir}, ${seed}) resolve against the training run's own config.
     return OmegaConf.to_container(run_cfg.data, resolve=True)
+
+
+def task_of(cfg: DictConfig) -> str:
+    """``cfg.task`` if given, else the task of the checkpoint's run (translation when unknown)."""
+    task = cfg.get("task")
+    if task is None:
+        saved = run_config_of(Path(cfg.ckpt_path))
+        task = OmegaConf.load(saved).get("task") if saved is not None else None
+    task = task or "translation"
+    if task not in ("translation", "summarization"):
+        raise ConfigError(f"task={task!r}: use translation or summarization")
+    return task
 
 
 def read_split(datamodule: Seq2SeqDataModule, split: str) -> tuple[list[str], list[str]]:
@@ -133,6 +147,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     # Network and tokenizer from the checkpoint alone (translate's loader: weights_only, no Lightning).
     net, tokenizer = load_checkpoint(cfg.ckpt_path, device)
+    task = task_of(cfg)
     data_cfg = data_config(cfg)
     datamodule: Seq2SeqDataModule = instantiate(data_cfg)
     sources, references = read_split(datamodule, split)
@@ -143,15 +158,16 @@ def evaluate(cfg: DictConfig) -> dict:
     decode_time = time.perf_counter() - decode_start
     best = [hyps[0] for hyps in result["nbest"]]
     hypotheses = tokenizer.decode_target([h.tokens for h in best])
-    scores = translation_scores(hypotheses, references)
-
     loss = result["nll"] / max(result["n_tokens"], 1)
-    metrics = {
-        f"{split}/bleu": scores["bleu"],
-        f"{split}/chrf": scores["chrf"],
-        f"{split}/loss": loss,
-        f"{split}/ppl": math.exp(min(loss, 50.0)),
-    }
+    if task == "summarization":
+        scores = rouge_scores(hypotheses, references)
+        metrics = {f"{split}/{key}": scores[key] for key in ROUGE_KEYS}
+        signature = {"rouge": scores["rouge_signature"]}
+    else:
+        scores = translation_scores(hypotheses, references)
+        metrics = {f"{split}/bleu": scores["bleu"], f"{split}/chrf": scores["chrf"]}
+        signature = {"sacrebleu_signature": {"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]}}
+    metrics.update({f"{split}/loss": loss, f"{split}/ppl": math.exp(min(loss, 50.0))})
     hyp_file = output_dir / f"hypotheses.{split}.txt"
     atomic_write_text(hyp_file, "".join(f"{h}\n" for h in hypotheses))
     if decoding.n_best > 1:
@@ -165,7 +181,8 @@ def evaluate(cfg: DictConfig) -> dict:
     payload = write_metrics(
         output_dir / "metrics.json",
         metrics,
-        sacrebleu_signature={"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]},
+        **signature,
+        task=task,
         num_parameters=net.num_parameters(),
         ckpt_path=str(Path(cfg.ckpt_path).resolve()),
         split=split,
@@ -188,9 +205,10 @@ def evaluate(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
-    """Console script ``seq2seq-eval``; returns ``{split}/bleu`` (so that sweeps can use it)."""
+    """Console script ``seq2seq-eval``; returns ``{split}/bleu`` (``{split}/rougeLsum`` for
+    summarization), so that sweeps can use it."""
     payload = evaluate(cfg)
-    return payload[f"{cfg.split}/bleu"]
+    return payload.get(f"{cfg.split}/bleu", payload.get(f"{cfg.split}/rougeLsum"))
 
 
 if __name__ == "__main__":
