@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.attention import (
+from seq2seq.analysis.attention import (
     AttentionMaps,
     attention_maps,
     plot_cross_attention,
     strongest_sources,
     word_groups,
 )
+from seq2seq.inference.checkpoint import load_model as load_checkpoint
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
-from seq2seq.translate import load_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.average_checkpoints import average_checkpoints, last_checkpoints, main
+from seq2seq.average_checkpoints import main
 from seq2seq.decoding.search import greedy_search
 from seq2seq.errors import CheckpointError
+from seq2seq.inference.checkpoint import average_checkpoints, last_checkpoints
 from seq2seq.models.lit_module import Seq2SeqModule
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from helpers import TINY_OVERRIDES
 
 
 @dataclass

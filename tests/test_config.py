@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY_OVERRIDES, compose_train
+from helpers import REPO, TINY_OVERRIDES, compose_train
 
 CONF = REPO / "conf"
 GROUPS = ["data", "model", "model/size", "optim", "decoding", "trainer", "logger", "callbacks", "experiment", "debug"]

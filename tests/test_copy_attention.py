@@ -28,7 +28,7 @@ def test_output_is_the_mixture_of_vocabulary_and_copy_distributions():
         hidden = net.decoder(tgt_in, None, memory, mask, return_hidden=True)
     probs = log_probs.exp()
     assert torch.allclose(probs.sum(-1), torch.ones(2, 3), atol=1e-5)
-    gate = torch.sigmoid(net.copy_gate(hidden))
+    gate = torch.sigmoid(net.head.gate(hidden))
     vocab = net.decoder.project(hidden).softmax(-1)
     attn = out["cross"][-1].mean(1)  # (B, T, S)
     expected = gate * vocab
@@ -108,7 +108,7 @@ def test_copy_gate_gets_gradients():
     src, tgt_in, tgt_out = next(_copy_batches(1))
     smoothed, _ = sequence_loss(net, src, tgt_in, tgt_out, 0.1)
     smoothed.backward()
-    assert net.copy_gate.weight.grad.abs().sum() > 0
+    assert net.head.gate.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 

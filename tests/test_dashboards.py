@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, compose_train
 from seq2seq.callbacks.samples import ValidationSamples
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -106,7 +106,7 @@ def test_wandb_receives_samples_table_and_heatmap(tmp_path, monkeypatch):
     import wandb
     from matplotlib.figure import Figure
 
-    from seq2seq.attention import figure_png
+    from seq2seq.analysis.attention import figure_png
     from seq2seq.utils.loggers import wandb_logger
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from conftest import compose_train
+from helpers import compose_train
 from seq2seq.data.datamodule import Seq2SeqDataModule
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from seq2seq.errors import DataError

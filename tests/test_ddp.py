@@ -72,7 +72,7 @@ def test_bleu_over_two_processes_equals_one_process(tiny_run, tiny_checkpoint, t
 
 def test_ddp_sim_training_writes_one_run_folder_from_rank_zero(tmp_path):
     """Two processes train and validate without hanging; rank 0 alone writes the run's files."""
-    from test_sweeps import QUICK, run_train
+    from helpers import QUICK, run_train
 
     result = run_train([*QUICK, "trainer=ddp_sim", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
                         "callbacks.periodic_checkpoint.every_n_train_steps=2"], tmp_path, timeout=900)
@@ -95,8 +95,9 @@ def test_ddp_resume_at_an_epoch_end_continues_exactly(tmp_path):
     Each rank's random generators are saved in rank 0's checkpoint and each rank's sampler resumes
     its own share of the batches.
     """
-    from conftest import TINY_OVERRIDES
-    from test_resume import _comparable, _curve, _env
+    from helpers import TINY_OVERRIDES, command_env
+    from helpers import comparable_metrics as _comparable
+    from helpers import loss_curve as _curve
 
     common = [*TINY_OVERRIDES, "data.generate.sizes={train:600,val:32,test:32}", "data.max_tokens=512",
               "trainer=ddp_sim", "trainer.max_time=null", "trainer.log_every_n_steps=1", "test=false"]
@@ -104,7 +105,7 @@ def test_ddp_resume_at_an_epoch_end_continues_exactly(tmp_path):
 
     def train(*args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "seq2seq.train", *common, *args], cwd=tmp_path,
-                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=command_env(tmp_path, threads=1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     whole = train("trainer.max_epochs=2", f"hydra.run.dir={a}")
     first = train("trainer.max_epochs=1", f"hydra.run.dir={b}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import shared_corpus
 from seq2seq.data import download
 from seq2seq.data.download import download_multi30k
 from seq2seq.data.sources import CorpusFormat, read_split
@@ -162,9 +163,7 @@ def test_unpublished_split_or_language_fails_before_any_request(server: _Server,
 
 
 def test_checksum_table_matches_shared_copy() -> None:
-    folder = Path(__file__).parents[1].parent / "shared" / "data" / "multi30k"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
+    folder = shared_corpus("multi30k")
     for split in ("train", "val"):
         for lang in ("en", "de", "fr", "cs"):
             data = (folder / f"{split}.{lang}").read_bytes()

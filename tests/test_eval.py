@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, compose_train
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.eval import evaluate
 

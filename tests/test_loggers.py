@@ -93,7 +93,7 @@ def test_wandb_is_offline_unless_a_key_or_mode_is_set(monkeypatch):
 def test_sweep_name_only_inside_a_multirun(tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
 
-    from conftest import compose_train
+    from helpers import compose_train
 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # other tests leave a config set
     assert hydra_sweep() == (None, None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES
+from helpers import REPO, TINY_OVERRIDES
 from seq2seq.utils.notebooks import execute, has_outputs, strip
 
 NOTEBOOKS = REPO / "notebooks"

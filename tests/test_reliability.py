@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHORT_TRAINING_OVERRIDES, TINY_OVERRIDES, compose_train
-from seq2seq.errors import CheckpointError
-from seq2seq.models.lit_module import Seq2SeqModule, TrainingError
+from helpers import SHORT_TRAINING_OVERRIDES, TINY_OVERRIDES, compose_train
+from seq2seq.errors import CheckpointError, TrainingError
+from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.train import train
 
 # Keys that measure the machine, not the model.

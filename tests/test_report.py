@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from seq2seq.report import main, read_job, report, split_overrides
+from seq2seq.analysis.sweep import read_job, report, split_overrides
+from seq2seq.report import main
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
 

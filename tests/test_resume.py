@@ -9,9 +9,6 @@ so early stopping and the best checkpoint have state), then resumed with
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +19,9 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from helpers import TINY_OVERRIDES, command_env
+from helpers import comparable_metrics as _comparable
+from helpers import loss_curve as _curve
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO
 from seq2seq.train import _plugins
 
@@ -37,20 +36,9 @@ OVERRIDES = [
     "callbacks=early_stopping",
     f"callbacks.periodic_checkpoint.every_n_train_steps={EVERY}",
 ]
-# Measure the machine, not the model.
-TIMING = ("wall_time_s", "train/tokens_per_s", "train/tflops", "train/mfu")
-
-
-def _env(root: Path) -> dict:
-    env = {**os.environ, "SEQ2SEQ_ROOT": str(root), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("WANDB_API_KEY", None)
-    return env
-
-
 def _start(args: list[str], root: Path, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "seq2seq.train", *args], cwd=root, env=_env(root),
+        return subprocess.Popen([sys.executable, "-m", "seq2seq.train", *args], cwd=root, env=command_env(root, threads=1),
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -64,20 +52,6 @@ def _mid_epoch_checkpoint(path: Path) -> dict | None:
     if ckpt["epoch"] >= 1 and not progress["is_last_batch"] and progress["current"]["completed"] > 0:
         return ckpt
     return None
-
-
-def _curve(run: Path) -> list[dict]:
-    """The rows of csv/metrics.csv without the timing columns."""
-    with open(run / "csv" / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if not k.startswith(TIMING)} for row in csv.DictReader(f)]
-
-
-def _comparable(run: Path) -> dict:
-    """metrics.json without what describes the machine, the folder or the checkout (a commit may land
-    between the two runs' ends)."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    skip = ("run_dir", "checkpoints", "git_commit", "git_dirty")
-    return {k: v for k, v in metrics.items() if not k.startswith(TIMING) and k not in skip}
 
 
 def test_killed_run_resumes_exactly(tmp_path):
@@ -110,7 +84,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert 0 < sampler["position"] < sampler["num_batches"]
 
     resume = subprocess.run([sys.executable, "-m", "seq2seq.train", *OVERRIDES, "ckpt_path=last", f"hydra.run.dir={b}"],
-                            cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+                            cwd=tmp_path, env=command_env(tmp_path, threads=1), capture_output=True, text=True, timeout=600)
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "a.log").read_text()[-3000:]
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from helpers import shared_corpus
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.errors import CheckpointError, ConfigError
-
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 
 
 def _lengths(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -175,9 +172,7 @@ def test_empty_dataset() -> None:
 
 
 def test_padding_is_small_on_multi30k() -> None:
-    folder = SHARED_DATA / "multi30k"
-    if not (folder / "train.en").is_file():
-        pytest.skip(f"{folder} is absent")
+    folder = shared_corpus("multi30k")
     def read(name):
         return [len(x.split()) + 2 for x in (folder / name).read_text("utf-8").split("\n")[:-1]]
     src, tgt = np.array(read("train.en")), np.array(read("train.de"))

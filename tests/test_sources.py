@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import shared_corpus
 from seq2seq.data.sources import CorpusFormat, find_split, read_split
 from seq2seq.errors import DataError
 
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 LINES = CorpusFormat()
 
 
@@ -133,9 +133,7 @@ def test_unknown_format(tmp_path: Path) -> None:
 
 
 def test_multi30k_train_if_present() -> None:
-    folder = SHARED_DATA / "multi30k"
-    if not (folder / "train.de").is_file():
-        pytest.skip(f"{folder} is absent")
+    folder = shared_corpus("multi30k")
     src, tgt = read_split(folder, ["train"], "en", "de", LINES)
     assert len(src) == len(tgt) == 29000
     assert sum(t.endswith(" ") for t in tgt) == 40  # kept as published

@@ -4,20 +4,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, compose_train
 from seq2seq.data.datamodule import collate
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig, greedy_search
-from seq2seq.models.lit_module import Seq2SeqModule, TrainingError, build_optimizer, resolve_compile
+from seq2seq.errors import TrainingError
+from seq2seq.models.lit_module import Seq2SeqModule, build_optimizer, resolve_compile
 from seq2seq.models.loss import (
     fused_linear_label_smoothed_ce,
     label_smoothed_nll,
     plain_sequence_loss,
+    right_padded,
     sequence_loss,
+    source_index,
     target_index,
 )
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
-from seq2seq.models.unpadded import right_padded, source_index, unpadded_target_states
 from seq2seq.train import train
 
 PAD, BOS, EOS = 0, 2, 3
@@ -69,7 +71,7 @@ def test_unpadded_forward_equals_padded_forward_at_real_positions(pre_norm, shar
                             pre_norm=pre_norm, share_embeddings=share, activation=activation)
     net, b = Seq2SeqTransformer(cfg).double(), padded_batch()
     tgt_index, src_index = target_index(b["tgt_out"], PAD), source_index(b["src"], PAD)
-    states = unpadded_target_states(net, b["src"], b["tgt_in"], src_index, tgt_index)
+    states = net.target_states(b["src"], b["tgt_in"], tgt_index, src_index)[0]
     padded = net(b["src"], b["tgt_in"], return_hidden=True)
     assert torch.allclose(states, padded.reshape(-1, 16)[tgt_index], atol=1e-10, rtol=0)
     # And the loss and its gradients through it equal the reference.
@@ -85,15 +87,15 @@ def test_unpadded_forward_equals_padded_forward_at_real_positions(pre_norm, shar
 
 
 def test_unpadded_dropout_keeps_the_rate_and_the_expectation():
-    from seq2seq.models.unpadded import _dropout
+    from seq2seq.models.transformer import Dropout
 
-    drop, x = torch.nn.Dropout(0.25), torch.ones(200_000)
+    drop, x = Dropout(0.25), torch.ones(200_000)
     torch.manual_seed(0)
-    y = _dropout(x, drop)
+    y = drop(x)
     assert abs((y == 0).float().mean().item() - 0.25) < 0.005
     assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75)) and abs(y.mean().item() - 1) < 0.01
     drop.eval()
-    assert _dropout(x, drop) is x
+    assert drop(x) is x
 
 
 def test_right_padded():
@@ -149,7 +151,7 @@ def test_compile_option_and_optimizer():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not resolve_compile("auto", cpu) and resolve_compile("auto", cuda)
     assert resolve_compile(True, cpu) and resolve_compile("true", cpu) and not resolve_compile("false", cuda)
-    with pytest.raises(ValueError, match="model.compile"):
+    with pytest.raises(ValueError, match="speed.compile"):
         resolve_compile("sometimes", cpu)
     net = tiny_net(torch.float32)
     opt = build_optimizer(net.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
@@ -179,21 +181,20 @@ def small_tokenizer() -> Tokenizer:
 
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_checkpoint_of_compiled_module_has_plain_keys_and_loads_uncompiled(tmp_path):
-    from seq2seq.translate import load_checkpoint
+    from seq2seq.inference.checkpoint import load_model as load_checkpoint
 
     model = {"d_model": 32, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1, "d_ff": 64,
-             "dropout": 0.1, "compile": True}
+             "dropout": 0.1}
     tokenizer = small_tokenizer()
     module = Seq2SeqModule(model=model, optim={"lr": 1e-2, "warmup_steps": 1, "label_smoothing": 0.1},
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer, speed={"compile": True})
     module.setup("fit")  # compiles the training loss (lazily); the module itself stays unwrapped
     assert module._compiled_loss is not None
     # A few eager steps (compiling on a CPU takes minutes: the compiled run is the slow test below).
     module._compiled_loss = None
     optimizer = build_optimizer(module.named_parameters(), module.hparams.optim)
     b = padded_batch(vocab=tokenizer.src_vocab_size)
-    b = module.on_before_batch_transfer(b, 0)
-    assert torch.equal(b["tgt_index"], target_index(b["tgt_out"], PAD))
+    assert torch.equal(b["tgt_index"], target_index(b["tgt_out"], PAD))  # collate finds the real tokens
     for _ in range(3):
         optimizer.zero_grad()
         loss = module.training_step(b, 0)
@@ -239,11 +240,11 @@ def test_fused_adamw_keeps_gradient_clipping_under_mixed_precision(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_checkpoint_loads_uncompiled(tmp_path):
-    """A run with model.compile=true writes net.* weights that translate's loader reads."""
-    from seq2seq.translate import load_checkpoint
+    """A run with speed.compile=true writes net.* weights that translate's loader reads."""
+    from seq2seq.inference.checkpoint import load_model as load_checkpoint
 
     torch._dynamo.reset()
-    cfg = compose_train(tmp_path, QUICK + ["model.compile=true", "trainer.max_steps=6", "test=false",
+    cfg = compose_train(tmp_path, QUICK + ["speed.compile=true", "trainer.max_steps=6", "test=false",
                                            "data.pad_to_multiple=8"])
     torch._dynamo.utils.counters.clear()
     train(cfg)

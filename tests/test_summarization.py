@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_train
-from seq2seq.baselines import lead, lead_n, looks_like_dialogue, run_baseline, split_turns
+from helpers import compose_train
+from seq2seq.baselines import run_baseline
 from seq2seq.errors import ConfigError
 from seq2seq.metrics.text_metrics import ROUGE_KEYS, rouge_scores, split_sentences
+from seq2seq.models.lead import lead, lead_n, looks_like_dialogue, split_turns
 
 # -------------------------------------------------------------------------------- fixtures
 

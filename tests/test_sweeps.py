@@ -6,9 +6,7 @@ SEQ2SEQ_ROOT pointing at tmp_path and wandb offline.
 
 import itertools
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY_OVERRIDES, compose_train
+from helpers import QUICK, REPO, TINY_OVERRIDES, compose_train, run_train
+from seq2seq.analysis.sweep import report
 from seq2seq.config import config_dir
-from seq2seq.report import report
 
 CONF = REPO / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SIZES = sorted(p.stem for p in (CONF / "model" / "size").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
-
-# Few batches of everything: a real run of the whole path in seconds, not a trained model.
-QUICK = [*TINY_OVERRIDES, "debug=limit", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "model.d_model=32"]
-
 
 def _trainer_value(name: str, key: str):
     """``key`` as trainer/<name>.yaml sets it, else as trainer/default.yaml does."""
@@ -108,13 +101,6 @@ def test_make_sweep_runs_train_then_report(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "-m seq2seq.train -m" in result.stdout and "model.d_model=32,64" in result.stdout
     assert "-m seq2seq.report" in result.stdout
-
-
-def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SEQ2SEQ_ROOT": str(cwd), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "seq2seq.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_multirun_two_jobs_get_own_folders_and_report(tmp_path):

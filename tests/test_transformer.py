@@ -109,7 +109,7 @@ def test_small_batch_can_be_overfit():
 @pytest.mark.parametrize("size,d_model,layers,heads,d_ff,dropout", [
     ("base", 512, 6, 8, 2048, 0.1), ("big", 1024, 6, 16, 4096, 0.3)])
 def test_paper_sizes(size, d_model, layers, heads, d_ff, dropout, tmp_path):
-    from conftest import compose_train
+    from helpers import compose_train
 
     cfg = compose_train(tmp_path, [f"model/size={size}"])
     m = cfg.model

@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from seq2seq.config import config_dir
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import CheckpointError
-from seq2seq.translate import format_results, load_checkpoint, make_batches, read_lines, translate_lines
+from seq2seq.inference.checkpoint import load_model as load_checkpoint
+from seq2seq.inference.predictor import Predictor, make_batches
+from seq2seq.translate import format_results, read_lines
 
 NORMAL = [
     "Der Lehrer fand ein glückliches Pferd im Park.",
@@ -93,7 +95,7 @@ def test_translate_file_keeps_lines_and_order(tiny_checkpoint, tmp_path):
     # Same as translating each line alone, so sorting by length and batching kept the order.
     net, tokenizer = load_checkpoint(tiny_checkpoint)
     for i, line in enumerate(LINES):
-        alone = translate_lines(net, tokenizer, [line], beam_config(), max_src_len=MAX_SRC_LEN)
+        alone = Predictor(net, tokenizer, beam_config()).translate([line], max_src_len=MAX_SRC_LEN)
         assert out[i] == alone[0][0][0], f"line {i + 1}"
 
 

@@ -1,4 +1,4 @@
-"""Locating the Hydra configuration and running entry points with clean user errors."""
+"""Locating the Hydra configuration, settings read from it, and running commands with clean user errors."""
 
 from __future__ import annotations
 
@@ -7,22 +7,38 @@ import os
 import sys
 from pathlib import Path
 
-from seq2seq.errors import Seq2SeqError
+from omegaconf import DictConfig, open_dict
+
+from seq2seq.errors import ConfigError, Seq2SeqError
+from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task
 
 
 def config_dir() -> str:
-    """The ``conf/`` folder: ``$SEQ2SEQ_CONFIG_DIR`` if set, else the repository's ``conf/``.
-
-    The template is used from a clone (``pip install -e .``), where ``conf/`` sits beside ``src/``.
-    """
+    """The Hydra configuration: ``$SEQ2SEQ_CONFIG_DIR`` if set, else the copy installed with the
+    package (``seq2seq/conf`` of a wheel), else the checkout's ``conf/`` (an editable install)."""
     override = os.environ.get("SEQ2SEQ_CONFIG_DIR")
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "conf"
-    if not (path / "train.yaml").exists():
-        sys.exit(
-            f"error: no Hydra configuration at {path} (expected train.yaml there). "
-            "Install the template from its repository with `pip install -e .`, or set SEQ2SEQ_CONFIG_DIR."
-        )
-    return str(path)
+    package = Path(__file__).resolve().parent
+    candidates = [Path(override)] if override else [package / "conf", package.parents[1] / "conf"]
+    for path in candidates:
+        if (path / "train.yaml").exists():
+            return str(path)
+    sys.exit(
+        f"error: no Hydra configuration at {candidates[0]} (expected train.yaml there). "
+        "Reinstall the package (pip install seq2seq, or pip install -e . in its repository), or set SEQ2SEQ_CONFIG_DIR."
+    )
+
+
+def resolve_monitor(cfg: DictConfig) -> tuple[str, str]:
+    """``(metric, mode)`` of ``cfg.monitor``, the metric null meaning the task's (``val/bleu``,
+    ``val/rougeLsum``); written back into ``cfg`` so that callbacks interpolating it see the value."""
+    task = check_task(cfg.get("task") or "translation")
+    monitor = cfg.get("monitor") or {}
+    metric, mode = monitor.get("metric") or DEFAULT_MONITOR[task], monitor.get("mode") or "max"
+    if mode not in ("max", "min"):
+        raise ConfigError(f"monitor.mode={mode!r}: use max or min")
+    with open_dict(cfg):
+        cfg.monitor = {"metric": metric, "mode": mode}
+    return metric, mode
 
 
 def _user_error(err: BaseException) -> Seq2SeqError | None:

@@ -20,3 +20,7 @@ class ConfigError(Seq2SeqError):
 
 class CheckpointError(Seq2SeqError):
     """A checkpoint that is missing, damaged or does not fit."""
+
+
+class TrainingError(Seq2SeqError):
+    """Training cannot go on (e.g. the loss became NaN)."""

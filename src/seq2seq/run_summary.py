@@ -37,3 +37,12 @@ def print_metrics_table(metrics: dict[str, float], title: str = "Final metrics")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}")
     Console().print(table)
+
+
+def finish_run(output_dir: str | Path, metrics: dict[str, float], title: str = "Final metrics", **extra: Any) -> dict:
+    """How every command ends: ``<output_dir>/metrics.json`` (``metrics`` + ``extra``, with the run
+    folder), the metrics table, and the run folder's path on the console. Returns what was written."""
+    payload = write_metrics(Path(output_dir) / "metrics.json", metrics, **extra, run_dir=str(output_dir))
+    print_metrics_table(metrics, title=title)
+    print(f"Run folder: {output_dir}")
+    return payload

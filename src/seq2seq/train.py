@@ -2,9 +2,8 @@
 
 Composes the DataModule, the LightningModule, callbacks, loggers and the Trainer from the Hydra
 config, trains, tests the best checkpoint, and writes ``metrics.json`` into the run folder.
-Returns the best value of the checkpoint metric (``callbacks.model_checkpoint.monitor``:
-``val/bleu_best`` by default) so that Hydra sweepers can optimize it. ``task=summarization`` scores
-validation and test with ROUGE instead of BLEU/chrF (see :class:`Seq2SeqModule`).
+Returns the best value of the monitored metric (``monitor.metric``, by default the task's:
+``val/bleu``, or ``val/rougeLsum`` for ``task=summarization``) so that Hydra sweepers can optimize it.
 """
 
 from __future__ import annotations
@@ -20,25 +19,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, resume_checkpoint
-from seq2seq.config import config_dir, user_errors_exit
+from seq2seq.config import config_dir, resolve_monitor, user_errors_exit
 from seq2seq.models.lit_module import Seq2SeqModule
-from seq2seq.run_summary import print_metrics_table, scalar_metrics, write_metrics
+from seq2seq.run_summary import finish_run, scalar_metrics
 from seq2seq.utils.run_info import log_run_info, run_info
 
 log = logging.getLogger(__name__)
-# Noise from library internals that a user cannot act on.
-warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
-
-
-def checkpoint_metric(cfg: DictConfig) -> tuple[str | None, str]:
-    """(monitor, mode) of ``callbacks.model_checkpoint``; (None, "max") without one."""
-    checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
-    return checkpoint.get("monitor"), checkpoint.get("mode", "max")
 
 
 def truncation_counts(datamodule) -> dict:
@@ -66,77 +56,63 @@ def train(cfg: DictConfig) -> dict:
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    monitor, monitor_mode = resolve_monitor(cfg)
     # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir, cfg.model)
     datamodule = instantiate(cfg.data)
-    monitor, monitor_mode = checkpoint_metric(cfg)
     module = Seq2SeqModule(
-        model=cfg.model, optim=cfg.optim, decoding=cfg.decoding,
-        task=cfg.get("task", "translation"), monitor=monitor, monitor_mode=monitor_mode,
+        model=cfg.model, optim=cfg.optim, decoding=cfg.decoding, task=cfg.get("task", "translation"),
+        monitor=monitor, monitor_mode=monitor_mode, speed=cfg.get("speed"),
     )
-    fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg.trainer.get("plugins"))
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger")) or False,
+        plugins=_plugins(cfg.trainer.get("plugins")),
     )
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = scalar_metrics(trainer.callback_metrics)
-    if module.task == "translation":
-        metrics["val/bleu_best"] = module.bleu_best
-    metrics.update({f"{name}_best": value for name, value in module.best_scores.items()})
-
-    if cfg.get("test"):
-        if datamodule.has_test:
+    with warnings.catch_warnings():
+        # Noise from library internals that a user cannot act on.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = scalar_metrics(trainer.callback_metrics)
+        if cfg.get("test") and datamodule.has_test:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-        else:
+        elif cfg.get("test"):
             log.warning("No test split under %s: trained and validated only.", datamodule.root)
 
     results = module.eval_results.get("test") or module.eval_results.get("val") or {}
     checkpoints = {}
-    if trainer.checkpoint_callback is not None and not fast_dev_run:
+    if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
         folder = Path(trainer.checkpoint_callback.dirpath)
         checkpoints = {name: str(folder / f"{name}.ckpt") for name in ("best", "last")}
     if trainer.is_global_zero:
-        signature = {"bleu": results.get("bleu_signature"), "chrf": results.get("chrf_signature")}
-        extra = {"rouge_signature": results["rouge_signature"]} if "rouge_signature" in results else {}
+        signatures = {k: v for k, v in results.items() if k.endswith("_signature")}
+        signatures.setdefault("sacrebleu_signature", {"bleu": None, "chrf": None})
         data_filter = truncation_counts(datamodule)
         if data_filter.get("truncated") or data_filter.get("val_truncated") or data_filter.get("test_truncated"):
             log.info("Sources truncated to data.max_src_len=%s: %s", datamodule.max_src_len, data_filter)
-        info = run_info(num_parameters=module.net.num_parameters(), sacrebleu_signature=signature, trainer=trainer)
+        info = run_info(num_parameters=module.net.num_parameters(), sacrebleu_signature=signatures["sacrebleu_signature"],
+                        trainer=trainer)
         log_run_info(trainer.loggers, info)
-        write_metrics(
-            output_dir / "metrics.json",
-            metrics,
-            sacrebleu_signature=signature,
-            **extra,
-            task=module.task,
-            data_filter=data_filter,
-            num_parameters=module.net.num_parameters(),
-            git_commit=info["git_commit"],
-            checkpoints=checkpoints,
-            run_dir=str(output_dir),
-            wall_time_s=round(time.time() - started, 1),
-            device=str(trainer.strategy.root_device),
+        finish_run(
+            output_dir, metrics, **signatures, task=module.task, monitor={"metric": monitor, "mode": monitor_mode},
+            data_filter=data_filter, num_parameters=module.net.num_parameters(), git_commit=info["git_commit"],
+            checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
         )
-        print_metrics_table(metrics)
-        print(f"Run folder: {output_dir}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
-    monitor, _ = checkpoint_metric(cfg)
-    return metrics.get(f"{monitor}_best", metrics.get("val/bleu_best", 0.0))
+    metrics = train(cfg)  # resolves cfg.monitor
+    return metrics.get(f"{cfg.monitor.metric}_best", 0.0)
 
 
 if __name__ == "__main__":

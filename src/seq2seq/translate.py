@@ -36,100 +36,18 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.config import config_dir, user_errors_exit
-from seq2seq.data.tokenizer import Tokenizer
-from seq2seq.decoding.search import DecodingConfig, generate
-from seq2seq.errors import CheckpointError, ConfigError, DataError
-from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+from seq2seq.decoding.search import DecodingConfig
+from seq2seq.errors import ConfigError, DataError
+from seq2seq.inference.checkpoint import load_model, resolve_device
+from seq2seq.inference.predictor import Predictor
 from seq2seq.utils.io import atomic_write_text
-
-__all__ = [
-    "format_results",
-    "load_checkpoint",
-    "main",
-    "make_batches",
-    "read_lines",
-    "resolve_device",
-    "translate",
-    "translate_lines",
-]
-
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    """First line of an exception message, shortened: user errors are one line."""
-    text = str(err).strip().splitlines()
-    first = text[0].split(". ")[0] if text else ""  # torch's messages run on: the first sentence says enough
-    first = first if len(first) <= limit else first[: limit - 3] + "..."
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as given."""
-    name = (name or "auto").strip()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device={name!r} is not a device: use cpu, cuda, cuda:N or auto") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name} was asked for but CUDA is not available here; use device=cpu or auto"
-        )
-    return device
-
-
-def load_checkpoint(
-    path: str | Path | None, device: torch.device | str = "cpu"
-) -> tuple[Seq2SeqTransformer, Tokenizer]:
-    """The network (eval mode, on ``device``) and tokenizer stored in a training checkpoint.
-
-    Reads what :class:`~seq2seq.models.lit_module.Seq2SeqModule` saves (``model_config``,
-    ``tokenizer`` and the ``net.*`` weights) with ``torch.load(weights_only=True)``, without
-    importing Lightning, so that the command starts fast and an untrusted file cannot run code.
-    Raises :class:`CheckpointError` with one line for a missing, unreadable or foreign file.
-    """
-    if path is None or str(path).strip() == "":
-        raise CheckpointError(
-            "no checkpoint given: pass ckpt_path=PATH (a .ckpt file written by seq2seq-train)"
-        )
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_one_line(err)})") from None
-    missing = [
-        k
-        for k in ("state_dict", "model_config", "tokenizer")
-        if not isinstance(checkpoint, dict) or k not in checkpoint
-    ]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a seq2seq training checkpoint (it lacks {', '.join(missing)}); "
-            "use best.ckpt or last.ckpt from a run's checkpoints/ folder"
-        )
-    try:
-        fields = TransformerConfig.__dataclass_fields__
-        net = Seq2SeqTransformer(
-            TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields})
-        )
-        weights = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(weights)
-        tokenizer = Tokenizer.from_state_dict(checkpoint["tokenizer"])
-    except Exception as err:  # noqa: BLE001 - any failure here means the file does not fit
-        raise CheckpointError(f"{path} does not hold a usable model ({_one_line(err)})") from None
-    return net.to(device).eval(), tokenizer
 
 
 def read_lines(path: str | Path | None) -> list[str]:
@@ -155,95 +73,6 @@ def read_lines(path: str | Path | None) -> list[str]:
     if text.endswith("\n"):
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
-
-
-def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Group indices into batches of similar length (sorted, longest first).
-
-    A batch holds at most ``batch_size`` items and, with ``max_tokens``, at most that many padded
-    source tokens (``len(batch) * longest``); an item longer than ``max_tokens`` gets a batch alone.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # Sorted longest first, so the batch's first item is its longest.
-        longest = lengths[current[0]] if current else lengths[i]
-        too_many = len(current) >= batch_size or (
-            max_tokens is not None and (len(current) + 1) * longest > max_tokens
-        )
-        if current and too_many:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def translate_lines(
-    net: Seq2SeqTransformer,
-    tokenizer: Tokenizer,
-    lines: Sequence[str],
-    decoding: DecodingConfig,
-    *,
-    batch_size: int = 64,
-    max_tokens: int | None = None,
-    max_src_len: int | None = None,
-    device: torch.device | str | None = None,
-    warn: Callable[[str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[list[tuple[str, float]]]:
-    """Translate ``lines``; returns, per line in input order, ``n_best`` ``(text, score)`` pairs, best first.
-
-    Blank lines give ``("", 0.0)`` pairs without a model call. Sources longer than
-    ``max_src_len`` tokens (default and upper bound: the model's ``max_positions``) are cut to
-    that length, keeping their EOS, and reported through ``warn(message)``.
-    ``progress(done_lines, total_lines)`` is called after each batch.
-    """
-    decoding.validate()
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be at least 1")
-    if max_tokens is not None and max_tokens < 1:
-        raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    limit = (
-        net.config.max_positions if max_src_len is None else min(int(max_src_len), net.config.max_positions)
-    )
-    if limit < 2:
-        raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
-    n_best = decoding.n_best
-    results: list[list[tuple[str, float]] | None] = [None] * len(lines)
-    todo = [i for i, line in enumerate(lines) if line.strip()]
-    for i, line in enumerate(lines):
-        if not line.strip():
-            results[i] = [("", 0.0)] * n_best
-    sources = tokenizer.encode_source([lines[i] for i in todo]) if todo else []
-    for j, (i, ids) in enumerate(zip(todo, sources)):
-        if len(ids) > limit:
-            if warn is not None:
-                warn(f"line {i + 1}: {len(ids)} source tokens, more than {limit}; truncated to {limit}")
-            sources[j] = ids[: limit - 1] + [tokenizer.eos_id]
-
-    done = len(lines) - len(todo)
-    for batch in make_batches([len(s) for s in sources], batch_size, max_tokens):
-        width = max(len(sources[j]) for j in batch)
-        src = torch.full((len(batch), width), net.config.pad_id, dtype=torch.long)
-        for row, j in enumerate(batch):
-            src[row, : len(sources[j])] = torch.tensor(sources[j], dtype=torch.long)
-        hyps = generate(net, src.to(device), decoding)
-        texts = tokenizer.decode_target([h.tokens for group in hyps for h in group])
-        pos = 0
-        for j, group in zip(batch, hyps):
-            pairs = [(texts[pos + r], h.score) for r, h in enumerate(group)]
-            pos += len(group)
-            # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
-            pairs += [pairs[-1]] * (n_best - len(pairs))
-            results[todo[j]] = pairs[:n_best]
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(lines))
-    return results  # type: ignore[return-value]
 
 
 def format_results(results: Sequence[Sequence[tuple[str, float]]], n_best: int) -> str:
@@ -277,13 +106,12 @@ def _check_output(path: str) -> None:
 def translate(cfg: DictConfig) -> None:
     """Run the command for a composed ``translate`` config (user errors: one message, exit 2)."""
     n_best = int(cfg.get("n_best") or 1)
-    decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True))
-    decoding.n_best = n_best
+    decoding = DecodingConfig.from_mapping({**OmegaConf.to_container(cfg.decoding, resolve=True), "n_best": n_best})
     decoding.validate()
     device = resolve_device(cfg.get("device"))
     if cfg.get("output"):
         _check_output(cfg.output)  # before minutes of decoding, not after
-    net, tokenizer = load_checkpoint(cfg.get("ckpt_path"), device)
+    net, tokenizer = load_model(cfg.get("ckpt_path"), device)
     lines = read_lines(cfg.get("input"))
     show = bool(cfg.get("progress", True))
     start = time.perf_counter()
@@ -295,15 +123,11 @@ def translate(cfg: DictConfig) -> None:
             last[0] = now
             _stderr(f"translate: {done}/{total} lines, {now - start:.1f} s")
 
-    results = translate_lines(
-        net,
-        tokenizer,
+    results = Predictor(net, tokenizer, decoding, device).translate(
         lines,
-        decoding,
         batch_size=int(cfg.get("batch_size") or 64),
         max_tokens=cfg.get("max_tokens"),
         max_src_len=cfg.get("max_src_len"),
-        device=device,
         warn=lambda message: _stderr(f"warning: {message}"),
         progress=progress,
     )

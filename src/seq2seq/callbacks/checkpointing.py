@@ -41,7 +41,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from seq2seq.errors import CheckpointError, ConfigError
+from seq2seq.errors import ConfigError
+from seq2seq.inference.checkpoint import check_architecture, read_checkpoint
 from seq2seq.utils.io import atomic_path
 
 __all__ = ["AtomicCheckpointIO", "ResumeState", "resume_checkpoint"]
@@ -202,11 +203,6 @@ class ResumeState(L.Callback):
 
 
 # -------------------------------------------------------------------------------- resuming
-# TransformerConfig fields that decide the parameters' shapes (dropout does not).
-_ARCHITECTURE = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "max_positions",
-                 "pre_norm", "tie_output", "activation")
-
-
 def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any = None) -> str | None:
     """The checkpoint file to resume from, checked; None to start anew.
 
@@ -218,6 +214,7 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any 
     if ckpt_path is None or str(ckpt_path).strip() == "":
         return None
     ckpt_path = str(ckpt_path).strip()
+    path = Path(ckpt_path)
     if ckpt_path == "last":
         path = Path(output_dir) / "checkpoints" / "last.ckpt"
         if not path.is_file():
@@ -225,48 +222,7 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any 
                 f"ckpt_path=last: there is no {path}. To resume a run, pass its folder as well: "
                 "ckpt_path=last hydra.run.dir=<run folder> (or ckpt_path=<a .ckpt file>)"
             )
-    else:
-        path = Path(ckpt_path)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} is not a file")
-    try:
-        # mmap: only the small dictionaries are read here; Lightning loads the tensors afterwards.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
-        # torch's messages run long: their first sentence says enough.
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason}); it may be truncated. "
-                              "Resume from another checkpoint of the run, or start anew without ckpt_path") from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} is not a seq2seq training checkpoint")
-    missing = [k for k in ("state_dict", "model_config", "tokenizer") if k not in checkpoint]
-    if "tokenizer" in missing:
-        raise CheckpointError(f"{path} holds no tokenizer: it was not written by seq2seq.train and cannot be resumed")
-    if missing:
-        raise CheckpointError(f"{path} is not a seq2seq training checkpoint (it lacks {', '.join(missing)})")
-    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
-        raise CheckpointError(
-            f"{path} holds model weights only (no optimizer or loop state), so training cannot resume from it; "
-            "use the run's last.ckpt"
-        )
+    checkpoint = read_checkpoint(path, resumable=True)
     if model is not None:
-        _check_architecture(path, checkpoint, model)
+        check_architecture(path, checkpoint, model)
     return str(path)
-
-
-def _check_architecture(path: Path, checkpoint: dict, model: Any) -> None:
-    saved = checkpoint["model_config"]
-    wanted = {k: model[k] for k in _ARCHITECTURE if k in model and k in saved}
-    joint = checkpoint["tokenizer"].get("tgt_model") is None
-    if "share_embeddings" in model and "share_embeddings" in saved:
-        wanted["share_embeddings"] = bool(model["share_embeddings"]) and joint
-    differ = [k for k, v in wanted.items() if saved[k] != v]
-    if differ:
-        theirs = ", ".join(f"{k}={saved[k]}" for k in differ)
-        ours = ", ".join(f"{k}={wanted[k]}" for k in differ)
-        raise CheckpointError(
-            f"{path} holds a different model ({theirs}) than this run configures ({ours}); "
-            "resume with the model settings it was trained with (the same model/size and model.* overrides)"
-        )

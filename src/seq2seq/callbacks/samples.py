@@ -2,7 +2,7 @@
 
 After every validation (not the sanity check) the first ``num_samples`` validation examples go to
 the loggers as a table of source, reference and hypothesis, and the first one's cross-attention
-(every decoder layer and their mean, heads averaged, words merged; see :mod:`seq2seq.attention`)
+(every decoder layer and their mean, heads averaged, words merged; see :mod:`seq2seq.analysis.attention`)
 as an image:
 
 * TensorBoard: text ``val/samples`` (a markdown table) and image ``val/cross_attention``;
@@ -77,7 +77,7 @@ class ValidationSamples(L.Callback):
                 log.warning("Could not log validation samples to %s: %s", type(logger).__name__, err)
 
     def _heatmap(self, pl_module: L.LightningModule, row: tuple[str, str, str]) -> bytes | None:
-        from seq2seq.attention import attention_maps, figure_png, plot_cross_attention
+        from seq2seq.analysis.attention import attention_maps, figure_png, plot_cross_attention
 
         source, _, hypothesis = row
         tokenizer = pl_module.tokenizer

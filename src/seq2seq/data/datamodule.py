@@ -140,8 +140,10 @@ def collate(items: list, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
 
     ``src`` (B, S) ends each sentence with EOS; ``tgt_in`` (B, T) = BOS + target and
     ``tgt_out`` (B, T) = target + EOS (teacher forcing); ``index`` (B,) locates each sentence in
-    its split. ``pad_to_multiple``: S and T are padded up to a multiple of it (fewer distinct
-    shapes, aligned for tensor cores).
+    its split. Every row is right-padded; ``src_index`` and ``tgt_index`` are the flat positions of
+    the real tokens of ``src`` and ``tgt_out``, found here on the host so that a GPU step needs no
+    sync for them (the training fast path runs on those tokens only). ``pad_to_multiple``: S and T
+    are padded up to a multiple of it (fewer distinct shapes, aligned for tensor cores).
     """
     batch = len(items)
     m = max(1, int(pad_to_multiple))
@@ -161,6 +163,8 @@ def collate(items: list, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
         "tgt_in": torch.from_numpy(tgt_in),
         "tgt_out": torch.from_numpy(tgt_out),
         "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
+        "src_index": torch.from_numpy(np.flatnonzero(src != PAD_ID)),
+        "tgt_index": torch.from_numpy(np.flatnonzero(tgt_out != PAD_ID)),
     }
 
 
@@ -413,7 +417,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 data, kept = self._filter_train(data)
                 self.datasets[split] = PairDataset(data, corpus_index=kept)
             else:
-                # Every reference is scored; over-long sources are truncated rather than dropped.
+                # Every reference is scored; over-long sources are truncated rather than dropped
+                # (as eval_dataloader does).
                 self.datasets[split] = PairDataset(data, max_src_len=self.max_src_len + 1)
 
     def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit, np.ndarray | None]:
@@ -453,7 +458,30 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._read(split).tgt_text
 
     def sources(self, split: str) -> list[str]:
+        """The split's raw source sentences."""
         return self._read(split).src_text
+
+    def texts(self, split: str) -> tuple[list[str], list[str]]:
+        """(sources, references) of ``split``, generating or downloading the corpus first if the config says so."""
+        self._materialize()
+        texts = self._read(split)
+        if texts is None:
+            raise DataError(
+                f"no {split} split under {self.root} (looked for {getattr(self.splits, split)}); "
+                "evaluate split=val, or set data.splits.test"
+            )
+        return texts.src_text, texts.tgt_text
+
+    def eval_dataloader(self, split: str, tokenizer: Tokenizer, max_tokens: int | None = None) -> DataLoader:
+        """Batches of ``split`` tokenized with ``tokenizer`` (a checkpoint's), formed as validation and
+        test form them (same truncation, order and token budget unless ``max_tokens`` is given)."""
+        sources, references = self.texts(split)
+        data = TokenizedSplit.from_lists(tokenizer.encode_source(sources), tokenizer.encode_target(references))
+        dataset = PairDataset(data, max_src_len=self.max_src_len + 1)
+        sampler = TokenBudgetBatchSampler(
+            data.src_lengths, data.tgt_lengths + 1, max_tokens or self.eval_max_tokens, shuffle=False, seed=self.seed
+        )
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self._collate)
 
     def _sampler(self, data: TokenizedSplit, train: bool) -> TokenBudgetBatchSampler:
         # Under DDP every rank builds the same batch list and keeps its share (the Trainer runs
@@ -469,6 +497,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )
+
+    @property
+    def _collate(self) -> Callable:
+        return collate if self.pad_to_multiple == 1 else partial(collate, pad_to_multiple=self.pad_to_multiple)
 
     def _train_batches_consumed(self) -> int | None:
         """Training batches of the current epoch the Trainer has taken (what a resume skips)."""
@@ -486,7 +518,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         # not from torch's global generator, whose state (dropout) a resumed run must continue exactly.
         options = dict(
             batch_sampler=sampler,
-            collate_fn=collate if self.pad_to_multiple == 1 else partial(collate, pad_to_multiple=self.pad_to_multiple),
+            collate_fn=self._collate,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

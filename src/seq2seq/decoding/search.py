@@ -126,9 +126,8 @@ class DecoderStepper:
             recomputes the whole prefix against the full encoder output at every step.
 
     :meth:`step` takes the prefix of every active row, (R, t) with BOS first, and returns the
-    next-token logits (R, V) in the model's dtype (log-probabilities in float32 for a model with
-    copy attention). :meth:`select` keeps/reorders rows between
-    steps. Row ``i`` of the first step is source ``i``.
+    next-token log-probabilities (R, V) in float32, from the model's output head (whichever it is).
+    :meth:`select` keeps/reorders rows between steps. Row ``i`` of the first step is source ``i``.
     """
 
     def __init__(self, model: Seq2SeqTransformer, src: Tensor, use_cache: bool = True):
@@ -139,14 +138,13 @@ class DecoderStepper:
             )
         self.model = model
         self.use_cache = use_cache
-        # Copy attention scatters onto the source ids: keep them, row for row.
-        self.src = src if model.copy_gate is not None else None
+        self.src = src  # a copy head scatters onto the source ids, row for row
         self.memory, self.memory_mask = model.encode(src)
         self.cache = model.decoder.new_cache() if use_cache else None
         self.steps = 0
 
     def step(self, prefix: Tensor) -> Tensor:
-        """prefix (R, t) -> logits of the next token (R, V)."""
+        """prefix (R, t) -> log-probabilities of the next token (R, V)."""
         if self.use_cache:
             if prefix.size(1) != self.cache.length + 1:
                 raise ValueError(
@@ -157,15 +155,10 @@ class DecoderStepper:
             tokens = prefix[:, -1:]
         else:
             memory, tokens = self.memory, prefix
-        if self.src is not None:
-            hidden, weights = self.model.decoder(
-                tokens, None, memory, self.memory_mask, cache=self.cache, return_hidden=True, need_weights="last"
-            )
-            scores = self.model.output_log_probs(hidden[:, -1:], weights["cross"][-1][:, :, -1:], self.src)[:, 0]
-        else:
-            hidden = self.model.decode(tokens, memory, self.memory_mask, cache=self.cache, return_hidden=True)
-            # Project the last position only: the vocabulary projection dominates small models.
-            scores = self.model.decoder.project(hidden[:, -1])
+        hidden, attention, _ = self.model.decoder.states(tokens, memory, self.memory_mask, cache=self.cache)
+        # Score the last position only: the vocabulary projection dominates small models.
+        last = attention[:, -1] if attention is not None else None
+        scores = self.model.head.log_probs(hidden[:, -1], last, self.src)
         if self.use_cache and self.steps == 0:
             self.memory = None  # keys/values are cached; let the encoder states go
         self.steps += 1
@@ -174,8 +167,7 @@ class DecoderStepper:
     def select(self, index: Tensor) -> None:
         """Keep rows ``index`` (R',) in that order (drop finished rows, reorder or expand beams)."""
         self.memory_mask = self.memory_mask.index_select(0, index)
-        if self.src is not None:
-            self.src = self.src.index_select(0, index)
+        self.src = self.src.index_select(0, index)
         if self.use_cache:
             self.cache.select(index)
         else:
@@ -259,7 +251,7 @@ def _greedy_or_sample(
     prefix = torch.full((src.size(0), 1), mc.bos_id, dtype=torch.long, device=device)
     step = 0
     while active.numel() > 0:
-        logprobs = stepper.step(prefix).float().log_softmax(dim=-1)
+        logprobs = stepper.step(prefix)
         if step == 0 and copies > 1:
             prefix, logprobs = _extend_rows(stepper, prefix, logprobs, copies)
         # In place: constraints only set other tokens to -inf, the chosen token's value stays.
@@ -322,7 +314,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
     step = 0
     while active:
         n_active, beams = scores.shape
-        logprobs = stepper.step(prefix).float().log_softmax(dim=-1)
+        logprobs = stepper.step(prefix)
         logprobs = _constrain(logprobs, prefix[:, 1:], step, cfg, mc)
         candidates = (scores.unsqueeze(-1) + logprobs.view(n_active, beams, vocab)).view(
             n_active, beams * vocab

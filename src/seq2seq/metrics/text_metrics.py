@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 
+from seq2seq.errors import ConfigError
+
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float | str]:
     """Corpus BLEU and chrF of hypotheses against one reference each.
@@ -133,3 +135,29 @@ def rouge_scores(
     for key in ROUGE_KEYS:
         result[key] = float(scores[f"{key}_fmeasure"]) * 100.0
     return result
+
+
+# ---------------------------------------------------------------------------------- per task
+# The corpus metrics of each task (logged as {split}/<name>) and the one that picks the best
+# checkpoint unless the config's `monitor` says otherwise.
+TASK_METRICS = {"translation": ("bleu", "chrf"), "summarization": ROUGE_KEYS}
+DEFAULT_MONITOR = {"translation": "val/bleu", "summarization": "val/rougeLsum"}
+
+
+def check_task(task: str | None) -> str:
+    """``task``, if the project knows it; else a :class:`~seq2seq.errors.ConfigError`."""
+    if task not in TASK_METRICS:
+        raise ConfigError(f"task={task!r}: use one of {', '.join(TASK_METRICS)}")
+    return task
+
+
+def score(task: str, hypotheses: Sequence[str], references: Sequence[str]) -> tuple[dict[str, float], dict]:
+    """The task's corpus metrics and their signatures: ``({"bleu": .., "chrf": ..}, {"sacrebleu_signature":
+    {"bleu": .., "chrf": ..}})`` for translation, ``({"rouge1": .., ...}, {"rouge_signature": ..})`` for
+    summarization. What validation, ``eval`` and the baselines report, and what metrics.json stores."""
+    if check_task(task) == "summarization":
+        scores = rouge_scores(hypotheses, references)
+        return {k: scores[k] for k in ROUGE_KEYS}, {"rouge_signature": scores["rouge_signature"]}
+    scores = translation_scores(hypotheses, references)
+    signature = {"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]}
+    return {"bleu": scores["bleu"], "chrf": scores["chrf"]}, {"sacrebleu_signature": signature}

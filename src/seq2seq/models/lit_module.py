@@ -1,42 +1,32 @@
 """The LightningModule: teacher-forced training, autoregressive validation/test, metrics.
 
 The network is built once the vocabulary is known: from the DataModule's tokenizer in
-:meth:`Seq2SeqModule.setup` when training, or from the tokenizer stored in the checkpoint when
-loading one (:meth:`on_load_checkpoint` runs before the weights are loaded). A checkpoint
-therefore carries everything needed to translate: weights, model config and tokenizer.
+:meth:`Seq2SeqModule.setup` when training, or from the model config and tokenizer stored in the
+checkpoint when loading one (:meth:`on_load_checkpoint` runs before the weights are loaded). A
+checkpoint therefore carries everything needed to translate: weights, model config and tokenizer
+(see :mod:`seq2seq.inference.checkpoint`). Validation and test decode through the project's one
+prediction path (:class:`~seq2seq.inference.predictor.Predictor`) and score with the task's metrics
+(:func:`~seq2seq.metrics.text_metrics.score`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torchmetrics import MaxMetric, MinMetric
 
 from seq2seq.data.tokenizer import Tokenizer
-from seq2seq.decoding.search import DecodingConfig, greedy_search
-from seq2seq.errors import CheckpointError, ConfigError, Seq2SeqError
-from seq2seq.metrics.text_metrics import rouge_scores, translation_scores
+from seq2seq.decoding.search import DecodingConfig
+from seq2seq.errors import CheckpointError, ConfigError, TrainingError
+from seq2seq.inference.predictor import Predictor
+from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task, score
 from seq2seq.models.loss import sequence_loss, target_index
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
-from seq2seq.models.unpadded import right_padded, source_index
-
-# Corpus metrics logged as {val,test}/<name> after each validation and test, per task.
-TASK_METRICS = {
-    "translation": ("bleu", "chrf"),
-    "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum"),
-}
-
-# Our on_before_batch_transfer only adds a key (tgt_index); the DataModule has no such hook to lose.
-warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule`.*")
-
-
-class TrainingError(Seq2SeqError):
-    """Training cannot go on (e.g. the loss became NaN)."""
 
 
 def _plain(cfg: Any) -> dict:
@@ -56,7 +46,7 @@ def inverse_sqrt_schedule(warmup_steps: int):
 
 
 def resolve_compile(option: Any, device: torch.device) -> bool:
-    """``model.compile``: ``auto`` compiles on CUDA only (on CPUs compiling costs minutes for little
+    """``speed.compile``: ``auto`` compiles on CUDA only (on CPUs compiling costs minutes for little
     gain, see benchmarks/train_throughput.py); ``true``/``false`` force it."""
     if isinstance(option, str):
         option = option.strip().lower()
@@ -64,7 +54,7 @@ def resolve_compile(option: Any, device: torch.device) -> bool:
             return device.type == "cuda"
         if option in ("true", "false"):
             return option == "true"
-        raise ValueError(f"model.compile must be auto, true or false, got {option!r}")
+        raise ValueError(f"speed.compile must be auto, true or false, got {option!r}")
     return bool(option)
 
 
@@ -117,21 +107,23 @@ def build_optimizer(named_parameters, opt: Any) -> torch.optim.AdamW:
 
 
 class Seq2SeqModule(L.LightningModule):
-    """Trains a :class:`Seq2SeqTransformer` and evaluates it with corpus BLEU and chrF.
+    """Trains a :class:`Seq2SeqTransformer` and evaluates it with the task's corpus metrics.
 
     Args:
-        model: :class:`TransformerConfig` fields except the vocabulary sizes and special ids,
-            which come from the tokenizer.
+        model: :class:`TransformerConfig` fields (the ``model`` config group) except the vocabulary
+            sizes and special ids, which come from the tokenizer.
         optim: ``lr`` (peak), ``warmup_steps``, ``betas``, ``eps``, ``weight_decay``,
-            ``label_smoothing``.
-        decoding: :class:`DecodingConfig` fields for validation and test.
+            ``label_smoothing``, ``nonfinite``, ``nonfinite_check_every``.
+        decoding: :class:`DecodingConfig` fields; validation and test decode greedily with its
+            length limits and constraints.
         tokenizer: builds the network at once when given (otherwise in ``setup``).
         task: ``translation`` (validation/test log ``bleu`` and ``chrf``) or ``summarization``
-            (``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``; see :data:`TASK_METRICS`).
-        monitor, monitor_mode: the metric the best checkpoint is chosen by (the
-            ``callbacks.model_checkpoint`` settings) and whether higher (``max``) or lower is better.
-            Its best value so far is logged as ``<monitor>_best`` (``val/bleu_best`` is always
-            logged for translation). Default: ``val/bleu``, or ``val/rougeLsum`` for summarization.
+            (``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``; see :data:`~seq2seq.metrics.text_metrics.TASK_METRICS`).
+        monitor, monitor_mode: the metric that picks the best checkpoint (the config's ``monitor``)
+            and whether higher (``max``) or lower is better; its best value so far is logged as
+            ``<monitor>_best``. Default: the task's (``val/bleu``, ``val/rougeLsum``).
+        speed: the training fast path (the ``speed`` config group): ``compile``, ``unpad``,
+            ``loss_chunk_tokens``.
     """
 
     def __init__(
@@ -143,50 +135,53 @@ class Seq2SeqModule(L.LightningModule):
         task: str = "translation",
         monitor: str | None = None,
         monitor_mode: str = "max",
+        speed: dict | DictConfig | None = None,
     ):
         super().__init__()
-        if task not in TASK_METRICS:
-            raise ConfigError(f"task={task!r}: use one of {', '.join(TASK_METRICS)}")
+        check_task(task)
         if monitor_mode not in ("max", "min"):
-            raise ConfigError(f"monitor mode {monitor_mode!r}: use max or min")
-        self.save_hyperparameters(
-            {"model": _plain(model), "optim": _plain(optim), "decoding": _plain(decoding), "task": task}
-        )
-        self.task = task
-        self.monitor = monitor or ("val/bleu" if task == "translation" else "val/rougeLsum")
-        self.monitor_mode = monitor_mode
-        # Best value so far of each tracked validation metric (the monitored one; and BLEU for translation).
-        self.best_scores: dict[str, float] = {}
+            raise ConfigError(f"monitor.mode={monitor_mode!r}: use max or min")
+        monitor = monitor or DEFAULT_MONITOR[task]
+        self.save_hyperparameters({
+            "model": _plain(model), "optim": _plain(optim), "decoding": _plain(decoding), "task": task,
+            "monitor": monitor, "monitor_mode": monitor_mode, "speed": _plain(speed),
+        })
+        self.task, self.monitor, self.monitor_mode = task, monitor, monitor_mode
+        self.speed = self.hparams.speed
+        # The best monitored value so far (restored from checkpoints, see on_load_checkpoint).
+        self.best_monitor = MaxMetric() if monitor_mode == "max" else MinMetric()
         self.tokenizer: Tokenizer | None = None
         self.net: Seq2SeqTransformer | None = None
-        self.bleu_best = 0.0
         self._eval_outputs: list[tuple[int, str]] = []
         self.eval_results: dict[str, dict] = {}  # last val/test scores, signatures and hypotheses
         if tokenizer is not None:
             self.build(tokenizer)
 
     # ------------------------------------------------------------------ building
-    def build(self, tokenizer: Tokenizer) -> None:
-        """Create the network for ``tokenizer``'s vocabulary (once)."""
+    def build(self, tokenizer: Tokenizer, config: TransformerConfig | None = None) -> None:
+        """Create the network for ``tokenizer``'s vocabulary (once), from ``config`` or the model config."""
         if self.net is not None:
             return
         self.tokenizer = tokenizer
-        fields = {k: v for k, v in self.hparams.model.items() if k in TransformerConfig.__dataclass_fields__}
-        fields["share_embeddings"] = fields.get("share_embeddings", True) and tokenizer.joint
-        if fields.get("copy_attention") and not tokenizer.joint:
-            raise ConfigError(
-                "model.copy_attention=true copies source tokens into the output and needs one vocabulary "
-                "for both sides: set data.joint_vocab=true (or model.copy_attention=false)"
+        if config is None:
+            fields = dict(self.hparams.model)
+            unknown = sorted(set(fields) - set(TransformerConfig.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(
+                    f"model.{unknown[0]} is not a model setting (the model group holds TransformerConfig "
+                    "fields only; compile, unpad and loss_chunk_tokens are speed.* settings)"
+                )
+            fields["share_embeddings"] = fields.get("share_embeddings", True) and tokenizer.joint
+            if fields.get("copy_attention") and not tokenizer.joint:
+                raise ConfigError(
+                    "model.copy_attention=true copies source tokens into the output and needs one vocabulary "
+                    "for both sides: set data.joint_vocab=true (or model.copy_attention=false)"
+                )
+            config = TransformerConfig(
+                **fields, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+                pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             )
-        cfg = TransformerConfig(
-            **fields,
-            src_vocab_size=tokenizer.src_vocab_size,
-            tgt_vocab_size=tokenizer.tgt_vocab_size,
-            pad_id=tokenizer.pad_id,
-            bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
-        )
-        self.net = Seq2SeqTransformer(cfg)
+        self.net = Seq2SeqTransformer(config)
 
     def setup(self, stage: str) -> None:
         if self.net is None:
@@ -198,15 +193,15 @@ class Seq2SeqModule(L.LightningModule):
             self._setup_fast_path()
 
     def _setup_fast_path(self) -> None:
-        """Compile the training loss (``model.compile``) and choose how often NaNs are checked.
+        """Compile the training loss (``speed.compile``) and choose how often NaNs are checked.
 
         Only a function closing over ``self.net`` is compiled: the module itself stays as it is, so
         checkpoints keep their ``net.*`` keys (no ``_orig_mod``) and load anywhere uncompiled.
         """
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         self._compiled_loss = None
-        if resolve_compile(self.hparams.model.get("compile", "auto"), device):
-            net, chunk = self.net, self.hparams.model.get("loss_chunk_tokens")
+        if resolve_compile(self.speed.get("compile", "auto"), device):
+            net, chunk = self.net, self.speed.get("loss_chunk_tokens")
 
             def loss(src, tgt_in, tgt_out, index, src_index, label_smoothing, unpad):
                 # Inductor fuses the loss itself: the plain (unfused) formula compiles best.
@@ -229,61 +224,50 @@ class Seq2SeqModule(L.LightningModule):
         self._raise_if_nonfinite()
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
         checkpoint["model_config"] = dict(self.net.config.__dict__)
-        checkpoint["bleu_best"] = self.bleu_best
-        checkpoint["best_scores"] = dict(self.best_scores)
+        checkpoint["best_scores"] = {self.monitor: float(self.best_monitor.compute())} if self.best_monitor.update_called else {}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizer" not in checkpoint:
             raise CheckpointError("the checkpoint holds no tokenizer: it was not written by seq2seq.train")
         if self.net is None:
-            self.build(Tokenizer.from_state_dict(checkpoint["tokenizer"]))
+            fields = TransformerConfig.__dataclass_fields__
+            config = TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields})
+            self.build(Tokenizer.from_state_dict(checkpoint["tokenizer"]), config)
         elif self.tokenizer.state_dict() != checkpoint["tokenizer"]:
             raise CheckpointError(
                 "the checkpoint's tokenizer differs from the one trained on this run's data: it comes "
                 "from another corpus or vocabulary. Resume with the same data.* settings, or start anew."
             )
-        self.bleu_best = checkpoint.get("bleu_best", 0.0)
-        self.best_scores = dict(checkpoint.get("best_scores", {}))
+        self.best_monitor.reset()
+        best = checkpoint.get("best_scores", {}).get(self.monitor)
+        if best is not None:
+            self.best_monitor.update(best)
 
     @property
     def decoding_config(self) -> DecodingConfig:
-        fields = DecodingConfig.__dataclass_fields__
-        return DecodingConfig(**{k: v for k, v in (self.hparams.decoding or {}).items() if k in fields})
+        return DecodingConfig.from_mapping(self.hparams.decoding)
 
     # ------------------------------------------------------------------ training
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.net(src, tgt_in)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # The positions of real tokens, found on the host: on a GPU the step needs no sync for them.
-        if isinstance(batch, dict) and "tgt_out" in batch and "tgt_index" not in batch and self.net is not None:
-            pad, pin = self.net.config.pad_id, batch["tgt_out"].is_pinned()
-            batch["tgt_index"] = target_index(batch["tgt_out"], pad)
-            # The unpadded forward needs right-padded targets (collate's); else the padded one runs.
-            if self.hparams.model.get("unpad", True) and right_padded(batch["tgt_out"], pad):
-                batch["src_index"] = source_index(batch["src"], pad)
-            for key in ("tgt_index", "src_index"):
-                if pin and key in batch:
-                    batch[key] = batch[key].pin_memory()
-        return batch
-
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Label-smoothed cross-entropy summed over non-pad targets; returns (smoothed, nll, n_tokens).
 
-        Logits are computed for the non-pad targets only (see :mod:`seq2seq.models.loss`).
+        Logits are computed for the non-pad targets only (see :mod:`seq2seq.models.loss`); with
+        ``speed.unpad`` the whole network runs on real tokens only (``collate`` gives their positions).
         """
         target = batch["tgt_out"]
         index, src_index = batch.get("tgt_index"), batch.get("src_index")
         eps = self.hparams.optim.get("label_smoothing", 0.0)
-        # src_index is there when the batch may run unpadded (model.unpad, right-padded targets).
-        unpad = src_index is not None and index is not None
+        unpad = bool(self.speed.get("unpad", True)) and src_index is not None
         compiled = getattr(self, "_compiled_loss", None)
         if compiled is not None and self.training and torch.is_grad_enabled():
             if index is None:
                 index = target_index(target, self.net.config.pad_id)
             smoothed, nll = compiled(batch["src"], batch["tgt_in"], target, index, src_index, eps, unpad)
         else:
-            chunk = self.hparams.model.get("loss_chunk_tokens")
+            chunk = self.speed.get("loss_chunk_tokens")
             smoothed, nll = sequence_loss(
                 self.net, batch["src"], batch["tgt_in"], target, eps, index, chunk=chunk, src_index=src_index, unpad=unpad
             )
@@ -351,8 +335,9 @@ class Seq2SeqModule(L.LightningModule):
         _, nll, n_tokens = self._loss(batch)
         # Summed over batches then divided, so the epoch loss is per token, not per batch.
         self.log(f"{prefix}/loss", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
-        hyps = self.tokenizer.decode_target(greedy_search(self.net, batch["src"], self.decoding_config))
-        self._eval_outputs.extend(zip(batch["index"].tolist(), hyps))
+        predictions = self._predictor.predict_batch(batch)
+        texts = self._predictor.texts([nbest[0] for _, nbest in predictions])
+        self._eval_outputs.extend(zip((index for index, _ in predictions), texts))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -362,25 +347,22 @@ class Seq2SeqModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._eval_outputs = []
+        self._predictor = Predictor.greedy(self.net, self.tokenizer, self.decoding_config)
 
     on_test_epoch_start = on_validation_epoch_start
 
     def _eval_epoch_end(self, prefix: str) -> dict:
         indices, hypotheses = self.gathered_hypotheses()
         all_refs = self.trainer.datamodule.references(prefix)
-        references = [all_refs[i] for i in indices]
-        if self.task == "summarization":
-            scores = rouge_scores(hypotheses, references)
-        else:
-            scores = translation_scores(hypotheses, references)
+        metrics, signatures = score(self.task, hypotheses, [all_refs[i] for i in indices])
         # Every rank holds the same gathered corpus score, so no reduction is needed.
-        for name in TASK_METRICS[self.task]:
-            self.log(f"{prefix}/{name}", scores[name])
+        for name, value in metrics.items():
+            self.log(f"{prefix}/{name}", value)
         loss = self.trainer.callback_metrics.get(f"{prefix}/loss")
         if loss is not None:
             self.log(f"{prefix}/ppl", torch.exp(loss.float().clamp(max=50)))
-        self.eval_results[prefix] = {**scores, "indices": indices, "hypotheses": hypotheses}
-        return scores
+        self.eval_results[prefix] = {**metrics, **signatures, "indices": indices, "hypotheses": hypotheses}
+        return metrics
 
     def gathered_hypotheses(self) -> tuple[list[int], list[str]]:
         """This epoch's (dataset indices, hypotheses) from every rank, in dataset order."""
@@ -396,22 +378,13 @@ class Seq2SeqModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        scores = self._eval_epoch_end("val")
-        current = {f"val/{name}": value for name, value in scores.items() if isinstance(value, float)}
+        current = {f"val/{name}": value for name, value in self._eval_epoch_end("val").items()}
         loss = self.trainer.callback_metrics.get("val/loss")
         if loss is not None:
             current["val/loss"] = float(loss)
-        tracked = [self.monitor] + (["val/bleu"] if self.task == "translation" else [])
-        for name in dict.fromkeys(tracked):
-            if name not in current:
-                continue
-            better = max if self.monitor_mode == "max" or name != self.monitor else min
-            # Checkpoints from before best_scores existed carry bleu_best only.
-            previous = self.best_scores.get(name, self.bleu_best if name == "val/bleu" else None)
-            self.best_scores[name] = current[name] if previous is None else better(previous, current[name])
-            self.log(f"{name}_best", self.best_scores[name])
-        if self.task == "translation":
-            self.bleu_best = max(self.bleu_best, scores["bleu"])
+        if self.monitor in current:
+            self.best_monitor.update(current[self.monitor])
+            self.log(f"{self.monitor}_best", self.best_monitor.compute())
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -150,6 +150,17 @@ def fused_linear_label_smoothed_ce(
     return _FusedLinearLabelSmoothedCE.apply(hidden, weight, target, float(epsilon), max(1, int(chunk)))
 
 
+def source_index(src: Tensor, pad_id: int) -> Tensor:
+    """Flat positions (N_s,) of the real tokens of ``src`` (B, S); on the host before a GPU copy."""
+    return (src.reshape(-1) != pad_id).nonzero().squeeze(1)
+
+
+def right_padded(tokens: Tensor, pad_id: int) -> bool:
+    """Whether every row of ``tokens`` (B, L) is real tokens then padding only (host check)."""
+    real = tokens != pad_id
+    return bool((real[:, 1:] <= real[:, :-1]).all()) if tokens.size(1) > 1 else True
+
+
 def sequence_loss(
     net: nn.Module,
     src: Tensor,
@@ -164,38 +175,18 @@ def sequence_loss(
 ) -> tuple[Tensor, Tensor]:
     """Teacher-forced (smoothed, nll) sums of a :class:`Seq2SeqTransformer` over non-pad targets.
 
-    ``index``: :func:`target_index` of ``tgt_out`` (computed here when None). ``fused``: use the
-    fused chunked loss (default: whenever gradients are needed); else logits of the real tokens
-    go through :func:`label_smoothed_nll`. ``unpad``: run the whole network on real tokens only
-    (:func:`seq2seq.models.unpadded.unpadded_target_states`; targets must be right-padded), with
-    ``src_index`` the real source positions (computed here when None). A model with copy attention
-    runs padded and returns log-probabilities of its mixed distribution, scored as they are.
+    ``index``: :func:`target_index` of ``tgt_out`` (computed here when None). ``unpad``: run the
+    whole network on real tokens only (:meth:`Seq2SeqTransformer.target_states`; targets must be
+    right-padded), with ``src_index`` the real source positions (computed here when None). The
+    model's output head scores the states (``fused``/``chunk``: see :meth:`VocabularyHead.loss`).
     """
-    if getattr(net, "copy_gate", None) is not None:
-        index = target_index(tgt_out, net.config.pad_id) if index is None else index
-        log_probs = net(src, tgt_in)
-        log_probs = log_probs.reshape(-1, log_probs.size(-1)).index_select(0, index)
-        # Normalized already: logsumexp is 0, so this is -log p and the smoothing term -mean(log p).
-        return label_smoothed_nll(log_probs, tgt_out.reshape(-1).index_select(0, index), label_smoothing)
-    if unpad:
-        from seq2seq.models.unpadded import source_index, unpadded_target_states
-
-        pad = net.config.pad_id
-        index = target_index(tgt_out, pad) if index is None else index
-        src_index = source_index(src, pad) if src_index is None else src_index
-        hidden = unpadded_target_states(net, src, tgt_in, src_index, index)
-    else:
-        hidden = net(src, tgt_in, return_hidden=True)
-        if index is None:
-            index = target_index(tgt_out, net.config.pad_id)
-        hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, index)
+    pad = net.config.pad_id
+    index = target_index(tgt_out, pad) if index is None else index
+    if unpad and src_index is None:
+        src_index = source_index(src, pad)
+    hidden, attention, source = net.target_states(src, tgt_in, index, src_index if unpad else None)
     target = tgt_out.reshape(-1).index_select(0, index)
-    output = net.decoder.output
-    if fused is None:
-        fused = torch.is_grad_enabled() and hidden.requires_grad
-    if fused and output.bias is None:
-        return fused_linear_label_smoothed_ce(hidden, output.weight, target, label_smoothing, chunk)
-    return label_smoothed_nll(net.decoder.project(hidden), target, label_smoothing)
+    return net.head.loss(hidden, target, label_smoothing, attention, source, fused=fused, chunk=chunk)
 
 
 def plain_sequence_loss(

@@ -15,6 +15,19 @@ boolean *keep* masks that :func:`torch.nn.functional.scaled_dot_product_attentio
 Attention goes through ``F.scaled_dot_product_attention`` so that PyTorch can pick a fused kernel.
 Incremental decoding keeps a :class:`KVCache`: decoder self-attention keys and values grow by one
 position per step; cross-attention keys and values are computed once per source.
+
+Two layouts, one definition per layer. Every layer takes its activations in a *layout*:
+:class:`Padded` (``(B, L, D)``, every position, as in the article) or :class:`Packed` (``(N, D)``,
+the ``N`` real tokens only). Everything but attention works on each position alone, so it is the
+same code for both; attention asks the layout to place projected queries, keys and values in the
+``(B, H, L, Dh)`` form SDPA needs and to take its output back. Training runs packed (no FLOPs on
+padding, see :meth:`Seq2SeqTransformer.target_states`), decoding and inspection run padded.
+
+Output heads. The decoder ends in a head: :class:`VocabularyHead` (the output projection, tied to
+the target embedding by default) or :class:`CopyHead` (pointer-generator, See et al. 2017: the
+vocabulary softmax mixed with the last layer's cross-attention scattered onto the source ids).
+Both have the same interface (``scores``, ``log_probs``, ``loss``), so neither the loss nor the
+searches know which one a model has.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from seq2seq.models.loss import fused_linear_label_smoothed_ce, label_smoothed_nll
 
 
 @dataclass
@@ -88,6 +103,73 @@ def sinusoidal_positions(max_positions: int, d_model: int) -> Tensor:
     return table
 
 
+class Padded:
+    """Layout of every position of ``(B, L)`` token rows: activations are (B, L, D)."""
+
+    def __init__(self, batch: int, length: int):
+        self.batch, self.length = batch, length
+
+    def tokens(self, ids: Tensor) -> Tensor:
+        return ids
+
+    def positions(self, table: Tensor, offset: int) -> Tensor:
+        return table[offset : offset + self.length]
+
+    def heads(self, x: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:
+        """Projections (B, L, parts * D) -> ``parts`` tensors (B, H, L, Dh)."""
+        b, n, _ = x.shape
+        return tuple(t.transpose(1, 2) for t in x.view(b, n, parts, num_heads, -1).unbind(2))
+
+    def merge(self, out: Tensor) -> Tensor:
+        """Attention output (B, H, L, Dh) -> (B, L, D)."""
+        b, _, n, _ = out.shape
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+    def rows(self, t: Tensor) -> Tensor:
+        """A per-position tensor (B, L, ...) as this layout's rows."""
+        return t
+
+
+class Packed(Padded):
+    """Layout of the real tokens of ``(B, L)`` rows only: activations are (N, D), row ``i`` being flat
+    position ``index[i]`` of the rows. Padding must be on the right of each row (as ``collate`` pads)."""
+
+    def __init__(self, index: Tensor, batch: int, length: int):
+        super().__init__(batch, length)
+        self.index = index
+
+    def tokens(self, ids: Tensor) -> Tensor:
+        return ids.reshape(-1).index_select(0, self.index)
+
+    def positions(self, table: Tensor, offset: int) -> Tensor:
+        return table.index_select(0, self.index % self.length)
+
+    def heads(self, x: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:
+        """Projections (N, parts * D), scattered into zeros at their positions -> (B, H, L, Dh) each."""
+        full = x.new_zeros(self.batch * self.length, x.size(-1)).index_copy(0, self.index, x)
+        return super().heads(full.view(self.batch, self.length, -1), parts, num_heads)
+
+    def merge(self, out: Tensor) -> Tensor:
+        return super().merge(out).reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def rows(self, t: Tensor) -> Tensor:
+        return t.reshape(self.batch * self.length, *t.shape[2:]).index_select(0, self.index)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a faster mask on CPUs: uniform floats >= p (twice as fast there as the
+    ``bernoulli_`` that ``nn.Dropout`` draws; same distribution). Elsewhere ``F.dropout``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.p
+        if not self.training or p == 0.0:
+            return x
+        if x.device.type != "cpu" or p >= 1.0 or torch.compiler.is_compiling():
+            return F.dropout(x, p, training=True)
+        keep = torch.rand_like(x) >= p
+        return x.mul(keep).mul_(1.0 / (1.0 - p))
+
+
 class Embedding(nn.Module):
     """Token embedding scaled by sqrt(D), plus sinusoidal positions, then dropout."""
 
@@ -99,16 +181,18 @@ class Embedding(nn.Module):
             self.tokens.weight[pad_id].zero_()
         self.register_buffer("positions", sinusoidal_positions(max_positions, d_model), persistent=False)
         self.scale = math.sqrt(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        """tokens (B, L) -> (B, L, D); ``offset`` is the position of the first token (incremental decoding)."""
+    def forward(self, tokens: Tensor, offset: int = 0, layout: Padded | None = None) -> Tensor:
+        """tokens (B, L) -> (B, L, D), or (N, D) in a :class:`Packed` layout; ``offset`` is the
+        position of the first token (incremental decoding)."""
         length = tokens.size(1)
         if offset + length > self.positions.size(0):
             raise ValueError(
                 f"sequence of length {offset + length} exceeds max_positions={self.positions.size(0)}"
             )
-        x = self.tokens(tokens) * self.scale + self.positions[offset : offset + length]
+        layout = layout or Padded(tokens.size(0), length)
+        x = self.tokens(layout.tokens(tokens)) * self.scale + layout.positions(self.positions, offset)
         return self.dropout(x)
 
 
@@ -134,6 +218,23 @@ class KVCache:
                 if t is not None:
                     store[i] = t.index_select(0, index)
 
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H, L, Dh) at the cache's current length; return the filled prefix."""
+        start, end = self.length, self.length + k.size(2)
+        buf_k, buf_v = self.self_k[layer], self.self_v[layer]
+        if buf_k is None or buf_k.size(2) < end or buf_k.size(0) != k.size(0):
+            capacity = max(end, 2 * (buf_k.size(2) if buf_k is not None else 16))
+            new_k = k.new_empty(k.size(0), k.size(1), capacity, k.size(3))
+            new_v = torch.empty_like(new_k)
+            if buf_k is not None and start > 0:
+                new_k[:, :, :start] = buf_k[:, :, :start]
+                new_v[:, :, :start] = buf_v[:, :, :start]
+            buf_k, buf_v = new_k, new_v
+            self.self_k[layer], self.self_v[layer] = buf_k, buf_v
+        buf_k[:, :, start:end] = k
+        buf_v[:, :, start:end] = v
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention over SDPA; self-attention uses one fused QKV projection."""
@@ -141,7 +242,6 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float, cross: bool):
         super().__init__()
         self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
         self.cross = cross
         if cross:
             self.q_proj = nn.Linear(d_model, d_model)
@@ -151,79 +251,52 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def _heads(self, x: Tensor) -> Tensor:
-        """(B, L, D) -> (B, H, L, Dh)."""
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values of the encoder output: (B, S, D) -> 2 x (B, H, S, Dh)."""
-        k, v = self.kv_proj(memory).chunk(2, dim=-1)
-        return self._heads(k), self._heads(v)
-
     def forward(
         self,
         x: Tensor,
+        layout: Padded,
         memory: Tensor | None = None,
+        memory_layout: Padded | None = None,
         keep_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
         layer: int = 0,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attend from ``x`` (B, Lq, D) to itself or to ``memory`` (B, S, D).
+        """Attend from ``x`` (rows of ``layout``) to itself or to ``memory`` (rows of ``memory_layout``).
 
         ``keep_mask`` is a boolean keep-mask broadcastable to (B, H, Lq, Lk). With a ``cache``,
         self-attention appends this step's keys/values at ``cache.length`` and attends to all
         positions so far; cross-attention projects ``memory`` once and reuses it.
-        Returns the output (B, Lq, D) and, if ``need_weights``, the weights (B, H, Lq, Lk).
+        Returns the output (rows of ``layout``) and, if ``need_weights``, the weights (B, H, Lq, Lk).
         """
         if self.cross:
-            q = self._heads(self.q_proj(x))
+            (q,) = layout.heads(self.q_proj(x), 1, self.num_heads)
             if cache is not None and cache.cross_k[layer] is not None:
                 k, v = cache.cross_k[layer], cache.cross_v[layer]
             else:
-                k, v = self.project_memory(memory)
+                k, v = memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
                 if cache is not None:
                     cache.cross_k[layer], cache.cross_v[layer] = k, v
         else:
-            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            q, k, v = layout.heads(self.qkv_proj(x), 3, self.num_heads)
             if cache is not None:
-                k, v = self._append(cache, layer, k, v)
+                k, v = cache.append(layer, k, v)
                 # A cached step's query sits at the end, so it may see every cached position.
                 is_causal = is_causal and q.size(2) > 1
-        dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             out, weights = _attention_with_weights(q, k, v, keep_mask, is_causal)
         else:
+            dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask, dropout_p=dropout, is_causal=is_causal)
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1)), weights
-
-    @staticmethod
-    def _append(cache: KVCache, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, H, L, Dh) at the cache's current length; return the filled prefix."""
-        start, end = cache.length, cache.length + k.size(2)
-        buf_k, buf_v = cache.self_k[layer], cache.self_v[layer]
-        if buf_k is None or buf_k.size(2) < end or buf_k.size(0) != k.size(0):
-            capacity = max(end, 2 * (buf_k.size(2) if buf_k is not None else 16))
-            new_k = k.new_empty(k.size(0), k.size(1), capacity, k.size(3))
-            new_v = torch.empty_like(new_k)
-            if buf_k is not None and start > 0:
-                new_k[:, :, :start] = buf_k[:, :, :start]
-                new_v[:, :, :start] = buf_v[:, :, :start]
-            buf_k, buf_v = new_k, new_v
-            cache.self_k[layer], cache.self_v[layer] = buf_k, buf_v
-        buf_k[:, :, start:end] = k
-        buf_v[:, :, start:end] = v
-        return buf_k[:, :, :end], buf_v[:, :, :end]
+        return self.out_proj(layout.merge(out)), weights
 
 
 def _attention_with_weights(
     q: Tensor, k: Tensor, v: Tensor, keep_mask: Tensor | None, is_causal: bool
 ) -> tuple[Tensor, Tensor]:
-    """Explicit softmax attention that also returns the weights (for inspection, not training)."""
+    """Explicit softmax attention that also returns the weights (inspection and the copy head)."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
     if is_causal:
         lq, lk = scores.shape[-2:]
@@ -243,19 +316,19 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(d_model, d_ff)
         self.fc2 = nn.Linear(d_ff, d_model)
         self.act = {"relu": F.relu, "gelu": F.gelu}[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.dropout(self.act(self.fc1(x))))
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        return self.fc2(self.dropout(self.act(self.fc1(x)))), None
 
 
 class Sublayer(nn.Module):
-    """Residual wrapper: pre-LN ``x + f(LN(x))`` or post-LN ``LN(x + f(x))``."""
+    """Residual wrapper: pre-LN ``x + f(LN(x))`` or post-LN ``LN(x + f(x))``; ``f`` returns (out, weights)."""
 
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, fn) -> tuple[Tensor, Tensor | None]:
@@ -264,11 +337,6 @@ class Sublayer(nn.Module):
             return x + self.dropout(out), weights
         out, weights = fn(x)
         return self.norm(x + self.dropout(out)), weights
-
-
-def _plain(module):
-    """Adapt a module returning a tensor to the (output, weights) shape Sublayer expects."""
-    return lambda x: (module(x), None)
 
 
 class EncoderLayer(nn.Module):
@@ -281,10 +349,10 @@ class EncoderLayer(nn.Module):
         self.attn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, x: Tensor, keep_mask: Tensor | None, need_weights: bool = False):
-        """x (B, S, D) -> (B, S, D), self-attention weights (B, H, S, S) or None."""
-        x, weights = self.attn_block(x, lambda h: self.self_attn(h, keep_mask=keep_mask, need_weights=need_weights))
-        x, _ = self.ffn_block(x, _plain(self.ffn))
+    def forward(self, x: Tensor, keep_mask: Tensor | None, layout: Padded, need_weights: bool = False):
+        """x (rows of ``layout``) -> the same shape, self-attention weights (B, H, S, S) or None."""
+        x, weights = self.attn_block(x, lambda h: self.self_attn(h, layout, keep_mask=keep_mask, need_weights=need_weights))
+        x, _ = self.ffn_block(x, self.ffn)
         return x, weights
 
 
@@ -300,55 +368,92 @@ class DecoderLayer(nn.Module):
         self.cross_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(
-        self,
-        x: Tensor,
-        memory: Tensor | None,
-        self_keep: Tensor | None,
-        memory_keep: Tensor | None,
-        is_causal: bool,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        need_weights: bool = False,
-    ):
-        """x (B, T, D), memory (B, S, D) -> (B, T, D), (self weights, cross weights) or Nones."""
+    def forward(self, x, memory, self_keep, memory_keep, is_causal, layout, memory_layout, cache, layer, need_weights):
+        """x (rows of ``layout``), memory (rows of ``memory_layout``) -> x, (self weights, cross weights)."""
         x, self_w = self.self_block(
             x,
             lambda h: self.self_attn(
-                h, keep_mask=self_keep, is_causal=is_causal, cache=cache, layer=layer, need_weights=need_weights
+                h, layout, keep_mask=self_keep, is_causal=is_causal, cache=cache, layer=layer, need_weights=need_weights
             ),
         )
         x, cross_w = self.cross_block(
             x,
             lambda h: self.cross_attn(
-                h, memory, keep_mask=memory_keep, cache=cache, layer=layer, need_weights=need_weights
+                h, layout, memory, memory_layout, memory_keep, cache=cache, layer=layer, need_weights=need_weights
             ),
         )
-        x, _ = self.ffn_block(x, _plain(self.ffn))
+        x, _ = self.ffn_block(x, self.ffn)
         return x, (self_w, cross_w)
 
 
-def _config_from_args(vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length, **kw):
-    return TransformerConfig(
-        src_vocab_size=vocab_size,
-        tgt_vocab_size=vocab_size,
-        d_model=d_model,
-        num_heads=num_heads,
-        num_encoder_layers=num_layers,
-        num_decoder_layers=num_layers,
-        d_ff=d_ff,
-        dropout=dropout,
-        max_positions=max_sequence_length,
-        **kw,
-    )
+class VocabularyHead(nn.Linear):
+    """Final decoder states (..., D) -> the target vocabulary (..., V), without bias; its weight is the
+    target embedding matrix when ``tie_output``. ``attention``/``source`` are unused (see :class:`CopyHead`)."""
+
+    needs_attention = False
+
+    def __init__(self, cfg: TransformerConfig, embedding: Embedding):
+        super().__init__(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        if cfg.tie_output:
+            self.weight = embedding.tokens.weight
+        else:
+            nn.init.normal_(self.weight, std=cfg.d_model**-0.5)
+
+    def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        """Unnormalized scores whose softmax is the output distribution: here the logits."""
+        return self(hidden)
+
+    def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        """Log-probabilities in float32."""
+        return self.scores(hidden, attention, source).float().log_softmax(dim=-1)
+
+    def loss(self, hidden, target, label_smoothing=0.0, attention=None, source=None, fused=None, chunk=None):
+        """Summed (smoothed, nll) over the rows of ``hidden`` (N, D) against ``target`` (N,).
+
+        ``fused`` (default: when gradients are needed) projects chunk by chunk and never keeps the
+        (N, V) logits (:func:`~seq2seq.models.loss.fused_linear_label_smoothed_ce`).
+        """
+        if fused is None:
+            fused = torch.is_grad_enabled() and hidden.requires_grad
+        if fused:
+            return fused_linear_label_smoothed_ce(hidden, self.weight, target, label_smoothing, chunk)
+        return label_smoothed_nll(self(hidden), target, label_smoothing)
 
 
-class TransformerEncoder(nn.Module):
-    """The encoder stack: embeddings, ``num_layers`` encoder layers, (pre-LN) a final LayerNorm.
+class CopyHead(VocabularyHead):
+    """Pointer-generator output: ``p = g * softmax(logits) + (1 - g) * copy`` with ``g =
+    sigmoid(gate(hidden))`` and ``copy`` the last layer's cross-attention (heads averaged), ``attention``
+    (..., S), put on the vocabulary ids ``source`` (..., S) of the source tokens (a word appearing twice
+    gets both weights; padded positions get none). Needs a joint vocabulary."""
 
-    Built either like the article, ``TransformerEncoder(vocab_size, d_model, num_layers, num_heads,
-    d_ff, dropout, max_sequence_length=...)``, or from a config: ``TransformerEncoder.from_config(cfg)``.
-    """
+    needs_attention = True
+
+    def __init__(self, cfg: TransformerConfig, embedding: Embedding):
+        super().__init__(cfg, embedding)
+        self.gate = nn.Linear(cfg.d_model, 1)  # P(generate from the vocabulary)
+
+    def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        """Log-probabilities (float32) of the mixed distribution: their softmax is the distribution itself."""
+        logits = self(hidden).float()
+        gate = torch.sigmoid(self.gate(hidden).float())
+        attention = attention.float()
+        copy = torch.zeros_like(logits).scatter_add_(-1, source.expand_as(attention), attention)
+        probs = gate * logits.softmax(dim=-1) + (1.0 - gate) * copy
+        # The vocabulary softmax never reaches exactly 0 in float32 but can underflow; keep log finite.
+        return probs.clamp_min(1e-30).log()
+
+    def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        return self.scores(hidden, attention, source)
+
+    def loss(self, hidden, target, label_smoothing=0.0, attention=None, source=None, fused=None, chunk=None):
+        # Normalized already: logsumexp is 0, so this is -log p and the smoothing term -mean(log p).
+        return label_smoothed_nll(self.scores(hidden, attention, source), target, label_smoothing)
+
+
+class _Stack(nn.Module):
+    """What the encoder and decoder stacks share: built either like the article,
+    ``Stack(vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length=...)``,
+    or from a config, ``Stack.from_config(cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final LayerNorm."""
 
     def __init__(
         self,
@@ -364,78 +469,103 @@ class TransformerEncoder(nn.Module):
         embedding: Embedding | None = None,
     ):
         super().__init__()
-        cfg = config or _config_from_args(
-            vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length
+        cfg = config or TransformerConfig(
+            src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, d_model=d_model, num_heads=num_heads,
+            num_encoder_layers=num_layers, num_decoder_layers=num_layers, d_ff=d_ff, dropout=dropout,
+            max_positions=max_sequence_length,
         )
         self.config = cfg
-        self.embed = embedding or Embedding(cfg.src_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers))
+        encoder = isinstance(self, TransformerEncoder)
+        vocab = cfg.src_vocab_size if encoder else cfg.tgt_vocab_size
+        self.embed = embedding or Embedding(vocab, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
+        layer, count = (EncoderLayer, cfg.num_encoder_layers) if encoder else (DecoderLayer, cfg.num_decoder_layers)
+        self.layers = nn.ModuleList(layer(cfg) for _ in range(count))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
 
     @classmethod
-    def from_config(cls, cfg: TransformerConfig, embedding: Embedding | None = None) -> TransformerEncoder:
+    def from_config(cls, cfg: TransformerConfig, embedding: Embedding | None = None):
         return cls(0, 0, 0, 0, 0, 0.0, config=cfg, embedding=embedding)
 
-    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False):
-        """Encode ``tokens`` (B, S) into hidden states (B, S, D).
+
+class TransformerEncoder(_Stack):
+    """The encoder stack (see :class:`_Stack` for the constructors)."""
+
+    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False,
+                layout: Padded | None = None):
+        """Encode ``tokens`` (B, S) into hidden states (B, S, D) (rows of ``layout`` when given).
 
         ``padding_mask``: non-zero = blocked, broadcastable to (B, H, S, S) (see the module docstring;
         ``(B, 1, S)`` blocks padded keys). With ``need_weights`` returns ``(states, [weights per layer])``.
         """
         keep = blocked_to_keep(padding_mask)
-        x = self.embed(tokens)
+        layout = layout or Padded(*tokens.shape)
+        x = self.embed(tokens, layout=layout)
         all_weights = []
         for layer in self.layers:
-            x, weights = layer(x, keep, need_weights)
+            x, weights = layer(x, keep, layout, need_weights)
             all_weights.append(weights)
         x = self.final_norm(x)
         return (x, all_weights) if need_weights else x
 
 
-class TransformerDecoder(nn.Module):
-    """The decoder stack with its output projection to vocabulary logits.
+class TransformerDecoder(_Stack):
+    """The decoder stack and its output head (``self.output``: :class:`VocabularyHead`, or
+    :class:`CopyHead` with ``copy_attention``).
 
-    ``forward(tokens, self_attn_mask, memory, memory_mask)`` follows the article's call order.
-    ``self_attn_mask=None`` means the usual causal mask (computed by SDPA, never materialized).
+    ``forward(tokens, self_attn_mask, memory, memory_mask)`` follows the article's call order and
+    returns logits. ``self_attn_mask=None`` means the usual causal mask (computed by SDPA, never materialized).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        num_layers: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float,
-        max_sequence_length: int = 1024,
-        *,
-        config: TransformerConfig | None = None,
-        embedding: Embedding | None = None,
-    ):
-        super().__init__()
-        cfg = config or _config_from_args(
-            vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length
-        )
-        self.config = cfg
-        self.embed = embedding or Embedding(cfg.tgt_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
-        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.output = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
-        if cfg.tie_output:
-            self.output.weight = self.embed.tokens.weight
-        else:
-            nn.init.normal_(self.output.weight, std=cfg.d_model**-0.5)
-
-    @classmethod
-    def from_config(cls, cfg: TransformerConfig, embedding: Embedding | None = None) -> TransformerDecoder:
-        return cls(0, 0, 0, 0, 0, 0.0, config=cfg, embedding=embedding)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        head = CopyHead if self.config.copy_attention else VocabularyHead
+        self.output = head(self.config, self.embed)
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.layers))
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Decoder states (..., D) -> logits (..., V)."""
+        """Decoder states (..., D) -> vocabulary logits (..., V) (before any copy mixing)."""
         return self.output(hidden)
+
+    def states(
+        self,
+        tokens: Tensor,
+        memory: Tensor | None,
+        memory_mask: Tensor | None,
+        *,
+        self_attn_mask: Tensor | None = None,
+        layout: Padded | None = None,
+        memory_layout: Padded | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None, dict[str, list]]:
+        """Run the stack: ``(hidden, attention, weights)``.
+
+        ``hidden``: final states, rows of ``layout`` ((B, T, D) by default). ``attention``: the last
+        layer's cross-attention averaged over heads, rows of ``layout`` with S columns, when the
+        head needs it (else None). ``weights``: ``{"self": [...], "cross": [...]}`` per layer when
+        ``need_weights`` (Nones otherwise). With a ``cache``, ``tokens`` are the new positions only
+        and the cache advances; ``memory`` may then be None after the first step.
+        """
+        offset = cache.length if cache is not None else 0
+        is_causal = self_attn_mask is None
+        self_keep, memory_keep = blocked_to_keep(self_attn_mask), blocked_to_keep(memory_mask)
+        layout = layout or Padded(*tokens.shape)
+        if memory_layout is None and memory is not None:
+            memory_layout = Padded(memory.size(0), memory.size(1))
+        x = self.embed(tokens, offset, layout)
+        weights = {"self": [], "cross": []}
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            want = need_weights or (self.output.needs_attention and i == last)
+            x, (self_w, cross_w) = layer(x, memory, self_keep, memory_keep, is_causal, layout, memory_layout, cache, i, want)
+            weights["self"].append(self_w)
+            weights["cross"].append(cross_w)
+        if cache is not None:
+            cache.length += tokens.size(1)
+        attention = layout.rows(weights["cross"][-1].mean(dim=1)) if self.output.needs_attention else None
+        return self.final_norm(x), attention, weights
 
     def forward(
         self,
@@ -444,37 +574,24 @@ class TransformerDecoder(nn.Module):
         memory: Tensor | None,
         memory_mask: Tensor | None = None,
         *,
+        source: Tensor | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
-        need_weights: bool | str = False,
+        need_weights: bool = False,
     ):
-        """Decode ``tokens`` (B, T) attending to ``memory`` (B, S, D); returns logits (B, T, V).
+        """Decode ``tokens`` (B, T) attending to ``memory`` (B, S, D); returns scores (B, T, V).
 
         Masks are non-zero = blocked: ``self_attn_mask`` broadcastable to (B, H, T, T) (``None`` =
         causal), ``memory_mask`` to (B, H, T, S) (``(B, 1, S)`` blocks padded source positions).
-        With a ``cache``, ``tokens`` are the new positions only (usually T = 1) and the cache is
-        advanced; ``memory`` may then be ``None`` after the first step. ``return_hidden`` returns
-        the final states (B, T, D) instead of logits (for a chunked loss); ``need_weights`` also
-        returns ``{"self": [...], "cross": [...]}`` attention weights per layer (``"last"``: the
-        last layer's only, ``None`` elsewhere).
+        ``source`` (B, S): the source ids, which a :class:`CopyHead` copies from. ``return_hidden``
+        returns the final states (B, T, D) instead; ``need_weights`` also returns every layer's
+        attention weights (see :meth:`states`).
         """
-        offset = cache.length if cache is not None else 0
-        is_causal = self_attn_mask is None
-        self_keep = blocked_to_keep(self_attn_mask)
-        memory_keep = blocked_to_keep(memory_mask)
-        x = self.embed(tokens, offset)
-        weights = {"self": [], "cross": []}
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            # need_weights="last": explicit attention in the last layer only (copy attention needs it).
-            want = need_weights is True or (need_weights == "last" and i == last)
-            x, (self_w, cross_w) = layer(x, memory, self_keep, memory_keep, is_causal, cache, i, want)
-            weights["self"].append(self_w)
-            weights["cross"].append(cross_w)
-        if cache is not None:
-            cache.length += tokens.size(1)
-        x = self.final_norm(x)
-        out = x if return_hidden else self.project(x)
+        hidden, attention, weights = self.states(
+            tokens, memory, memory_mask, self_attn_mask=self_attn_mask, cache=cache, need_weights=need_weights
+        )
+        source = source.unsqueeze(1) if source is not None else None
+        out = hidden if return_hidden else self.output.scores(hidden, attention, source)
         return (out, weights) if need_weights else out
 
 
@@ -497,14 +614,13 @@ class Seq2SeqTransformer(nn.Module):
         )
         self.encoder = TransformerEncoder.from_config(cfg, src_embed)
         self.decoder = TransformerDecoder.from_config(cfg, tgt_embed)
-        # P(generate from the vocabulary) per target position, from the decoder's final state.
-        self.copy_gate = nn.Linear(cfg.d_model, 1) if cfg.copy_attention else None
-        self._init_linear()
-
-    def _init_linear(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() == 2 and "embed" not in name and "output" not in name:
+            if p.dim() == 2 and "embed" not in name and p is not self.decoder.output.weight:
                 nn.init.xavier_uniform_(p)
+
+    @property
+    def head(self) -> VocabularyHead:
+        return self.decoder.output
 
     def source_padding_mask(self, src: Tensor) -> Tensor:
         """(B, S) tokens -> (B, 1, S) mask, True at padded positions (blocked)."""
@@ -515,48 +631,39 @@ class Seq2SeqTransformer(nn.Module):
         mask = self.source_padding_mask(src)
         return self.encoder(src, mask), mask
 
-    def decode(
-        self,
-        tgt_in: Tensor,
-        memory: Tensor | None,
-        memory_mask: Tensor,
-        cache: KVCache | None = None,
-        return_hidden: bool = False,
-    ) -> Tensor:
-        """tgt_in (B, T) -> logits (B, T, V) (or hidden states (B, T, D)); see TransformerDecoder."""
-        return self.decoder(tgt_in, None, memory, memory_mask, cache=cache, return_hidden=return_hidden)
-
     def forward(self, src: Tensor, tgt_in: Tensor, return_hidden: bool = False) -> Tensor:
-        """Teacher forcing: src (B, S), tgt_in (B, T) -> logits (B, T, V).
-
-        With ``copy_attention`` the returned scores are log-probabilities of the mixed output
-        distribution (see :meth:`output_log_probs`): ``log_softmax`` leaves them unchanged, so
-        losses and searches that normalize logits work on them as they are.
-        """
+        """Teacher forcing: src (B, S), tgt_in (B, T) -> scores (B, T, V) whose softmax is the output
+        distribution (the logits, or with a :class:`CopyHead` the mixture's log-probabilities);
+        ``return_hidden``: the final decoder states (B, T, D) instead."""
         memory, mask = self.encode(src)
-        if self.copy_gate is not None and not return_hidden:
-            hidden, weights = self.decoder(tgt_in, None, memory, mask, return_hidden=True, need_weights="last")
-            return self.output_log_probs(hidden, weights["cross"][-1], src)
-        return self.decode(tgt_in, memory, mask, return_hidden=return_hidden)
+        return self.decoder(tgt_in, None, memory, mask, source=src, return_hidden=return_hidden)
 
-    def output_log_probs(self, hidden: Tensor, cross: Tensor | None, src: Tensor) -> Tensor:
-        """Final states (B, T, D) -> log-probabilities (B, T, V) in float32.
+    def target_states(
+        self, src: Tensor, tgt_in: Tensor, tgt_index: Tensor, src_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Teacher-forced final states at the flat target positions ``tgt_index`` (N,) of ``tgt_in``
+        (B, T): ``(hidden (N, D), attention (N, S) or None, source ids (N, S) or None)``, what the
+        head's ``loss`` takes.
 
-        Without copy attention: ``log_softmax`` of the logits. With it (pointer-generator):
-        ``p = g * softmax(logits) + (1 - g) * copy``, where ``g = sigmoid(copy_gate(hidden))`` and
-        ``copy`` puts the last layer's cross-attention ``cross`` (B, H, T, S), averaged over heads,
-        on the vocabulary ids of the source tokens ``src`` (B, S) (a word appearing twice gets both
-        weights; padded positions get none).
+        With ``src_index`` (flat positions of the real source tokens) every layer runs on real tokens
+        only (:class:`Packed` layouts): no compute is spent on padding, and the states equal the
+        padded pass's at real positions. Targets must then be right-padded, ``tgt_index`` a prefix
+        of every row. Without it the pass runs padded and the rows are picked afterwards.
         """
-        logits = self.decoder.project(hidden).float()
-        if self.copy_gate is None:
-            return logits.log_softmax(dim=-1)
-        gate = torch.sigmoid(self.copy_gate(hidden).float())  # (B, T, 1)
-        attn = cross.float().mean(dim=1)  # (B, T, S)
-        copy = torch.zeros_like(logits).scatter_add_(2, src.unsqueeze(1).expand(-1, attn.size(1), -1), attn)
-        probs = gate * logits.softmax(dim=-1) + (1.0 - gate) * copy
-        # The vocabulary softmax never reaches exactly 0 in float32 but can underflow; keep log finite.
-        return probs.clamp_min(1e-30).log()
+        (batch, src_len), tgt_len = src.shape, tgt_in.size(1)
+        mask = self.source_padding_mask(src)
+        if src_index is None:
+            layout = Packed(tgt_index, batch, tgt_len)  # only its rows() is used: picks real positions
+            memory = self.encoder(src, mask)
+            hidden, attention, _ = self.decoder.states(tgt_in, memory, mask)
+            hidden = layout.rows(hidden)
+            attention = layout.rows(attention) if attention is not None else None
+        else:
+            src_layout, layout = Packed(src_index, batch, src_len), Packed(tgt_index, batch, tgt_len)
+            memory = self.encoder(src, mask, layout=src_layout)
+            hidden, attention, _ = self.decoder.states(tgt_in, memory, mask, layout=layout, memory_layout=src_layout)
+        source = layout.rows(src.unsqueeze(1).expand(batch, tgt_len, src_len)) if attention is not None else None
+        return hidden, attention, source
 
     @torch.no_grad()
     def attention(self, src: Tensor, tgt_in: Tensor) -> dict[str, Any]:
@@ -570,7 +677,7 @@ class Seq2SeqTransformer(nn.Module):
         """
         mask = self.source_padding_mask(src)
         memory, encoder_weights = self.encoder(src, mask, need_weights=True)
-        logits, weights = self.decoder(tgt_in, None, memory, mask, need_weights=True)
+        logits, weights = self.decoder(tgt_in, None, memory, mask, source=src, need_weights=True)
         return {"logits": logits, "encoder": encoder_weights, "decoder": weights["self"], "cross": weights["cross"]}
 
     def num_parameters(self) -> int:

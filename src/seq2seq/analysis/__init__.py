@@ -1,0 +1,1 @@
+"""Looking at trained models and finished runs: attention maps, sweep tables."""

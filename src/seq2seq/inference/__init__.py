@@ -1,0 +1,1 @@
+"""Using a trained model: reading checkpoints and predicting in batches."""
