@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -136,10 +137,13 @@ def test_every_config_folder_is_a_listed_package():
 def test_non_editable_install_runs_outside_the_checkout(tmp_path, tiny_checkpoint):
     """Build the wheel, install it (no editable link to the checkout) into a fresh venv whose other
     packages come from this one's, then run the console scripts from an empty folder."""
-    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    wheels, venv, work, source = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere", tmp_path / "source"
     work.mkdir()
+    # Built from a copy: building writes build/ and *.egg-info beside the sources.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "data", ".cache", "build", "*.egg-info", "__pycache__", "wandb", "multirun"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True, cwd=tmp_path, timeout=300)
+                    str(source)], check=True, capture_output=True, cwd=tmp_path, timeout=300)
     wheel = next(wheels.glob("seq2seq-*.whl"))
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("seq2seq/conf/")}
     assert shipped == {"seq2seq/conf/" + str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
