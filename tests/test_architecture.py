@@ -140,8 +140,9 @@ def test_non_editable_install_runs_outside_the_checkout(tmp_path, tiny_checkpoin
     wheels, venv, work, source = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere", tmp_path / "source"
     work.mkdir()
     # Built from a copy: building writes build/ and *.egg-info beside the sources.
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "outputs", "data", ".cache", "build", "*.egg-info", "__pycache__", "wandb", "multirun"))
+    local = {".git", ".venv", "outputs", "data", ".cache", "build", "wandb", "multirun", "local_data"}
+    shutil.copytree(REPO, source, ignore=lambda folder, names: [
+        n for n in names if (Path(folder) == REPO and n in local) or n == "__pycache__" or n.endswith(".egg-info")])
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
                     str(source)], check=True, capture_output=True, cwd=tmp_path, timeout=300)
     wheel = next(wheels.glob("seq2seq-*.whl"))

@@ -132,3 +132,35 @@ def test_module_runs_as_script(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "3 jobs (1 failed)" in result.stdout
+
+
+def test_every_validation_column_is_taken_at_the_best_checkpoint(tmp_path):
+    """val/bleu and val/chrf come from the validation that chose best.ckpt, not the last or the best of each."""
+    job = make_job(tmp_path / "sweep", 0, ["model.d_model=32"], 32, {
+        "val/bleu": 12.0, "val/bleu_best": 14.0, "val/chrf": 36.0, "test/bleu": 13.5, "num_parameters": 1,
+        "monitor": {"metric": "val/bleu", "mode": "max"},
+    })
+    (job / "csv").mkdir()
+    with (job / "csv" / "metrics.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "train/loss", "val/bleu", "val/chrf", "val/bleu_best"])
+        writer.writerows([[1, 2.0, "", "", ""], [5, "", 10.0, 30.0, 10.0], [10, "", 14.0, 33.0, 14.0],
+                          [15, "", 14.0, 35.0, 14.0], [20, "", 12.0, 36.0, 14.0]])
+    row = read_job(job)
+    assert (row["val/bleu"], row["val/chrf"], row["test/bleu"]) == (14.0, 33.0, 13.5)
+    assert row["selected by"] == "val/bleu (max)"
+    # A lower-is-better monitor picks the minimum.
+    metrics = json.loads((job / "metrics.json").read_text())
+    (job / "metrics.json").write_text(json.dumps({**metrics, "monitor": {"metric": "val/chrf", "mode": "min"}}))
+    assert (read_job(job)["val/bleu"], read_job(job)["val/chrf"]) == (10.0, 30.0)
+
+
+def test_rouge_columns_carry_their_signature(tmp_path):
+    job = make_job(tmp_path / "sweep", 0, [], 32, {
+        "val/rougeLsum": 30.0, "val/rouge1": 33.0, "num_parameters": 1, "task": "summarization",
+        "rouge_signature": "torchmetrics.ROUGEScore|stem:porter",
+    })
+    result = report(job.parent)
+    assert result["rows"][0]["selected by"] == "val/rougeLsum (max)"
+    assert result["columns"].index("rouge_signature") == result["columns"].index("sacrebleu_signature") + 1
+    assert "val/rouge1" in result["columns"] and "torchmetrics.ROUGEScore" in result["markdown"]

@@ -7,12 +7,14 @@ A Hydra multirun folder holds one folder per job, ``<sweep>/<N>/``, each with
 ===============  =============================================================================
 size             the ``model/size`` choice and the model's shape (d_model, layers)
 parameters       ``num_parameters`` of metrics.json
-val/test BLEU    ``val/bleu_best`` (else ``val/bleu``) and ``test/bleu``; chrF likewise
-ROUGE            every metric whose name holds ``rouge`` (summarization), when present
+val/*, test/*    every validation and test metric (BLEU, chrF, ROUGE), one rule for all: the val/*
+                 values of the validation that chose best.ckpt (the best ``monitor`` value in
+                 csv/metrics.csv; without the curve, ``<monitor>_best``), and test/* of best.ckpt
+selected by      the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
 tokens/s         mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
 wall time        ``wall_time_s`` of metrics.json, else the job folder's timestamps
 device           metrics.json's ``device``, else the trainer config (accelerator, devices, precision)
-signature        the sacreBLEU BLEU signature
+signature        the sacreBLEU BLEU signature; ``rouge_signature`` beside ROUGE figures
 overrides        the job's command-line overrides (in Markdown: those that differ between jobs;
                  the ones common to every job are listed above the table)
 ===============  =============================================================================
@@ -36,13 +38,14 @@ from typing import Any
 import yaml
 
 from seq2seq.errors import DataError
+from seq2seq.metrics.text_metrics import DEFAULT_MONITOR
 from seq2seq.utils.io import atomic_path, atomic_write_text
 
 TOKENS_PER_S = "train/tokens_per_s"
 
 # (column, how to format it in Markdown); ROUGE columns are inserted after chrF when present.
 BASE_COLUMNS = [
-    "job", "status", "size", "parameters", "val/bleu", "test/bleu", "val/chrf", "test/chrf",
+    "job", "status", "size", "parameters", "selected by", "val/bleu", "test/bleu", "val/chrf", "test/chrf",
     "tokens/s", "wall_time_s", "device", "sacrebleu_signature", "overrides",
 ]
 
@@ -70,23 +73,41 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return jobs
 
 
-def _csv_mean(path: Path, key: str) -> float | None:
-    """Mean of the values csv/metrics.csv has for ``key``."""
-    if not path.is_file():
-        return None
+def _csv_rows(path: Path) -> list[dict[str, float]]:
+    """csv/metrics.csv as rows of the finite numbers they hold (empty cells left out)."""
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error):
-        return None
-    values = []
+        return []
+    parsed = []
     for row in rows:
-        try:
-            values.append(float(row.get(key) or "nan"))
-        except ValueError:
-            continue
-    values = [v for v in values if math.isfinite(v)]
+        numbers = {}
+        for key, text in row.items():
+            try:
+                value = float(text)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                numbers[key] = value
+        parsed.append(numbers)
+    return parsed
+
+
+def _mean(rows: Sequence[dict], key: str) -> float | None:
+    values = [row[key] for row in rows if key in row]
     return sum(values) / len(values) if values else None
+
+
+def best_validation(rows: Sequence[dict], monitor: str, mode: str = "max") -> dict[str, float]:
+    """The ``val/*`` values of the validation that chose best.ckpt: the first row where ``monitor``
+    reached its best (ModelCheckpoint saves only on a strict improvement); {} without one."""
+    scored = [row for row in rows if monitor in row]
+    if not scored:
+        return {}
+    # max/min return the first of equal values: the validation that saved the checkpoint.
+    best = (max if mode == "max" else min)(scored, key=lambda row: row[monitor])
+    return {k: v for k, v in best.items() if k.startswith("val/") and not k.endswith("_best")}
 
 
 def _wall_time(job: Path, metrics: dict | None) -> float | None:
@@ -145,24 +166,36 @@ def read_job(job: Path) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         return row
     row["parameters"] = metrics.get("num_parameters")
-    row["val/bleu"] = metrics.get("val/bleu_best", metrics.get("val/bleu"))
-    for key in ("test/bleu", "val/chrf", "test/chrf"):
-        row[key] = metrics.get(key)
+    task = metrics.get("task") if metrics.get("task") in DEFAULT_MONITOR else "translation"
+    monitor = {"metric": DEFAULT_MONITOR[task], "mode": "max", **(metrics.get("monitor") or {})}
+    row["selected by"] = f"{monitor['metric']} ({monitor['mode']})"
+    curve = _csv_rows(job / "csv" / "metrics.csv")
+    # One rule for every val/* column: its value at the validation that chose best.ckpt (the one
+    # test/* is measured with). Without the curve, the best monitored value and the others as logged.
+    at_best = best_validation(curve, monitor["metric"], monitor["mode"])
     for key, value in metrics.items():
-        if "rouge" in key.lower() and isinstance(value, (int, float)):
+        if key.startswith(("val/", "test/")) and not key.endswith("_best") and isinstance(value, (int, float)):
             row[key] = value
-    tokens = _csv_mean(job / "csv" / "metrics.csv", TOKENS_PER_S)
+    if at_best:
+        row.update(at_best)
+    elif f"{monitor['metric']}_best" in metrics:
+        row[monitor["metric"]] = metrics[f"{monitor['metric']}_best"]
+    for key in [k for k in row if k.endswith(("/loss", "/ppl"))]:
+        del row[key]
+    tokens = _mean(curve, TOKENS_PER_S)
     row["tokens/s"] = tokens if tokens is not None else metrics.get(TOKENS_PER_S)
     signature = metrics.get("sacrebleu_signature")
     row["sacrebleu_signature"] = signature.get("bleu") if isinstance(signature, dict) else signature
+    row["rouge_signature"] = metrics.get("rouge_signature")
     return row
 
 
 def columns_of(rows: Sequence[dict]) -> list[str]:
-    """The base columns, with any ROUGE columns after chrF."""
-    rouge = sorted({k for row in rows for k in row if "rouge" in k.lower()})
-    at = BASE_COLUMNS.index("tokens/s")
-    return BASE_COLUMNS[:at] + rouge + BASE_COLUMNS[at:]
+    """The base columns, with any ROUGE columns after chrF and the ROUGE signature after sacreBLEU's."""
+    rouge = sorted({k for row in rows for k in row if k.startswith(("val/rouge", "test/rouge"))})
+    at, sig = BASE_COLUMNS.index("tokens/s"), BASE_COLUMNS.index("sacrebleu_signature") + 1
+    extra = ["rouge_signature"] if any(row.get("rouge_signature") for row in rows) else []
+    return BASE_COLUMNS[:at] + rouge + BASE_COLUMNS[at:sig] + extra + BASE_COLUMNS[sig:]
 
 
 def _fmt(column: str, value: Any) -> str:

@@ -114,11 +114,16 @@ def network_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {k[len("net.") :]: v for k, v in state_dict.items() if k.startswith("net.")}
 
 
+def model_config(checkpoint: Mapping) -> TransformerConfig:
+    """The network's config a checkpoint holds (fields a later version dropped are ignored)."""
+    fields = TransformerConfig.__dataclass_fields__
+    return TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields})
+
+
 def build_model(checkpoint: Mapping, path: str | Path = "checkpoint") -> tuple[Seq2SeqTransformer, Tokenizer]:
     """The network (eval mode, CPU) and tokenizer a checked checkpoint holds."""
     try:
-        fields = TransformerConfig.__dataclass_fields__
-        net = Seq2SeqTransformer(TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields}))
+        net = Seq2SeqTransformer(model_config(checkpoint))
         net.load_state_dict(network_weights(checkpoint["state_dict"]))
         tokenizer = Tokenizer.from_state_dict(checkpoint["tokenizer"])
     except Exception as err:  # noqa: BLE001 - any failure here means the file does not fit

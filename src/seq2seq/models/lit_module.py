@@ -23,6 +23,7 @@ from torchmetrics import MaxMetric, MinMetric
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import CheckpointError, ConfigError, TrainingError
+from seq2seq.inference.checkpoint import model_config
 from seq2seq.inference.predictor import Predictor
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task, score
 from seq2seq.models.loss import sequence_loss, target_index
@@ -230,9 +231,7 @@ class Seq2SeqModule(L.LightningModule):
         if "tokenizer" not in checkpoint:
             raise CheckpointError("the checkpoint holds no tokenizer: it was not written by seq2seq.train")
         if self.net is None:
-            fields = TransformerConfig.__dataclass_fields__
-            config = TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields})
-            self.build(Tokenizer.from_state_dict(checkpoint["tokenizer"]), config)
+            self.build(Tokenizer.from_state_dict(checkpoint["tokenizer"]), model_config(checkpoint))
         elif self.tokenizer.state_dict() != checkpoint["tokenizer"]:
             raise CheckpointError(
                 "the checkpoint's tokenizer differs from the one trained on this run's data: it comes "
