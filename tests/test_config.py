@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from helpers import REPO, TINY_OVERRIDES, compose_train
 
 CONF = REPO / "conf"
-GROUPS = ["data", "model", "model/size", "optim", "decoding", "trainer", "logger", "callbacks", "experiment", "debug"]
+GROUPS = ["data", "model", "model/size", "speed", "optim", "decoding", "trainer", "logger", "callbacks", "experiment", "debug"]
 
 
 def group_options(group: str) -> list[str]:

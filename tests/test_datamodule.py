@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from helpers import compose_train
@@ -88,8 +89,11 @@ def prepared(dm: Seq2SeqDataModule) -> Seq2SeqDataModule:
 
 def check_batch(dm: Seq2SeqDataModule, batch: dict, split: str) -> None:
     """Keys, shapes and the BOS/EOS layout; decoding ``tgt_out`` gives back the indexed reference."""
-    assert set(batch) == {"src", "tgt_in", "tgt_out", "index"}
+    assert set(batch) == {"src", "tgt_in", "tgt_out", "index", "src_index", "tgt_index"}
     src, tgt_in, tgt_out, index = batch["src"], batch["tgt_in"], batch["tgt_out"], batch["index"]
+    # The flat positions of the real tokens, for the training fast path.
+    assert torch.equal(batch["src_index"], (src.reshape(-1) != PAD_ID).nonzero().squeeze(1))
+    assert torch.equal(batch["tgt_index"], (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1))
     assert src.dim() == 2 and tgt_in.shape == tgt_out.shape and index.shape == (src.size(0),)
     assert src.size(0) == tgt_in.size(0) > 0
     assert (tgt_in[:, 0] == BOS_ID).all()

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.errors import ConfigError, Seq2SeqError
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task
@@ -28,16 +28,19 @@ def config_dir() -> str:
     )
 
 
+# `${seq2seq.monitor:${task}}` in conf/train.yaml: the metric a task's runs are ranked by, unless
+# `monitor.metric` is set. Registered with this module, which every command and test imports to
+# find conf/ (config_dir).
+OmegaConf.register_new_resolver("seq2seq.monitor", lambda task: DEFAULT_MONITOR[check_task(task)], replace=True)
+
+
 def resolve_monitor(cfg: DictConfig) -> tuple[str, str]:
-    """``(metric, mode)`` of ``cfg.monitor``, the metric null meaning the task's (``val/bleu``,
-    ``val/rougeLsum``); written back into ``cfg`` so that callbacks interpolating it see the value."""
+    """``(metric, mode)`` of ``cfg.monitor`` (a null metric means the task's), checked."""
     task = check_task(cfg.get("task") or "translation")
     monitor = cfg.get("monitor") or {}
     metric, mode = monitor.get("metric") or DEFAULT_MONITOR[task], monitor.get("mode") or "max"
     if mode not in ("max", "min"):
         raise ConfigError(f"monitor.mode={mode!r}: use max or min")
-    with open_dict(cfg):
-        cfg.monitor = {"metric": metric, "mode": mode}
     return metric, mode
 
 

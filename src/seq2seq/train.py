@@ -111,8 +111,8 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)  # resolves cfg.monitor
-    return metrics.get(f"{cfg.monitor.metric}_best", 0.0)
+    monitor, _ = resolve_monitor(cfg)
+    return train(cfg).get(f"{monitor}_best", 0.0)
 
 
 if __name__ == "__main__":

@@ -301,12 +301,11 @@ def _read_tsv(path: Path, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
 # -- jsonl / hf fields ----------------------------------------------------------------------------
 
 
-class _FieldError(Exception):
-    """A field path that does not lead to a string; the caller adds file and line."""
-
-
 def _get_field(obj: Any, path: str) -> str:
-    """Follow a dotted path (``translation.en``); a key that itself contains dots is tried first."""
+    """Follow a dotted path (``translation.en``); a key that itself contains dots is tried first.
+
+    A path that does not lead to a string raises ``LookupError``; the caller adds file and line.
+    """
     if isinstance(obj, Mapping) and path in obj:
         value = obj[path]
     else:
@@ -315,10 +314,10 @@ def _get_field(obj: Any, path: str) -> str:
             if not isinstance(value, Mapping) or part not in value:
                 where = ".".join(path.split(".")[:depth]) or "the record"
                 keys = list(value.keys())[:10] if isinstance(value, Mapping) else type(value).__name__
-                raise _FieldError(f"field '{path}' not found ({where} has: {keys})")
+                raise LookupError(f"field '{path}' not found ({where} has: {keys})")
             value = value[part]
     if not isinstance(value, str):
-        raise _FieldError(f"field '{path}' is {type(value).__name__}, not a string")
+        raise LookupError(f"field '{path}' is {type(value).__name__}, not a string")
     return value
 
 
@@ -339,7 +338,7 @@ def _read_jsonl(path: Path, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
         try:
             src.append(_get_field(record, src_f))
             tgt.append(_get_field(record, tgt_f))
-        except _FieldError as e:
+        except LookupError as e:
             raise DataError(
                 f"{path}, line {line_no}: {e}. Set src_field/tgt_field to the paths of the source and "
                 "target text, e.g. 'translation.en'."
@@ -416,7 +415,7 @@ def _read_hf(root: Path, split: str, fmt: CorpusFormat) -> tuple[list[str], list
         for row, value in enumerate(ds[top]):
             try:
                 values.append(_get_field({top: value}, f"{top}.{rest}" if rest else top))
-            except _FieldError as e:
+            except LookupError as e:
                 raise DataError(f"Split '{split}' of {what}, row {row}: {e}.") from None
         out.append(values)
     if not out[0]:
