@@ -33,7 +33,8 @@ ALLOWED = {
     "seq2seq.models": {"seq2seq.metrics"},
     "seq2seq.decoding": {"seq2seq.models"},
     "seq2seq.inference": {"seq2seq.utils", "seq2seq.data", "seq2seq.models", "seq2seq.decoding"},
-    "seq2seq.analysis": {"seq2seq.utils", "seq2seq.data", "seq2seq.models", "seq2seq.decoding", "seq2seq.inference"},
+    "seq2seq.analysis": {"seq2seq.utils", "seq2seq.metrics", "seq2seq.data", "seq2seq.models", "seq2seq.decoding",
+                         "seq2seq.inference"},
     # The LightningModule trains a model: it uses the tokenizer, the predictor and the metrics.
     "seq2seq.models.lit_module": {"seq2seq.data", "seq2seq.metrics", "seq2seq.decoding", "seq2seq.inference"},
     "seq2seq.callbacks": {"seq2seq.utils", "seq2seq.models", "seq2seq.inference", "seq2seq.analysis"},
