@@ -150,7 +150,8 @@ class Seq2SeqModule(L.LightningModule):
         self.task, self.monitor, self.monitor_mode = task, monitor, monitor_mode
         self.speed = self.hparams.speed
         # The best monitored value so far (restored from checkpoints, see on_load_checkpoint).
-        self.best_monitor = MaxMetric() if monitor_mode == "max" else MinMetric()
+        # float64: metrics.json keeps the value as logged.
+        self.best_monitor = (MaxMetric() if monitor_mode == "max" else MinMetric()).set_dtype(torch.float64)
         self.tokenizer: Tokenizer | None = None
         self.net: Seq2SeqTransformer | None = None
         self._eval_outputs: list[tuple[int, str]] = []
