@@ -65,9 +65,8 @@ from torch import Tensor, nn
 
 from seq2seq.callbacks.throughput import device_peak_flops, flops_per_token
 from seq2seq.models.lit_module import build_optimizer, compile_dynamic
-from seq2seq.models.loss import plain_sequence_loss, sequence_loss, target_index
+from seq2seq.models.loss import plain_sequence_loss, sequence_loss, source_index, target_index
 from seq2seq.models.transformer import Embedding, Seq2SeqTransformer, TransformerConfig
-from seq2seq.models.unpadded import source_index
 
 REPO = Path(__file__).resolve().parents[1]
 PAD, BOS, EOS = 0, 2, 3

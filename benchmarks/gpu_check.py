@@ -1,0 +1,535 @@
+"""GPU readiness in one command: test, measure and report everything the GPU goals ask, in 9 minutes.
+
+    python benchmarks/gpu_check.py                  # on one H100/H200 (make gpu-check)
+    python benchmarks/gpu_check.py --dry-run        # the same script on a CPU, tiny sizes (~1 min)
+    python benchmarks/gpu_check.py --parts multi30k --budget-s 590   # the full 8-minute Multi30k run
+
+A lent GPU comes for minutes, at random, so the check must need no thought on the day. It runs five
+parts in order, each as a subprocess under its own time limit (its process group is killed at the
+limit), so that one slow or hung part cannot eat the others' time:
+
+* ``gpu_tests``: ``pytest -m gpu tests/test_gpu.py`` (bf16 training against fp32, recompiles under
+  torch.compile, cached = uncached decoding, the deferred NaN check, MFU, GPU checkpoint on CPU);
+  its junit XML gives pass/fail counts and the figures the tests record;
+* ``throughput_base``, ``throughput_big``: ``benchmarks/train_throughput.py`` in bf16 at that size,
+  ours (compiled, as ``trainer=gpu`` trains) against ``torch.nn.Transformer`` and HF BART on the same
+  batches; its JSON lines give tokens/s per system and ours' MFU;
+* ``decode``: ``benchmarks/decode.py``, greedy at batch 64 in bf16, ours (KV cache) against HF
+  ``generate``; its JSON line gives output tokens/s and the speedup;
+* ``multi30k``: ``python -m seq2seq.train experiment=multi30k_en_de model/size=base trainer=gpu`` with
+  a wall-clock budget (``trainer.max_time``); its metrics.json gives validation BLEU. It runs last
+  and trains for what is left of ``--budget-s`` (at most ``--multi30k-minutes``, the goal's 8), so
+  the whole check ends within the budget; a shorter budget cannot show that 8 minutes fall short.
+
+The report (``--out``, default outputs/gpu_check/report.json; logs beside it) holds each part's
+status (``ok``, ``failed``, ``timeout``, ``skipped`` with a reason), time, command and numeric
+figures, and the goals of issue 19 marked ``met``, ``not met`` or ``not measured``: training
+tokens/s at least 2.5x (base) and 2x (big) the faster peer, MFU at least 35 % at big, greedy
+decoding at least 10x HF generate at batch 64, Multi30k base validation BLEU at least 40 within 8
+minutes of training. A table of both is printed at the end. A missing optional dependency
+(``transformers``, for the HF peers) skips that peer with a reason instead of failing the part.
+
+``--dry-run`` runs the same parts on the CPU with tiny sizes, few steps and short limits (the GPU
+tests skip there), so that the fast test suite (tests/test_gpu_check.py) keeps the script working;
+its figures say nothing about the goals. The exit status is 1 when a part failed or timed out.
+
+On a machine without this project's virtual environment (a lent device): the subprocesses get this
+checkout's ``src`` on ``PYTHONPATH``, so ``python3 benchmarks/gpu_check.py`` needs only the
+dependencies installed, not the package. The Multi30k corpus is looked for in
+``../shared/data/multi30k`` and ``./shared/data/multi30k``; elsewhere pass ``--multi30k-root``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("gpu_tests", "throughput_base", "throughput_big", "decode", "multi30k")
+STATUSES = ("ok", "failed", "timeout", "skipped")
+MULTI30K_CANDIDATES = (REPO.parent / "shared" / "data" / "multi30k", REPO / "shared" / "data" / "multi30k")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes, arguments and time limits of one kind of run (the GPU check, or its CPU dry run)."""
+
+    name: str
+    budget_s: float  # the whole check
+    limits: dict[str, float]  # per part (multi30k: see multi30k_*)
+    throughput: dict[str, list[str]]  # part -> train_throughput.py arguments
+    decode: list[str]
+    multi30k: list[str]  # seq2seq.train overrides besides data.root, max_time and the run folder
+    toy_fallback: list[str] | None  # overrides when there is no Multi30k corpus (None: skip the part)
+    multi30k_minutes: float  # training budget wanted (the goal: 8 minutes)
+    multi30k_overhead_s: float  # start, data preparation, last validation and checkpoint, beyond max_time
+    multi30k_min_train_s: float  # below this, skip rather than run a meaningless budget
+    compile: str = "ours"  # train_throughput.py --compile: ours as trainer=gpu trains it (compiled)
+    pytest_extra: list[str] = field(default_factory=list)
+
+
+# The GPU check. Batches: 256 pairs of 8-64 tokens each side (uniform, right-padded: about 18k real
+# tokens of 33k cells per step), the usual GPU scale of a token-budget batch (Vaswani et al.: ~25k).
+_THROUGHPUT_GPU = ["--device", "cuda", "--dtype", "bf16", "--batch", "256", "--min-len", "8", "--max-len", "64",
+                   "--vocab", "8000", "--steps", "10", "--rounds", "3", "--warmup", "3", "--batches", "8"]
+GPU = Profile(
+    name="gpu",
+    budget_s=540.0,
+    # Compiling ours (--compile ours) takes most of a throughput part's time; the limits leave Multi30k
+    # at least 90 s, typically three to four minutes of training.
+    limits={"gpu_tests": 170.0, "throughput_base": 110.0, "throughput_big": 120.0, "decode": 50.0},
+    throughput={"throughput_base": ["--size", "base", *_THROUGHPUT_GPU], "throughput_big": ["--size", "big", *_THROUGHPUT_GPU]},
+    decode=["--device", "cuda", "--dtype", "bfloat16", "--size", "base", "--batch", "64", "--new-tokens", "64",
+            "--src-len", "32", "--vocab", "8000", "--strategies", "greedy", "--repeats", "5", "--warmup", "2"],
+    multi30k=["experiment=multi30k_en_de", "model/size=base", "trainer=gpu"],
+    toy_fallback=None,
+    multi30k_minutes=8.0,
+    multi30k_overhead_s=75.0,
+    multi30k_min_train_s=60.0,
+)
+_THROUGHPUT_DRY = ["--device", "cpu", "--dtype", "bf16", "--size", "tiny", "--batch", "4", "--min-len", "4",
+                   "--max-len", "8", "--vocab", "256", "--steps", "2", "--rounds", "2", "--warmup", "1",
+                   "--batches", "2", "--threads", "1", "--peak-tflops", "0.1"]
+_TRAIN_DRY = ["model/size=tiny", "trainer=cpu", "trainer.precision=32-true", "data.max_tokens=1024",
+              "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+              "trainer.limit_val_batches=1", "trainer.val_check_interval=1.0", "data.vocab_size=500",
+              "data.eval_max_tokens=1024", "test=false", "callbacks.validation_samples=null"]
+DRY = Profile(
+    name="dry-run",
+    budget_s=110.0,
+    limits={"gpu_tests": 60.0, "throughput_base": 40.0, "throughput_big": 40.0, "decode": 30.0},
+    throughput={"throughput_base": _THROUGHPUT_DRY, "throughput_big": _THROUGHPUT_DRY},
+    decode=["--device", "cpu", "--dtype", "bfloat16", "--size", "tiny", "--batch", "4", "--new-tokens", "8",
+            "--src-len", "8", "--vocab", "256", "--strategies", "greedy", "--repeats", "2", "--warmup", "1",
+            "--threads", "1"],
+    multi30k=["experiment=multi30k_en_de", *_TRAIN_DRY],
+    toy_fallback=["experiment=toy", "data.generate.sizes={train:300,val:16,test:16}", *_TRAIN_DRY],
+    multi30k_minutes=0.5,
+    multi30k_overhead_s=45.0,
+    multi30k_min_train_s=5.0,
+    compile="off",  # compiling on a CPU takes minutes
+)
+
+
+# ---------------------------------------------------------------------------------------- running
+@dataclass
+class Outcome:
+    returncode: int | None  # None: killed at the limit
+    seconds: float
+    output: str
+
+
+def run_limited(command: list[str], limit_s: float, log: Path, env: dict, cwd: Path = REPO) -> Outcome:
+    """Run ``command`` with its output in ``log``; at ``limit_s`` kill its whole process group
+    (compile workers and data loaders included), so nothing of it runs on into the next part."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        out.write("$ " + " ".join(command) + "\n")
+        out.flush()
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=max(1.0, limit_s))
+        except subprocess.TimeoutExpired:
+            returncode = None
+            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+    return Outcome(returncode, time.perf_counter() - start, log.read_text(errors="replace"))
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON objects a benchmark printed, one per line; other lines (warnings) are ignored."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def numeric(values: dict) -> dict:
+    """The entries that are finite numbers (the report's figures)."""
+    return {k: v for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def has_transformers() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+NO_TRANSFORMERS = "transformers is not installed (pip install -e '.[bench]')"
+
+
+# ---------------------------------------------------------------------------------------- parts
+class Check:
+    """Runs the parts of one profile and collects the report."""
+
+    def __init__(self, profile: Profile, out: Path, parts: list[str], multi30k_root: Path | None,
+                 budget_s: float, multi30k_minutes: float, compile: str):
+        self.profile, self.out, self.selected, self.compile = profile, out, parts, compile
+        self.work = out.parent
+        self.multi30k_root, self.budget_s, self.multi30k_minutes = multi30k_root, budget_s, multi30k_minutes
+        self.start = time.perf_counter()
+        self.parts: dict[str, dict] = {}
+        path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline",
+                    "HYDRA_FULL_ERROR": "1"}
+        self.env.pop("WANDB_API_KEY", None)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def _run(self, name: str, command: list[str], limit_s: float, env: dict | None = None) -> tuple[dict, Outcome]:
+        log = self.work / f"{name}.log"
+        print(f"[{self.elapsed():5.0f} s] {name}: up to {limit_s:.0f} s ...", flush=True)
+        outcome = run_limited(command, limit_s, log, env or self.env)
+        part = {"status": "ok", "limit_s": round(limit_s, 1), "seconds": round(outcome.seconds, 1),
+                "command": command, "log": str(log), "figures": {}}
+        if outcome.returncode is None:
+            part.update(status="timeout", reason=f"killed at its {limit_s:.0f} s limit")
+        elif outcome.returncode != 0:
+            part.update(status="failed", reason=f"exit status {outcome.returncode}", tail=outcome.output[-2000:])
+        return part, outcome
+
+    def gpu_tests(self) -> dict:
+        """The GPU-marked tests; figures: their outcome counts and the numbers they record."""
+        xml = self.work / "gpu_tests.xml"
+        xml.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p", "no:cacheprovider",
+                   "-o", "junit_family=xunit1", f"--junitxml={xml}", *self.profile.pytest_extra]
+        part, outcome = self._run("gpu_tests", command, self.profile.limits["gpu_tests"])
+        if not xml.exists():
+            if part["status"] == "ok":
+                part.update(status="failed", reason="pytest wrote no junit XML")
+            return part
+        counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+        details: dict[str, dict] = {}
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            name = case.get("name", "?")
+            outcome_tag = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), None)
+            key = {"failure": "failed", "error": "errors", "skipped": "skipped"}.get(outcome_tag, "passed")
+            counts[key] += 1
+            record = {"outcome": key, "seconds": float(case.get("time", 0.0))}
+            for prop in case.iter("property"):
+                try:
+                    record[prop.get("name")] = float(prop.get("value"))
+                except (TypeError, ValueError):
+                    record[prop.get("name")] = prop.get("value")
+            skipped = case.find("skipped")
+            if skipped is not None:
+                record["reason"] = skipped.get("message", "")
+            details[name] = record
+        part["figures"] = {**counts, "total": sum(counts.values())}
+        part["details"] = details
+        if part["status"] == "ok" and counts["passed"] == 0:
+            reasons = {d.get("reason", "") for d in details.values() if d["outcome"] == "skipped"}
+            part["note"] = "every test skipped: " + "; ".join(sorted(r for r in reasons if r))
+        return part
+
+    def throughput(self, name: str) -> dict:
+        """Training tokens/s of ours and the peers at one size; figures per system and the ratio."""
+        peers = ["torch"] + (["hf"] if has_transformers() else [])
+        command = [sys.executable, "benchmarks/train_throughput.py", *self.profile.throughput[name],
+                   "--compile", self.compile, "--systems", ",".join(["ours", *peers])]
+        part, outcome = self._run(name, command, self.profile.limits[name])
+        if not has_transformers():
+            part["skipped"] = {"hf": NO_TRANSFORMERS}
+        rows = json_lines(outcome.output)
+        systems = {r["system"]: r for r in rows if "system" in r}
+        summary = next((r for r in rows if r.get("summary")), {})
+        figures = {f"{s}_tok_s": r.get("tok_s") for s, r in systems.items()}
+        ours = systems.get("ours", {})
+        figures.update(ours_mfu=ours.get("mfu"), ours_tflops=ours.get("tflops"), ours_step_ms=ours.get("step_ms"),
+                       padding=summary.get("padding", ours.get("padding")))
+        peer_speeds = [systems[p]["tok_s"] for p in ("torch", "hf") if p in systems and systems[p].get("tok_s")]
+        if ours.get("tok_s") and peer_speeds:
+            figures["best_peer_tok_s"] = max(peer_speeds)
+            figures["speedup_vs_best_peer"] = round(ours["tok_s"] / max(peer_speeds), 3)
+        for peer in ("torch", "hf"):
+            if ours.get("tok_s") and systems.get(peer, {}).get("tok_s"):
+                figures[f"speedup_vs_{peer}"] = round(ours["tok_s"] / systems[peer]["tok_s"], 3)
+        part["figures"] = numeric(figures)
+        part["details"] = {"rows": rows}
+        if part["status"] == "ok" and "ours_tok_s" not in part["figures"]:
+            part.update(status="failed", reason="no tokens/s for ours in the benchmark's output",
+                        tail=outcome.output[-2000:])
+        return part
+
+    def decode(self) -> dict:
+        """Greedy output tokens/s of our cached decoder, its uncached path and HF generate."""
+        command = [sys.executable, "benchmarks/decode.py", *self.profile.decode]
+        if not has_transformers():
+            command.append("--no-hf")
+        part, outcome = self._run("decode", command, self.profile.limits["decode"])
+        part["skipped"] = {"ctranslate2": "no export of our weights to CTranslate2 exists in this checkout"}
+        if not has_transformers():
+            part["skipped"]["hf_generate"] = NO_TRANSFORMERS
+        rows = json_lines(outcome.output)
+        greedy = next((r for r in rows if r.get("strategy") == "greedy"), {})
+        keys = ("ours_cached_tok_s", "ours_uncached_tok_s", "hf_generate_tok_s", "speedup_vs_hf", "speedup_vs_uncached",
+                "matmul_floor_tok_s", "ours_cached_of_floor", "floor_vs_hf", "batch")
+        part["figures"] = numeric({k: greedy.get(k) for k in keys})
+        part["details"] = {"rows": rows}
+        if part["status"] == "ok" and "ours_cached_tok_s" not in part["figures"]:
+            part.update(status="failed", reason="no greedy row in the benchmark's output", tail=outcome.output[-2000:])
+        return part
+
+    def multi30k(self) -> dict:
+        """A Multi30k base run with a wall-clock budget; figures: validation BLEU and the budget."""
+        p = self.profile
+        root = self.multi30k_root
+        if root is not None and (root / "train.en").exists():
+            overrides, corpus = [*p.multi30k, f"data.root={root}"], "multi30k"
+        elif p.toy_fallback is not None:
+            overrides, corpus = list(p.toy_fallback), "toy (no Multi30k corpus here)"
+        else:
+            where = root or " or ".join(str(c) for c in MULTI30K_CANDIDATES)
+            return {"status": "skipped", "reason": f"no Multi30k corpus ({where}/train.en): pass --multi30k-root DIR",
+                    "figures": {}}
+        left = self.budget_s - self.elapsed() - p.multi30k_overhead_s
+        train_s = int(min(self.multi30k_minutes * 60, left))
+        if train_s < p.multi30k_min_train_s:
+            return {"status": "skipped", "figures": {},
+                    "reason": f"{max(0, left):.0f} s of the {self.budget_s:.0f} s budget left to train (under "
+                              f"{p.multi30k_min_train_s:.0f} s); run --parts multi30k"}
+        run_dir = self.work / "multi30k_run"
+        max_time = f"00:{train_s // 3600:02d}:{train_s // 60 % 60:02d}:{train_s % 60:02d}"
+        command = [sys.executable, "-m", "seq2seq.train", *overrides, f"trainer.max_time={max_time}",
+                   f"hydra.run.dir={run_dir}", "callbacks.progress_bar=null", "logger=csv"]
+        env = {**self.env, "SEQ2SEQ_ROOT": str(self.work / "multi30k_root")}
+        metrics_file = run_dir / "metrics.json"
+        metrics_file.unlink(missing_ok=True)
+        part, outcome = self._run("multi30k", command, train_s + p.multi30k_overhead_s, env)
+        part["corpus"] = corpus
+        part["run_dir"] = str(run_dir)
+        figures = {"train_budget_s": train_s}
+        if metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+            figures.update(val_bleu=metrics.get("val/bleu"), val_bleu_best=metrics.get("val/bleu_best"),
+                           val_chrf=metrics.get("val/chrf"), wall_time_s=metrics.get("wall_time_s"),
+                           train_tokens_per_s=metrics.get("train/tokens_per_s"), train_mfu=metrics.get("train/mfu"),
+                           epoch=metrics.get("epoch"))
+        elif part["status"] == "ok":
+            part.update(status="failed", reason=f"no {metrics_file}", tail=outcome.output[-2000:])
+        part["figures"] = numeric(figures)
+        if part["status"] == "ok" and "val_bleu_best" not in part["figures"]:
+            part.update(status="failed", reason="metrics.json holds no val/bleu_best (no validation ran?)")
+        return part
+
+    def run(self) -> dict:
+        for name in PARTS:
+            if name not in self.selected:
+                self.parts[name] = {"status": "skipped", "reason": "not selected (--parts)", "figures": {}}
+                continue
+            if name == "gpu_tests":
+                part = self.gpu_tests()
+            elif name.startswith("throughput"):
+                part = self.throughput(name)
+            elif name == "decode":
+                part = self.decode()
+            else:
+                part = self.multi30k()
+            self.parts[name] = part
+            print(f"[{self.elapsed():5.0f} s] {name}: {part['status']} {part.get('reason', '')}".rstrip(), flush=True)
+        return self.parts
+
+
+# ---------------------------------------------------------------------------------------- goals
+def evaluate_goals(parts: dict[str, dict]) -> list[dict]:
+    """Each goal of issue 19 with its figure and ``met`` / ``not met`` / ``not measured``."""
+
+    def figure(part: str, key: str):
+        p = parts.get(part, {})
+        return p.get("figures", {}).get(key) if p.get("status") == "ok" else None
+
+    def unmeasured(part: str, why: str | None = None) -> str:
+        p = parts.get(part, {})
+        if why:
+            return why
+        if p.get("status") != "ok":
+            return f"{part} {p.get('status', 'absent')}" + (f": {p['reason']}" if p.get("reason") else "")
+        return f"{part} gave no such figure"
+
+    goals = []
+
+    def add(goal: str, part: str, key: str, target: float, unit: str, value=None, note: str | None = None,
+            verdict: str | None = None):
+        value = figure(part, key) if value is None else value
+        if verdict is None:
+            verdict = "not measured" if value is None else ("met" if value >= target else "not met")
+        if verdict == "not measured" and note is None:
+            note = unmeasured(part)
+        goals.append({"goal": goal, "figure": f"{part}.{key}", "target": target, "unit": unit,
+                      "value": value, "status": verdict, "note": note})
+
+    tests = parts.get("gpu_tests", {})
+    counts = tests.get("figures", {})
+    if tests.get("status") == "ok" and counts.get("passed", 0) > 0:
+        add("GPU tests pass (failed + errors)", "gpu_tests", "failed", 0, "tests",
+            value=counts["failed"] + counts.get("errors", 0),
+            verdict="met" if counts["failed"] + counts.get("errors", 0) == 0 else "not met")
+    elif tests.get("status") == "failed" and counts.get("failed", 0) + counts.get("errors", 0) > 0:
+        add("GPU tests pass (failed + errors)", "gpu_tests", "failed", 0, "tests",
+            value=counts["failed"] + counts.get("errors", 0), verdict="not met")
+    else:
+        add("GPU tests pass (failed + errors)", "gpu_tests", "failed", 0, "tests", verdict="not measured",
+            note=tests.get("note") or unmeasured("gpu_tests"))
+        goals[-1]["value"] = None  # no test ran: zero failures would claim too much
+    for size, target in (("base", 2.5), ("big", 2.0)):
+        part = f"throughput_{size}"
+        hf = parts.get(part, {}).get("skipped", {}).get("hf")
+        note = f"faster peer of torch only (hf skipped: {hf})" if hf and figure(part, "speedup_vs_best_peer") else None
+        add(f"training tokens/s, {size}: ours / faster peer", part, "speedup_vs_best_peer", target, "x", note=note)
+    add("MFU at big (ours, bf16)", "throughput_big", "ours_mfu", 0.35, "")
+    hf = parts.get("decode", {}).get("skipped", {}).get("hf_generate")
+    add("greedy decoding at batch 64: ours / HF generate", "decode", "speedup_vs_hf", 10.0, "x",
+        note=f"hf_generate skipped: {hf}" if hf and parts["decode"].get("status") == "ok" else None)
+    bleu, budget = figure("multi30k", "val_bleu_best"), figure("multi30k", "train_budget_s")
+    if bleu is not None and budget is not None and bleu < 40 and budget < 8 * 60:
+        add("Multi30k base val BLEU within 8 min of training", "multi30k", "val_bleu_best", 40.0, "BLEU",
+            verdict="not measured", note=f"trained {budget / 60:.1f} of the 8 minutes the goal allows "
+                                          "(run --parts multi30k for the whole budget)")
+    else:
+        add("Multi30k base val BLEU within 8 min of training", "multi30k", "val_bleu_best", 40.0, "BLEU")
+    return goals
+
+
+# ---------------------------------------------------------------------------------------- report
+def fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    else:
+        text = str(value)
+    return text + unit if unit in ("x",) else text
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+KEY_FIGURES = {
+    "gpu_tests": ("passed", "failed", "errors", "skipped"),
+    "throughput_base": ("ours_tok_s", "torch_tok_s", "hf_tok_s", "speedup_vs_best_peer", "ours_mfu"),
+    "throughput_big": ("ours_tok_s", "torch_tok_s", "hf_tok_s", "speedup_vs_best_peer", "ours_mfu"),
+    "decode": ("ours_cached_tok_s", "hf_generate_tok_s", "speedup_vs_hf", "speedup_vs_uncached"),
+    "multi30k": ("val_bleu_best", "val_bleu", "train_budget_s", "wall_time_s"),
+}
+
+
+def render(report: dict) -> str:
+    title = (f"GPU check on {report['environment']['device']}" if not report["dry_run"] else
+             "GPU check, DRY RUN (CPU, tiny sizes, few steps: the figures test the script, not the goals)")
+    part_rows = []
+    for name, part in report["parts"].items():
+        figures = part.get("figures", {})
+        shown = ", ".join(f"{k} {fmt(figures[k])}" for k in KEY_FIGURES[name] if k in figures)
+        why = part.get("reason") or part.get("note") or ""
+        if part.get("skipped"):
+            why = (why + "; " if why else "") + "; ".join(f"{k} skipped: {v}" for k, v in part["skipped"].items())
+        timing = f"{part['seconds']:.0f}/{part['limit_s']:.0f} s" if "seconds" in part else "-"
+        part_rows.append([name, part["status"], timing, shown or "-", why])
+    goal_rows = [[g["goal"], f">= {fmt(g['target'])}{g['unit'] if g['unit'] == 'x' else ''}"
+                  if g["figure"] != "gpu_tests.failed" else "= 0", fmt(g["value"], g["unit"]), g["status"],
+                  g["note"] or ""] for g in report["goals"]]
+    return "\n".join([
+        title + f": {report['wall_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+        "",
+        table(part_rows, ["part", "status", "time/limit", "figures", "notes"]),
+        "",
+        "Goals (issue 19)",
+        table(goal_rows, ["goal", "target", "value", "status", "notes"]),
+        "",
+        f"Report: {report['out']}",
+    ])
+
+
+def environment() -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cuda_available": cuda,
+            "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores)",
+            "transformers": None}
+    if has_transformers():
+        from importlib.metadata import version
+
+        info["transformers"] = version("transformers")
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                            timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="run on the CPU with tiny sizes and short limits")
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check" / "report.json",
+                   help="the JSON report; logs and the Multi30k run go beside it")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    p.add_argument("--budget-s", type=float, default=None, help="the whole check's budget (default: 540; dry run 110)")
+    p.add_argument("--multi30k-root", type=Path, default=None,
+                   help="folder with {train,val}.{en,de} (default: ../shared/data/multi30k or ./shared/data/multi30k)")
+    p.add_argument("--multi30k-minutes", type=float, default=None, help="training budget wanted (default: 8)")
+    p.add_argument("--compile", choices=["ours", "off"], default=None,
+                   help="train_throughput.py --compile (default: ours on the GPU, off in the dry run)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    profile = DRY if args.dry_run else GPU
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    env = environment()
+    if not args.dry_run and not env["cuda_available"]:
+        print("error: no CUDA device here; the GPU check needs one (or run --dry-run)", file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = args.multi30k_root or next((c for c in MULTI30K_CANDIDATES if (c / "train.en").exists()), None)
+    budget = args.budget_s or profile.budget_s
+    minutes = args.multi30k_minutes if args.multi30k_minutes is not None else profile.multi30k_minutes
+    check = Check(profile, out, parts, root.resolve() if root else None, budget, minutes, args.compile or profile.compile)
+    results = check.run()
+    report = {"dry_run": args.dry_run, "profile": profile.name, "out": str(out), "budget_s": budget,
+              "wall_s": round(check.elapsed(), 1), "started": started,
+              "environment": env, "parts": results, "goals": evaluate_goals(results)}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print("\n" + render(report), flush=True)
+    return 1 if any(p["status"] in ("failed", "timeout") for p in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
