@@ -230,11 +230,35 @@ def test_deferred_nonfinite_check_names_the_first_bad_step(tmp_path, monkeypatch
         train(cfg)
 
 
-def test_fused_adamw_keeps_gradient_clipping_under_mixed_precision(tmp_path):
-    """Lightning refuses clipping for optimizers that unscale in step() (fused AdamW says it does)."""
-    metrics = train(compose_train(tmp_path, QUICK + ["trainer.max_steps=2", "trainer.precision=bf16-mixed",
-                                                     "trainer.gradient_clip_val=1.0", "test=false"]))
+def test_fused_adamw_keeps_gradient_clipping_under_mixed_precision(tmp_path, monkeypatch):
+    """Lightning refuses clipping for optimizers that unscale in step() (fused AdamW says it does):
+    under bf16-mixed the fused AdamW must still step on gradients clipped to the norm."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    clip, before, after, fused = 0.05, [], [], []
+
+    def norm(params) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params if p.grad is not None])))
+
+    def record_unclipped(self, optimizer):  # Lightning calls it after backward, before clipping
+        before.append(norm(self.parameters()))
+
+    def record_stepped(optimizer, args, kwargs):  # after step(): .grad still holds what it used
+        fused.append(bool(optimizer.defaults.get("fused")))
+        after.append(norm(p for group in optimizer.param_groups for p in group["params"]))
+
+    monkeypatch.setattr(Seq2SeqModule, "on_before_optimizer_step", record_unclipped)
+    handle = register_optimizer_step_post_hook(record_stepped)
+    try:
+        metrics = train(compose_train(tmp_path, QUICK + ["trainer.max_steps=2", "trainer.precision=bf16-mixed",
+                                                         f"trainer.gradient_clip_val={clip}", "test=false"]))
+    finally:
+        handle.remove()
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert fused == [True, True] and len(before) == len(after) == 2
+    for unclipped, stepped in zip(before, after):
+        assert unclipped > 2 * clip  # clipping had something to do (measured: 1.5)
+        assert stepped == pytest.approx(clip, rel=1e-3)  # and the optimizer stepped on the clipped norm
 
 
 @pytest.mark.slow
