@@ -94,13 +94,26 @@ def _train(net: Seq2SeqTransformer, steps: int) -> float:
     return sum(hits) / len(hits)
 
 
-def test_copy_attention_learns_to_copy_faster_than_the_plain_model():
-    """Copying random token strings: 100 steps make the copy model exact, the plain model not yet
-    (measured: 1.0 against 0.0 of the sentences copied exactly; 150 steps: 1.0 against 0.5)."""
-    with_copy = _train(_net(copy=True, vocab=40, seed=1), steps=100)
-    plain = _train(_net(copy=False, vocab=40, seed=1), steps=100)
-    assert with_copy >= 0.9
-    assert plain <= 0.5
+def test_copy_attention_learns_to_copy_through_the_pointer():
+    """Copying random token strings: after 100 steps the copy model copies every held-out sentence
+    exactly, and it does so through the pointer: the gate hands (nearly) all probability to the copy
+    distribution and the last layer's cross-attention sits on the source token being copied
+    (measured: 1.0 exact, copy share 0.9995, attention argmax on the copied position 1.0, 0.98 of
+    its mass there, p(target) 0.98). The plain model copies 0.0 of the sentences at 100 steps."""
+    net = _net(copy=True, vocab=40, seed=1)
+    assert _train(net, steps=100) == 1.0
+    src, tgt_in, tgt_out = next(_copy_batches(1, seed=99))
+    with torch.no_grad():
+        memory, mask = net.encode(src)
+        hidden, weights = net.decoder(tgt_in, None, memory, mask, return_hidden=True, need_weights="last")
+        copy_share = 1 - torch.sigmoid(net.copy_gate(hidden))  # (B, T, 1)
+        attn = weights["cross"][-1].mean(1)  # (B, T, S), what the copy distribution spreads
+        p_target = net.output_log_probs(hidden, weights["cross"][-1], src).gather(2, tgt_out.unsqueeze(-1)).exp()
+    positions = torch.arange(attn.size(1))
+    assert copy_share.mean() > 0.95 and copy_share.min() > 0.5
+    assert (attn.argmax(-1) == positions).float().mean() >= 0.99  # output t copies source token t
+    assert attn.diagonal(dim1=1, dim2=2).mean() > 0.9
+    assert p_target.mean() > 0.9
 
 
 def test_copy_gate_gets_gradients():

@@ -28,8 +28,17 @@ def test_every_index_once_and_budget_respected() -> None:
     assert len(batches) == len(sampler) == sampler.num_batches_total
     assert sorted(i for b in batches for i in b) == list(range(1000))
     assert max(_cost(b, src, tgt) for b in batches) <= 512
-    # Greedy batches are full: adding one more example of the batch's length would exceed the budget.
-    assert sum(len(b) for b in batches) / len(batches) > 512 / 60
+    # Greedy batches are full: in length order (shuffle=False: the same cuts, shortest first), each
+    # batch ends only because the next example would not fit into it.
+    ordered = list(TokenBudgetBatchSampler(src, tgt, max_tokens=512, shuffle=False, seed=3))
+    keys = np.maximum(src, tgt)
+    shapes = sorted((len(b), int(keys[b].max())) for b in batches)
+    assert shapes == sorted((len(b), int(keys[b].max())) for b in ordered)
+    for batch, following in zip(ordered, ordered[1:]):
+        assert keys[batch].max() <= keys[following[0]]
+        assert (len(batch) + 1) * max(keys[batch].max(), keys[following[0]]) > 512
+    # So the epoch's batches fill the budget (measured: 95.9 % of it used, padding included).
+    assert sum(_cost(b, src, tgt) for b in ordered) / (512 * len(ordered)) > 0.9
 
 
 def test_batch_count_is_fixed_and_order_differs_across_epochs() -> None:
