@@ -8,7 +8,7 @@ step) of several systems of identical size on identical batches, in one run:
 
 * ``ours``: :class:`seq2seq.models.transformer.Seq2SeqTransformer` trained as ``seq2seq.train``
   trains it (:func:`seq2seq.models.loss.sequence_loss`): position-wise layers on real tokens only
-  (:mod:`seq2seq.models.unpadded`), logits of real targets only through the fused chunked
+  (:meth:`Seq2SeqTransformer.target_states` on packed layouts), logits of real targets only through the fused chunked
   label-smoothed cross-entropy, the project's optimizer
   (:func:`seq2seq.models.lit_module.build_optimizer`);
 * ``ours_plain``: the same model through the padded forward with full logits and
@@ -47,7 +47,7 @@ Batches (``--lengths``), the same for every system:
 
 ``--compile ours|all`` compiles the step's forward + loss with dynamic shapes (one graph for every
 batch shape) of ours or of every system; on a 2-core CPU compiling made ours slower (size small:
-312 ms a step compiled, 248 ms eager), hence ``model.compile=auto`` is CUDA only. Compiled runs get
+312 ms a step compiled, 248 ms eager), hence ``speed.compile=auto`` is CUDA only. Compiled runs get
 no summary ratios (``ours`` / ``ours_plain`` stay the eager default training path).
 
 Output: one JSON object per system, then one summary object. ``tok_s`` counts source + target

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from helpers import REPO, shared_corpus
 
 # README: Lead-3 (first 3 turns) on SAMSum val (818 dialogues), ROUGE F-measures (0-100).
 LEAD3_SAMSUM_VAL = {"val/rouge1": 32.53, "val/rouge2": 10.06, "val/rougeL": 25.35, "val/rougeLsum": 30.08}
@@ -19,20 +19,10 @@ SIGNATURE = (
 )
 
 
-def samsum_root():
-    root = SHARED_DATA / "samsum"
-    if not (root / "val.src").is_file():
-        message = f"{root} is absent (real corpora are only on developer and CI machines)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {message}")
-        pytest.skip(message)
-    return root
-
-
 def test_readme_lead3_command(tmp_path):
     import torchmetrics
 
-    root = samsum_root()
+    root = shared_corpus("samsum")
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "seq2seq.baselines", "lead3", "data=samsum", f"data.root={root}", "split=val",
                f"hydra.run.dir={run_dir}"]

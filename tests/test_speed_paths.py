@@ -262,12 +262,12 @@ def test_fused_adamw_keeps_gradient_clipping_under_mixed_precision(tmp_path, mon
         assert stepped == pytest.approx(clip, rel=1e-3)  # and the optimizer stepped on the clipped norm
 
 
-# In the fast suite, as model.compile=auto compiles every CUDA run: compiling this graph (forward +
+# In the fast suite, as speed.compile=auto compiles every CUDA run: compiling this graph (forward +
 # backward, inductor C++ kernels) from a cold cache takes 46 s on a quiet 2-core CPU (17 s with the
 # inductor cache warm; 77 s when other jobs load the machine).
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_compiled_training_step_equals_eager_and_compiles_once():
-    """model.compile's training path (Seq2SeqModule: compile_dynamic over sequence_loss) on a
+    """speed.compile's training path (Seq2SeqModule: compile_dynamic over sequence_loss) on a
     2-layer d32 model: the compiled loss and gradients equal the eager ones on 3 batches of
     different sizes and lengths, from one graph (dynamic shapes, no recompilation; a plain
     ``torch.compile`` makes a second graph at the second shape and fails here)."""
@@ -275,9 +275,9 @@ def test_compiled_training_step_equals_eager_and_compiles_once():
     torch._dynamo.reset()
     tokenizer = small_tokenizer()
     model = {"d_model": 32, "num_heads": 2, "num_encoder_layers": 2, "num_decoder_layers": 2, "d_ff": 64,
-             "dropout": 0.0, "compile": True}
+             "dropout": 0.0}
     module = Seq2SeqModule(model=model, optim={"lr": 1e-3, "warmup_steps": 1, "label_smoothing": 0.1},
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer, speed={"compile": True})
     module.setup("fit")
     compiled = module._compiled_loss
     assert compiled is not None
@@ -289,8 +289,7 @@ def test_compiled_training_step_equals_eager_and_compiles_once():
     assert len({(b["src"].shape, b["tgt_in"].shape) for b in batches}) == 3
     counters.clear()
     for b in batches:
-        b = module.on_before_batch_transfer(b, 0)  # adds tgt_index / src_index, as in training
-        assert "src_index" in b  # the unpadded path, as training runs it
+        assert "src_index" in b and "tgt_index" in b  # from collate: the unpadded path, as training runs it
         results = {}
         for name, fn in (("eager", None), ("compiled", compiled)):
             module._compiled_loss = fn

@@ -56,7 +56,7 @@ def test_validation_does_not_count_as_training_time(tmp_path, monkeypatch):
 
     import torch
 
-    from conftest import TINY_OVERRIDES, compose_train
+    from helpers import TINY_OVERRIDES, compose_train
     from seq2seq.models.lit_module import Seq2SeqModule
     from seq2seq.train import train
 
