@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.errors import ConfigError, Seq2SeqError
@@ -89,13 +90,7 @@ def _unwritable_folder(path: Path) -> str | None:
     return None
 
 
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - Hydra < 1.1
-    _HydraCallback = object
-
-
-class CheckRunFolder(_HydraCallback):
+class CheckRunFolder(Callback):
     """Hydra callback (``hydra.callbacks.check_run_folder``): one message when the run folder cannot be made.
 
     Hydra creates ``hydra.run.dir`` (or ``hydra.sweep.dir``) before the command's code runs, and

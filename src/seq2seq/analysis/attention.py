@@ -38,15 +38,6 @@ from seq2seq.errors import ConfigError
 from seq2seq.inference.predictor import Predictor
 from seq2seq.models.transformer import Seq2SeqTransformer
 
-__all__ = [
-    "AttentionMaps",
-    "attention_maps",
-    "figure_png",
-    "plot_cross_attention",
-    "strongest_sources",
-    "word_groups",
-]
-
 EOS_PIECE = "</s>"
 BOS_PIECE = "<s>"
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,18 +80,8 @@ def _csv_rows(path: Path) -> list[dict[str, float]]:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error):
         return []
-    parsed = []
-    for row in rows:
-        numbers = {}
-        for key, text in row.items():
-            try:
-                value = float(text)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                numbers[key] = value
-        parsed.append(numbers)
-    return parsed
+    number = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+    return [{k: float(v) for k, v in row.items() if v and number.fullmatch(v)} for row in rows]
 
 
 def _mean(rows: Sequence[dict], key: str) -> float | None:

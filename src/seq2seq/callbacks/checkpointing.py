@@ -45,8 +45,6 @@ from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import check_architecture, read_checkpoint
 from seq2seq.utils.io import atomic_path
 
-__all__ = ["AtomicCheckpointIO", "ResumeState", "resume_checkpoint"]
-
 log = logging.getLogger(__name__)
 
 
