@@ -105,10 +105,9 @@ def test_copy_attention_learns_to_copy_through_the_pointer():
     src, tgt_in, tgt_out = next(_copy_batches(1, seed=99))
     with torch.no_grad():
         memory, mask = net.encode(src)
-        hidden, weights = net.decoder(tgt_in, None, memory, mask, return_hidden=True, need_weights="last")
-        copy_share = 1 - torch.sigmoid(net.copy_gate(hidden))  # (B, T, 1)
-        attn = weights["cross"][-1].mean(1)  # (B, T, S), what the copy distribution spreads
-        p_target = net.output_log_probs(hidden, weights["cross"][-1], src).gather(2, tgt_out.unsqueeze(-1)).exp()
+        hidden, attn, _ = net.decoder.states(tgt_in, memory, mask)  # attn (B, T, S): what the copy spreads
+        copy_share = 1 - torch.sigmoid(net.head.gate(hidden))  # (B, T, 1)
+        p_target = net.head.log_probs(hidden, attn, src.unsqueeze(1)).gather(2, tgt_out.unsqueeze(-1)).exp()
     positions = torch.arange(attn.size(1))
     assert copy_share.mean() > 0.95 and copy_share.min() > 0.5
     assert (attn.argmax(-1) == positions).float().mean() >= 0.99  # output t copies source token t

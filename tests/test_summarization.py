@@ -213,7 +213,7 @@ def test_summarization_fast_dev_run(tmp_path, monkeypatch):
         "decoding.min_len=2", "debug=fast_dev_run",
     ])
     assert cfg.task == "summarization" and cfg.callbacks.model_checkpoint.monitor == "val/rougeLsum"
-    import seq2seq.models.lit_module as lit_module
+    import seq2seq.metrics.text_metrics as text_metrics
 
     scored = []
 
@@ -221,7 +221,7 @@ def test_summarization_fast_dev_run(tmp_path, monkeypatch):
         scored.append((list(hypotheses), list(references)))
         return rouge_scores(hypotheses, references)
 
-    monkeypatch.setattr(lit_module, "rouge_scores", recording_rouge)
+    monkeypatch.setattr(text_metrics, "rouge_scores", recording_rouge)  # what validation's score() calls
     metrics = train(cfg)
     # Validation scored the model's summaries of the whole val split against its references, and
     # logged what Google's rouge-score gives for them (not merely some number in 0-100).
