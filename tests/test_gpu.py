@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, compose_train, poison_loss_at_step
 
 pytestmark = [
     pytest.mark.gpu,
@@ -260,18 +260,9 @@ def test_deferred_nan_check_on_cuda_names_the_step(tmp_path, monkeypatch):
     (4 here) without a sync per step; a NaN at step 2 still stops the run with a TrainingError
     naming step 2, found by the periodic check."""
     from seq2seq.errors import TrainingError
-    from seq2seq.models.lit_module import Seq2SeqModule
     from seq2seq.train import train
 
-    original = Seq2SeqModule._loss
-
-    def poisoned(self, batch):
-        smoothed, nll, n = original(self, batch)
-        if self.training and self.global_step == 2:
-            smoothed = smoothed * float("nan")
-        return smoothed, nll, n
-
-    monkeypatch.setattr(Seq2SeqModule, "_loss", poisoned)
+    poison_loss_at_step(monkeypatch, 2)
     cfg = compose_train(tmp_path, [*TINY_OVERRIDES, "trainer=gpu", "speed.compile=false", "trainer.max_steps=20",
                                    "trainer.max_time=null", "trainer.log_every_n_steps=4", "test=false"])
     assert cfg.optim.nonfinite_check_every == "auto"

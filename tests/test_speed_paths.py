@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, compose_train, poison_loss_at_step
 from seq2seq.data.datamodule import collate
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig, greedy_search
@@ -217,15 +217,7 @@ QUICK = TINY_OVERRIDES + ["data.generate.sizes={train:600,val:32,test:32}", "tra
 
 def test_deferred_nonfinite_check_names_the_first_bad_step(tmp_path, monkeypatch):
     """The sync-free check GPUs use (every N steps) still names the step whose loss went NaN."""
-    original = Seq2SeqModule._loss
-
-    def poisoned(self, batch):
-        smoothed, nll, n = original(self, batch)
-        if self.training and self.global_step == 2:
-            smoothed = smoothed * float("nan")
-        return smoothed, nll, n
-
-    monkeypatch.setattr(Seq2SeqModule, "_loss", poisoned)
+    poison_loss_at_step(monkeypatch, 2)
     cfg = compose_train(tmp_path, QUICK + ["optim.nonfinite_check_every=4", "test=false"])
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 2 \(found by the periodic check\)"):
         train(cfg)

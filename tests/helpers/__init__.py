@@ -108,3 +108,18 @@ def comparable_metrics(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     skip = ("run_dir", "checkpoints", "git_commit", "git_dirty")
     return {k: v for k, v in metrics.items() if not k.startswith(TIMING) and k not in skip}
+
+
+def poison_loss_at_step(monkeypatch, step: int) -> None:
+    """Make the training loss NaN at global step ``step`` (for the non-finite guards)."""
+    from seq2seq.models.lit_module import Seq2SeqModule
+
+    original = Seq2SeqModule._loss
+
+    def poisoned(self, batch):
+        smoothed, nll, n = original(self, batch)
+        if self.training and self.global_step == step:
+            smoothed = smoothed * float("nan")
+        return smoothed, nll, n
+
+    monkeypatch.setattr(Seq2SeqModule, "_loss", poisoned)
