@@ -98,6 +98,25 @@ def test_unpadded_dropout_keeps_the_rate_and_the_expectation():
     assert drop(x) is x
 
 
+def test_dropout_mask_rate_is_p_in_every_16_bit_lane():
+    """Four mask elements share one 64-bit draw: each lane must drop at rate p (a draw
+    confined to [0, 2**63) would never drop in the top lane's lower half)."""
+    from seq2seq.models.transformer import Dropout
+
+    drop, x = Dropout(0.1), torch.ones(400_000)
+    torch.manual_seed(0)
+    y = drop(x)
+    rates = (y == 0).view(-1, 4).float().mean(dim=0)
+    assert torch.all((rates - 0.1).abs() < 0.004), rates
+    keep_rate = 1 - round(0.1 * 65536) / 65536
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / keep_rate))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the global seed makes it reproducible
+    torch.manual_seed(0)
+    odd = drop(torch.ones(7, 3))  # sizes that are not a multiple of four
+    assert odd.shape == (7, 3) and torch.allclose(odd[odd != 0], torch.tensor(1 / keep_rate))
+
+
 def test_right_padded():
     assert right_padded(torch.tensor([[5, 6, 0], [5, 0, 0]]), PAD)
     assert not right_padded(torch.tensor([[5, 0, 6]]), PAD)
