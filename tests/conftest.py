@@ -35,4 +35,16 @@ def shared_data() -> Path:
     return shared_corpus("multi30k").parent
 
 
+@pytest.fixture
+def single_thread():
+    """One torch thread for tiny tensors: faster, and steadier on a shared CPU
+    (``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 os.environ.setdefault("WANDB_MODE", "offline")

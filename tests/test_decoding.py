@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.random_models import LENGTHS, PAD, VOCAB, make_model, make_sources
 from seq2seq.decoding.search import (
     DecoderStepper,
     DecodingConfig,
@@ -17,11 +18,6 @@ from seq2seq.decoding.search import (
     sequence_scores,
 )
 from seq2seq.errors import ConfigError
-from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
-
-VOCAB = 48
-PAD, EOS = 0, 3
-LENGTHS = [5, 9, 3, 12, 7, 1, 2]  # source lengths, EOS included; padded to 12 in a batch
 
 
 @pytest.fixture(autouse=True)
@@ -31,51 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_model(
-    pre_norm: bool = True, seed: int = 0, eos_bias: float = 0.0, std: float = 0.2
-) -> Seq2SeqTransformer:
-    """A random model whose outputs vary with the input.
-
-    The default initialization makes a random decoder repeat one token forever; larger normal
-    weights give varied, source-dependent outputs, which the tests need to mean something.
-    ``eos_bias`` is added to the EOS logit (to make sequences end early).
-    """
-    torch.manual_seed(seed)
-    cfg = TransformerConfig(
-        src_vocab_size=VOCAB,
-        tgt_vocab_size=VOCAB,
-        d_model=32,
-        num_heads=4,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        d_ff=64,
-        dropout=0.1,
-        max_positions=128,
-        pre_norm=pre_norm,
-        tie_output=False,
-    )
-    model = Seq2SeqTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std)
-    if eos_bias:
-        bias = torch.zeros(VOCAB)
-        bias[EOS] = eos_bias
-        model.decoder.output.register_forward_hook(lambda module, args, out: out + bias)
-    return model
-
-
-def make_sources(lengths=LENGTHS, seed: int = 0) -> torch.Tensor:
-    """Random sources (B, max(lengths)), each ending with EOS, right-padded."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        src[i, : n - 1] = torch.randint(4, VOCAB, (n - 1,), generator=g)
-        src[i, n - 1] = EOS
-    return src
 
 
 def unpadded(src: torch.Tensor, i: int) -> torch.Tensor:

@@ -16,8 +16,10 @@ The task (``task=translation|summarization``) defaults to the training run's. Wi
 ``.hydra/config.yaml``); its relative paths mean what they meant to training, so run eval from the
 same folder (or with the same ``SEQ2SEQ_ROOT``). Batches are formed exactly as in training's validation and test
 (:meth:`Seq2SeqDataModule.eval_dataloader`), so greedy decoding reproduces the BLEU training
-reported for the same checkpoint. User errors (missing or unreadable checkpoint, missing split)
-print one message and exit with status 2.
+reported for the same checkpoint. Several checkpoints sharing one tokenizer, ``'ckpt_path=[A,B]'``
+(a Hydra list), are evaluated as an ensemble (:mod:`seq2seq.decoding.ensemble`); without ``data``
+the first checkpoint's run config is used. User errors (missing or unreadable checkpoint, missing
+split, checkpoints with different tokenizers) print one message and exit with status 2.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
-from seq2seq.inference.checkpoint import load_model, resolve_device
+from seq2seq.inference.checkpoint import checkpoint_paths, load_models, resolve_device
 from seq2seq.inference.predictor import Predictor
 from seq2seq.metrics.text_metrics import check_task, score
 from seq2seq.run_summary import finish_run
@@ -69,12 +71,13 @@ def evaluate(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.get("device", "auto"))
     output_dir = Path(cfg.paths.output_dir)
 
-    net, tokenizer = load_model(cfg.ckpt_path, device)
-    run_cfg = run_config_of(Path(cfg.ckpt_path))
+    paths = [Path(p) for p in checkpoint_paths(cfg.ckpt_path)]
+    net, tokenizer = load_models(paths, device)
+    run_cfg = run_config_of(paths[0])
     task = check_task(cfg.get("task") or (run_cfg.get("task") if run_cfg is not None else None) or "translation")
     if cfg.get("data") is None and run_cfg is None:
         raise ConfigError(
-            f"no data config: {cfg.ckpt_path} is not inside a run folder with .hydra/config.yaml; "
+            f"no data config: {paths[0]} is not inside a run folder with .hydra/config.yaml; "
             "pass data=NAME (e.g. data=toy data.root=DIR)"
         )
     # A run's interpolations (${paths.data_dir}, ${seed}) resolve against its own config.
@@ -100,8 +103,9 @@ def evaluate(cfg: DictConfig) -> dict:
         atomic_write_text(output_dir / f"hypotheses.{split}.nbest.txt", "".join(f"{line}\n" for line in lines))
 
     return finish_run(
-        output_dir, metrics, title=f"{Path(cfg.ckpt_path).name} on {split}", **signatures, task=task,
-        num_parameters=net.num_parameters(), ckpt_path=str(Path(cfg.ckpt_path).resolve()), split=split,
+        output_dir, metrics, title=f"{' + '.join(p.name for p in paths)} on {split}", **signatures, task=task,
+        num_parameters=net.num_parameters(), split=split,
+        ckpt_path=str(paths[0].resolve()) if len(paths) == 1 else [str(p.resolve()) for p in paths],
         decoding=decoding_options, data={k: data_cfg.get(k) for k in ("root", "src_lang", "tgt_lang", "format")},
         num_sentences=len(hypotheses), hypotheses=str(hyp_file), decode_time_s=decode_time,
         sentences_per_s=len(hypotheses) / decode_time if decode_time > 0 else None,

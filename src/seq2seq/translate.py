@@ -2,10 +2,15 @@
 
     python -m seq2seq.translate ckpt_path=PATH [input=FILE] [output=FILE] [key=value ...]
     seq2seq-translate ckpt_path=PATH < source.txt > hypotheses.txt
+    seq2seq-translate 'ckpt_path=[A.ckpt,B.ckpt]' < source.txt > hypotheses.txt   # an ensemble
 
 Configuration: ``conf/translate.yaml`` (``input``, ``output``, ``batch_size``, ``max_tokens``,
 ``device``, ``n_best``, ``max_src_len``, ``progress``) and the ``decoding`` group, beam search by
 default (``decoding=greedy``, ``decoding=sampling``, ``decoding.beam_size=8`` ...).
+
+Several checkpoints, given as a Hydra list, decode as an ensemble: the mean of the models'
+probabilities at every step (:mod:`seq2seq.decoding.ensemble`). They must share one tokenizer;
+otherwise the command stops with one ``error:`` line naming the two checkpoints and what differs.
 
 Input: source sentences, one per line, UTF-8, from ``input=FILE`` or stdin. Lines are split on
 ``\\n`` only (a trailing ``\\r`` is dropped), so the output always has as many lines as the input.
@@ -45,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.inference.checkpoint import load_model, resolve_device
+from seq2seq.inference.checkpoint import load_models, resolve_device
 from seq2seq.inference.predictor import Predictor
 from seq2seq.utils.io import atomic_write_text
 
@@ -111,7 +116,7 @@ def translate(cfg: DictConfig) -> None:
     device = resolve_device(cfg.get("device"))
     if cfg.get("output"):
         _check_output(cfg.output)  # before minutes of decoding, not after
-    net, tokenizer = load_model(cfg.get("ckpt_path"), device)
+    net, tokenizer = load_models(cfg.get("ckpt_path"), device)
     lines = read_lines(cfg.get("input"))
     show = bool(cfg.get("progress", True))
     start = time.perf_counter()

@@ -115,6 +115,33 @@ class Tokenizer:
     def from_state_dict(cls, state: dict) -> Tokenizer:
         return cls(state["src_model"], state.get("tgt_model"))
 
+    def difference(self, other: Tokenizer) -> str | None:
+        """How ``other`` differs from this tokenizer, in a few words; None when they are the same.
+
+        Checked in order: joint or separate vocabularies, then per side the vocabulary size, the
+        special ids (pad, unk, bos, eos), the first piece that differs, and the model files
+        themselves (same pieces but other scores or normalization rules segment text differently).
+        """
+        if self.joint != other.joint:
+            describe = {True: "one joint vocabulary", False: "separate source and target vocabularies"}
+            return f"{describe[self.joint]} vs {describe[other.joint]}"
+        sides = [("joint", self.src, other.src, self._src_bytes, other._src_bytes)]
+        if not self.joint:
+            sides = [("source", self.src, other.src, self._src_bytes, other._src_bytes),
+                     ("target", self.tgt, other.tgt, self._tgt_bytes, other._tgt_bytes)]
+        for side, a, b, a_bytes, b_bytes in sides:
+            if a.get_piece_size() != b.get_piece_size():
+                return f"{side} vocabulary of {a.get_piece_size()} vs {b.get_piece_size()} pieces"
+            specials = [(a.pad_id(), a.unk_id(), a.bos_id(), a.eos_id()), (b.pad_id(), b.unk_id(), b.bos_id(), b.eos_id())]
+            if specials[0] != specials[1]:
+                return f"{side} special ids (pad, unk, bos, eos) {specials[0]} vs {specials[1]}"
+            for i in range(a.get_piece_size()):
+                if a.id_to_piece(i) != b.id_to_piece(i):
+                    return f"{side} piece {i}: {a.id_to_piece(i)!r} vs {b.id_to_piece(i)!r}"
+            if a_bytes != b_bytes:
+                return f"{side} sentencepiece models differ (same pieces, other scores or normalization)"
+        return None
+
     def encode_source(self, texts: Sequence[str]) -> list[list[int]]:
         """Source ids, each followed by EOS (the encoder sees where the sentence ends)."""
         return [ids + [EOS_ID] for ids in self.src.encode(list(texts))]

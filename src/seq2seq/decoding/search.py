@@ -26,6 +26,11 @@ that reaches the limit without EOS is returned as is (``eos=False``). EOS is blo
 
 Entry point: :func:`generate` dispatches on ``DecodingConfig.strategy``; :func:`greedy_search` is
 the plain token-list API that validation uses.
+
+Models: wherever a search takes a network it also takes an
+:class:`~seq2seq.decoding.ensemble.Ensemble` (several networks averaging their probabilities).
+The searches read only ``model.config`` (vocabulary size, special ids, ``max_positions``) and get
+their stepper from :func:`make_stepper`; :func:`sequence_scores` calls ``model(src, tgt_in)``.
 """
 
 from __future__ import annotations
@@ -174,6 +179,13 @@ class DecoderStepper:
             self.memory = self.memory.index_select(0, index)
 
 
+def make_stepper(model, src: Tensor, use_cache: bool = True):
+    """The stepper every search uses: a network's :class:`DecoderStepper`, or the one a model that
+    brings its own (``model.stepper(src, use_cache)``, e.g. an ensemble's) builds."""
+    own = getattr(model, "stepper", None)
+    return own(src, use_cache) if own is not None else DecoderStepper(model, src, use_cache)
+
+
 def _constrain(logprobs: Tensor, generated: Tensor, step: int, cfg: DecodingConfig, model_cfg) -> Tensor:
     """Block tokens that may not come next; logprobs (R, V), modified in place and returned.
 
@@ -219,7 +231,7 @@ def _sample(logprobs: Tensor, cfg: DecodingConfig, generator: torch.Generator | 
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
-def _extend_rows(stepper: DecoderStepper, prefix: Tensor, logprobs: Tensor, copies: int):
+def _extend_rows(stepper, prefix: Tensor, logprobs: Tensor, copies: int):
     """After the first step, give each source ``copies`` rows (beams or samples)."""
     index = torch.arange(prefix.size(0), device=prefix.device).repeat_interleave(copies)
     stepper.select(index)
@@ -237,7 +249,7 @@ def _greedy_or_sample(
     if sample and cfg.seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(cfg.seed))
-    stepper = DecoderStepper(model, src, cfg.use_cache)
+    stepper = make_stepper(model, src, cfg.use_cache)
     rows = src.size(0) * copies
     limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions)
     limits = limits.repeat_interleave(copies)
@@ -302,7 +314,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
     if 2 * k > vocab:
         raise ConfigError(f"decoding.beam_size={k} is too large for a vocabulary of {vocab} tokens")
     batch = src.size(0)
-    stepper = DecoderStepper(model, src, cfg.use_cache)
+    stepper = make_stepper(model, src, cfg.use_cache)
     limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions).tolist()
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     active = list(range(batch))  # source index of each active sentence

@@ -12,7 +12,9 @@ command, notebook and callback goes through :func:`read_checkpoint` and :func:`l
   to do (missing, a folder, damaged or truncated, not ours, weights only when resuming, another
   model than the run configures).
 
-Averaging (:func:`average_checkpoints`) and atomic writing (:func:`save_checkpoint`) live here too.
+Several checkpoints that share a tokenizer decode as an ensemble (:func:`load_models`, which
+checks that they do). Averaging (:func:`average_checkpoints`) and atomic writing
+(:func:`save_checkpoint`) live here too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.decoding.ensemble import Ensemble, config_difference
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 from seq2seq.utils.io import atomic_path
@@ -65,9 +68,13 @@ def read_checkpoint(path: str | Path | None, *, resumable: bool = False) -> dict
     """
     if path is None or str(path).strip() == "":
         raise CheckpointError("no checkpoint given: pass ckpt_path=PATH (a .ckpt file written by seq2seq-train)")
+    if not isinstance(path, (str, Path)):  # a Hydra list where one file is read (load_models takes lists)
+        raise CheckpointError(f"ckpt_path={list(path)} names several checkpoints; give one checkpoint here")
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        several = ":" in str(path) and all(Path(p).is_file() for p in str(path).split(":"))
+        hint = " (several checkpoints, an ensemble, are a list: 'ckpt_path=[A,B]')" if several else ""
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     try:
@@ -135,6 +142,44 @@ def load_model(path: str | Path | None, device: torch.device | str = "cpu") -> t
     """Read, check and build: the network (eval mode, on ``device``) and tokenizer of a checkpoint."""
     net, tokenizer = build_model(read_checkpoint(path), path)
     return net.to(device), tokenizer
+
+
+def checkpoint_paths(value: str | Path | Sequence[str | Path] | None) -> list[str | Path | None]:
+    """``ckpt_path`` as a list: one path (or None, which :func:`read_checkpoint` refuses) or a list of
+    paths (a Hydra list on the command line, ``'ckpt_path=[a.ckpt,b.ckpt]'``)."""
+    if value is None or isinstance(value, (str, Path)):
+        return [value]
+    paths = list(value)
+    if not paths:
+        raise CheckpointError("ckpt_path=[] names no checkpoint: pass ckpt_path=PATH or ckpt_path='[A,B]'")
+    return paths
+
+
+def load_models(
+    paths: str | Path | Sequence[str | Path] | None, device: torch.device | str = "cpu"
+) -> tuple[Seq2SeqTransformer | Ensemble, Tokenizer]:
+    """One checkpoint: as :func:`load_model`. Several: their :class:`~seq2seq.decoding.ensemble.Ensemble`
+    (eval mode, on ``device``) and their tokenizer, which must be the same in all of them.
+
+    Raises :class:`~seq2seq.errors.ConfigError`, naming the first checkpoint, the one that differs
+    and how (vocabulary size, special ids, a piece, the sentencepiece model files), when the
+    tokenizers or the models' vocabularies differ; the models may differ in everything else.
+    """
+    paths = checkpoint_paths(paths)
+    if len(paths) == 1:
+        return load_model(paths[0], device)
+    nets, first = [], None
+    for path in paths:
+        net, tokenizer = build_model(read_checkpoint(path), path)
+        if first is None:
+            first = tokenizer
+        elif differ := first.difference(tokenizer) or config_difference(nets[0].config, net.config):
+            raise ConfigError(
+                f"checkpoints {paths[0]} and {path} have different tokenizers ({differ}); "
+                "an ensemble needs models trained with the same tokenizer"
+            )
+        nets.append(net)
+    return Ensemble(nets).eval().to(device), first
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], output: str | Path) -> Path:

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.decoding.ensemble import teacher_forced_nll
 from seq2seq.decoding.search import DecodingConfig, Hypothesis, generate
 from seq2seq.errors import ConfigError
-from seq2seq.models.loss import sequence_loss
 from seq2seq.models.transformer import Seq2SeqTransformer
 
 
@@ -47,6 +47,7 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None
 class Predictor:
     """Decode with ``net`` as ``decoding`` says; see the module docstring.
 
+    ``net``: a network or an :class:`~seq2seq.decoding.ensemble.Ensemble` of networks.
     ``device``: where batches go (default: the network's). ``decoding.n_best`` hypotheses per source.
     """
 
@@ -82,7 +83,7 @@ class Predictor:
         nll, n_tokens = 0.0, 0
         for batch in loader:
             src, tgt_in, tgt_out = (batch[k].to(self.device) for k in ("src", "tgt_in", "tgt_out"))
-            nll += float(sequence_loss(self.net.eval(), src, tgt_in, tgt_out, fused=False)[1])
+            nll += float(teacher_forced_nll(self.net.eval(), src, tgt_in, tgt_out))
             n_tokens += int((tgt_out != self.net.config.pad_id).sum())
             nbest.update(self.predict_batch(batch))
         return [nbest[i] for i in sorted(nbest)], nll, n_tokens

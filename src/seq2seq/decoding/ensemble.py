@@ -1,0 +1,136 @@
+"""Ensembles: several networks with the same vocabularies decode as one model.
+
+:class:`Ensemble` holds networks trained with one tokenizer (checked by
+:func:`seq2seq.inference.checkpoint.load_models`); they may differ in everything else: size,
+layers, pre-/post-LN, output head (copy attention or not). Every search and
+:func:`~seq2seq.decoding.search.sequence_scores` takes an ensemble wherever it takes a network:
+the searches get their stepper from :func:`~seq2seq.decoding.search.make_stepper`, which asks the
+ensemble for an :class:`EnsembleStepper`, and teacher forcing calls the ensemble like a network.
+
+**Averaging.** The next-token distribution is the mean of the models' probabilities,
+``p(y) = 1/N sum_i p_i(y)``, computed from their log-probabilities as ``logsumexp_i(log p_i(y)) -
+log N`` (:func:`mean_log_probs`). We average probabilities (a mixture), not log-probabilities (a
+normalized geometric mean), because
+
+* the mixture is a distribution as it is: no renormalization, so every score the searches report
+  stays a true log-probability that :func:`sequence_scores` reproduces, and an ensemble of a
+  model with itself is exactly that model (up to float rounding);
+* it is what fairseq's ``--path a.pt:b.pt`` computes, so results compare with the literature;
+* a copy-attention model's output is a mixture already; averaging mixtures stays one.
+
+**Caches.** :class:`EnsembleStepper` keeps one :class:`~seq2seq.decoding.search.DecoderStepper`
+per model: each model encodes the source once and has its own KV cache (and copy sources);
+:meth:`EnsembleStepper.select` reorders all of them alike.
+
+``config`` (:class:`EnsembleConfig`) holds what the searches and the predictor read: the shared
+vocabulary sizes and special ids, and ``max_positions``, the smallest of the models' (every model
+must be able to encode the source and decode the output).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from seq2seq.decoding.search import DecoderStepper
+from seq2seq.models.loss import sequence_loss
+from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+
+# TransformerConfig fields every member of an ensemble must share (the tokenizer decides them).
+SHARED_FIELDS = ("src_vocab_size", "tgt_vocab_size", "pad_id", "bos_id", "eos_id")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """What an ensemble's members share, and the smallest ``max_positions``."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    max_positions: int
+
+
+def config_difference(a: TransformerConfig, b: TransformerConfig) -> str | None:
+    """The shared fields (:data:`SHARED_FIELDS`) in which two models differ, as ``name=x vs y``; None when none."""
+    differ = [f"{k}={getattr(a, k)} vs {getattr(b, k)}" for k in SHARED_FIELDS if getattr(a, k) != getattr(b, k)]
+    return ", ".join(differ) or None
+
+
+def mean_log_probs(log_probs: Sequence[Tensor]) -> Tensor:
+    """``log(1/N sum_i exp(log_probs[i]))``, elementwise over N same-shape tensors (see the module docstring)."""
+    if len(log_probs) == 1:
+        return log_probs[0]
+    return torch.stack(list(log_probs)).logsumexp(dim=0) - math.log(len(log_probs))
+
+
+class Ensemble(nn.Module):
+    """Networks decoding together: the mean of their next-token probabilities.
+
+    An ``nn.Module`` holding the networks, so ``eval()``, ``to(device)`` and ``parameters()``
+    reach every member; ``config`` is an :class:`EnsembleConfig`. Raises ``ValueError`` when the
+    members' vocabularies or special ids differ. The same network may appear more than once.
+    """
+
+    def __init__(self, models: Sequence[Seq2SeqTransformer]):
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        first = models[0].config
+        for i, model in enumerate(models[1:], 2):
+            differ = config_difference(first, model.config)
+            if differ:
+                raise ValueError(f"model 1 and model {i} have different vocabularies ({differ})")
+        self.models = nn.ModuleList(models)
+        self.training = all(m.training for m in models)  # a new module says "training"; mirror the members
+        self.config = EnsembleConfig(
+            **{k: getattr(first, k) for k in SHARED_FIELDS},
+            max_positions=min(m.config.max_positions for m in models),
+        )
+
+    def stepper(self, src: Tensor, use_cache: bool = True) -> EnsembleStepper:
+        """The searches' stepper over ``src`` (B, S) (see :func:`~seq2seq.decoding.search.make_stepper`)."""
+        return EnsembleStepper(self, src, use_cache)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: src (B, S), tgt_in (B, T) -> log-probabilities (B, T, V), float32, of the mean
+        distribution (a network's ``forward`` returns scores whose softmax is its distribution; these are)."""
+        return mean_log_probs([m(src, tgt_in).float().log_softmax(dim=-1) for m in self.models])
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters of all members (a member given twice counts once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class EnsembleStepper:
+    """One :class:`DecoderStepper` per member; :meth:`step` returns the mean distribution's log-probabilities."""
+
+    def __init__(self, ensemble: Ensemble, src: Tensor, use_cache: bool = True):
+        self.steppers = [DecoderStepper(model, src, use_cache) for model in ensemble.models]
+
+    def step(self, prefix: Tensor) -> Tensor:
+        """prefix (R, t) -> log-probabilities of the next token (R, V), float32."""
+        return mean_log_probs([stepper.step(prefix) for stepper in self.steppers])
+
+    def select(self, index: Tensor) -> None:
+        """Keep rows ``index`` (R',) in that order, in every member's cache."""
+        for stepper in self.steppers:
+            stepper.select(index)
+
+
+def teacher_forced_nll(model: Seq2SeqTransformer | Ensemble, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+    """Teacher-forced negative log-likelihood summed over the non-pad tokens of ``tgt_out`` (B, T).
+
+    A network: its output head's loss (:func:`~seq2seq.models.loss.sequence_loss`, as validation
+    computes it); an ensemble: ``-log`` of the mean distribution.
+    """
+    if not isinstance(model, Ensemble):
+        return sequence_loss(model, src, tgt_in, tgt_out, fused=False)[1]
+    token_lp = model(src, tgt_in).gather(2, tgt_out.unsqueeze(2)).squeeze(2)
+    return -token_lp[tgt_out != model.config.pad_id].sum()
