@@ -5,6 +5,7 @@ score_reference (scores of the API and of the searches, blank lines, mismatched 
 from __future__ import annotations
 
 import os
+import pty
 import queue
 import subprocess
 import sys
@@ -50,26 +51,47 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_interactive_answers_each_line_before_the_next_is_sent(tiny_checkpoint, tmp_path):
-    expected = Translator.from_checkpoint(tiny_checkpoint, device="cpu").translate(SENTENCES[:3] + [""] + SENTENCES[3:4])
-    process = subprocess.Popen(
-        command([f"ckpt_path={tiny_checkpoint}", "decoding=greedy", "interactive=true", "device=cpu"]),
-        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
-    )
+@pytest.mark.parametrize("stdin", ["pipe", "terminal"])
+def test_interactive_answers_each_line_before_the_next_is_sent(tiny_checkpoint, tmp_path, stdin):
+    """``interactive=true`` through a pipe, and the default when stdin is a terminal (a pty)."""
+    lines = SENTENCES[:3] + [""] + SENTENCES[3:4]
+    expected = Translator.from_checkpoint(tiny_checkpoint, device="cpu").translate(lines)
+    args = [f"ckpt_path={tiny_checkpoint}", "decoding=greedy", "device=cpu"]
+    if stdin == "pipe":
+        process = subprocess.Popen(command([*args, "interactive=true"]), cwd=tmp_path, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+
+        def send(data: bytes) -> None:
+            process.stdin.write(data)
+            process.stdin.flush()
+
+        def end() -> None:
+            process.stdin.close()
+    else:
+        terminal, tty_end = pty.openpty()
+        process = subprocess.Popen(command(args), cwd=tmp_path, stdin=tty_end, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=env())
+        os.close(tty_end)
+
+        def send(data: bytes) -> None:
+            os.write(terminal, data)
+
+        def end() -> None:
+            os.write(terminal, b"\x04")  # Ctrl-D at the start of a line: end of input
+
     answers: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [answers.put(line) for line in iter(process.stdout.readline, b"")],
                               daemon=True)
     reader.start()
     try:
-        for i, line in enumerate(SENTENCES[:3] + [""] + SENTENCES[3:4]):
-            process.stdin.write(line.encode("utf-8") + b"\n")
-            process.stdin.flush()  # the input stays open: the answer must come without EOF
+        for i, line in enumerate(lines):
+            send(line.encode("utf-8") + b"\n")  # the input stays open: the answer must come without EOF
             try:
                 answer = answers.get(timeout=120 if i == 0 else 60)  # the first includes start-up
             except queue.Empty:
                 pytest.fail(f"no translation of line {i + 1} while the input stays open")
             assert answer.decode("utf-8") == expected[i] + "\n", f"line {i + 1}"
-        process.stdin.close()
+        end()
         assert process.wait(timeout=60) == 0
         assert answers.empty()
         assert process.stderr.read() == b""  # no progress lines when interactive
@@ -77,6 +99,8 @@ def test_interactive_answers_each_line_before_the_next_is_sent(tiny_checkpoint, 
         if process.poll() is None:
             process.kill()
             process.wait()
+        if stdin == "terminal":
+            os.close(terminal)
 
 
 def test_chunked_output_equals_unchunked(tiny_checkpoint, tmp_path):
