@@ -38,6 +38,9 @@ ALLOWED = {
     # The LightningModule trains a model: it uses the tokenizer, the predictor and the metrics.
     "seq2seq.models.lit_module": {"seq2seq.data", "seq2seq.metrics", "seq2seq.decoding", "seq2seq.inference"},
     "seq2seq.callbacks": {"seq2seq.utils", "seq2seq.models", "seq2seq.inference", "seq2seq.analysis"},
+    # The Python API: one object over the predictor; analysis for Translator.attention.
+    "seq2seq.api": {"seq2seq.utils", "seq2seq.data", "seq2seq.models", "seq2seq.decoding", "seq2seq.inference",
+                    "seq2seq.analysis"},
     "seq2seq.config": {"seq2seq.metrics"},
     "seq2seq.run_summary": {"seq2seq.utils"},
 }

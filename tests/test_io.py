@@ -1,4 +1,4 @@
-"""Atomic writes: the final file appears complete or not at all."""
+"""Atomic writes: the final file appears complete or not at all. Text lines read as a stream."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.utils.io import atomic_path, atomic_write_bytes, atomic_write_text
+from seq2seq.errors import DataError
+from seq2seq.utils.io import (
+    TextLines,
+    atomic_open_text,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    count_lines,
+    paired_lines,
+)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -68,3 +77,57 @@ def test_permissions_follow_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_atomic_open_text_appears_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_open_text(target) as f:
+        f.write("first chunk\n")
+        f.flush()
+        assert target.read_text() == "old\n" and len(_leftovers(tmp_path)) == 1
+        raise RuntimeError("failed part-way")
+    assert target.read_text() == "old\n" and _leftovers(tmp_path) == []
+    with atomic_open_text(target) as f:
+        f.write("Grüße\nzwei\n")
+    assert target.read_bytes() == "Grüße\nzwei\n".encode() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("data, lines", [
+    (b"", []),
+    (b"\n", [""]),
+    (b"a\r\nb\x0bc\xe2\x80\xa8d\n\nlast", ["a", "b\x0bc\u2028d", "", "last"]),
+    (b"one\ntwo\n", ["one", "two"]),
+    (b"one\r", ["one"]),
+])
+def test_text_lines_split_on_newlines_only_and_count_them(tmp_path: Path, data: bytes, lines: list[str]) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    reader = TextLines(path)
+    assert list(reader) == lines and reader.count == len(lines) == count_lines(path)
+    assert count_lines(path, block=2) == len(lines)  # line ends across blocks
+
+
+def test_text_lines_name_the_line_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"ok\nGr\xfc\xdfe\n")
+    reader = iter(TextLines(path))
+    assert next(reader) == "ok"
+    with pytest.raises(DataError, match=r"in.txt line 2: not UTF-8 \(invalid start byte\)"):
+        next(reader)
+    with pytest.raises(DataError, match="cannot read .*missing.txt"):
+        TextLines(tmp_path / "missing.txt")
+
+
+def test_paired_lines_name_both_files_and_their_counts(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("1\n2\n3\n")
+    b.write_text("x\ny\nz\n")
+    assert list(paired_lines(TextLines(a), TextLines(b))) == [("1", "x"), ("2", "y"), ("3", "z")]
+    for longer, shorter in ((a, b), (b, a)):
+        longer.write_text("1\n2\n3\n4\n5\n")
+        shorter.write_text("x\ny\n")
+        pairs = paired_lines(TextLines(a), TextLines(b))
+        counts = {a: 5 if longer == a else 2, b: 5 if longer == b else 2}
+        with pytest.raises(DataError, match=f"a.txt has {counts[a]} lines but .*b.txt has {counts[b]};"):
+            list(pairs)

@@ -18,6 +18,8 @@ from seq2seq.inference.checkpoint import load_model as load_checkpoint
 from seq2seq.inference.predictor import Predictor, make_batches
 from seq2seq.translate import format_results, read_lines
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NORMAL = [
     "Der Lehrer fand ein glückliches Pferd im Park.",
     "Die Lehrer fanden das kleine Kind.",
@@ -26,14 +28,6 @@ NORMAL = [
 LONG = " ".join([NORMAL[0]] * 6)  # far more than MAX_SRC_LEN tokens
 MAX_SRC_LEN = 24
 LINES = [NORMAL[0], "", LONG, NORMAL[1], "   ", NORMAL[2]]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_translate(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -51,6 +51,16 @@ SHORT_TRAINING_OVERRIDES = TINY_OVERRIDES + [
 QUICK = [*TINY_OVERRIDES, "debug=limit", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "model.d_model=32"]
 
+# English sentences of the embedded toy grammar (the tiny checkpoint translates them to German).
+TOY_SENTENCES = [
+    "The old man saw a dog.",
+    "Often the green women have washed the horse.",
+    "The red girls will wash the pictures.",
+    "Eighty-nine black flowers carried the new dog at home.",
+    "A dog sees the man.",
+    "Yesterday the small child found a happy horse.",
+]
+
 # What describes the machine, not the model: left out when two runs are compared.
 TIMING = ("wall_time_s", "train/tokens_per_s", "train/tflops", "train/mfu")
 

@@ -5,19 +5,21 @@ sampling, n-best). Validation in the LightningModule and ``eval`` feed it the Da
 batches (:meth:`Predictor.predict_batch`, sorted by the token-budget sampler, each sentence tagged
 with its corpus index); ``translate``, the notebooks and the Python API feed it raw lines
 (:meth:`Predictor.translate`), which it tokenizes and sorts into batches with :func:`make_batches`.
+:meth:`Predictor.score` scores given (source, target) pairs by forced decoding, batched the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.ensemble import teacher_forced_nll
-from seq2seq.decoding.search import DecodingConfig, Hypothesis, generate
+from seq2seq.decoding.search import DecodingConfig, Hypothesis, generate, sequence_scores
 from seq2seq.errors import ConfigError
 from seq2seq.models.transformer import Seq2SeqTransformer
 
@@ -42,6 +44,14 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None
     if current:
         batches.append(current)
     return batches
+
+
+class PairScore(NamedTuple):
+    """A target's forced-decoding score given its source (:meth:`Predictor.score`)."""
+
+    log_prob: float  # sum of the log-probabilities of its tokens and EOS
+    n_tokens: int  # tokens scored, EOS included
+    score: float  # log_prob / length penalty, the score a search reports for the same output
 
 
 class Predictor:
@@ -92,6 +102,32 @@ class Predictor:
         """Detokenized text of each hypothesis."""
         return self.tokenizer.decode_target([h.tokens for h in hypotheses])
 
+    def _source_limit(self, max_src_len: int | None) -> int:
+        positions = self.net.config.max_positions
+        limit = positions if max_src_len is None else min(int(max_src_len), positions)
+        if limit < 2:
+            raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
+        return limit
+
+    def _sources(self, lines: Sequence[str], todo: list[int], max_src_len: int | None,
+                 warn: Callable[[str], None] | None, first_line: int) -> list[list[int]]:
+        """Source ids of ``lines[i]`` for ``i`` in ``todo``, cut to ``max_src_len`` with a warning."""
+        limit = self._source_limit(max_src_len)
+        sources = self.tokenizer.encode_source([lines[i] for i in todo]) if todo else []
+        for j, (i, ids) in enumerate(zip(todo, sources)):
+            if len(ids) > limit:
+                if warn is not None:
+                    warn(f"line {i + first_line}: {len(ids)} source tokens, more than {limit}; truncated to {limit}")
+                sources[j] = ids[: limit - 1] + [self.tokenizer.eos_id]
+        return sources
+
+    def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
+        """A (len(rows), longest) tensor of ids, padded on the right."""
+        src = torch.full((len(rows), max(len(r) for r in rows)), self.net.config.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            src[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return src
+
     def translate(
         self,
         lines: Sequence[str],
@@ -101,37 +137,23 @@ class Predictor:
         max_src_len: int | None = None,
         warn: Callable[[str], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        first_line: int = 1,
     ) -> list[list[tuple[str, float]]]:
         """Translate ``lines``; returns, per line in input order, ``n_best`` ``(text, score)`` pairs, best first.
 
         Blank lines give ``("", 0.0)`` pairs without a model call. Sources longer than
         ``max_src_len`` tokens (default and upper bound: the model's ``max_positions``) are cut to
-        that length, keeping their EOS, and reported through ``warn(message)``.
-        ``progress(done_lines, total_lines)`` is called after each batch.
+        that length, keeping their EOS, and reported through ``warn(message)``, which names the line
+        (``lines[0]`` is line ``first_line``). ``progress(done_lines, total_lines)`` is called after each batch.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be at least 1")
-        if max_tokens is not None and max_tokens < 1:
-            raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
-        positions = self.net.config.max_positions
-        limit = positions if max_src_len is None else min(int(max_src_len), positions)
-        if limit < 2:
-            raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
-        n_best, pad = self.decoding.n_best, self.net.config.pad_id
+        _check_batching(batch_size, max_tokens)
+        n_best = self.decoding.n_best
         results: list[list[tuple[str, float]]] = [[("", 0.0)] * n_best for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
-        sources = self.tokenizer.encode_source([lines[i] for i in todo]) if todo else []
-        for j, (i, ids) in enumerate(zip(todo, sources)):
-            if len(ids) > limit:
-                if warn is not None:
-                    warn(f"line {i + 1}: {len(ids)} source tokens, more than {limit}; truncated to {limit}")
-                sources[j] = ids[: limit - 1] + [self.tokenizer.eos_id]
+        sources = self._sources(lines, todo, max_src_len, warn, first_line)
         done = len(lines) - len(todo)
         for batch in make_batches([len(s) for s in sources], batch_size, max_tokens):
-            src = torch.full((len(batch), max(len(sources[j]) for j in batch)), pad, dtype=torch.long)
-            for row, j in enumerate(batch):
-                src[row, : len(sources[j])] = torch.tensor(sources[j], dtype=torch.long)
-            groups = self.generate(src)
+            groups = self.generate(self._padded([sources[j] for j in batch]))
             texts = iter(self.texts([h for group in groups for h in group]))
             for j, group in zip(batch, groups):
                 pairs = [(next(texts), h.score) for h in group]
@@ -141,3 +163,71 @@ class Predictor:
             if progress is not None:
                 progress(done, len(lines))
         return results
+
+    def score(
+        self,
+        sources: Sequence[str],
+        targets: Sequence[str],
+        *,
+        batch_size: int = 64,
+        max_tokens: int | None = None,
+        max_src_len: int | None = None,
+        warn: Callable[[str], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        first_line: int = 1,
+    ) -> list[PairScore]:
+        """Force-decode ``targets[i]`` given ``sources[i]``: one :class:`PairScore` per pair, in input order.
+
+        The target is scored with its EOS, as the searches score a hypothesis that ended with EOS
+        (:func:`~seq2seq.decoding.search.sequence_scores`, length penalty ``decoding.alpha``), so a
+        search's output scores what the search reported. A blank target is the empty output (EOS
+        alone). A pair with a blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
+        gives a blank line score 0.0 (with a warning when its target is not blank). Sources are cut
+        as in :meth:`translate`; targets with more tokens than the model has positions are cut to
+        them and scored without EOS, with a warning. Batches are sorted by the longer side;
+        ``max_tokens`` bounds ``len(batch) * longest``.
+        """
+        if len(sources) != len(targets):
+            raise ConfigError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
+        _check_batching(batch_size, max_tokens)
+        results = [PairScore(0.0, 0, 0.0)] * len(sources)
+        todo = [i for i, line in enumerate(sources) if line.strip()]
+        if warn is not None:
+            for i, (source, target) in enumerate(zip(sources, targets)):
+                if not source.strip() and target.strip():
+                    warn(f"line {i + first_line}: blank source with a non-blank target; not scored (0.0)")
+        src_ids = self._sources(sources, todo, max_src_len, warn, first_line)
+        tgt_ids = self.tokenizer.encode_target([targets[i] for i in todo]) if todo else []
+        positions = self.net.config.max_positions
+        eos = [True] * len(todo)
+        for j, ids in enumerate(tgt_ids):
+            # Teacher forcing feeds BOS + the tokens before EOS: at most max_positions inputs.
+            if len(ids) >= positions:
+                if warn is not None:
+                    warn(f"line {todo[j] + first_line}: {len(ids)} target tokens, more than {positions - 1}; "
+                         f"scored its first {positions} without EOS")
+                tgt_ids[j], eos[j] = ids[:positions], False
+        done = len(sources) - len(todo)
+        lengths = [max(len(s), len(t) + 1) for s, t in zip(src_ids, tgt_ids)]
+        alpha = self.decoding.alpha
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            for batch in make_batches(lengths, batch_size, max_tokens):
+                src = self._padded([src_ids[j] for j in batch]).to(self.device)
+                scored = sequence_scores(self.net, src, [tgt_ids[j] for j in batch], [eos[j] for j in batch], alpha)
+                for j, (score, log_prob) in zip(batch, scored):
+                    results[todo[j]] = PairScore(log_prob, len(tgt_ids[j]) + int(eos[j]), score)
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(sources))
+        finally:
+            self.net.train(was_training)
+        return results
+
+
+def _check_batching(batch_size: int, max_tokens: int | None) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
