@@ -264,3 +264,23 @@ def test_eval_scores_an_ensemble(checkpoints, tmp_path):
     written = json.loads((tmp_path / "ab" / "run" / "metrics.json").read_text())
     assert written["ckpt_path"] == [str(a.resolve()), str(b.resolve())]
     assert written["num_parameters"] == sum(load_model(p)[0].num_parameters() for p in (a, b))
+
+
+def test_python_api_takes_several_checkpoints(checkpoints):
+    from seq2seq.api import Translator
+
+    a, b = checkpoints["a"], checkpoints["b"]
+    translator = Translator.from_checkpoint([a, b], "cpu")
+    assert isinstance(translator.net, Ensemble)
+    ensemble, tok = load_models([a, b])
+    expected = Predictor(ensemble, tok, DecodingConfig(strategy="beam", beam_size=3)).translate(LINES)
+    assert translator.translate(LINES, strategy="beam", beam_size=3) == [group[0][0] for group in expected]
+    # Forced decoding through the API: an ensemble of a model with itself scores as the model.
+    done = [i for i, line in enumerate(LINES) if line.strip()]
+    sources, targets = [LINES[i] for i in done], [expected[i][0][0] for i in done]
+    twin, single = Translator.from_checkpoint([a, a], "cpu").score(sources, targets), Translator.from_checkpoint(a, "cpu").score(sources, targets)
+    assert [p.n_tokens for p in twin] == [p.n_tokens for p in single]
+    assert all(abs(p.log_prob - q.log_prob) < 1e-4 and abs(p.score - q.score) < 1e-5 for p, q in zip(twin, single))
+    assert any(abs(p.log_prob - q.log_prob) > 1e-2 for p, q in zip(translator.score(sources, targets), single))
+    with pytest.raises(ConfigError, match="attention maps need one model"):
+        translator.attention(LINES[0])
