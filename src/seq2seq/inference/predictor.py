@@ -56,6 +56,15 @@ class Predictor:
         self.decoding = (decoding or DecodingConfig()).validate()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
 
+    @property
+    def max_positions(self) -> int:
+        """The longest source (and output) the model takes, in tokens."""
+        return self.net.config.max_positions
+
+    @property
+    def pad_id(self) -> int:
+        return self.net.config.pad_id
+
     @classmethod
     def greedy(cls, net: Seq2SeqTransformer, tokenizer: Tokenizer, decoding: DecodingConfig) -> Predictor:
         """Greedy decoding with the length limits and constraints of ``decoding`` (validation's choice)."""
@@ -112,11 +121,11 @@ class Predictor:
             raise ConfigError(f"batch_size={batch_size} must be at least 1")
         if max_tokens is not None and max_tokens < 1:
             raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
-        positions = self.net.config.max_positions
+        positions = self.max_positions
         limit = positions if max_src_len is None else min(int(max_src_len), positions)
         if limit < 2:
             raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
-        n_best, pad = self.decoding.n_best, self.net.config.pad_id
+        n_best, pad = self.decoding.n_best, self.pad_id
         results: list[list[tuple[str, float]]] = [[("", 0.0)] * n_best for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         sources = self.tokenizer.encode_source([lines[i] for i in todo]) if todo else []
