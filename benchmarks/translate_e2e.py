@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", default="small", choices=["tiny", "small", "base", "big"],
                    help="model/size trained without --ckpt (the experiment's is small)")
     p.add_argument("--out-dir", help="where the exports (and a trained model) go (default: a temporary folder)")
+    p.add_argument("--max-lines", type=int, help="translate only the first N lines of the split")
     p.add_argument("--quick", action="store_true", help="24 lines, batch 8, one round, no warm-up")
     return p.parse_args(argv)
 
@@ -103,8 +104,9 @@ def main(argv=None) -> None:
     data = Path(args.data)
     lines = (data / f"{args.split}.{args.src_lang}").read_text(encoding="utf-8").splitlines()
     refs = (data / f"{args.split}.{args.tgt_lang}").read_text(encoding="utf-8").splitlines()
-    if args.quick:
-        lines, refs = lines[:24], refs[:24]
+    if args.quick or args.max_lines:
+        n = 24 if args.quick else args.max_lines
+        lines, refs = lines[:n], refs[:n]
     ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
     exports = {"ct2_fp32": export_ctranslate2(ckpt, out / "ct2_fp32", None, force=True),
                "ct2_int8": export_ctranslate2(ckpt, out / "ct2_int8", "int8", force=True)}
