@@ -76,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-minutes", type=float, default=5.0, help="training time without --ckpt")
     p.add_argument("--size", default="small", choices=["tiny", "small", "base", "big"],
                    help="model/size trained without --ckpt (the experiment's is small)")
+    p.add_argument("--train-precision", help="trainer.precision of that training (default: the experiment's)")
     p.add_argument("--out-dir", help="where the exports (and a trained model) go (default: a temporary folder)")
     p.add_argument("--max-lines", type=int, help="translate only the first N lines of the split")
     p.add_argument("--quick", action="store_true", help="24 lines, batch 8, one round, no warm-up")
@@ -88,9 +89,10 @@ def train(args, out: Path) -> Path:
     run = out / "train"
     command = [sys.executable, "-m", "seq2seq.train", "experiment=multi30k_en_de", f"data.root={args.data}",
                f"data.src_lang={args.src_lang}", f"data.tgt_lang={args.tgt_lang}", f"model/size={args.size}",
+               *([f"trainer.precision={args.train_precision}"] if args.train_precision else []),
                f"trainer.max_time=00:00:{minutes:02d}:00", "callbacks.progress_bar=null", f"hydra.run.dir={run}"]
     print(json.dumps({"training": " ".join(command[1:])}), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True, cwd=REPO)
+    subprocess.run(command, check=True, cwd=REPO, stdout=sys.stderr)  # stdout: the JSON rows only
     return run / "checkpoints" / "best.ckpt"
 
 
