@@ -33,6 +33,10 @@ ALLOWED = {
     "seq2seq.models": {"seq2seq.metrics"},
     "seq2seq.decoding": {"seq2seq.models"},
     "seq2seq.inference": {"seq2seq.utils", "seq2seq.data", "seq2seq.models", "seq2seq.decoding"},
+    # The CTranslate2 export, its model card and the predictor over an exported model.
+    "seq2seq.inference.ct2_export": {"seq2seq.data", "seq2seq.models"},
+    "seq2seq.inference.model_card": set(),
+    "seq2seq.inference.ct2_predictor": {"seq2seq.data", "seq2seq.decoding"},
     "seq2seq.analysis": {"seq2seq.utils", "seq2seq.metrics", "seq2seq.data", "seq2seq.models", "seq2seq.decoding",
                          "seq2seq.inference"},
     # The LightningModule trains a model: it uses the tokenizer, the predictor and the metrics.

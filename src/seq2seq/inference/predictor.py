@@ -67,6 +67,15 @@ class Predictor:
         self.decoding = (decoding or DecodingConfig()).validate()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
 
+    @property
+    def max_positions(self) -> int:
+        """The longest source (and output) the model takes, in tokens."""
+        return self.net.config.max_positions
+
+    @property
+    def pad_id(self) -> int:
+        return self.net.config.pad_id
+
     @classmethod
     def greedy(cls, net: Seq2SeqTransformer, tokenizer: Tokenizer, decoding: DecodingConfig) -> Predictor:
         """Greedy decoding with the length limits and constraints of ``decoding`` (validation's choice)."""
@@ -103,7 +112,7 @@ class Predictor:
         return self.tokenizer.decode_target([h.tokens for h in hypotheses])
 
     def _source_limit(self, max_src_len: int | None) -> int:
-        positions = self.net.config.max_positions
+        positions = self.max_positions
         limit = positions if max_src_len is None else min(int(max_src_len), positions)
         if limit < 2:
             raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
@@ -123,7 +132,7 @@ class Predictor:
 
     def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
         """A (len(rows), longest) tensor of ids, padded on the right."""
-        src = torch.full((len(rows), max(len(r) for r in rows)), self.net.config.pad_id, dtype=torch.long)
+        src = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
         for i, row in enumerate(rows):
             src[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return src
@@ -198,7 +207,7 @@ class Predictor:
                     warn(f"line {i + first_line}: blank source with a non-blank target; not scored (0.0)")
         src_ids = self._sources(sources, todo, max_src_len, warn, first_line)
         tgt_ids = self.tokenizer.encode_target([targets[i] for i in todo]) if todo else []
-        positions = self.net.config.max_positions
+        positions = self.max_positions
         eos = [True] * len(todo)
         for j, ids in enumerate(tgt_ids):
             # Teacher forcing feeds BOS + the tokens before EOS: at most max_positions inputs.

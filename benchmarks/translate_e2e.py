@@ -1,0 +1,185 @@
+"""End-to-end translation speed and quality: our PyTorch search against the exported CTranslate2 model.
+
+    python benchmarks/translate_e2e.py --ckpt RUN/checkpoints/best.ckpt --data ../shared/data/multi30k
+    python benchmarks/translate_e2e.py --data ../shared/data/multi30k --train-minutes 5   # trains one first
+    python benchmarks/translate_e2e.py --quick --ckpt PATH --data DIR --split test        # seconds (the test)
+
+Translates a corpus split (default: the Multi30k validation set, ``val.en`` -> ``val.de``, 1,014
+lines) as a user would, lines in and detokenized text out, with
+
+* ``ours``: :class:`seq2seq.inference.predictor.Predictor` (``translate``: tokenization, length-sorted
+  batches of ``--batch-sizes``, our cached greedy / beam search in float32, detokenization);
+* ``ct2_fp32`` and ``ct2_int8``: the checkpoint exported by ``seq2seq-export`` with float32 and int8
+  weights, through :class:`seq2seq.inference.ct2_predictor.CT2Predictor`: the same tokenization,
+  the same batches, the same decoding settings (greedy, beam ``--beam`` with the GNMT length penalty
+  alpha ``--alpha``, length limit ``1.2 * n + 10`` per sentence), CTranslate2 doing the search.
+  One ``translate_batch`` call per batch, with the batch's largest limit (``--exact-limits``: one
+  call per distinct limit, exactly ours; only sentences that reach their limit can differ).
+
+torch and CTranslate2 get the same number of threads (``--threads``: ``torch.set_num_threads`` and
+CTranslate2's ``intra_threads``; one translation at a time). Each row is one (system, strategy,
+batch size): ``sent_s`` (sentences per second) and ``tgt_tok_s`` (target tokens per second, EOS
+included, of the best hypotheses) are the median of ``--rounds`` timed passes over the whole
+split; the systems' passes are interleaved, the order rotating every round, so background load
+slows them alike. ``bleu`` / ``chrf`` are sacreBLEU's against the references (with the signature),
+``identical_to_ours`` the fraction of lines whose output equals ours. The last line is a summary
+with the ratios ``{strategy}_b{batch}_ours/ct2_fp32`` and ``{strategy}_b{batch}_ct2_int8/ours``
+of sentences per second.
+
+Without ``--ckpt`` a small Multi30k en-de model is trained first for ``--train-minutes``
+(``python -m seq2seq.train experiment=multi30k_en_de data.root=--data model/size=--size``) into
+``--out-dir``.
+``--quick`` takes the first 24 lines, batch size 8, one round, no warm-up (a few seconds).
+Needs ``pip install 'seq2seq[export]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from seq2seq.decoding.search import DecodingConfig
+from seq2seq.inference.checkpoint import load_model
+from seq2seq.inference.ct2_export import export_ctranslate2, require_ctranslate2
+from seq2seq.inference.ct2_predictor import CT2Predictor
+from seq2seq.inference.predictor import Predictor
+from seq2seq.metrics.text_metrics import score
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMS = ("ours", "ct2_fp32", "ct2_int8")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", help="checkpoint to translate with (default: train one, see --train-minutes)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "multi30k"),
+                   help="folder with {split}.{src} and {split}.{tgt} (default ../shared/data/multi30k)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--src-lang", default="en")
+    p.add_argument("--tgt-lang", default="de")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty of beam search")
+    p.add_argument("--strategies", nargs="+", default=["greedy", "beam"], choices=["greedy", "beam"])
+    p.add_argument("--threads", type=int, default=2, help="torch threads = CTranslate2 intra_threads")
+    p.add_argument("--rounds", type=int, default=3, help="timed passes per system (median taken)")
+    p.add_argument("--exact-limits", action="store_true", help="CTranslate2: one call per distinct length limit")
+    p.add_argument("--train-minutes", type=float, default=5.0, help="training time without --ckpt")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "base", "big"],
+                   help="model/size trained without --ckpt (the experiment's is small)")
+    p.add_argument("--train-precision", help="trainer.precision of that training (default: the experiment's)")
+    p.add_argument("--out-dir", help="where the exports (and a trained model) go (default: a temporary folder)")
+    p.add_argument("--max-lines", type=int, help="translate only the first N lines of the split")
+    p.add_argument("--quick", action="store_true", help="24 lines, batch 8, one round, no warm-up")
+    return p.parse_args(argv)
+
+
+def train(args, out: Path) -> Path:
+    """Train a small Multi30k model for ``--train-minutes``; returns its best checkpoint."""
+    minutes = max(1, round(args.train_minutes))
+    run = out / "train"
+    command = [sys.executable, "-m", "seq2seq.train", "experiment=multi30k_en_de", f"data.root={args.data}",
+               f"data.src_lang={args.src_lang}", f"data.tgt_lang={args.tgt_lang}", f"model/size={args.size}",
+               *([f"trainer.precision={args.train_precision}"] if args.train_precision else []),
+               f"trainer.max_time=00:00:{minutes:02d}:00", "callbacks.progress_bar=null", f"hydra.run.dir={run}"]
+    print(json.dumps({"training": " ".join(command[1:])}), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True, cwd=REPO, stdout=sys.stderr)  # stdout: the JSON rows only
+    return run / "checkpoints" / "best.ckpt"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    ctranslate2 = require_ctranslate2()
+    if args.quick:
+        args.batch_sizes, args.rounds = [8], 1
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="translate_e2e-"))
+    data = Path(args.data)
+    lines = (data / f"{args.split}.{args.src_lang}").read_text(encoding="utf-8").splitlines()
+    refs = (data / f"{args.split}.{args.tgt_lang}").read_text(encoding="utf-8").splitlines()
+    if args.quick or args.max_lines:
+        n = 24 if args.quick else args.max_lines
+        lines, refs = lines[:n], refs[:n]
+    ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
+    exports = {"ct2_fp32": export_ctranslate2(ckpt, out / "ct2_fp32", None, force=True),
+               "ct2_int8": export_ctranslate2(ckpt, out / "ct2_int8", "int8", force=True)}
+    net, tokenizer = load_model(ckpt)
+    strategies = {"greedy": DecodingConfig(strategy="greedy", alpha=args.alpha),
+                  f"beam{args.beam}": DecodingConfig(strategy="beam", beam_size=args.beam, alpha=args.alpha)}
+    strategies = {k: v for k, v in strategies.items() if v.strategy in args.strategies}
+
+    tokens: dict[tuple, int] = {}
+
+    def counting(name, predictor):
+        """Count the target tokens (EOS included) of the best hypotheses the predictor's batches return."""
+        generate = predictor.generate
+
+        def counted(src):
+            groups = generate(src)
+            tokens[name] = tokens.get(name, 0) + sum(g[0].num_scored for g in groups)
+            return groups
+
+        predictor.generate = counted
+        return predictor
+
+    rows = []
+    for label, decoding in strategies.items():
+        predictors = {
+            "ours": counting("ours", Predictor(net, tokenizer, decoding)),
+            **{name: counting(name, CT2Predictor(folder, decoding, compute_type="default", threads=args.threads,
+                                                 exact_limits=args.exact_limits))
+               for name, folder in exports.items()},
+        }
+        for batch_size in args.batch_sizes:
+            seconds: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+            outputs: dict[str, list[str]] = {}
+            if not args.quick:  # warm-up: allocators, oneDNN/MKL kernels, CTranslate2's first call
+                for name in SYSTEMS:
+                    predictors[name].translate(lines[:32], batch_size=batch_size)
+            for r in range(args.rounds):
+                order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[: r % len(SYSTEMS)]
+                for name in order:
+                    tokens[name] = 0
+                    start = time.perf_counter()
+                    results = predictors[name].translate(lines, batch_size=batch_size)
+                    seconds[name].append(time.perf_counter() - start)
+                    outputs[name] = [pairs[0][0] for pairs in results]
+            for name in SYSTEMS:
+                metrics, signatures = score("translation", outputs[name], refs)
+                median = statistics.median(seconds[name])
+                row = {
+                    "system": name, "strategy": label, "batch_size": batch_size, "threads": args.threads,
+                    "sentences": len(lines), "seconds": round(median, 3),
+                    "seconds_rounds": [round(t, 3) for t in seconds[name]],
+                    "sent_s": round(len(lines) / median, 2), "tgt_tok_s": round(tokens[name] / median, 1),
+                    "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2),
+                    "identical_to_ours": round(sum(a == b for a, b in zip(outputs[name], outputs["ours"])) / len(lines), 4),
+                    "bleu_signature": signatures["sacrebleu_signature"]["bleu"],
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+
+    summary = {"summary": True, "checkpoint": str(ckpt), "split": f"{args.data}/{args.split}",
+               "sentences": len(lines), "threads": args.threads, "exact_limits": args.exact_limits,
+               "num_parameters": net.num_parameters(), "torch": torch.__version__,
+               "ctranslate2": ctranslate2.__version__, "python": platform.python_version()}
+    rate = {(r["system"], r["strategy"], r["batch_size"]): r["sent_s"] for r in rows}
+    for label in strategies:
+        for batch_size in args.batch_sizes:
+            ours, fp32, int8 = (rate[s, label, batch_size] for s in SYSTEMS)
+            summary[f"{label}_b{batch_size}_ours/ct2_fp32"] = round(ours / fp32, 3)
+            summary[f"{label}_b{batch_size}_ct2_int8/ours"] = round(int8 / ours, 3)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

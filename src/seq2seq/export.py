@@ -1,0 +1,49 @@
+"""Export a trained checkpoint for serving.
+
+    python -m seq2seq.export ckpt_path=PATH output_dir=DIR [format=ctranslate2] [quantization=null|int8] [force=true]
+    seq2seq-export ckpt_path=RUN/checkpoints/best.ckpt output_dir=exported/en-de quantization=int8
+
+Configuration: ``conf/export.yaml``. ``format=ctranslate2`` (the one format) writes a
+`CTranslate2 <https://github.com/OpenNMT/CTranslate2>`_ model folder: ``model.bin``, ``config.json``
+and the vocabulary, the sentencepiece model(s), ``seq2seq_export.json`` and a model card
+``README.md`` with Hugging Face Hub metadata (scores, signatures and the training command when the
+checkpoint sits in its run folder); see :mod:`seq2seq.inference.ct2_export`. Needs
+``pip install 'seq2seq[export]'``.
+
+A missing or invalid checkpoint, an ``output_dir`` that exists and is not empty (without
+``force=true``), a model CTranslate2 cannot run (copy attention) or a missing ctranslate2 package
+end with one ``error: ...`` line and exit status 2, before anything is written; the folder appears
+only once complete. Prints the folder's path last.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from seq2seq.config import config_dir, user_errors_exit
+from seq2seq.errors import ConfigError
+from seq2seq.inference.ct2_export import export_ctranslate2
+
+FORMATS = ("ctranslate2",)
+
+
+@user_errors_exit
+def export(cfg: DictConfig) -> None:
+    """Run the command for a composed ``export`` config (user errors: one message, exit 2)."""
+    fmt = cfg.get("format") or "ctranslate2"
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r}: use one of {', '.join(FORMATS)}")
+    output = export_ctranslate2(cfg.get("ckpt_path"), cfg.get("output_dir"), cfg.get("quantization"),
+                                force=bool(cfg.get("force")), license=cfg.get("license"))
+    print(f"Exported to {output}")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
+def main(cfg: DictConfig) -> None:
+    """Console script ``seq2seq-export``."""
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Export a checkpoint to CTranslate2 (``seq2seq-export format=ctranslate2``).
+
+The conversion builds CTranslate2's own model description (``ctranslate2.specs.TransformerSpec``)
+from our :class:`~seq2seq.models.transformer.Seq2SeqTransformer` and lets CTranslate2 check,
+quantize and write it. Every part of our network has its counterpart there; what differs in
+convention is set explicitly:
+
+* layers: pre-LN or post-LN (``pre_norm``; CTranslate2 applies a post-LN sublayer's norm after the
+  residual sum, as we do), the final LayerNorm of a pre-LN stack, epsilon 1e-5 (``nn.LayerNorm``'s);
+* attention: our fused self-attention QKV projection is CTranslate2's fused ``linear[0]``, the
+  cross-attention's query and fused key/value projections its ``linear[0]`` and ``linear[1]``;
+  scores are scaled by 1/sqrt(head size) in both;
+* feed-forward: ReLU, or GELU in its exact (erf) form, which is what ``F.gelu`` computes
+  (``Activation.GELU``; ``GELUTanh`` is the approximation);
+* embeddings: scaled by sqrt(d_model) in both; the position table is ours, written into the model
+  (CTranslate2's built-in sinusoids put sines and cosines in halves and start at position 1; ours
+  interleave them and start at 0), so the model accepts ``max_positions`` positions, as ours does;
+* shared source/target embeddings and the tied output projection are the same matrix written
+  under several names; CTranslate2 stores it once (``spec.optimize`` aliases equal variables);
+* vocabulary: CTranslate2 works on token strings, so the sentencepiece pieces of our ids are the
+  vocabulary (they are unique strings, checked); pad/unk/bos/eos are ids 0-3 in both and the
+  decoder starts from our BOS and stops at our EOS. Our encoder sees each source followed by EOS:
+  the model is written with ``add_source_eos``, so callers pass the plain pieces of a sentence.
+
+A copy-attention model (pointer-generator head) has no CTranslate2 counterpart and is refused.
+
+The output folder holds the CTranslate2 model (``model.bin``, ``config.json``, the vocabulary
+JSON), the sentencepiece model(s), ``seq2seq_export.json`` (what :class:`~seq2seq.inference.
+ct2_predictor.CT2Predictor` needs to decode exactly as we do) and a model card ``README.md``. It is
+written into a temporary folder beside it and renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.errors import ConfigError
+from seq2seq.inference.checkpoint import build_model, read_checkpoint
+from seq2seq.inference.model_card import model_card, run_folder
+from seq2seq.models.transformer import Seq2SeqTransformer, sinusoidal_positions
+
+EXPORT_INFO = "seq2seq_export.json"
+JOINT_SPM, SOURCE_SPM, TARGET_SPM = "sentencepiece.model", "source.spm.model", "target.spm.model"
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which every norm of ours uses
+
+
+def require_ctranslate2():
+    """The ``ctranslate2`` module, or one message saying which extra installs it."""
+    try:
+        import ctranslate2
+        import ctranslate2.specs  # noqa: F401 - the spec API is what the export uses
+    except ImportError:
+        raise ConfigError(
+            "exporting to or translating with CTranslate2 needs the ctranslate2 package: "
+            "pip install 'seq2seq[export]' (or pip install ctranslate2)"
+        ) from None
+    return ctranslate2
+
+
+def quantizations() -> tuple[str, ...]:
+    """The weight types CTranslate2 can write (``quantization=``), besides null (float32 as trained)."""
+    require_ctranslate2()
+    from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
+
+    return tuple(ACCEPTED_MODEL_TYPES)
+
+
+# ------------------------------------------------------------------------------------ the spec
+def _array(tensor):
+    """A float32 numpy copy of a parameter or buffer."""
+    return tensor.detach().float().cpu().numpy().copy()
+
+
+def _linear(spec, module) -> None:
+    spec.weight = _array(module.weight)
+    if module.bias is not None:
+        spec.bias = _array(module.bias)
+
+
+def _norm(spec, module) -> None:
+    spec.gamma = _array(module.weight)
+    spec.beta = _array(module.bias)
+
+
+def _ffn(spec, block, ffn) -> None:
+    _norm(spec.layer_norm, block.norm)
+    _linear(spec.linear_0, ffn.fc1)
+    _linear(spec.linear_1, ffn.fc2)
+
+
+def _self_attention(spec, block, attn) -> None:
+    _norm(spec.layer_norm, block.norm)
+    _linear(spec.linear[0], attn.qkv_proj)  # [q; k; v] rows, heads contiguous: CTranslate2's layout
+    _linear(spec.linear[1], attn.out_proj)
+
+
+def _cross_attention(spec, block, attn) -> None:
+    _norm(spec.layer_norm, block.norm)
+    _linear(spec.linear[0], attn.q_proj)
+    _linear(spec.linear[1], attn.kv_proj)  # [k; v] rows
+    _linear(spec.linear[2], attn.out_proj)
+
+
+def _inputs(spec, stack, embeddings_spec) -> None:
+    """Token embeddings, our position table and the sqrt(d_model) scale of a stack."""
+    cfg = stack.config
+    embeddings_spec.weight = _array(stack.embed.tokens.weight)
+    spec.scale_embeddings = True  # multiply by sqrt(d_model), as Embedding.forward does
+    spec.position_encodings.encodings = _array(sinusoidal_positions(cfg.max_positions, cfg.d_model))
+    if cfg.pre_norm:
+        _norm(spec.layer_norm, stack.final_norm)
+
+
+def special_pieces(tokenizer: Tokenizer, net: Seq2SeqTransformer) -> dict[str, str]:
+    """The strings of unk/bos/eos/pad, the same on both sides (CTranslate2 names them once)."""
+    cfg = net.config
+    ids = {"unk": tokenizer.unk_id, "bos": cfg.bos_id, "eos": cfg.eos_id, "pad": cfg.pad_id}
+    pieces = {}
+    for name, i in ids.items():
+        src, tgt = tokenizer.src.id_to_piece(i), tokenizer.tgt.id_to_piece(i)
+        if src != tgt:
+            raise ConfigError(f"the source and target tokenizers name {name} (id {i}) differently "
+                              f"({src!r}, {tgt!r}); CTranslate2 needs one string per special token")
+        pieces[name] = tgt
+    return pieces
+
+
+def vocabulary(processor, side: str, size: int) -> list[str]:
+    """The pieces of ids 0..size-1 of a sentencepiece processor: CTranslate2's vocabulary."""
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    if len(pieces) != size:
+        raise ConfigError(f"the {side} tokenizer has {len(pieces)} pieces but the model's {side} vocabulary "
+                          f"{size}; the checkpoint does not fit together")
+    if len(set(pieces)) != len(pieces):
+        raise ConfigError(f"the {side} tokenizer has repeated pieces; CTranslate2 needs unique token strings")
+    return pieces
+
+
+def check_exportable(net: Seq2SeqTransformer) -> None:
+    """Raise :class:`ConfigError` for a network CTranslate2 cannot run."""
+    cfg = net.config
+    if cfg.copy_attention:
+        raise ConfigError(
+            "this checkpoint has copy attention (a pointer-generator head mixing the vocabulary softmax with "
+            "copies of source tokens), which CTranslate2 has no layer for; it cannot be exported"
+        )
+    if cfg.activation not in ("relu", "gelu"):
+        raise ConfigError(f"activation={cfg.activation!r} has no CTranslate2 counterpart here (relu, gelu)")
+
+
+def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
+    """CTranslate2's ``TransformerSpec`` of ``net`` with its vocabularies and special tokens, validated."""
+    require_ctranslate2()
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    check_exportable(net)
+    cfg = net.config
+    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}[cfg.activation]
+    encoder = transformer_spec.TransformerEncoderSpec(
+        cfg.num_encoder_layers, cfg.num_heads, pre_norm=cfg.pre_norm, activation=activation
+    )
+    decoder = transformer_spec.TransformerDecoderSpec(
+        cfg.num_decoder_layers, cfg.num_heads, pre_norm=cfg.pre_norm, activation=activation
+    )
+    spec = transformer_spec.TransformerSpec(encoder, decoder)
+
+    _inputs(encoder, net.encoder, encoder.embeddings[0])
+    for layer_spec, layer in zip(encoder.layer, net.encoder.layers):
+        _self_attention(layer_spec.self_attention, layer.attn_block, layer.self_attn)
+        _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
+    _inputs(decoder, net.decoder, decoder.embeddings)
+    for layer_spec, layer in zip(decoder.layer, net.decoder.layers):
+        _self_attention(layer_spec.self_attention, layer.self_block, layer.self_attn)
+        _cross_attention(layer_spec.attention, layer.cross_block, layer.cross_attn)
+        _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
+    _linear(decoder.projection, net.decoder.output)  # the tied (or own) output matrix, no bias
+
+    special = special_pieces(tokenizer, net)
+    spec.register_source_vocabulary(vocabulary(tokenizer.src, "source", cfg.src_vocab_size))
+    spec.register_target_vocabulary(vocabulary(tokenizer.tgt, "target", cfg.tgt_vocab_size))
+    config = spec.config
+    config.unk_token, config.bos_token, config.eos_token = special["unk"], special["bos"], special["eos"]
+    config.decoder_start_token = special["bos"]
+    config.add_source_bos = False
+    config.add_source_eos = True  # our encoder input ends with EOS (Tokenizer.encode_source)
+    config.layer_norm_epsilon = LAYER_NORM_EPS
+    spec.validate()
+    return spec
+
+
+# ------------------------------------------------------------------------------- the folder
+def check_output_dir(output_dir: str | Path | None, force: bool) -> Path:
+    """The output folder, checked before any work: absent, empty, or (``force``) to be replaced."""
+    if output_dir is None or str(output_dir).strip() == "":
+        raise ConfigError("no output folder given: pass output_dir=DIR")
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir={path} is a file; name a folder to write the exported model to")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise ConfigError(f"output_dir={path} exists and is not empty; choose another folder or pass force=true "
+                          "to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def staged_folder(output_dir: Path):
+    """Yield an empty temporary folder beside ``output_dir``; on success it replaces ``output_dir``
+    (a previous folder there is removed only then), on error it is deleted."""
+    tmp = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise ConfigError(f"cannot write output_dir={output_dir}: {err.strerror or err}") from None
+    try:
+        yield tmp
+        old = None
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+            os.replace(output_dir, old)
+        os.replace(tmp, output_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def tokenizer_files(tokenizer: Tokenizer) -> dict[str, bytes]:
+    """The sentencepiece model file(s) written beside the model: one when joint, else one per side."""
+    state = tokenizer.state_dict()
+    if tokenizer.joint:
+        return {JOINT_SPM: state["src_model"]}
+    return {SOURCE_SPM: state["src_model"], TARGET_SPM: state["tgt_model"]}
+
+
+def export_ctranslate2(
+    ckpt_path: str | Path | None,
+    output_dir: str | Path | None,
+    quantization: str | None = None,
+    *,
+    force: bool = False,
+    license: str | None = None,
+    on_spec: Callable[[Any], None] | None = None,
+) -> Path:
+    """Export a checkpoint to a CTranslate2 model folder; returns the folder.
+
+    ``quantization``: null (float32 weights, as trained) or a CTranslate2 weight type (``int8``,
+    ``int8_float32``, ``int16``, ``float16`` ...). ``force`` replaces a non-empty ``output_dir``.
+    ``license`` goes into the model card (``other`` when not given). ``on_spec`` (tests) sees the
+    spec before it is written. User errors raise :class:`~seq2seq.errors.Seq2SeqError` before
+    anything is written.
+    """
+    ctranslate2 = require_ctranslate2()
+    if quantization is not None and quantization not in quantizations():
+        raise ConfigError(f"quantization={quantization!r}: use null (float32) or one of {', '.join(quantizations())}")
+    output = check_output_dir(output_dir, force)
+    checkpoint = read_checkpoint(ckpt_path)
+    net, tokenizer = build_model(checkpoint, ckpt_path)
+    spec = build_spec(net, tokenizer)
+    spec.optimize(quantization=quantization)
+    if on_spec is not None:
+        on_spec(spec)
+    files = tokenizer_files(tokenizer)
+    run = run_folder(ckpt_path)
+    info = {
+        "name": output.name,
+        "format": "ctranslate2",
+        "ctranslate2_version": ctranslate2.__version__,
+        "quantization": quantization,
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "global_step": checkpoint.get("global_step"),
+        "run_dir": str(run) if run else None,
+        "model_config": dict(checkpoint["model_config"]),
+        "num_parameters": net.num_parameters(),
+        "tokenizer": {
+            "source": JOINT_SPM if tokenizer.joint else SOURCE_SPM,
+            "target": JOINT_SPM if tokenizer.joint else TARGET_SPM,
+        },
+        "special_tokens": special_pieces(tokenizer, net),
+        "source_eos": "added by the model (config.json: add_source_eos)",
+        "decoding": (checkpoint.get("hyper_parameters") or {}).get("decoding"),
+    }
+    card = model_card(info, run, license=license)
+    with staged_folder(output) as tmp:
+        spec.save(str(tmp))
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(card)
+    return output

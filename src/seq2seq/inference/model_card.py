@@ -1,0 +1,239 @@
+"""The model card (``README.md``) of an exported model, with Hugging Face Hub metadata.
+
+What the card says comes from the export (:mod:`seq2seq.inference.ct2_export`: the model config,
+parameter count, tokenizer files) and, when the checkpoint sits in a run folder
+(``RUN/checkpoints/*.ckpt``), from that run: ``metrics.json`` (scores and their sacreBLEU or ROUGE
+signatures), ``.hydra/config.yaml`` (languages, corpus, tags) and ``.hydra/overrides.yaml`` (the
+training command). Nothing is invented: without a run folder the card says the scores are unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The metrics a task's runs log, as metrics.json names them ({split}/{name}).
+TASK_METRICS = {"translation": ("bleu", "chrf"), "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+EXAMPLES = {"en": "A man in a red shirt is riding a bike down the street.", "de": "Ein Mann fährt mit dem Fahrrad."}
+
+
+def run_folder(ckpt_path: str | Path | None) -> Path | None:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/x.ckpt`` or ``RUN/x.ckpt``), if any."""
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path).resolve()
+    for folder in (path.parent.parent, path.parent):
+        if (folder / "metrics.json").is_file() or (folder / ".hydra" / "config.yaml").is_file():
+            return folder
+    return None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def read_run(run: Path | None) -> tuple[dict, dict, list[str] | None]:
+    """``(metrics.json, .hydra/config.yaml, .hydra/overrides.yaml)`` of a run folder; empty when absent."""
+    if run is None:
+        return {}, {}, None
+    metrics: dict = {}
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        pass
+    config = _read_yaml(run / ".hydra" / "config.yaml") or {}
+    overrides = _read_yaml(run / ".hydra" / "overrides.yaml")
+    return metrics, config if isinstance(config, dict) else {}, overrides if isinstance(overrides, list) else None
+
+
+def _signature(metrics: dict, name: str) -> str | None:
+    signatures = metrics.get("sacrebleu_signature") if name in ("bleu", "chrf") else metrics.get("rouge_signature")
+    if isinstance(signatures, dict):
+        return signatures.get(name)
+    return signatures if isinstance(signatures, str) else None
+
+
+def _table_cell(text: str) -> str:
+    """``text`` inside a Markdown table cell (a signature's ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
+def scores(metrics: dict, task: str) -> list[dict]:
+    """Every ``{split}/{metric}`` of the task in ``metrics`` (test first), with its signature."""
+    rows = []
+    for split in ("test", "val"):
+        for name in TASK_METRICS.get(task, ()):
+            value = metrics.get(f"{split}/{name}")
+            if isinstance(value, int | float):
+                rows.append({"split": split, "metric": name, "value": round(float(value), 2),
+                             "signature": _signature(metrics, name)})
+    return rows
+
+
+def dataset_name(config: dict) -> str | None:
+    data = config.get("data") or {}
+    if data.get("download"):
+        return str(data["download"])
+    if data.get("dataset"):
+        return str(data["dataset"])
+    if data.get("generate"):
+        return "toy"
+    root = data.get("root")
+    return Path(str(root)).name if root and "$" not in str(root) else None
+
+
+def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> dict:
+    """The YAML front matter the Hugging Face Hub reads (language, license, tags, datasets, metrics, results)."""
+    task = metrics.get("task") or config.get("task") or "translation"
+    data = config.get("data") or {}
+    languages = [lang for lang in (data.get("src_lang"), data.get("tgt_lang")) if lang]
+    dataset = dataset_name(config)
+    tags = ["ctranslate2", "seq2seq", "transformer", task]
+    tags += [str(t) for t in config.get("tags") or [] if str(t) not in tags]
+    if info.get("quantization"):
+        tags.append(f"{info['quantization']}")
+    meta: dict[str, Any] = {}
+    if languages:
+        meta["language"] = list(dict.fromkeys(languages))
+    meta["license"] = license or "other"
+    meta["library_name"] = "ctranslate2"
+    meta["pipeline_tag"] = task
+    meta["tags"] = tags
+    if dataset:
+        meta["datasets"] = [dataset]
+    rows = scores(metrics, task)
+    if rows:
+        meta["metrics"] = list(dict.fromkeys(r["metric"] for r in rows))
+        results = []
+        for split in dict.fromkeys(r["split"] for r in rows):
+            name = f"{task.capitalize()} {'-'.join(languages)}".strip()
+            results.append({
+                "task": {"type": task, "name": name},
+                "dataset": {"name": dataset or "unknown", "type": dataset or "unknown", "split": split},
+                "metrics": [
+                    {"type": r["metric"], "value": r["value"], "name": f"{split} {r['metric']}",
+                     **({"args": {"signature": r["signature"]}} if r["signature"] else {})}
+                    for r in rows if r["split"] == split
+                ],
+            })
+        meta["model-index"] = [{"name": info.get("name") or "seq2seq-transformer", "results": results}]
+    return meta
+
+
+def training_command(overrides: list[str] | None) -> str | None:
+    if overrides is None:
+        return None
+    return " ".join(["python -m seq2seq.train", *(shlex.quote(str(o)) for o in overrides)])
+
+
+def usage_snippet(info: dict, languages: list[str]) -> str:
+    name = info.get("name") or "."
+    source, target = info["tokenizer"]["source"], info["tokenizer"]["target"]
+    example = EXAMPLES.get(languages[0] if languages else "", "Your sentence here.")
+    sp_lines = [f'source_sp = spm.SentencePieceProcessor(model_file=f"{{model_dir}}/{source}")']
+    sp_lines.append("target_sp = source_sp" if source == target else
+                    f'target_sp = spm.SentencePieceProcessor(model_file=f"{{model_dir}}/{target}")')
+    return "\n".join([
+        "```python",
+        "import ctranslate2",
+        "import sentencepiece as spm",
+        "",
+        f'model_dir = "{name}"  # this folder',
+        'translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=2)',
+        *sp_lines,
+        "",
+        f"lines = [{example!r}]",
+        "# Plain pieces: the model appends </s> to every source itself.",
+        "batch = source_sp.encode(lines, out_type=str)",
+        "results = translator.translate_batch(batch, beam_size=5, min_decoding_length=0, max_decoding_length=256)",
+        "print([target_sp.decode(r.hypotheses[0]) for r in results])",
+        "```",
+    ])
+
+
+def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
+    """The card's text: YAML metadata, then the model, its scores, training and usage."""
+    metrics, config, overrides = read_run(run)
+    task = metrics.get("task") or config.get("task") or "translation"
+    mc = info["model_config"]
+    meta = metadata(info, config, metrics, license)
+    languages = meta.get("language", [])
+    title = f"seq2seq Transformer {'→'.join(languages)}".strip() if languages else "seq2seq Transformer"
+    weights = info.get("quantization") or "float32"
+    parts = [
+        "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
+        f"# {title}",
+        f"An encoder–decoder Transformer (Vaswani et al. 2017) trained with the seq2seq template ({task}), exported to "
+        f"[CTranslate2](https://github.com/OpenNMT/CTranslate2) {info.get('ctranslate2_version', '')} with "
+        f"{weights} weights from `{Path(info['checkpoint']).name}`"
+        + (f" (step {info['global_step']})" if info.get("global_step") is not None else "") + ".",
+        "## Model",
+        "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in [
+            ("parameters", f"{info['num_parameters']:,}"),
+            ("d_model / heads / d_ff", f"{mc['d_model']} / {mc['num_heads']} / {mc['d_ff']}"),
+            ("layers (encoder + decoder)", f"{mc['num_encoder_layers']} + {mc['num_decoder_layers']}"),
+            ("normalization", "pre-LN" if mc.get("pre_norm") else "post-LN (as in Vaswani et al. 2017)"),
+            ("activation", mc.get("activation", "relu")),
+            ("embeddings", ("shared source/target" if mc.get("share_embeddings") else "separate")
+             + (", tied output projection" if mc.get("tie_output") else ", own output projection")),
+            ("vocabulary (source / target)", f"{mc['src_vocab_size']} / {mc['tgt_vocab_size']} sentencepiece pieces"),
+            ("positions", f"sinusoidal, at most {mc['max_positions']} tokens per side"),
+            ("weights", weights),
+        ]),
+        "## Results",
+    ]
+    rows = scores(metrics, task)
+    if rows:
+        best = (metrics.get("checkpoints") or {}).get("best")
+        same = best is not None and Path(best).name == Path(info["checkpoint"]).name
+        which = "the checkpoint exported here" if same else f"not the exported `{Path(info['checkpoint']).name}`"
+        parts.append(
+            "Scores of the training run (its `metrics.json`), computed with the PyTorch model (greedy decoding "
+            f"unless the run decoded otherwise): `test/*` of `checkpoints/{Path(best or 'best.ckpt').name}`, "
+            f"chosen on validation ({which}), `val/*` at the last validation."
+            + (f" Best validation {metrics.get('monitor', {}).get('metric', '')}: "
+               f"{metrics[metrics['monitor']['metric'] + '_best']:.2f}."
+               if isinstance(metrics.get("monitor"), dict) and metrics['monitor'].get('metric', '') + '_best' in metrics
+               else "")
+        )
+        parts.append("| split | metric | value | signature |\n|---|---|---|---|\n" + "\n".join(
+            f"| {r['split']} | {r['metric']} | {r['value']:.2f} | `{_table_cell(r['signature'] or '')}` |"
+            for r in rows))
+    else:
+        parts.append("No scores: the checkpoint was not found in a run folder with a `metrics.json`.")
+    parts.append("## Training")
+    command = training_command(overrides)
+    if command:
+        parts.append(f"```bash\n{command}\n```")
+    else:
+        parts.append("The training command is unknown (no `.hydra/overrides.yaml` beside the checkpoint).")
+    if config:
+        parts.append("<details><summary>The run's configuration (<code>.hydra/config.yaml</code>)</summary>\n\n"
+                     "```yaml\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True) + "```\n</details>")
+    if metrics.get("wall_time_s") is not None:
+        parts.append(f"Training took {metrics['wall_time_s']:.0f} s on {metrics.get('device', 'an unknown device')}"
+                     + (f" (commit {metrics['git_commit'][:10]})" if metrics.get("git_commit") else "") + ".")
+    parts.append("## Usage")
+    parts.append(usage_snippet(info, languages))
+    parts.append(
+        "CTranslate2's beam search ranks finished hypotheses by `score / length ** length_penalty`; the "
+        "seq2seq decoder uses the GNMT penalty `((5 + n) / 6) ** alpha` and a length limit of "
+        "`1.2 * source_tokens + 10` per sentence. To get exactly the outputs of the PyTorch model's greedy or "
+        "beam search, use `seq2seq.inference.ct2_predictor.CT2Predictor(model_dir, decoding).translate(lines)` "
+        "(`pip install seq2seq[export]`)."
+    )
+    spm_files = list(dict.fromkeys([info["tokenizer"]["source"], info["tokenizer"]["target"]]))
+    parts.append("## Files\n" + "\n".join([
+        "- `model.bin`, `config.json`, `*_vocabulary.json`: the CTranslate2 model",
+        f"- {', '.join(f'`{name}`' for name in spm_files)}: the sentencepiece model"
+        + ("" if len(spm_files) == 1 else "s (source, target)"),
+        "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, special tokens)",
+    ]))
+    return "\n\n".join(parts) + "\n"
