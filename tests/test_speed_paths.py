@@ -346,24 +346,3 @@ def test_compiled_training_checkpoint_loads_uncompiled(tmp_path):
         compiled = module._compiled_loss(b["src"], b["tgt_in"], b["tgt_out"], tgt_index, src_index, 0.1, True)
         eager = sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], 0.1)
     assert compiled[0].item() == pytest.approx(eager[0].item(), rel=1e-4)
-
-
-@pytest.mark.skipif(not __import__("seq2seq.models.transformer", fromlist=["x"]).MKL_PACKING, reason="no MKL in this torch")
-def test_prepacked_linear_equals_f_linear_and_follows_weight_updates():
-    from seq2seq.models.transformer import Linear
-
-    torch.manual_seed(0)
-    layer, x = Linear(32, 48), torch.randn(5, 7, 32)
-    with torch.inference_mode():
-        packed = layer(x)
-        first = layer.packed_weight()
-    assert torch.equal(packed, F.linear(x, layer.weight, layer.bias))  # the same kernel: bitwise equal
-    with torch.no_grad():
-        layer.weight.mul_(2.0)  # an optimizer step changes the weight in place
-    with torch.inference_mode():
-        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
-        assert layer.packed_weight() is not first
-        assert layer.packed_weight() is layer.packed_weight()  # cached while the weight stays
-    out = layer(x.requires_grad_())  # training: plain F.linear, gradients flow
-    out.sum().backward()
-    assert x.grad is not None and layer.weight.grad is not None

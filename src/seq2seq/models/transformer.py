@@ -42,9 +42,6 @@ from torch import Tensor, nn
 
 from seq2seq.models.loss import fused_linear_label_smoothed_ce, label_smoothed_nll
 
-# Prepacked MKL GEMMs for CPU inference (see Linear); absent on builds without MKL (e.g. ARM).
-MKL_PACKING = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-
 
 @dataclass
 class TransformerConfig:
@@ -184,34 +181,6 @@ class Dropout(nn.Dropout):
         return x.mul(keep).mul_(self.LEVELS / (self.LEVELS - dropped))
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` that, in inference mode on a CPU in float32, multiplies with a copy of its weight
-    prepacked for MKL (``torch.ops.mkl._mkl_linear``, what inductor's CPU freezing uses): the same
-    GEMM kernel, so bitwise the same result, but 1.2-2x faster at the few rows a decoding step has.
-    The packed copy is rebuilt whenever the weight changes (training steps, loading, tying). Training,
-    autocast, other devices and dtypes use ``F.linear``."""
-
-    PACKED_FOR_ROWS = 16  # MKL's packing takes a row count to tune for; every row count works
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (
-            # is_compiling first: the compiled training step must not trace the other checks
-            not torch.compiler.is_compiling() and MKL_PACKING and torch.is_inference_mode_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-        ):
-            return torch.ops.mkl._mkl_linear(x, self.packed_weight(), self.weight, self.bias, self.PACKED_FOR_ROWS)
-        return F.linear(x, self.weight, self.bias)
-
-    def packed_weight(self) -> Tensor:
-        """The MKL-packed copy of the current weight (cached until the weight changes)."""
-        key = (self.weight.data_ptr(), self.weight._version)
-        if self.__dict__.get("_packed_key") != key:
-            self.__dict__["_packed"] = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), self.PACKED_FOR_ROWS)
-            self.__dict__["_packed_key"] = key
-        return self.__dict__["_packed"]
-
-
 class Embedding(nn.Module):
     """Token embedding scaled by sqrt(D), plus sinusoidal positions, then dropout."""
 
@@ -286,11 +255,11 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.cross = cross
         if cross:
-            self.q_proj = Linear(d_model, d_model)
-            self.kv_proj = Linear(d_model, 2 * d_model)
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
         else:
-            self.qkv_proj = Linear(d_model, 3 * d_model)
-        self.out_proj = Linear(d_model, d_model)
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
     def forward(
@@ -355,8 +324,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
         super().__init__()
-        self.fc1 = Linear(d_model, d_ff)
-        self.fc2 = Linear(d_ff, d_model)
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
         self.act = {"relu": F.relu, "gelu": F.gelu}[activation]
         self.dropout = Dropout(dropout)
 
@@ -428,7 +397,7 @@ class DecoderLayer(nn.Module):
         return x, (self_w, cross_w)
 
 
-class VocabularyHead(Linear):
+class VocabularyHead(nn.Linear):
     """Final decoder states (..., D) -> the target vocabulary (..., V), without bias; its weight is the
     target embedding matrix when ``tie_output``. ``attention``/``source`` are unused (see :class:`CopyHead`)."""
 
