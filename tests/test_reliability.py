@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SHORT_TRAINING_OVERRIDES, TINY_OVERRIDES, compose_train
+from helpers import SHORT_TRAINING_OVERRIDES, TINY_OVERRIDES, compose_train, poison_loss_at_step
 from seq2seq.errors import CheckpointError, TrainingError
-from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.train import train
 
 # Keys that measure the machine, not the model.
@@ -43,26 +42,14 @@ def test_checkpoints_load_without_executing_code(tiny_checkpoint):
     assert state["model_config"]["d_model"] == 64
 
 
-def _poison_loss_at(monkeypatch, step: int) -> None:
-    original = Seq2SeqModule._loss
-
-    def poisoned(self, batch):
-        smoothed, nll, n = original(self, batch)
-        if self.training and self.global_step == step:
-            smoothed = smoothed * float("nan")
-        return smoothed, nll, n
-
-    monkeypatch.setattr(Seq2SeqModule, "_loss", poisoned)
-
-
 def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch):
-    _poison_loss_at(monkeypatch, 3)
+    poison_loss_at_step(monkeypatch, 3)
     with pytest.raises(TrainingError, match="non-finite loss .* at step 3"):
         train(compose_train(tmp_path, QUICK))
 
 
 def test_nan_loss_can_skip_the_batch(tmp_path, monkeypatch):
-    _poison_loss_at(monkeypatch, 3)
+    poison_loss_at_step(monkeypatch, 3)
     metrics = train(compose_train(tmp_path, QUICK + ["optim.nonfinite=skip"]))
     assert metrics["train/skipped_batches"] == 1.0
     assert all(torch.isfinite(p).all() for p in
