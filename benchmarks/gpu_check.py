@@ -102,7 +102,7 @@ _THROUGHPUT_DRY = ["--device", "cpu", "--dtype", "bf16", "--size", "tiny", "--ma
                    "--batches", "2", "--threads", "1", "--peak-tflops", "0.1"]
 _TRAIN_DRY = ["model/size=tiny", "trainer=cpu", "trainer.precision=32-true", "data.max_tokens=1024",
               "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-              "trainer.limit_val_batches=1", "trainer.val_check_interval=1.0", "data.vocab_size=500",
+              "trainer.limit_val_batches=1", "++trainer.val_check_interval=1.0", "data.vocab_size=500",
               "data.eval_max_tokens=1024", "test=false", "callbacks.validation_samples=null"]
 DRY = Profile(
     name="dry-run",
