@@ -59,6 +59,40 @@ def test_eval_reproduces_the_test_bleu_of_training(tiny_run, tiny_checkpoint, tm
     assert lines[-1] == "" and len(lines) - 1 == len(test_sources) == written["num_sentences"]
 
 
+def test_eval_hyp_file_reproduces_the_test_bleu_of_training(run_folder, tiny_run, tmp_path):
+    ckpt = run_folder / "checkpoints" / "best.ckpt"
+    decoded = evaluate(eval_config(tmp_path / "decode", [f"ckpt_path={ckpt}"]))
+    hyp_file = Path(decoded["hypotheses"])
+    # Another system's output file, scored by one command: with a data config, or with the run's.
+    for overrides in ([*tiny_data(tiny_run)], [f"ckpt_path={ckpt}"]):
+        payload = evaluate(eval_config(tmp_path / "score", [f"hyp_file={hyp_file}", *overrides]))
+        assert payload["test/bleu"] == pytest.approx(tiny_run["test/bleu"], rel=1e-6, abs=1e-6)
+        assert payload["test/chrf"] == pytest.approx(tiny_run["test/chrf"], rel=1e-6, abs=1e-6)
+        assert "test/loss" not in payload and payload["hyp_file"] == str(hyp_file.resolve())
+    trained = json.loads((Path(tiny_run["run_dir"]) / "metrics.json").read_text())
+    assert trained["signatures"]["test"] == payload["signatures"]["test"] == decoded["signatures"]["test"]
+    assert "|tok:13a|" in trained["signatures"]["test"]["bleu"] and "val" in trained["signatures"]
+
+    # A second reference (here the hypotheses themselves) through the data config: nrefs:2, BLEU 100.
+    two = evaluate(eval_config(tmp_path / "two", [f"hyp_file={hyp_file}", *tiny_data(tiny_run),
+                                                 f"data.extra_references={{test:[{hyp_file}]}}"]))
+    assert two["test/bleu"] == pytest.approx(100.0) and two["signatures"]["test"]["bleu"].startswith("nrefs:2|")
+
+    short = tmp_path / "short.txt"
+    short.write_text("".join(hyp_file.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(DataError, match=rf"{short} has {decoded['num_sentences'] - 1} lines but the test split "
+                                        rf".* has {decoded['num_sentences']} segments"):
+        evaluate(eval_config(tmp_path / "short", [f"hyp_file={short}", *tiny_data(tiny_run)]))
+
+
+def test_eval_of_a_japanese_target_without_mecab_stops_before_scoring(tiny_run, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "MeCab", None)  # as if sacrebleu[ja] were not installed
+    hyp_file = tmp_path / "hyps.txt"
+    hyp_file.write_text("x\n")
+    with pytest.raises(ConfigError, match=r"pip install 'sacrebleu\[ja\]'"):
+        evaluate(eval_config(tmp_path, [f"hyp_file={hyp_file}", *tiny_data(tiny_run), "data.tgt_lang=ja"]))
+
+
 def test_eval_uses_the_runs_data_config_val_split_and_beam(run_folder, tiny_run, tmp_path):
     ckpt = run_folder / "checkpoints" / "best.ckpt"
     payload = evaluate(eval_config(tmp_path, [f"ckpt_path={ckpt}", "split=val", "decoding=beam",
@@ -87,8 +121,10 @@ def test_missing_test_split_is_a_data_error(tiny_run, tiny_checkpoint, tmp_path)
 def test_missing_checkpoint_or_data_config_are_user_errors(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         evaluate(eval_config(tmp_path, [f"ckpt_path={tmp_path / 'nope.ckpt'}", "data=toy"]))
-    with pytest.raises(ConfigError, match="ckpt_path"):
+    with pytest.raises(ConfigError, match="ckpt_path=PATH is required.*or hyp_file=FILE"):
         evaluate(eval_config(tmp_path, ["data=toy"]))
+    with pytest.raises(ConfigError, match="no data config: hyp_file= needs one"):
+        evaluate(eval_config(tmp_path, [f"hyp_file={tmp_path / 'hyps.txt'}"]))
     # A checkpoint outside a run folder needs data=...
     lone = tmp_path / "lone" / "model.ckpt"
     lone.parent.mkdir()

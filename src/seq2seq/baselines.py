@@ -42,7 +42,9 @@ def run_baseline(cfg: DictConfig) -> dict:
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}: use val or test")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    sources, references = instantiate(data_cfg).texts(split)
+    datamodule = instantiate(data_cfg)
+    sources, _ = datamodule.texts(split)
+    references = datamodule.reference_streams(split)  # with data.extra_references, if any
     n = int(cfg.get("n", 3))
     hypotheses, unit = lead_n(sources, n, cfg.get("unit", "auto"))
     scores, signatures = score("summarization", hypotheses, references)

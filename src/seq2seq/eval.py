@@ -1,11 +1,14 @@
-"""Evaluation entry point: ``python -m seq2seq.eval ckpt_path=PATH [data=NAME] [split=val] [decoding=beam]``.
+"""Evaluation entry point: ``python -m seq2seq.eval ckpt_path=PATH [data=NAME] [split=val] [decoding=beam]``,
+or ``python -m seq2seq.eval hyp_file=FILE data=NAME [data.root=DIR] [split=test]`` to score existing
+hypotheses (another system's, or an earlier run's) exactly as our own are scored.
 
 Loads a checkpoint (model and tokenizer come from the checkpoint alone), decodes a split of a data
 config with the ``decoding`` group (greedy, beam or sampling), and writes into its run folder:
 
 * ``metrics.json``: ``{split}/bleu``, ``{split}/chrf`` (summarization: ``{split}/rouge1``,
   ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature), ``{split}/loss`` and
-  ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures, ``num_parameters``, ``ckpt_path``, the
+  ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures (``sacrebleu_signature``,
+  and ``signatures: {split: {bleu, chrf}}`` as training writes them), ``num_parameters``, ``ckpt_path``, the
   decoding options, the corpus, timings and the device;
 * ``hypotheses.{split}.txt``: the best hypothesis of every source, one line each, in corpus order
   (and ``hypotheses.{split}.nbest.txt``, ``index<TAB>rank<TAB>score<TAB>text`` lines as
@@ -20,6 +23,17 @@ reported for the same checkpoint. Several checkpoints sharing one tokenizer, ``'
 (a Hydra list), are evaluated as an ensemble (:mod:`seq2seq.decoding.ensemble`); without ``data``
 the first checkpoint's run config is used. User errors (missing or unreadable checkpoint, missing
 split, checkpoints with different tokenizers) print one message and exit with status 2.
+
+BLEU is sacreBLEU's with the tokenizer of the target language (``13a``; ``zh``, ``ja-mecab``,
+``ko-mecab`` for Chinese, Japanese, Korean), or the data config's ``bleu_tokenize``, or this
+command's ``bleu_tokenize=`` (which wins); every reference of the split counts (the data config's
+``extra_references``).
+
+``hyp_file=FILE`` skips decoding: FILE holds one detokenized hypothesis per line, line *i* for
+source *i* of the split (another line count stops with one message naming the file and both
+counts), and is scored against the split's references with the same scorer and settings. The data
+config is ``data=NAME``, or, with ``ckpt_path=`` (not loaded), the one of that checkpoint's run; so
+``eval hyp_file=F ckpt_path=C`` and ``eval ckpt_path=C`` score on the same references.
 """
 
 from __future__ import annotations
@@ -34,11 +48,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.config import config_dir, user_errors_exit
+from seq2seq.data.datamodule import Seq2SeqDataModule
+from seq2seq.data.sources import read_aligned_lines
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import checkpoint_paths, load_models, resolve_device
 from seq2seq.inference.predictor import Predictor
-from seq2seq.metrics.text_metrics import check_task, score
+from seq2seq.metrics.text_metrics import bleu_tokenizer, check_task, score, signatures_by_metric
 from seq2seq.run_summary import finish_run
 from seq2seq.utils.io import atomic_write_text
 from seq2seq.utils.run_info import git_commit
@@ -59,13 +75,17 @@ def run_config_of(ckpt_path: Path) -> DictConfig | None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; returns what was written to metrics.json."""
+    """Evaluate ``cfg.ckpt_path`` (or score ``cfg.hyp_file``) as ``cfg`` says; returns what was written
+    to metrics.json."""
+    if cfg.get("hyp_file"):
+        return score_hypotheses(cfg)
     start = time.perf_counter()
     if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path=PATH is required (e.g. ckpt_path=outputs/train/runs/.../checkpoints/best.ckpt)")
-    split = cfg.get("split", "test")
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r}: use one of {', '.join(SPLITS)}")
+        raise ConfigError(
+            "ckpt_path=PATH is required (e.g. ckpt_path=outputs/train/runs/.../checkpoints/best.ckpt), "
+            "or hyp_file=FILE data=NAME to score existing hypotheses"
+        )
+    split = _split(cfg)
     decoding_options = {**OmegaConf.to_container(cfg.decoding, resolve=True), "n_best": int(cfg.get("n_best", 1))}
     decoding = DecodingConfig.from_mapping(decoding_options)
     device = resolve_device(cfg.get("device", "auto"))
@@ -73,23 +93,14 @@ def evaluate(cfg: DictConfig) -> dict:
 
     paths = [Path(p) for p in checkpoint_paths(cfg.ckpt_path)]
     net, tokenizer = load_models(paths, device)
-    run_cfg = run_config_of(paths[0])
-    task = check_task(cfg.get("task") or (run_cfg.get("task") if run_cfg is not None else None) or "translation")
-    if cfg.get("data") is None and run_cfg is None:
-        raise ConfigError(
-            f"no data config: {paths[0]} is not inside a run folder with .hydra/config.yaml; "
-            "pass data=NAME (e.g. data=toy data.root=DIR)"
-        )
-    # A run's interpolations (${paths.data_dir}, ${seed}) resolve against its own config.
-    data_cfg = OmegaConf.to_container(cfg.data if cfg.get("data") is not None else run_cfg.data, resolve=True)
-    datamodule = instantiate(data_cfg)
+    task, datamodule, about = _data_of(cfg, paths[0])
     loader = datamodule.eval_dataloader(split, tokenizer, cfg.get("max_tokens"))
 
     decode_start = time.perf_counter()
     nbest, nll, n_tokens = Predictor(net, tokenizer, decoding, device).predict_loader(loader)
     decode_time = time.perf_counter() - decode_start
     hypotheses = tokenizer.decode_target([hyps[0].tokens for hyps in nbest])
-    scores, signatures = score(task, hypotheses, datamodule.references(split))
+    scores, signatures = _score(cfg, task, hypotheses, datamodule, split)
     loss = nll / max(n_tokens, 1)
     metrics = {**{f"{split}/{k}": v for k, v in scores.items()}, f"{split}/loss": loss, f"{split}/ppl": math.exp(min(loss, 50.0))}
     hyp_file = output_dir / f"hypotheses.{split}.txt"
@@ -103,14 +114,60 @@ def evaluate(cfg: DictConfig) -> dict:
         atomic_write_text(output_dir / f"hypotheses.{split}.nbest.txt", "".join(f"{line}\n" for line in lines))
 
     return finish_run(
-        output_dir, metrics, title=f"{' + '.join(p.name for p in paths)} on {split}", **signatures, task=task,
-        num_parameters=net.num_parameters(), split=split,
+        output_dir, metrics, title=f"{' + '.join(p.name for p in paths)} on {split}", **signatures,
+        signatures={split: signatures_by_metric(signatures)}, task=task, num_parameters=net.num_parameters(), split=split,
         ckpt_path=str(paths[0].resolve()) if len(paths) == 1 else [str(p.resolve()) for p in paths],
-        decoding=decoding_options, data={k: data_cfg.get(k) for k in ("root", "src_lang", "tgt_lang", "format")},
-        num_sentences=len(hypotheses), hypotheses=str(hyp_file), decode_time_s=decode_time,
-        sentences_per_s=len(hypotheses) / decode_time if decode_time > 0 else None,
+        decoding=decoding_options, data=about, num_sentences=len(hypotheses), hypotheses=str(hyp_file),
+        decode_time_s=decode_time, sentences_per_s=len(hypotheses) / decode_time if decode_time > 0 else None,
         wall_time_s=time.perf_counter() - start, device=str(device), git_commit=git_commit(),
     )
+
+
+def score_hypotheses(cfg: DictConfig) -> dict:
+    """Score ``cfg.hyp_file`` (one hypothesis per line, in corpus order) against the references of
+    ``cfg.split`` as :func:`evaluate` scores decoded ones; returns what was written to metrics.json."""
+    start = time.perf_counter()
+    split, hyp_file = _split(cfg), Path(cfg.hyp_file)
+    ckpt = checkpoint_paths(cfg.ckpt_path)[0] if cfg.get("ckpt_path") else None
+    task, datamodule, about = _data_of(cfg, Path(ckpt) if ckpt else None)
+    sources, _ = datamodule.texts(split)
+    hypotheses = read_aligned_lines(hyp_file, len(sources), f"the {split} split under {datamodule.root}")
+    scores, signatures = _score(cfg, task, hypotheses, datamodule, split)
+    return finish_run(
+        cfg.paths.output_dir, {f"{split}/{k}": v for k, v in scores.items()}, title=f"{hyp_file.name} on {split}",
+        **signatures, signatures={split: signatures_by_metric(signatures)}, task=task, split=split,
+        hyp_file=str(hyp_file.resolve()), data=about, num_sentences=len(hypotheses),
+        wall_time_s=time.perf_counter() - start, git_commit=git_commit(),
+    )
+
+
+def _split(cfg: DictConfig) -> str:
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: use one of {', '.join(SPLITS)}")
+    return split
+
+
+def _data_of(cfg: DictConfig, ckpt: Path | None) -> tuple[str, Seq2SeqDataModule, dict]:
+    """(task, DataModule, what metrics.json says of the corpus) of ``cfg.data``, or of the config of
+    the run ``ckpt`` comes from; checks that the BLEU tokenizer can run before anything is decoded."""
+    run_cfg = run_config_of(ckpt) if ckpt is not None else None
+    task = check_task(cfg.get("task") or (run_cfg.get("task") if run_cfg is not None else None) or "translation")
+    if cfg.get("data") is None and run_cfg is None:
+        where = f"{ckpt} is not inside a run folder with .hydra/config.yaml" if ckpt else "hyp_file= needs one"
+        raise ConfigError(f"no data config: {where}; pass data=NAME (e.g. data=toy data.root=DIR)")
+    # A run's interpolations (${paths.data_dir}, ${seed}) resolve against its own config.
+    data_cfg = OmegaConf.to_container(cfg.data if cfg.get("data") is not None else run_cfg.data, resolve=True)
+    datamodule = instantiate(data_cfg)
+    if task == "translation":
+        bleu_tokenizer(datamodule.tgt_lang, cfg.get("bleu_tokenize") or datamodule.bleu_tokenize)
+    return task, datamodule, {k: data_cfg.get(k) for k in ("root", "src_lang", "tgt_lang", "format")}
+
+
+def _score(cfg: DictConfig, task: str, hypotheses: list[str], datamodule: Seq2SeqDataModule, split: str):
+    """``score`` against every reference of ``split``, BLEU tokenized as the command or data config says."""
+    return score(task, hypotheses, datamodule.reference_streams(split), datamodule.tgt_lang,
+                 cfg.get("bleu_tokenize") or datamodule.bleu_tokenize)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")

@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> dict:
                         trainer=trainer)
         log_run_info(trainer.loggers, info)
         finish_run(
-            output_dir, metrics, **signatures, task=module.task, monitor={"metric": monitor, "mode": monitor_mode},
+            output_dir, metrics, **signatures, signatures=module.signatures, task=module.task,
+            monitor={"metric": monitor, "mode": monitor_mode},
             data_filter=data_filter, num_parameters=module.net.num_parameters(), git_commit=info["git_commit"],
             checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
         )

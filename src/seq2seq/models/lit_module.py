@@ -25,7 +25,13 @@ from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import CheckpointError, ConfigError, TrainingError
 from seq2seq.inference.checkpoint import model_config
 from seq2seq.inference.predictor import Predictor
-from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task, score
+from seq2seq.metrics.text_metrics import (
+    DEFAULT_MONITOR,
+    bleu_tokenizer,
+    check_task,
+    score,
+    signatures_by_metric,
+)
 from seq2seq.models.loss import sequence_loss, target_index
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
@@ -191,6 +197,10 @@ class Seq2SeqModule(L.LightningModule):
             if datamodule is None or getattr(datamodule, "tokenizer", None) is None:
                 raise RuntimeError("Seq2SeqModule needs a tokenizer: pass one, or train with a Seq2SeqDataModule")
             self.build(datamodule.tokenizer)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if self.task == "translation" and datamodule is not None:
+            # A BLEU tokenizer that cannot run here (a missing MeCab extra) stops before training.
+            bleu_tokenizer(datamodule.tgt_lang, datamodule.bleu_tokenize)
         if stage == "fit":
             self._setup_fast_path()
 
@@ -353,8 +363,9 @@ class Seq2SeqModule(L.LightningModule):
 
     def _eval_epoch_end(self, prefix: str) -> dict:
         indices, hypotheses = self.gathered_hypotheses()
-        all_refs = self.trainer.datamodule.references(prefix)
-        metrics, signatures = score(self.task, hypotheses, [all_refs[i] for i in indices])
+        datamodule = self.trainer.datamodule
+        references = [[stream[i] for i in indices] for stream in datamodule.reference_streams(prefix)]
+        metrics, signatures = score(self.task, hypotheses, references, datamodule.tgt_lang, datamodule.bleu_tokenize)
         # Every rank holds the same gathered corpus score, so no reduction is needed.
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value)
@@ -363,6 +374,12 @@ class Seq2SeqModule(L.LightningModule):
             self.log(f"{prefix}/ppl", torch.exp(loss.float().clamp(max=50)))
         self.eval_results[prefix] = {**metrics, **signatures, "indices": indices, "hypotheses": hypotheses}
         return metrics
+
+    @property
+    def signatures(self) -> dict[str, dict[str, str]]:
+        """The signatures of the last scores of each split, ``{"val": {"bleu": .., "chrf": ..},
+        "test": {...}}`` (``{"rouge": ..}`` for summarization): metrics.json's ``signatures``."""
+        return {prefix: signatures_by_metric(results) for prefix, results in self.eval_results.items()}
 
     def gathered_hypotheses(self) -> tuple[list[int], list[str]]:
         """This epoch's (dataset indices, hypotheses) from every rank, in dataset order."""
