@@ -27,7 +27,7 @@ from seq2seq.errors import ConfigError
 BLEU_TOKENIZER_BY_LANGUAGE = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 DEFAULT_BLEU_TOKENIZER = "13a"
 # ISO 639-3 (and FLORES-200, ``zho_Hans``) codes of those languages.
-_ISO_639_1 = {"zho": "zh", "cmn": "zh", "jpn": "ja", "kor": "ko"}
+_ISO_639_3_TO_1 = {"zho": "zh", "cmn": "zh", "jpn": "ja", "kor": "ko"}
 # Tokenizers that need sacreBLEU's extras: (extra, modules imported, pip packages).
 _EXTRAS = {
     "ja-mecab": ("ja", ("MeCab", "ipadic"), "mecab-python3 and ipadic"),
@@ -55,7 +55,7 @@ def bleu_tokenizer(tgt_lang: str | None = None, tokenize: str | None = None, che
         name = tokenize
     else:
         base = re.split(r"[-_]", str(tgt_lang or "").lower())[0]
-        name = BLEU_TOKENIZER_BY_LANGUAGE.get(_ISO_639_1.get(base, base), DEFAULT_BLEU_TOKENIZER)
+        name = BLEU_TOKENIZER_BY_LANGUAGE.get(_ISO_639_3_TO_1.get(base, base), DEFAULT_BLEU_TOKENIZER)
     if check:
         _check_extra(name, tgt_lang)
         _bleu(name)
