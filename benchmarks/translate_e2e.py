@@ -17,11 +17,14 @@ lines) as a user would, lines in and detokenized text out, with
   call per distinct limit, exactly ours; only sentences that reach their limit can differ).
 
 torch and CTranslate2 get the same number of threads (``--threads``: ``torch.set_num_threads`` and
-CTranslate2's ``intra_threads``; one translation at a time). Each row is one (system, strategy,
-batch size): ``sent_s`` (sentences per second) and ``tgt_tok_s`` (target tokens per second, EOS
-included, of the best hypotheses) are the median of ``--rounds`` timed passes over the whole
-split; the systems' passes are interleaved, the order rotating every round, so background load
-slows them alike. ``bleu`` / ``chrf`` are sacreBLEU's against the references (with the signature),
+CTranslate2's ``intra_threads``; one translation at a time). Each system runs in a process of its
+own (this script with ``--worker``), driven over a pipe: in one process, CTranslate2's OpenMP
+threads and torch's compete for the two cores after each other's passes, and our passes ran
+25-40 % slower than alone. Each row is one (system, strategy, batch size): ``sent_s`` (sentences
+per second) and ``tgt_tok_s`` (target tokens per second, EOS included, of the best hypotheses)
+are the median of ``--rounds`` timed passes over the whole split, timed inside the worker; the
+systems' passes are interleaved, the order rotating every round, so background load slows them
+alike. ``bleu`` / ``chrf`` are sacreBLEU's against the references (with the signature),
 ``identical_to_ours`` the fraction of lines whose output equals ours. The last line is a summary
 with the ratios ``{strategy}_b{batch}_ours/ct2_fp32`` and ``{strategy}_b{batch}_ct2_int8/ours``
 of sentences per second.
@@ -80,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", help="where the exports (and a trained model) go (default: a temporary folder)")
     p.add_argument("--max-lines", type=int, help="translate only the first N lines of the split")
     p.add_argument("--quick", action="store_true", help="24 lines, batch 8, one round, no warm-up")
+    p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)  # internal: one system's process
+    p.add_argument("--worker-model", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -96,77 +101,136 @@ def train(args, out: Path) -> Path:
     return run / "checkpoints" / "best.ckpt"
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    ctranslate2 = require_ctranslate2()
-    if args.quick:
-        args.batch_sizes, args.rounds = [8], 1
-    torch.set_num_threads(args.threads)
-    out = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="translate_e2e-"))
+def read_split(args) -> tuple[list[str], list[str]]:
+    """Source lines and references of the split (``--quick``/``--max-lines``: the first N)."""
     data = Path(args.data)
     lines = (data / f"{args.split}.{args.src_lang}").read_text(encoding="utf-8").splitlines()
     refs = (data / f"{args.split}.{args.tgt_lang}").read_text(encoding="utf-8").splitlines()
     if args.quick or args.max_lines:
         n = 24 if args.quick else args.max_lines
         lines, refs = lines[:n], refs[:n]
-    ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
-    exports = {"ct2_fp32": export_ctranslate2(ckpt, out / "ct2_fp32", None, force=True),
-               "ct2_int8": export_ctranslate2(ckpt, out / "ct2_int8", "int8", force=True)}
-    net, tokenizer = load_model(ckpt)
+    return lines, refs
+
+
+def strategies_of(args) -> dict[str, DecodingConfig]:
     strategies = {"greedy": DecodingConfig(strategy="greedy", alpha=args.alpha),
                   f"beam{args.beam}": DecodingConfig(strategy="beam", beam_size=args.beam, alpha=args.alpha)}
-    strategies = {k: v for k, v in strategies.items() if v.strategy in args.strategies}
+    return {k: v for k, v in strategies.items() if v.strategy in args.strategies}
 
-    tokens: dict[tuple, int] = {}
 
-    def counting(name, predictor):
-        """Count the target tokens (EOS included) of the best hypotheses the predictor's batches return."""
+def worker(args) -> None:
+    """One system in its own process: read ``{"strategy", "batch_size", "warmup"}`` requests as JSON
+    lines on stdin, translate the split, answer ``{"seconds", "outputs", "tokens"}`` on stdout."""
+    torch.set_num_threads(args.threads)
+    name, model = args.worker, Path(args.worker_model)
+    lines, _ = read_split(args)
+    if name == "ours":
+        net, tokenizer = load_model(model)
+    tokens = 0
+
+    def build(decoding):
+        nonlocal tokens
+        if name == "ours":
+            predictor = Predictor(net, tokenizer, decoding)
+        else:
+            predictor = CT2Predictor(model, decoding, compute_type="default", threads=args.threads,
+                                     exact_limits=args.exact_limits)
         generate = predictor.generate
 
-        def counted(src):
+        def counted(src):  # target tokens (EOS included) of the best hypotheses
+            nonlocal tokens
             groups = generate(src)
-            tokens[name] = tokens.get(name, 0) + sum(g[0].num_scored for g in groups)
+            tokens += sum(g[0].num_scored for g in groups)
             return groups
 
         predictor.generate = counted
         return predictor
 
+    predictors = {label: build(decoding) for label, decoding in strategies_of(args).items()}
+    out = sys.stdout
+    sys.stdout = sys.stderr  # only the answers go to the pipe
+    for request in sys.stdin:
+        request = json.loads(request)
+        predictor = predictors[request["strategy"]]
+        if request["warmup"]:  # allocators, oneDNN/MKL kernels, CTranslate2's first call
+            predictor.translate(lines[:32], batch_size=request["batch_size"])
+        tokens = 0
+        start = time.perf_counter()
+        results = predictor.translate(lines, batch_size=request["batch_size"])
+        seconds = time.perf_counter() - start
+        out.write(json.dumps({"seconds": seconds, "outputs": [pairs[0][0] for pairs in results],
+                              "tokens": tokens}) + "\n")
+        out.flush()
+
+
+def start_workers(args, models: dict[str, Path], argv: list[str]) -> dict[str, subprocess.Popen]:
+    """One ``--worker`` process per system, with this run's options."""
+    return {name: subprocess.Popen([sys.executable, __file__, *argv, "--worker", name, "--worker-model", str(model)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+            for name, model in models.items()}
+
+
+def ask(process: subprocess.Popen, **request) -> dict:
+    process.stdin.write(json.dumps(request) + "\n")
+    process.stdin.flush()
+    answer = process.stdout.readline()
+    if not answer:
+        raise RuntimeError(f"a benchmark worker stopped (exit code {process.wait()}); see its messages above")
+    return json.loads(answer)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    ctranslate2 = require_ctranslate2()
+    if args.quick:
+        args.batch_sizes, args.rounds = [8], 1
+    if args.worker:
+        return worker(args)
+    out = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="translate_e2e-"))
+    lines, refs = read_split(args)
+    ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
+    if not args.ckpt:
+        argv += ["--ckpt", str(ckpt)]
+    models = {"ours": ckpt,
+              "ct2_fp32": export_ctranslate2(ckpt, out / "ct2_fp32", None, force=True),
+              "ct2_int8": export_ctranslate2(ckpt, out / "ct2_int8", "int8", force=True)}
+    net, _ = load_model(ckpt)
+    strategies = strategies_of(args)
+    workers = start_workers(args, models, argv)
     rows = []
-    for label, decoding in strategies.items():
-        predictors = {
-            "ours": counting("ours", Predictor(net, tokenizer, decoding)),
-            **{name: counting(name, CT2Predictor(folder, decoding, compute_type="default", threads=args.threads,
-                                                 exact_limits=args.exact_limits))
-               for name, folder in exports.items()},
-        }
-        for batch_size in args.batch_sizes:
-            seconds: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-            outputs: dict[str, list[str]] = {}
-            if not args.quick:  # warm-up: allocators, oneDNN/MKL kernels, CTranslate2's first call
+    try:
+        for label in strategies:
+            for batch_size in args.batch_sizes:
+                seconds: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+                outputs: dict[str, list[str]] = {}
+                tokens: dict[str, int] = {}
+                for r in range(args.rounds):
+                    order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[: r % len(SYSTEMS)]
+                    for name in order:
+                        answer = ask(workers[name], strategy=label, batch_size=batch_size,
+                                     warmup=r == 0 and not args.quick)
+                        seconds[name].append(answer["seconds"])
+                        outputs[name], tokens[name] = answer["outputs"], answer["tokens"]
                 for name in SYSTEMS:
-                    predictors[name].translate(lines[:32], batch_size=batch_size)
-            for r in range(args.rounds):
-                order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[: r % len(SYSTEMS)]
-                for name in order:
-                    tokens[name] = 0
-                    start = time.perf_counter()
-                    results = predictors[name].translate(lines, batch_size=batch_size)
-                    seconds[name].append(time.perf_counter() - start)
-                    outputs[name] = [pairs[0][0] for pairs in results]
-            for name in SYSTEMS:
-                metrics, signatures = score("translation", outputs[name], refs)
-                median = statistics.median(seconds[name])
-                row = {
-                    "system": name, "strategy": label, "batch_size": batch_size, "threads": args.threads,
-                    "sentences": len(lines), "seconds": round(median, 3),
-                    "seconds_rounds": [round(t, 3) for t in seconds[name]],
-                    "sent_s": round(len(lines) / median, 2), "tgt_tok_s": round(tokens[name] / median, 1),
-                    "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2),
-                    "identical_to_ours": round(sum(a == b for a, b in zip(outputs[name], outputs["ours"])) / len(lines), 4),
-                    "bleu_signature": signatures["sacrebleu_signature"]["bleu"],
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                    metrics, signatures = score("translation", outputs[name], refs)
+                    median = statistics.median(seconds[name])
+                    row = {
+                        "system": name, "strategy": label, "batch_size": batch_size, "threads": args.threads,
+                        "process": "own", "sentences": len(lines), "seconds": round(median, 3),
+                        "seconds_rounds": [round(t, 3) for t in seconds[name]],
+                        "sent_s": round(len(lines) / median, 2), "tgt_tok_s": round(tokens[name] / median, 1),
+                        "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2),
+                        "identical_to_ours": round(
+                            sum(a == b for a, b in zip(outputs[name], outputs["ours"])) / len(lines), 4),
+                        "bleu_signature": signatures["sacrebleu_signature"]["bleu"],
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    finally:
+        for process in workers.values():
+            process.stdin.close()
+            process.wait()
 
     summary = {"summary": True, "checkpoint": str(ckpt), "split": f"{args.data}/{args.split}",
                "sentences": len(lines), "threads": args.threads, "exact_limits": args.exact_limits,

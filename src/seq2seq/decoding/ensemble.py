@@ -118,10 +118,11 @@ class EnsembleStepper:
         """prefix (R, t) -> log-probabilities of the next token (R, V), float32."""
         return mean_log_probs([stepper.step(prefix) for stepper in self.steppers])
 
-    def select(self, index: Tensor) -> None:
-        """Keep rows ``index`` (R',) in that order, in every member's cache."""
+    def select(self, index: Tensor, same_sources: bool = False) -> None:
+        """Keep rows ``index`` (R',) in that order, in every member's cache (see
+        :meth:`~seq2seq.decoding.search.DecoderStepper.select`)."""
         for stepper in self.steppers:
-            stepper.select(index)
+            stepper.select(index, same_sources)
 
 
 def teacher_forced_nll(model: Seq2SeqTransformer | Ensemble, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:

@@ -169,13 +169,20 @@ class DecoderStepper:
         self.steps += 1
         return scores
 
-    def select(self, index: Tensor) -> None:
-        """Keep rows ``index`` (R',) in that order (drop finished rows, reorder or expand beams)."""
+    def select(self, index: Tensor, same_sources: bool = False) -> None:
+        """Keep rows ``index`` (R',) in that order (drop finished rows, reorder or expand beams).
+
+        ``same_sources``: row ``i`` keeps the source it had (beams reordered within their
+        sentence), so everything computed from the source (the cross-attention keys/values, the
+        source mask) stays as it is and only the target side is reordered.
+        """
+        if self.use_cache:
+            self.cache.select(index, self_only=same_sources)
+        if same_sources:
+            return
         self.memory_mask = self.memory_mask.index_select(0, index)
         self.src = self.src.index_select(0, index)
-        if self.use_cache:
-            self.cache.select(index)
-        else:
+        if not self.use_cache:
             self.memory = self.memory.index_select(0, index)
 
 
@@ -254,15 +261,18 @@ def _greedy_or_sample(
     limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions)
     limits = limits.repeat_interleave(copies)
     # Results live in full-size tensors indexed by original row, written through `active`, so
-    # that no Python loop runs per row and step.
-    out = torch.full((rows, int(limits.max())), mc.pad_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(rows, dtype=torch.long, device=device)
-    log_prob = torch.zeros(rows, dtype=torch.float32, device=device)
-    ended = torch.zeros(rows, dtype=torch.bool, device=device)
+    # that no Python loop runs per row and step. Row `rows` is a scratch row: a finished row that
+    # is still in the batch points there, so its further (ignored) steps overwrite nothing.
+    scratch = rows
+    out = torch.full((rows + 1, int(limits.max())), mc.pad_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(rows + 1, dtype=torch.long, device=device)
+    log_prob = torch.zeros(rows + 1, dtype=torch.float32, device=device)
+    ended = torch.zeros(rows + 1, dtype=torch.bool, device=device)
+    limits = torch.cat([limits, limits.new_zeros(1)])  # the scratch row is always "at its limit"
     active = torch.arange(rows, device=device)
     prefix = torch.full((src.size(0), 1), mc.bos_id, dtype=torch.long, device=device)
     step = 0
-    while active.numel() > 0:
+    while True:
         logprobs = stepper.step(prefix)
         if step == 0 and copies > 1:
             prefix, logprobs = _extend_rows(stepper, prefix, logprobs, copies)
@@ -276,8 +286,14 @@ def _greedy_or_sample(
         is_eos = next_tokens == mc.eos_id
         ended[active] = is_eos
         finished = is_eos | (limits[active] <= step)
-        if finished.any():
-            keep = (~finished).nonzero().squeeze(1)
+        active = active.masked_fill(finished, scratch)
+        live = int((active != scratch).sum())
+        if live == 0:
+            break
+        # Dropping rows copies every layer's cache: do it once a quarter of the batch has
+        # finished, not at every finished row (rows finish one by one in a large batch).
+        if 4 * (active.numel() - live) >= active.numel():
+            keep = (active != scratch).nonzero().squeeze(1)
             active, next_tokens, prefix = active[keep], next_tokens[keep], prefix[keep]
             stepper.select(keep)
         prefix = torch.cat([prefix, next_tokens.unsqueeze(1)], dim=1)
@@ -315,9 +331,11 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         raise ConfigError(f"decoding.beam_size={k} is too large for a vocabulary of {vocab} tokens")
     batch = src.size(0)
     stepper = make_stepper(model, src, cfg.use_cache)
-    limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions).tolist()
+    limits_t = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions)
+    limits = limits_t.tolist()
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     active = list(range(batch))  # source index of each active sentence
+    active_t = torch.arange(batch, device=device)  # the same, as a tensor
     prefix = torch.full((batch, 1), mc.bos_id, dtype=torch.long, device=device)  # (A * beams, t)
     # The first step runs one row per source (all beams would be equal); its candidates then
     # seed k beams. scores: summed log-probabilities of the live beams (A, beams).
@@ -336,23 +354,25 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         cand_token = cand_index % vocab
         step += 1
         is_eos = cand_token == mc.eos_id
-        at_limit = torch.tensor([limits[b] <= step for b in active], device=device)
-        to_finish = (is_eos | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores)
-        to_finish[:, k:] = False  # only the k best extensions may finish (as in fairseq)
-
-        if to_finish.any():
+        at_limit = limits_t.index_select(0, active_t) <= step  # (A,)
+        # Only the k best extensions may finish (as in fairseq).
+        to_finish = (is_eos[:, :k] | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores[:, :k])
+        finishing = to_finish.nonzero().tolist()  # row-major: best first within a sentence
+        if finishing:
+            # One conversion to Python per step, not one tensor read per finished hypothesis.
             penalty = length_penalty(step, cfg.alpha)
-            prefixes = prefix[:, 1:].view(n_active, beams, prefix.size(1) - 1)
-            for a, j in to_finish.nonzero().tolist():  # row-major: best first within a sentence
+            rows_of = sorted({a for a, _ in finishing})
+            prefixes = dict(zip(rows_of, prefix[:, 1:].view(n_active, beams, step - 1)[rows_of].tolist()))
+            eos_l, beam_l, token_l, score_l = (t[:, :k].tolist() for t in (is_eos, cand_beam, cand_token, cand_scores))
+            for a, j in finishing:
                 src_index = active[a]
                 if len(finished[src_index]) >= k and limits[src_index] > step:
                     continue
-                eos = bool(is_eos[a, j])
-                tokens = prefixes[a, int(cand_beam[a, j])].tolist()
-                if not eos:
-                    tokens.append(int(cand_token[a, j]))
-                total = float(cand_scores[a, j])
-                finished[src_index].append(Hypothesis(tokens, total / penalty, total, eos))
+                tokens = list(prefixes[a][beam_l[a][j]])
+                if not eos_l[a][j]:
+                    tokens.append(token_l[a][j])
+                total = score_l[a][j]
+                finished[src_index].append(Hypothesis(tokens, total / penalty, total, eos_l[a][j]))
 
         done = [limits[b] <= step or len(finished[b]) >= k for b in active]
         # The first k non-EOS candidates continue: sort positions with EOS pushed to the end.
@@ -371,6 +391,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
                     )
             keep = torch.tensor([a for a, d in enumerate(done) if not d], dtype=torch.long, device=device)
             active = [b for b, d in zip(active, done) if not d]
+            active_t = active_t.index_select(0, keep)
             if not active:
                 break
             next_beam, next_token, next_scores = next_beam[keep], next_token[keep], next_scores[keep]
@@ -378,7 +399,9 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         else:
             sentence = torch.arange(n_active, device=device)
         rows = (sentence.unsqueeze(1) * beams + next_beam).view(-1)  # (A' * k,) rows of the old prefix
-        stepper.select(rows)
+        # The beams of one sentence share its source: unless sentences left or beams were just
+        # seeded, every row keeps its source and the cross-attention cache stays in place.
+        stepper.select(rows, same_sources=beams == k and not any(done))
         prefix = torch.cat([prefix.index_select(0, rows), next_token.view(-1, 1)], dim=1)
         scores = next_scores
 

@@ -222,9 +222,11 @@ class KVCache:
         self.cross_v: list[Tensor | None] = [None] * num_layers
         self.length = 0  # positions already written to the self-attention buffers
 
-    def select(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B') in that order, for every layer's buffers."""
-        for store in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+    def select(self, index: Tensor, self_only: bool = False) -> None:
+        """Keep batch rows ``index`` (B') in that order, for every layer's buffers (``self_only``:
+        the self-attention buffers only, when every row keeps its source)."""
+        stores = (self.self_k, self.self_v) if self_only else (self.self_k, self.self_v, self.cross_k, self.cross_v)
+        for store in stores:
             for i, t in enumerate(store):
                 if t is not None:
                     store[i] = t.index_select(0, index)
