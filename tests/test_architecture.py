@@ -45,6 +45,8 @@ ALLOWED = {
     # The Python API: one object over the predictor; analysis for Translator.attention.
     "seq2seq.api": {"seq2seq.utils", "seq2seq.data", "seq2seq.models", "seq2seq.decoding", "seq2seq.inference",
                     "seq2seq.analysis"},
+    # Serving over HTTP: the web app over the API; the run folder's description as the model card reads it.
+    "seq2seq.serving": {"seq2seq.api", "seq2seq.decoding", "seq2seq.inference"},
     "seq2seq.config": {"seq2seq.metrics"},
     "seq2seq.run_summary": {"seq2seq.utils"},
 }
