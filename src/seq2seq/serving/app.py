@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from seq2seq.api import Translator
 from seq2seq.errors import ConfigError, Seq2SeqError
+from seq2seq.inference.checkpoint import one_line
 from seq2seq.serving.batcher import Batcher
 from seq2seq.serving.schemas import (
     BadRequest,
@@ -76,15 +77,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits = Limits(),
-               batching: Batching = Batching(), threads: int | None = None) -> FastAPI:
+def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits | None = None,
+               batching: Batching | None = None, threads: int | None = None) -> FastAPI:
     """The application serving ``translator``; ``info`` is what ``/info`` says about the model
-    (:func:`seq2seq.serving.info.model_info`). ``threads``: torch threads of the worker (default: as set)."""
+    (:func:`seq2seq.serving.info.model_info`). ``limits`` and ``batching`` default to their
+    classes' defaults; ``threads``: torch threads of the worker (default: as set)."""
+    limits, batching = limits or Limits(), batching or Batching()
     decoding = translator.decoding
 
     def translate(texts: list[str], **options: Any) -> list:
@@ -121,8 +119,8 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits =
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
-        logger.error("%s %s failed: %s", request.method, request.url.path, _first_line(err))
-        return JSONResponse({"error": f"internal error: {_first_line(err)}"}, status_code=500)
+        logger.error("%s %s failed: %s", request.method, request.url.path, one_line(err))
+        return JSONResponse({"error": f"internal error: {one_line(err)}"}, status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
