@@ -265,14 +265,29 @@ def test_batcher_merges_jobs_with_equal_options_only_and_answers_each():
         batcher.submit(["late"]).result(10)
 
 
-def test_batcher_waits_for_more_jobs_after_the_first():
-    calls = []
-    batcher = Batcher(fake_translate(calls), max_batch=8, max_wait_ms=600).start()
-    first = batcher.submit(["x"])
+def test_batcher_waits_after_taking_the_first_job_when_idle_and_after_a_batch():
+    """An idle worker waits max_wait_ms for more after a job arrives; a worker that finishes a
+    batch waits again, so a job queued meanwhile is joined by one that comes after the batch."""
+    calls, running = [], threading.Event()
+
+    def translate(texts, **options):
+        calls.append(list(texts))
+        if texts[0] == "a":
+            running.set()
+            time.sleep(0.3)
+        return list(texts)
+
+    batcher = Batcher(translate, max_batch=8, max_wait_ms=400).start()
+    a = batcher.submit(["a"])
     time.sleep(0.05)
-    second = batcher.submit(["y"])
-    assert first.result(10) == ["x:1"] and second.result(10) == ["y:1"]
-    assert calls == [(["x", "y"], {})]
+    a2 = batcher.submit(["a2"])
+    assert running.wait(10)
+    b = batcher.submit(["b"])  # while the model runs
+    assert a.result(10) == ["a"] and a2.result(10) == ["a2"]
+    time.sleep(0.05)
+    c = batcher.submit(["c"])  # after the batch
+    assert b.result(10) == ["b"] and c.result(10) == ["c"]
+    assert calls == [["a", "a2"], ["b", "c"]]
     batcher.close()
 
 

@@ -52,7 +52,7 @@ ENDPOINTS = "GET /, POST /translate, POST /attention, GET /health, GET /info, GE
 @dataclass(frozen=True)
 class Batching:
     """Server-side batching: at most ``max_batch`` texts per model call, collected for at most
-    ``max_wait_ms`` after the first arrives."""
+    ``max_wait_ms`` after the worker takes the first (:mod:`.batcher`)."""
 
     max_batch: int = 32
     max_wait_ms: float = 10.0

@@ -3,14 +3,19 @@
 One worker thread owns the model (the event loop stays free to accept and answer requests). Each
 request is a job: its texts and its decoding options. The worker takes the oldest job, then more
 jobs with the *same* options, until the batch holds ``max_batch`` texts or ``max_wait_ms`` have
-passed since the first job arrived, and runs them all through one ``translate(texts, **options)``
+passed since it took the first job, and runs them all through one ``translate(texts, **options)``
 call (:meth:`seq2seq.api.Translator.translate`, which sorts them by length into model batches).
 Each job's future gets its own slice of the results, in its order.
 
+The wait starts when the worker takes the first job: when that job arrives if the worker was idle,
+else when the previous batch ends. Waiting after a batch too lets the clients it just answered
+join the next one; without it, requests that arrived while the model ran would leave at once as a
+batch of their own, and clients that fell into two groups (16 clients, two batches of 8) would
+stay split. A batch that is full (``max_batch``) leaves at once.
+
 Jobs whose options differ (say ``n_best=3`` among ``n_best=1`` ones) are held back, in arrival
 order, and start the next batch, so options are never mixed and no job waits behind more than one
-batch of others. Under load the queue fills while the model runs, so the next batch takes what
-has arrived at once, without waiting. A job with more texts than ``max_batch`` forms a batch alone.
+batch of others. A job with more texts than ``max_batch`` forms a batch alone.
 
 Other model work (the attention maps of one sentence) goes through :meth:`Batcher.call`: it runs on
 the same thread, between batches, so the network is never used by two threads at once.
@@ -34,13 +39,12 @@ logger = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Job:
     future: Future
-    arrived: float  # time.monotonic()
     texts: list[str] | None = None  # a translation job
     options: tuple = ()  # its decoding options as sorted (name, value) pairs: jobs batch only with equal ones
     call: Callable[[], Any] | None = None  # any other work, run alone
 
 
-_STOP = _Job(Future(), 0.0)
+_STOP = _Job(Future())
 
 
 class Batcher:
@@ -77,11 +81,11 @@ class Batcher:
 
     def submit(self, texts: Sequence[str], options: dict[str, Any] | None = None) -> Future:
         """Queue ``texts`` for translation with decoding ``options``; the future gets their results."""
-        return self._put(_Job(Future(), time.monotonic(), texts=list(texts), options=tuple(sorted((options or {}).items()))))
+        return self._put(_Job(Future(), texts=list(texts), options=tuple(sorted((options or {}).items()))))
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn()`` on the worker thread, between batches; the future gets what it returns."""
-        return self._put(_Job(Future(), time.monotonic(), call=fn))
+        return self._put(_Job(Future(), call=fn))
 
     def _put(self, job: _Job) -> Future:
         if self._closed:
@@ -139,7 +143,7 @@ class Batcher:
                 self._held.remove(job)
                 batch.append(job)
                 size += len(job.texts)
-        deadline = first.arrived + self.max_wait
+        deadline = time.monotonic() + self.max_wait  # see the module docstring
         while size < self.max_batch:
             left = deadline - time.monotonic()
             try:
