@@ -55,7 +55,10 @@ def serve(cfg: DictConfig) -> None:
         if int(threads) < 1:
             raise ConfigError(f"threads={threads} must be at least 1 (or null: torch's default)")
         torch.set_num_threads(int(threads))
-    sock = bind(str(cfg.host), int(cfg.port))  # a port in use fails before the model loads
+    port = cfg.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port={port!r} is not a port: use a number from 1 to 65535 (0: any free port)")
+    sock = bind(str(cfg.host), port)  # a port in use fails before the model loads
     ckpt_path = cfg.get("ckpt_path")
     if OmegaConf.is_list(ckpt_path):
         ckpt_path = list(ckpt_path)
