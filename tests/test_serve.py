@@ -200,34 +200,18 @@ def test_unknown_paths_and_methods_get_one_line_errors(client):
 
 
 # ------------------------------------------------------------------------------- user errors
-USER_ERRORS = ["no-checkpoint", "bad-checkpoint", "port-in-use"]
-
-
-@pytest.fixture(scope="module")
-def user_error_runs(server, served_checkpoint, tmp_path_factory) -> dict:
-    """``python -m seq2seq.serve`` with each user error, all at once: ``{case: (result, words)}``."""
-    tmp = tmp_path_factory.mktemp("serve_errors")
-    garbage = tmp / "garbage.ckpt"
+@pytest.mark.parametrize("case", ["no-checkpoint", "bad-checkpoint", "port-in-use"])
+def test_user_errors_end_with_one_message(case, server, served_checkpoint, tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     port = server.url.rsplit(":", 1)[1]
-    cases = {
+    args, words = {
         "no-checkpoint": (["port=0"], ["no checkpoint given", "ckpt_path="]),
         "bad-checkpoint": (["port=0", f"ckpt_path={garbage}"], ["garbage.ckpt", "not a readable checkpoint"]),
         "port-in-use": ([f"port={port}", f"ckpt_path={served_checkpoint}"], [f"port {port}", "in use"]),
-    }
-
-    def run(args):
-        return subprocess.run([sys.executable, "-m", "seq2seq.serve", "device=cpu", *args], cwd=tmp,
-                              env=command_env(tmp, threads=1), capture_output=True, text=True, timeout=180)
-
-    with ThreadPoolExecutor(len(cases)) as pool:
-        results = dict(zip(cases, pool.map(run, [args for args, _ in cases.values()])))
-    return {case: (results[case], words) for case, (_, words) in cases.items()}
-
-
-@pytest.mark.parametrize("case", USER_ERRORS)
-def test_user_errors_end_with_one_message(case, user_error_runs):
-    result, words = user_error_runs[case]
+    }[case]
+    result = subprocess.run([sys.executable, "-m", "seq2seq.serve", "device=cpu", *args], cwd=tmp_path,
+                            env=command_env(tmp_path, threads=1), capture_output=True, text=True, timeout=300)
     assert_one_line_error(result, *words)
 
 
