@@ -45,6 +45,8 @@ ALLOWED = {
     # The Python API: one object over the predictor; analysis for Translator.attention.
     "seq2seq.api": {"seq2seq.utils", "seq2seq.data", "seq2seq.models", "seq2seq.decoding", "seq2seq.inference",
                     "seq2seq.analysis"},
+    # Serving over HTTP: the web app over the API; the run folder's description as the model card reads it.
+    "seq2seq.serving": {"seq2seq.api", "seq2seq.decoding", "seq2seq.inference"},
     "seq2seq.config": {"seq2seq.metrics"},
     "seq2seq.run_summary": {"seq2seq.utils"},
 }
@@ -156,6 +158,7 @@ def test_non_editable_install_runs_outside_the_checkout(tmp_path, tiny_checkpoin
     wheel = next(wheels.glob("seq2seq-*.whl"))
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("seq2seq/conf/")}
     assert shipped == {"seq2seq/conf/" + str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert "seq2seq/serving/static/index.html" in zipfile.ZipFile(wheel).namelist()  # seq2seq-serve's demo page
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -178,6 +181,8 @@ def test_non_editable_install_runs_outside_the_checkout(tmp_path, tiny_checkpoin
     module_file, conf = where.stdout.split()
     assert module_file.startswith(site) and conf == str(Path(site) / "seq2seq" / "conf"), where.stdout
 
+    page = run("python", "-c", "from seq2seq.serving.app import demo_page; print(demo_page().count('id=\"heatmap\"'))")
+    assert page.returncode == 0 and page.stdout.strip() == "1", page.stderr[-3000:]
     help_text = run("seq2seq-train", "--help")
     assert help_text.returncode == 0 and "experiment: " in help_text.stdout and "speed: default" in help_text.stdout
     smoke = run("seq2seq-train", "debug=fast_dev_run", *TINY_OVERRIDES, "data.generate.sizes={train:300,val:16,test:16}")

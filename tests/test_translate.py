@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers import assert_one_line_error
 from seq2seq.config import config_dir
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import CheckpointError
@@ -49,16 +50,6 @@ def beam_config(**overrides) -> DecodingConfig:
     """The decoding config translate uses by default (conf/decoding/beam.yaml)."""
     values = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "decoding" / "beam.yaml"))
     return DecodingConfig.from_mapping({**values, **overrides})
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
-    assert result.stdout == ""
 
 
 def test_translate_file_keeps_lines_and_order(tiny_checkpoint, tmp_path):

@@ -100,6 +100,18 @@ def command_env(root: Path, threads: int | None = None) -> dict:
     return env
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """A command's user error as promised: exit status 2, one ``error: ...`` line on stderr naming
+    ``words``, no traceback, nothing on stdout."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+    assert result.stdout == ""
+
+
 def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m seq2seq.train ARGS`` in ``cwd``, finished."""
     return subprocess.run([sys.executable, "-m", "seq2seq.train", *args], cwd=cwd, env=command_env(cwd),
