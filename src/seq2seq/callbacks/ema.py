@@ -10,7 +10,8 @@ optimizer step (the first update copies the weights). What uses it:
   ``test`` of ``best.ckpt``, ``translate``, ``eval``, the API and the export use them with no option;
   the trained weights and the average's counter ride along as ``current_model_state`` and
   ``averaging_state`` (training state, dropped by ``average_checkpoints``);
-* after training the network holds the averaged weights;
+* after training the network holds the averaged weights (swapped in: a ``last.ckpt`` written when
+  training ends still records the trained weights as ``current_model_state``);
 * exact resume (``ckpt_path=last``) restores the trained weights from ``current_model_state`` and the
   average from ``state_dict``, so a killed and resumed run ends with the same average.
 
@@ -21,7 +22,9 @@ tokenizer and metrics that need no copy), built on the training device once the 
 ``on_validation_start``/``on_validation_end``, so callbacks that read the network after the
 validation epoch (the heatmap) see the averaged weights too; and loading a checkpoint outside
 ``fit`` (``trainer.test(ckpt_path=best)``) keeps the averaged weights in the network, where
-Lightning's would load the trained ones back.
+Lightning's would load the trained ones back. And when training ends the average is swapped into
+the network, not copied over the trained weights, so that a checkpoint written after that point
+(``ModelCheckpoint`` writes ``last.ckpt`` in ``on_train_end`` if it has not yet) still resumes exactly.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class EMA(EMAWeightAveraging):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._ended = False  # set when training ends: the network holds the average, the average the weights
         net = pl_module.network()
         # The base class updates and swaps over pl_module's parameters and buffers: they must be the
         # network's, in its order.
@@ -77,8 +81,10 @@ class EMA(EMAWeightAveraging):
             model=net, device=self._device or trainer.strategy.root_device, use_buffers=self._use_buffers, **self._kwargs
         )
 
-    def average_weights(self) -> dict[str, Any]:
-        """The averaged network's weights (its ``state_dict``, without the ``net.`` prefix)."""
+    def average_weights(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The averaged weights (the network's ``state_dict`` keys, without the ``net.`` prefix)."""
+        if getattr(self, "_ended", False):
+            return dict(pl_module.net.state_dict())
         return {k[len("module."):]: v for k, v in self._average_model.state_dict().items() if k.startswith("module.")}
 
     # -- validation on the average -------------------------------------------------------------------------
@@ -96,13 +102,20 @@ class EMA(EMAWeightAveraging):
         if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
             self._swap_models(pl_module)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap_models(pl_module)
+        self._ended = True
+
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._average_model is None or trainer.state.fn != TrainerFn.FITTING:
-            return  # after fit the network already holds the average
+            return  # after fit the network holds the average
         state = self._average_model.state_dict()
-        checkpoint["current_model_state"] = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {PREFIX + k: v for k, v in self.average_weights().items()}
+        module_state = {PREFIX + k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+        if self._ended:  # swapped: the network holds the average, the averaged model the trained weights
+            checkpoint["current_model_state"] = module_state
+        else:
+            checkpoint["current_model_state"], checkpoint["state_dict"] = checkpoint["state_dict"], module_state
         checkpoint["averaging_state"] = {k: v for k, v in state.items() if not k.startswith("module.")}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
