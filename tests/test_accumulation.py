@@ -4,10 +4,17 @@ their union (the loss is divided by the step's total target tokens), not the mea
 Four batches of very different lengths go through a real Trainer with ``accumulate_grad_batches=4``;
 the gradient the optimizer step gets (after :meth:`Seq2SeqModule.on_before_optimizer_step`, before
 clipping) must equal, within 1e-6 in fp32, that of one step on their union. The old normalization
-(each batch's per-token mean, averaged by Lightning) is run too and must miss by far more.
+(each batch's per-token mean, averaged by Lightning) is run too and must miss by far more. The slow
+test does the same over two DDP processes (gloo on CPU) accumulating two batches each.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,22 +60,79 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_four_accumulated_batches_equal_one_batch_of_their_union(tmp_path):
-    dm = toy_datamodule(tmp_path)
+def four_batches(root: Path):
+    """A tokenizer and four batches of the embedded corpus whose target token counts are far apart."""
+    dm = toy_datamodule(root)
     dm.prepare_data()
     dm.setup("fit")
     data = dm.datasets["train"]
     by_length = sorted(range(len(data)), key=lambda i: len(data[i][2]))
-    # 2 short, 6 long, 1 medium, 4 short-to-medium sentences: token counts far apart.
+    # 2 short, 6 long, 1 medium, 4 short-to-medium sentences.
     groups = [by_length[:2], by_length[-6:], by_length[100:101], by_length[40:44]]
-    batches = [collate([data[i] for i in group]) for group in groups]
-    union = collate([data[i] for group in groups for i in group])
+    return dm.tokenizer, [collate([data[i] for i in group]) for group in groups]
+
+
+def test_four_accumulated_batches_equal_one_batch_of_their_union(tmp_path):
+    tokenizer, batches = four_batches(tmp_path)
+    union = collate([item for batch in batches for item in _items(batch)])
     tokens = [int((b["tgt_out"] != 0).sum()) for b in batches]
     assert len(set(tokens)) == 4 and max(tokens) > 5 * min(tokens)
 
-    one_batch = _step_gradients(dm.tokenizer, [union], accumulate=1)
-    accumulated = _step_gradients(dm.tokenizer, batches, accumulate=4)
+    one_batch = _step_gradients(tokenizer, [union], accumulate=1)
+    accumulated = _step_gradients(tokenizer, batches, accumulate=4)
     assert _max_difference(accumulated, one_batch) <= 1e-6
     # The mean of per-batch means (what Lightning does with a per-batch mean loss) is another gradient.
-    mean_of_means = _step_gradients(dm.tokenizer, batches, accumulate=4, token_exact=False)
+    mean_of_means = _step_gradients(tokenizer, batches, accumulate=4, token_exact=False)
     assert _max_difference(mean_of_means, one_batch) > 1e-4
+
+
+def _items(batch: dict) -> list:
+    """The (index, source ids, target ids) items a collated batch was made of."""
+    items = []
+    for row in range(batch["src"].size(0)):
+        src, tgt = batch["src"][row], batch["tgt_out"][row]
+        src, tgt = src[src != 0].numpy(), tgt[tgt != 0].numpy()[:-1]  # without padding and the final EOS
+        items.append((int(batch["index"][row]), src, tgt))
+    return items
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch
+from torch.utils.data import DataLoader
+sys.path.insert(0, sys.argv[1])
+from test_accumulation import GradientProbe, four_batches
+from helpers import TINY_MODEL, TINY_OPTIM, tiny_trainer
+from pathlib import Path
+
+torch.set_num_threads(1)
+tokenizer, batches = four_batches(Path(sys.argv[2]))
+
+class Sharded(GradientProbe):
+    def train_dataloader(self):  # rank r accumulates batches 2r and 2r + 1
+        rank = self.trainer.global_rank
+        return DataLoader(batches[2 * rank: 2 * rank + 2], batch_size=None)
+
+torch.manual_seed(0)
+module = Sharded(model=TINY_MODEL, optim=TINY_OPTIM, tokenizer=tokenizer, speed={"compile": False})
+trainer = tiny_trainer(devices=2, strategy="ddp", max_steps=1, accumulate_grad_batches=2, limit_val_batches=0)
+trainer.fit(module)
+with open(f"{sys.argv[3]}.{trainer.global_rank}", "w") as f:
+    json.dump({k: v.tolist() for k, v in module.grads.items()}, f)
+"""
+
+
+@pytest.mark.slow
+def test_accumulation_over_two_ddp_processes_equals_one_batch_of_their_union(tmp_path):
+    tokenizer, batches = four_batches(tmp_path)
+    union = collate([item for batch in batches for item in _items(batch)])
+    one_batch = _step_gradients(tokenizer, [union], accumulate=1)
+    script = tmp_path / "ddp_accumulate.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path), str(tmp_path / "grads")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        grads = {k: torch.tensor(v) for k, v in json.loads((tmp_path / f"grads.{rank}").read_text()).items()}
+        assert _max_difference(grads, one_batch) <= 1e-6
