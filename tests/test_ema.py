@@ -2,8 +2,8 @@
 
 * After k optimizer steps the average equals one computed by hand from the weights recorded after
   each step; validation runs on it, the checkpoint's ``state_dict`` holds it (the trained weights
-  beside it), ``inference.checkpoint.load_model`` (translate, eval, the API) loads it, and after
-  training the network holds it.
+  beside it), ``inference.checkpoint.load_model`` (translate, eval, the API) loads it, testing the
+  checkpoint runs on it, and after training the network holds it.
 * A run killed (SIGKILL) in mid-epoch and resumed from its last checkpoint (``ckpt_path=last``) ends
   with the same average, trained weights and metrics as an uninterrupted run (the machinery of
   tests/test_resume.py, with ``callbacks=ema``).
@@ -43,12 +43,16 @@ class Recorder(L.Callback):
     def __init__(self) -> None:
         self.steps: list[dict[str, torch.Tensor]] = []
         self.validated: list[dict[str, torch.Tensor]] = []
+        self.tested: list[dict[str, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps.append(_weights(pl_module))
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.validated.append(_weights(pl_module))
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.tested.append(_weights(pl_module))
 
 
 def _close(a: dict, b: dict) -> bool:
@@ -62,8 +66,8 @@ def test_ema_equals_a_hand_computed_average_and_is_what_validation_checkpoints_a
     module = Seq2SeqModule(model={**TINY_MODEL, "dropout": 0.1}, optim={**TINY_OPTIM, "lr": 1e-2}, speed={"compile": False})
     recorder, ema = Recorder(), EMA(decay=decay)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, monitor=None)
-    trainer = tiny_trainer(max_steps=k, val_check_interval=k, limit_val_batches=1, enable_checkpointing=True,
-                           callbacks=[recorder, ema, checkpoint])
+    trainer = tiny_trainer(max_steps=k, val_check_interval=k, limit_val_batches=1, limit_test_batches=1,
+                           enable_checkpointing=True, callbacks=[recorder, ema, checkpoint])
     trainer.fit(module, datamodule=dm)
 
     assert len(recorder.steps) == k
@@ -82,6 +86,13 @@ def test_ema_equals_a_hand_computed_average_and_is_what_validation_checkpoints_a
     assert int(saved["averaging_state"]["n_averaged"]) == k
     net, _ = load_model(tmp_path / "ckpt" / "last.ckpt")  # translate, eval, the API, export
     assert _close({n: p for n, p in net.state_dict().items()}, expected)
+
+    # Testing a checkpoint (train.py tests best.ckpt this way) runs on its averaged weights.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    trainer.test(module, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert len(recorder.tested) == 1 and _close(recorder.tested[0], expected)
 
 
 def test_ema_settings_are_checked():
