@@ -3,7 +3,8 @@ their union (the loss is divided by the step's total target tokens), not the mea
 
 Four batches of very different lengths go through a real Trainer with ``accumulate_grad_batches=4``;
 the gradient the optimizer step gets (after :meth:`Seq2SeqModule.on_before_optimizer_step`, before
-clipping) must equal, within 1e-6 in fp32, that of one step on their union. The old normalization
+clipping) must equal, within 1e-6 in fp32, that of one step on their union, and so must the logged
+``train/loss`` (per token of the step). The old normalization
 (each batch's per-token mean, averaged by Lightning) is run too and must miss by far more. The slow
 test does the same over two DDP processes (gloo on CPU) accumulating two batches each.
 """
@@ -52,7 +53,8 @@ def _step_gradients(tokenizer: Tokenizer, batches: list[dict], accumulate: int, 
     trainer = tiny_trainer(max_steps=1, accumulate_grad_batches=accumulate, gradient_clip_val=1.0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     assert trainer.global_step == 1
-    return module.grads
+    # The logged per-token loss of the step rides along (not a parameter name: no clash).
+    return {**module.grads, "train/loss": trainer.callback_metrics["train/loss"].reshape(1)}
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -118,7 +120,8 @@ module = Sharded(model=TINY_MODEL, optim=TINY_OPTIM, tokenizer=tokenizer, speed=
 trainer = tiny_trainer(devices=2, strategy="ddp", max_steps=1, accumulate_grad_batches=2, limit_val_batches=0)
 trainer.fit(module)
 with open(f"{sys.argv[3]}.{trainer.global_rank}", "w") as f:
-    json.dump({k: v.tolist() for k, v in module.grads.items()}, f)
+    loss = trainer.callback_metrics["train/loss"].reshape(1)
+    json.dump({k: v.tolist() for k, v in {**module.grads, "train/loss": loss}.items()}, f)
 """
 
 

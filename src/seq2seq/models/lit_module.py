@@ -164,7 +164,7 @@ class Seq2SeqModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.net: Seq2SeqTransformer | None = None
         self._eval_outputs: list[tuple[int, str]] = []
-        self._step_tokens: Tensor | None = None  # target tokens of this optimizer step's batches so far
+        self._step_sums: Tensor | None = None  # (smoothed loss, nll, target tokens) of this step's batches so far
         self.eval_results: dict[str, dict] = {}  # last val/test scores, signatures and hypotheses
         if tokenizer is not None:
             self.build(tokenizer)
@@ -341,17 +341,19 @@ class Seq2SeqModule(L.LightningModule):
                 self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
                 return None
             raise self._nonfinite_error(loss.item(), self.global_step, f"epoch {self.current_epoch}, batch {batch_idx}")
+        if self._token_exact():
+            # The sum, not this batch's mean: on_before_optimizer_step divides by the step's total tokens
+            # (and logs the step's per-token loss).
+            sums = torch.stack([smoothed.detach(), nll.detach(), n_tokens]).to(torch.float64)
+            self._step_sums = sums if self._step_sums is None else self._step_sums + sums
+            return smoothed * self._loss_scale()
         size = batch["src"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/nll", nll / n_tokens, batch_size=size)
-        if self._token_exact():
-            # The sum, not this batch's mean: on_before_optimizer_step divides by the step's total tokens.
-            self._step_tokens = n_tokens if self._step_tokens is None else self._step_tokens + n_tokens
-            return smoothed * self._loss_scale()
         return loss
 
     def on_train_start(self) -> None:
-        self._step_tokens = None
+        self._step_sums = None
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Token-exact normalization: the step's gradient is the sum of its batches' summed-loss
@@ -362,19 +364,25 @@ class Seq2SeqModule(L.LightningModule):
         (``c``: :meth:`_loss_scale`); multiplying by ``N W / (c T)``, T the tokens of all N x W batches
         (summed over the ranks with one all-reduce), gives the gradient of one batch holding them all.
         This runs before gradient clipping (and after the AMP scaler unscaled the gradients), so
-        clipping sees the final gradient. The per-token ``train/loss`` logged is each batch's own.
+        clipping sees the final gradient. ``train/loss`` and ``train/nll`` are logged here, per token
+        of the whole step (all its batches, all ranks), as a step of one batch logs them.
         """
         if not self._token_exact():
             return
-        tokens = self._step_tokens if self._step_tokens is not None else torch.zeros((), device=self.device)
-        tokens, self._step_tokens = tokens.detach().to(torch.float64), None
         world = self.trainer.world_size
-        if world > 1:
-            tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")
+        if self._step_sums is None and world == 1:
+            return  # every batch of the step was skipped (optim.nonfinite=skip): no gradient
+        sums = self._step_sums if self._step_sums is not None else torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._step_sums = None
+        if world > 1:  # every rank takes part, also one whose batches were all skipped
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        smoothed, nll, tokens = sums.unbind()
         factor = (self.trainer.accumulate_grad_batches * world / self._loss_scale()) / tokens.clamp(min=1)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, factor.to(grads[0].device, torch.float32))
+        self.log("train/loss", (smoothed / tokens).float(), prog_bar=True)
+        self.log("train/nll", (nll / tokens).float())
 
     def on_validation_start(self) -> None:
         self._raise_if_nonfinite()
