@@ -27,7 +27,7 @@ from helpers import (
 )
 from seq2seq.callbacks.ema import EMA
 from seq2seq.errors import ConfigError
-from seq2seq.inference.checkpoint import load_model, network_weights
+from seq2seq.inference.checkpoint import average_checkpoints, load_model, network_weights
 from seq2seq.models.lit_module import Seq2SeqModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +86,8 @@ def test_ema_equals_a_hand_computed_average_and_is_what_validation_checkpoints_a
     assert int(saved["averaging_state"]["n_averaged"]) == k
     net, _ = load_model(tmp_path / "ckpt" / "last.ckpt")  # translate, eval, the API, export
     assert _close({n: p for n, p in net.state_dict().items()}, expected)
+    averaged = average_checkpoints([tmp_path / "ckpt" / "last.ckpt"])  # the trained weights are training state
+    assert "current_model_state" not in averaged and "averaging_state" not in averaged
 
     # Testing a checkpoint (train.py tests best.ckpt this way) runs on its averaged weights.
     with torch.no_grad():
