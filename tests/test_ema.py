@@ -97,6 +97,26 @@ def test_ema_equals_a_hand_computed_average_and_is_what_validation_checkpoints_a
     assert len(recorder.tested) == 1 and _close(recorder.tested[0], expected)
 
 
+def test_before_its_first_update_validation_and_checkpoints_use_the_trained_weights(tmp_path):
+    dm = toy_datamodule(tmp_path, max_tokens=200)
+    torch.manual_seed(0)
+    module = Seq2SeqModule(model=TINY_MODEL, optim={**TINY_OPTIM, "lr": 1e-2}, speed={"compile": False})
+    recorder, ema = Recorder(), EMA(decay=0.5, update_starting_at_step=3)  # updates after steps 4 and 5
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, monitor=None, every_n_train_steps=2,
+                                 filename="{step}")
+    trainer = tiny_trainer(max_steps=5, val_check_interval=2, limit_val_batches=1, enable_checkpointing=True,
+                           callbacks=[recorder, ema, checkpoint])
+    trainer.fit(module, datamodule=dm)
+    steps = recorder.steps
+    assert len(recorder.validated) == 2
+    assert _close(recorder.validated[0], steps[1])  # step 2: no average yet
+    assert _close(recorder.validated[1], steps[3])  # step 4: the first update copied the weights
+    early = torch.load(tmp_path / "ckpt" / "step=2.ckpt", map_location="cpu", weights_only=True)
+    assert _close(network_weights(early["state_dict"]), steps[1])
+    assert _close(network_weights(early["current_model_state"]), steps[1])
+    assert _close(_weights(module), {n: 0.5 * steps[3][n] + 0.5 * w for n, w in steps[4].items()})
+
+
 def test_ema_settings_are_checked():
     with pytest.raises(ConfigError, match="callbacks.ema.decay"):
         EMA(decay=1.5)

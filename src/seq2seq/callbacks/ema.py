@@ -48,8 +48,8 @@ class EMA(EMAWeightAveraging):
     Args:
         decay: weight of the old average per update (0.999: an average over ~1,000 updates).
         update_every_n_steps: update after every N-th optimizer step.
-        update_starting_at_step: first optimizer step (0-based) that updates it; before it the
-            average is a copy of the initial weights.
+        update_starting_at_step: first optimizer step (0-based) that updates it; until the first
+            update, validation and checkpoints use the trained weights (there is no average yet).
         device: where the average lives (default: the training device; ``cpu`` saves GPU memory).
     """
 
@@ -64,6 +64,7 @@ class EMA(EMAWeightAveraging):
         super().__init__(device=device, use_buffers=False, decay=float(decay),
                          update_every_n_steps=int(update_every_n_steps), update_starting_at_step=update_starting_at_step)
         self.decay = float(decay)
+        self._swapped = False
 
     # -- the average -----------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -81,9 +82,13 @@ class EMA(EMAWeightAveraging):
             model=net, device=self._device or trainer.strategy.root_device, use_buffers=self._use_buffers, **self._kwargs
         )
 
+    def _averaged(self) -> bool:
+        """Whether the average has been updated yet (before that it holds the initial weights)."""
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
     def average_weights(self, pl_module: L.LightningModule) -> dict[str, Any]:
         """The averaged weights (the network's ``state_dict`` keys, without the ``net.`` prefix)."""
-        if getattr(self, "_ended", False):
+        if getattr(self, "_ended", False) or not self._averaged():
             return dict(pl_module.net.state_dict())
         return {k[len("module."):]: v for k, v in self._average_model.state_dict().items() if k.startswith("module.")}
 
@@ -95,16 +100,19 @@ class EMA(EMAWeightAveraging):
         pass
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
+        self._swapped = trainer.state.fn == TrainerFn.FITTING and self._averaged()
+        if self._swapped:
             self._swap_models(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
+        if self._swapped:
             self._swap_models(pl_module)
+            self._swapped = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._swap_models(pl_module)
-        self._ended = True
+        if self._averaged():
+            self._swap_models(pl_module)
+            self._ended = True
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -114,6 +122,8 @@ class EMA(EMAWeightAveraging):
         module_state = {PREFIX + k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
         if self._ended:  # swapped: the network holds the average, the averaged model the trained weights
             checkpoint["current_model_state"] = module_state
+        elif not self._averaged():  # no update yet: the "average" is the trained weights
+            checkpoint["current_model_state"] = dict(checkpoint["state_dict"])
         else:
             checkpoint["current_model_state"], checkpoint["state_dict"] = checkpoint["state_dict"], module_state
         checkpoint["averaging_state"] = {k: v for k, v in state.items() if not k.startswith("module.")}
