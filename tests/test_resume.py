@@ -9,17 +9,13 @@ so early stopping and the best checkpoint have state), then resumed with
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from helpers import TINY_OVERRIDES, command_env
+from helpers import TINY_OVERRIDES, kill_and_resume
 from helpers import comparable_metrics as _comparable
 from helpers import loss_curve as _curve
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO
@@ -36,57 +32,18 @@ OVERRIDES = [
     "callbacks=early_stopping",
     f"callbacks.periodic_checkpoint.every_n_train_steps={EVERY}",
 ]
-def _start(args: list[str], root: Path, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "seq2seq.train", *args], cwd=root, env=command_env(root, threads=1),
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-def _mid_epoch_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at ``path`` if it was saved by the periodic callback after the first epoch."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not there yet
-        return None
-    progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-    if ckpt["epoch"] >= 1 and not progress["is_last_batch"] and progress["current"]["completed"] > 0:
-        return ckpt
-    return None
 
 
 def test_killed_run_resumes_exactly(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    uninterrupted = _start([*OVERRIDES, f"hydra.run.dir={a}"], tmp_path, tmp_path / "a.log")
-    killed = _start([*OVERRIDES, f"hydra.run.dir={b}"], tmp_path, tmp_path / "b.log")
-    last = b / "checkpoints" / "last.ckpt"
-    deadline, seen, saved = time.monotonic() + 600, None, None
-    try:
-        while saved is None:
-            assert killed.poll() is None, "run b ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 600 s"
-            stamp = last.stat().st_mtime_ns if last.exists() else None
-            if stamp is not None and stamp != seen:
-                seen, saved = stamp, _mid_epoch_checkpoint(last)
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-    finally:
-        killed.kill()
-        killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    assert not (b / "metrics.json").exists()
+    a, b = kill_and_resume(tmp_path, OVERRIDES)
 
     # The checkpoint resumed from is complete (atomic writes) and in the middle of epoch 1.
-    resumed_from = torch.load(last, map_location="cpu", weights_only=True)
+    resumed_from = torch.load(tmp_path / "b_resumed_from.ckpt", map_location="cpu", weights_only=True)
     progress = resumed_from["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
     assert resumed_from["epoch"] == 1 and resumed_from["global_step"] % EVERY == 0
     sampler = resumed_from["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batch_sampler"]
     assert (sampler["epoch"], sampler["position"]) == (1, progress["completed"] + 1)
     assert 0 < sampler["position"] < sampler["num_batches"]
-
-    resume = subprocess.run([sys.executable, "-m", "seq2seq.train", *OVERRIDES, "ckpt_path=last", f"hydra.run.dir={b}"],
-                            cwd=tmp_path, env=command_env(tmp_path, threads=1), capture_output=True, text=True, timeout=600)
-    assert resume.returncode == 0, resume.stderr[-3000:]
-    assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "a.log").read_text()[-3000:]
 
     # Same final weights, metrics and loss curve.
     weights_a = torch.load(a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]

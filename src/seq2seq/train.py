@@ -2,6 +2,8 @@
 
 Composes the DataModule, the LightningModule, callbacks, loggers and the Trainer from the Hydra
 config, trains, tests the best checkpoint, and writes ``metrics.json`` into the run folder.
+``ckpt_path`` resumes a run exactly; ``init_from`` starts a new run (fresh optimizer, schedule,
+step counter, best score and early stopping) from another run's weights and tokenizer.
 Returns the best value of the monitored metric (``monitor.metric``, by default the task's:
 ``val/bleu``, or ``val/rougeLsum`` for ``task=summarization``) so that Hydra sweepers can optimize it.
 """
@@ -20,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from seq2seq.config import config_dir, resolve_monitor, user_errors_exit
+from seq2seq.errors import ConfigError
+from seq2seq.inference.checkpoint import fine_tuned_tokenizer, load_parent, read_checkpoint
 from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.run_summary import finish_run, scalar_metrics
 from seq2seq.utils.run_info import log_run_info, run_info
@@ -57,13 +61,33 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     monitor, monitor_mode = resolve_monitor(cfg)
+    init_from = cfg.get("init_from") or None
+    if init_from is not None and cfg.get("ckpt_path"):
+        raise ConfigError(
+            f"init_from={init_from} and ckpt_path={cfg.ckpt_path} are both set: ckpt_path resumes a run exactly, "
+            "init_from starts a new run from another run's weights. Give one (to resume a fine-tuning run, "
+            "ckpt_path alone: its checkpoints hold the parent's tokenizer)"
+        )
     # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir, cfg.model)
-    datamodule = instantiate(cfg.data)
+    parent = load_parent(init_from, cfg.model, cfg.data) if init_from is not None else None
+    if parent is not None:
+        tokenizer, lineage = parent.tokenizer, parent.record()
+    elif ckpt_path is not None:  # resuming: a fine-tuning run tokenizes with its parent's tokenizer again
+        resumed = read_checkpoint(ckpt_path)
+        tokenizer, lineage = fine_tuned_tokenizer(resumed), resumed.get("hyper_parameters", {}).get("init_from")
+    else:
+        tokenizer, lineage = None, None
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     module = Seq2SeqModule(
         model=cfg.model, optim=cfg.optim, decoding=cfg.decoding, task=cfg.get("task", "translation"),
-        monitor=monitor, monitor_mode=monitor_mode, speed=cfg.get("speed"),
+        monitor=monitor, monitor_mode=monitor_mode, speed=cfg.get("speed"), init_from=lineage,
     )
+    if parent is not None:
+        module.start_from(parent.net, parent.tokenizer)
+        log.info("Fine-tuning %s (step %s) on %s with its %s-piece vocabulary (data.vocab_size and "
+                 "data.spm_model_type are not used)", parent.path, parent.global_step, datamodule.root,
+                 parent.tokenizer.tgt_vocab_size)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger")) or False,
         plugins=_plugins(cfg.trainer.get("plugins")),
@@ -105,6 +129,7 @@ def train(cfg: DictConfig) -> dict:
             monitor={"metric": monitor, "mode": monitor_mode},
             data_filter=data_filter, num_parameters=module.net.num_parameters(), git_commit=info["git_commit"],
             checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
+            **({"init_from": lineage} if lineage else {}),
         )
     return metrics
 

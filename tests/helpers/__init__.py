@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,81 @@ def poison_loss_at_step(monkeypatch, step: int) -> None:
         return smoothed, nll, n
 
     monkeypatch.setattr(Seq2SeqModule, "_loss", poisoned)
+
+
+# A tiny network for in-process Trainer runs (dropout 0: the same arithmetic whatever the batch split).
+TINY_MODEL = {"d_model": 32, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_layers": 1, "d_ff": 64,
+              "dropout": 0.0, "attention_dropout": 0.0, "max_positions": 256}
+TINY_OPTIM = {"lr": 1e-3, "warmup_steps": 10, "label_smoothing": 0.1}
+
+
+def toy_datamodule(root: Path, seed: int = 1234, sizes: dict | None = None, **kwargs):
+    """A Seq2SeqDataModule over the embedded corpus generated into ``root/toy`` (``kwargs``: its options)."""
+    from seq2seq.data.datamodule import Seq2SeqDataModule
+
+    options = {"src_lang": "en", "tgt_lang": "de", "vocab_size": 120, "spm_model_type": "bpe", "max_tokens": 256,
+               "cache_dir": str(root / "cache"), "seed": 0,
+               "generate": {"seed": seed, "sizes": sizes or {"train": 200, "val": 8, "test": 8}}}
+    return Seq2SeqDataModule(root=str(root / "toy"), **{**options, **kwargs})
+
+
+def tiny_trainer(**kwargs):
+    """A quiet CPU Trainer (no logger, progress bar or summary) for in-process runs of a few steps."""
+    import lightning as L
+
+    options = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "enable_checkpointing": False, "num_sanity_val_steps": 0,
+               "use_distributed_sampler": False}
+    return L.Trainer(**{**options, **kwargs})
+
+
+def _mid_epoch_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path`` if it was saved by the periodic callback after the first epoch."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not there yet
+        return None
+    progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    if ckpt["epoch"] >= 1 and not progress["is_last_batch"] and progress["current"]["completed"] > 0:
+        return ckpt
+    return None
+
+
+def kill_and_resume(tmp_path: Path, overrides: list[str], timeout: int = 600) -> tuple[Path, Path]:
+    """Two runs of ``seq2seq.train OVERRIDES`` started together (one torch thread each, so the
+    arithmetic is the same): ``a`` trains uninterrupted; ``b`` is killed with SIGKILL as soon as a
+    periodic ``last.ckpt`` from the middle of its second epoch exists, then resumed with
+    ``ckpt_path=last hydra.run.dir=<b>``. Returns the two run folders once both have finished
+    (``<tmp_path>/b_resumed_from.ckpt`` keeps the checkpoint b resumed from)."""
+    def start(run: Path) -> subprocess.Popen:
+        with open(tmp_path / f"{run.name}.log", "w") as out:
+            return subprocess.Popen([sys.executable, "-m", "seq2seq.train", *overrides, f"hydra.run.dir={run}"],
+                                    cwd=tmp_path, env=command_env(tmp_path, threads=1), stdout=out, stderr=subprocess.STDOUT)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    uninterrupted, killed = start(a), start(b)
+    last = b / "checkpoints" / "last.ckpt"
+    deadline, seen, saved = time.monotonic() + timeout, None, None
+    try:
+        while saved is None:
+            assert killed.poll() is None, "run b ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no mid-epoch checkpoint within {timeout} s"
+            stamp = last.stat().st_mtime_ns if last.exists() else None
+            if stamp is not None and stamp != seen:
+                seen, saved = stamp, _mid_epoch_checkpoint(last)
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (b / "metrics.json").exists()
+    (tmp_path / "b_resumed_from.ckpt").write_bytes(last.read_bytes())
+
+    resume = subprocess.run([sys.executable, "-m", "seq2seq.train", *overrides, "ckpt_path=last", f"hydra.run.dir={b}"],
+                            cwd=tmp_path, env=command_env(tmp_path, threads=1), capture_output=True, text=True, timeout=timeout)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert uninterrupted.wait(timeout=timeout) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    return a, b

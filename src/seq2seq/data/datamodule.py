@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from seq2seq.data.filtering import filter_pairs
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.data.sources import CorpusFormat, find_split, read_aligned_lines, read_split
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.utils.io import atomic_path
 
@@ -238,6 +238,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
             reference; BLEU, chrF and ROUGE score against all (:meth:`reference_streams`).
         bleu_tokenize: sacreBLEU's tokenizer for BLEU on this corpus's targets; None: by
             ``tgt_lang`` (:func:`seq2seq.metrics.text_metrics.bleu_tokenizer`).
+        tokenizer: tokenize every split with this one (a fine-tuning run's parent's) instead of
+            training a sentencepiece model on the training split; ``vocab_size``, ``joint_vocab`` and
+            ``spm_model_type`` are then unused.
     """
 
     def __init__(
@@ -270,6 +273,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         seed: int = 1234,
         extra_references: dict | None = None,
         bleu_tokenize: str | None = None,
+        tokenizer: Tokenizer | None = None,
     ):
         super().__init__()
         # Checked here, before any corpus is read or tokenizer trained.
@@ -307,7 +311,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.num_workers = num_workers
         self.seed = seed
-        self.tokenizer: Tokenizer | None = None
+        self.tokenizer: Tokenizer | None = tokenizer
+        self._given_tokenizer = tokenizer is not None
         self.datasets: dict[str, PairDataset] = {}
         self._texts: dict[str, _Split] = {}
         self._more_refs: dict[str, list[list[str]]] = {}
@@ -390,6 +395,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ preparation
     def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is not None:  # handed over (fine-tuning): never retrained
+            return self.tokenizer
         train = self._read("train")
         return Tokenizer.load_or_train(
             self.cache_dir, train.src_text, train.tgt_text, self.vocab_size, self.joint_vocab, self.spm_model_type
@@ -437,6 +444,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 continue
             data = self._tokenized(self.tokenizer, texts)
             if split == "train":
+                if self._given_tokenizer:
+                    self._report_unknown(data)
                 data, kept = self._filter_train(data)
                 self.datasets[split] = PairDataset(data, corpus_index=kept)
             else:
@@ -444,6 +453,16 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 # (as eval_dataloader does).
                 self.datasets[split] = PairDataset(data, max_src_len=self.max_src_len + 1)
                 self.reference_streams(split)  # a missing or misaligned extra reference stops here
+
+    def _report_unknown(self, data: TokenizedSplit) -> None:
+        """Warn when a handed-over tokenizer maps much of this corpus to the unknown piece."""
+        for side, flat in (("source", data.src_flat), ("target", data.tgt_flat)):
+            share = float((flat == UNK_ID).mean()) if flat.size else 0.0
+            if share > 0.01:
+                log.warning(
+                    "%.1f%% of the %s tokens of %s are unknown to the tokenizer this run was given (the parent's "
+                    "in fine-tuning): its vocabulary does not cover this corpus well", 100 * share, side, self.root,
+                )
 
     def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit, np.ndarray | None]:
         """Drop (or truncate) training pairs as ``max_src_len``/``max_tgt_len``/``max_len_ratio`` say.

@@ -13,13 +13,16 @@ command, notebook and callback goes through :func:`read_checkpoint` and :func:`l
   model than the run configures).
 
 Several checkpoints that share a tokenizer decode as an ensemble (:func:`load_models`, which
-checks that they do). Averaging (:func:`average_checkpoints`) and atomic writing
-(:func:`save_checkpoint`) live here too.
+checks that they do). Averaging (:func:`average_checkpoints`), atomic writing
+(:func:`save_checkpoint`) and the start of a fine-tuning run (:func:`load_parent`: the parent's
+network and tokenizer, checked against the new run's config) live here too.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,10 @@ from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 from seq2seq.utils.io import atomic_path
 
 # Training state that belongs to one run only: an average or a weights-only export cannot resume.
-TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "native_amp_scaling_state")
+# (``current_model_state``/``averaging_state``: the raw weights and counters beside EMA weights, see
+# seq2seq.callbacks.ema.)
+TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "native_amp_scaling_state",
+                       "current_model_state", "averaging_state")
 # TransformerConfig fields that decide the parameters' shapes (dropout does not).
 ARCHITECTURE_KEYS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "max_positions",
                      "pre_norm", "tie_output", "activation", "copy_attention")
@@ -99,17 +105,23 @@ def read_checkpoint(path: str | Path | None, *, resumable: bool = False) -> dict
     return checkpoint
 
 
-def check_architecture(path: str | Path, checkpoint: Mapping, model: Mapping) -> None:
-    """Raise unless the checkpoint's network has the shapes the ``model`` config asks for."""
+def architecture_difference(checkpoint: Mapping, model: Mapping) -> list[tuple[str, Any, Any]]:
+    """``(key, checkpoint's value, config's value)`` for each shape-deciding key the ``model`` config
+    sets otherwise than the checkpoint's network has it (empty when they agree)."""
     saved = checkpoint["model_config"]
     wanted = {k: model[k] for k in ARCHITECTURE_KEYS if k in model and k in saved}
     if "share_embeddings" in model and "share_embeddings" in saved:
         joint = checkpoint["tokenizer"].get("tgt_model") is None
         wanted["share_embeddings"] = bool(model["share_embeddings"]) and joint
-    differ = [k for k, v in wanted.items() if saved[k] != v]
+    return [(k, saved[k], v) for k, v in wanted.items() if saved[k] != v]
+
+
+def check_architecture(path: str | Path, checkpoint: Mapping, model: Mapping) -> None:
+    """Raise unless the checkpoint's network has the shapes the ``model`` config asks for."""
+    differ = architecture_difference(checkpoint, model)
     if differ:
-        theirs = ", ".join(f"{k}={saved[k]}" for k in differ)
-        ours = ", ".join(f"{k}={wanted[k]}" for k in differ)
+        theirs = ", ".join(f"{k}={saved}" for k, saved, _ in differ)
+        ours = ", ".join(f"{k}={wanted}" for k, _, wanted in differ)
         raise CheckpointError(
             f"{path} holds a different model ({theirs}) than this run configures ({ours}); "
             "resume with the model settings it was trained with (the same model/size and model.* overrides)"
@@ -127,10 +139,13 @@ def model_config(checkpoint: Mapping) -> TransformerConfig:
     return TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields})
 
 
-def build_model(checkpoint: Mapping, path: str | Path = "checkpoint") -> tuple[Seq2SeqTransformer, Tokenizer]:
-    """The network (eval mode, CPU) and tokenizer a checked checkpoint holds."""
+def build_model(
+    checkpoint: Mapping, path: str | Path = "checkpoint", config: TransformerConfig | None = None
+) -> tuple[Seq2SeqTransformer, Tokenizer]:
+    """The network (eval mode, CPU) and tokenizer a checked checkpoint holds (built with ``config``,
+    by default the checkpoint's own; it must give the same shapes)."""
     try:
-        net = Seq2SeqTransformer(model_config(checkpoint))
+        net = Seq2SeqTransformer(config or model_config(checkpoint))
         net.load_state_dict(network_weights(checkpoint["state_dict"]))
         tokenizer = Tokenizer.from_state_dict(checkpoint["tokenizer"])
     except Exception as err:  # noqa: BLE001 - any failure here means the file does not fit
@@ -253,3 +268,73 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     averaged["state_dict"] = state
     averaged["averaged_from"] = [str(p) for p in paths]
     return averaged
+
+
+# TransformerConfig fields a fine-tuning run takes from its own config; every other field (the
+# shapes, the vocabulary, the special ids) is the parent's.
+FINETUNE_KEYS = ("dropout", "attention_dropout")
+
+
+@dataclass
+class Parent:
+    """What a fine-tuning run starts from (``init_from``): the parent's network and tokenizer."""
+
+    path: Path
+    net: Seq2SeqTransformer
+    tokenizer: Tokenizer
+    global_step: int
+    best_scores: dict[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """The parent as the child's ``metrics.json`` records it (``init_from``): its path, step and best
+        scores, and the numbers of its run's ``metrics.json`` when the checkpoint sits in a run folder
+        (``<run>/checkpoints/*.ckpt``; None otherwise)."""
+        run_metrics = None
+        summary = self.path.parent.parent / "metrics.json"
+        if self.path.parent.name == "checkpoints" and summary.is_file():
+            try:
+                content = json.loads(summary.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                content = {}
+            run_metrics = {k: v for k, v in content.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {"path": str(self.path.resolve()), "global_step": self.global_step, "best_scores": self.best_scores,
+                "run_metrics": run_metrics}
+
+
+def load_parent(path: str | Path | None, model: Mapping, data: Mapping | None = None) -> Parent:
+    """Read ``path`` (a training checkpoint) as the start of a fine-tuning run, checked against the run's
+    ``model`` config (and ``data``, the data config) with one :class:`CheckpointError` naming every key
+    that differs and the value to use.
+
+    The network's architecture and vocabulary are the parent's: a ``model`` key that decides shapes
+    (``d_model``, layers, ``share_embeddings`` ...) must equal the parent's, and ``data.joint_vocab`` its
+    tokenizer's (one vocabulary or two). ``data.vocab_size``/``spm_model_type`` are not used (no
+    sentencepiece model is trained; sentencepiece may also have made fewer pieces than asked).
+    :data:`FINETUNE_KEYS` (dropout) come from ``model``. The network is returned in eval mode.
+    """
+    if isinstance(path, (str, Path)):
+        path = Path(path).expanduser()
+    checkpoint = read_checkpoint(path)
+    differ = [(f"model.{k}", theirs, ours) for k, theirs, ours in architecture_difference(checkpoint, model)]
+    joint = checkpoint["tokenizer"].get("tgt_model") is None
+    if data is not None and data.get("joint_vocab") is not None and bool(data["joint_vocab"]) != joint:
+        differ.append(("data.joint_vocab", joint, bool(data["joint_vocab"])))
+    if differ:
+        keys = ", ".join(f"{k} (parent {theirs}, this run {ours})" for k, theirs, ours in differ)
+        fix = " ".join(f"{k}={str(theirs).lower() if isinstance(theirs, bool) else theirs}" for k, theirs, _ in differ)
+        raise CheckpointError(
+            f"init_from={path}: the parent model differs from this run's config in {keys}. Fine-tuning keeps "
+            f"the parent's architecture and tokenizer: set {fix} (or leave init_from out to train from scratch)"
+        )
+    config = replace(model_config(checkpoint), **{k: model[k] for k in FINETUNE_KEYS if k in model})
+    net, tokenizer = build_model(checkpoint, path, config)
+    best = {k: float(v) for k, v in (checkpoint.get("best_scores") or {}).items()}
+    return Parent(path, net, tokenizer, int(checkpoint.get("global_step", 0)), best)
+
+
+def fine_tuned_tokenizer(checkpoint: Mapping) -> Tokenizer | None:
+    """The tokenizer of a fine-tuning run's checkpoint (its parent's: resuming that run tokenizes the
+    corpus with it), or None for a run that trained its own on its corpus."""
+    if not (checkpoint.get("hyper_parameters") or {}).get("init_from"):
+        return None
+    return Tokenizer.from_state_dict(checkpoint["tokenizer"])

@@ -4,9 +4,14 @@ The network is built once the vocabulary is known: from the DataModule's tokeniz
 :meth:`Seq2SeqModule.setup` when training, or from the model config and tokenizer stored in the
 checkpoint when loading one (:meth:`on_load_checkpoint` runs before the weights are loaded). A
 checkpoint therefore carries everything needed to translate: weights, model config and tokenizer
-(see :mod:`seq2seq.inference.checkpoint`). Validation and test decode through the project's one
+(see :mod:`seq2seq.inference.checkpoint`); a fine-tuning run takes its parent's network and
+tokenizer instead (:meth:`Seq2SeqModule.start_from`). Validation and test decode through the project's one
 prediction path (:class:`~seq2seq.inference.predictor.Predictor`) and score with the task's metrics
 (:func:`~seq2seq.metrics.text_metrics.score`).
+
+The training loss is normalized per target token over a whole optimizer step: with gradient
+accumulation (``trainer.accumulate_grad_batches=N``) and/or several DDP ranks, N accumulated batches
+give the gradient of one batch holding their union (see :meth:`Seq2SeqModule.on_before_optimizer_step`).
 """
 
 from __future__ import annotations
@@ -131,6 +136,9 @@ class Seq2SeqModule(L.LightningModule):
             ``<monitor>_best``. Default: the task's (``val/bleu``, ``val/rougeLsum``).
         speed: the training fast path (the ``speed`` config group): ``compile``, ``unpad``,
             ``loss_chunk_tokens``.
+        init_from: the parent of a fine-tuning run as ``metrics.json`` records it
+            (:meth:`seq2seq.inference.checkpoint.Parent.record`); kept in the checkpoints' hyperparameters,
+            so that resuming the run tokenizes with the parent's tokenizer again.
     """
 
     def __init__(
@@ -143,6 +151,7 @@ class Seq2SeqModule(L.LightningModule):
         monitor: str | None = None,
         monitor_mode: str = "max",
         speed: dict | DictConfig | None = None,
+        init_from: dict | None = None,
     ):
         super().__init__()
         check_task(task)
@@ -151,7 +160,7 @@ class Seq2SeqModule(L.LightningModule):
         monitor = monitor or DEFAULT_MONITOR[task]
         self.save_hyperparameters({
             "model": _plain(model), "optim": _plain(optim), "decoding": _plain(decoding), "task": task,
-            "monitor": monitor, "monitor_mode": monitor_mode, "speed": _plain(speed),
+            "monitor": monitor, "monitor_mode": monitor_mode, "speed": _plain(speed), "init_from": init_from,
         })
         self.task, self.monitor, self.monitor_mode = task, monitor, monitor_mode
         self.speed = self.hparams.speed
@@ -161,6 +170,7 @@ class Seq2SeqModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.net: Seq2SeqTransformer | None = None
         self._eval_outputs: list[tuple[int, str]] = []
+        self._step_sums: Tensor | None = None  # (smoothed loss, nll, target tokens) of this step's batches so far
         self.eval_results: dict[str, dict] = {}  # last val/test scores, signatures and hypotheses
         if tokenizer is not None:
             self.build(tokenizer)
@@ -191,12 +201,24 @@ class Seq2SeqModule(L.LightningModule):
             )
         self.net = Seq2SeqTransformer(config)
 
-    def setup(self, stage: str) -> None:
+    def start_from(self, net: Seq2SeqTransformer, tokenizer: Tokenizer) -> None:
+        """Fine-tuning: train ``net`` (a parent's network: its weights and config) with ``tokenizer``."""
+        if self.net is not None:
+            raise RuntimeError("start_from: the network is already built")
+        self.tokenizer, self.net = tokenizer, net.train()
+
+    def network(self) -> Seq2SeqTransformer:
+        """The network, built from the DataModule's tokenizer if it is not yet (callbacks that need it in
+        their ``setup``, which runs before this module's, call this)."""
         if self.net is None:
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is None or getattr(datamodule, "tokenizer", None) is None:
                 raise RuntimeError("Seq2SeqModule needs a tokenizer: pass one, or train with a Seq2SeqDataModule")
             self.build(datamodule.tokenizer)
+        return self.net
+
+    def setup(self, stage: str) -> None:
+        self.network()
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.task == "translation" and datamodule is not None:
             # A BLEU tokenizer that cannot run here (a missing MeCab extra) stops before training.
@@ -297,6 +319,19 @@ class Seq2SeqModule(L.LightningModule):
             if step >= 0:
                 raise self._nonfinite_error(value, int(step), "found by the periodic check")
 
+    def _token_exact(self) -> bool:
+        """Whether an optimizer step sums several batches' gradients (accumulation or DDP ranks), so that
+        each batch's loss is normalized by the step's total token count (see on_before_optimizer_step)."""
+        trainer = self._trainer
+        return trainer is not None and (trainer.accumulate_grad_batches > 1 or trainer.world_size > 1)
+
+    def _loss_scale(self) -> float:
+        """The constant (1 / data.max_tokens, the same on every rank and batch) that each batch's summed
+        loss is multiplied by before its backward pass when the step is token-exact: it keeps the
+        gradients at about a per-token size (fp16's range) until on_before_optimizer_step fixes them."""
+        budget = getattr(getattr(self.trainer, "datamodule", None), "max_tokens", None)
+        return 1.0 / float(budget) if budget else 1.0
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         smoothed, nll, n_tokens = self._loss(batch)
         loss = smoothed / n_tokens
@@ -316,10 +351,48 @@ class Seq2SeqModule(L.LightningModule):
                 self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
                 return None
             raise self._nonfinite_error(loss.item(), self.global_step, f"epoch {self.current_epoch}, batch {batch_idx}")
+        if self._token_exact():
+            # The sum, not this batch's mean: on_before_optimizer_step divides by the step's total tokens
+            # (and logs the step's per-token loss).
+            sums = torch.stack([smoothed.detach(), nll.detach(), n_tokens]).to(torch.float64)
+            self._step_sums = sums if self._step_sums is None else self._step_sums + sums
+            return smoothed * self._loss_scale()
         size = batch["src"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/nll", nll / n_tokens, batch_size=size)
         return loss
+
+    def on_train_start(self) -> None:
+        self._step_sums = None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Token-exact normalization: the step's gradient is the sum of its batches' summed-loss
+        gradients divided by their total number of target tokens, over every rank.
+
+        Lightning divided each returned loss by ``accumulate_grad_batches`` (N) and DDP averaged the
+        gradients over the W ranks, so what each parameter holds now is ``c / (N W)`` times the sum
+        (``c``: :meth:`_loss_scale`); multiplying by ``N W / (c T)``, T the tokens of all N x W batches
+        (summed over the ranks with one all-reduce), gives the gradient of one batch holding them all.
+        This runs before gradient clipping (and after the AMP scaler unscaled the gradients), so
+        clipping sees the final gradient. ``train/loss`` and ``train/nll`` are logged here, per token
+        of the whole step (all its batches, all ranks), as a step of one batch logs them.
+        """
+        if not self._token_exact():
+            return
+        world = self.trainer.world_size
+        if self._step_sums is None and world == 1:
+            return  # every batch of the step was skipped (optim.nonfinite=skip): no gradient
+        sums = self._step_sums if self._step_sums is not None else torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._step_sums = None
+        if world > 1:  # every rank takes part, also one whose batches were all skipped
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        smoothed, nll, tokens = sums.unbind()
+        factor = (self.trainer.accumulate_grad_batches * world / self._loss_scale()) / tokens.clamp(min=1)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, factor.to(grads[0].device, torch.float32))
+        self.log("train/loss", (smoothed / tokens).float(), prog_bar=True)
+        self.log("train/nll", (nll / tokens).float())
 
     def on_validation_start(self) -> None:
         self._raise_if_nonfinite()
