@@ -331,11 +331,9 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         raise ConfigError(f"decoding.beam_size={k} is too large for a vocabulary of {vocab} tokens")
     batch = src.size(0)
     stepper = make_stepper(model, src, cfg.use_cache)
-    limits_t = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions)
-    limits = limits_t.tolist()
+    limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions).tolist()
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     active = list(range(batch))  # source index of each active sentence
-    active_t = torch.arange(batch, device=device)  # the same, as a tensor
     prefix = torch.full((batch, 1), mc.bos_id, dtype=torch.long, device=device)  # (A * beams, t)
     # The first step runs one row per source (all beams would be equal); its candidates then
     # seed k beams. scores: summed log-probabilities of the live beams (A, beams).
@@ -354,7 +352,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         cand_token = cand_index % vocab
         step += 1
         is_eos = cand_token == mc.eos_id
-        at_limit = limits_t.index_select(0, active_t) <= step  # (A,)
+        at_limit = torch.tensor([limits[b] <= step for b in active], device=device)  # (A,)
         # Only the k best extensions may finish (as in fairseq).
         to_finish = (is_eos[:, :k] | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores[:, :k])
         finishing = to_finish.nonzero().tolist()  # row-major: best first within a sentence
@@ -391,7 +389,6 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
                     )
             keep = torch.tensor([a for a, d in enumerate(done) if not d], dtype=torch.long, device=device)
             active = [b for b, d in zip(active, done) if not d]
-            active_t = active_t.index_select(0, keep)
             if not active:
                 break
             next_beam, next_token, next_scores = next_beam[keep], next_token[keep], next_scores[keep]
