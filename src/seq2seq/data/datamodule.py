@@ -241,6 +241,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         tokenizer: tokenize every split with this one (a fine-tuning run's parent's) instead of
             training a sentencepiece model on the training split; ``vocab_size``, ``joint_vocab`` and
             ``spm_model_type`` are then unused.
+        max_train_pairs: keep only the first N pairs of the training split (quick runs, or a smaller
+            pair in a multilingual mix); None keeps all.
     """
 
     def __init__(
@@ -274,11 +276,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
         extra_references: dict | None = None,
         bleu_tokenize: str | None = None,
         tokenizer: Tokenizer | None = None,
+        max_train_pairs: int | None = None,
     ):
         super().__init__()
         # Checked here, before any corpus is read or tokenizer trained.
         for key, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens),
-                           ("max_sentences", max_sentences)):
+                           ("max_sentences", max_sentences), ("max_train_pairs", max_train_pairs)):
             if (value is None and key == "max_tokens") or (
                 value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0)
             ):
@@ -313,6 +316,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.seed = seed
         self.tokenizer: Tokenizer | None = tokenizer
         self._given_tokenizer = tokenizer is not None
+        self.max_train_pairs = None if max_train_pairs is None else int(max_train_pairs)
         self.datasets: dict[str, PairDataset] = {}
         self._texts: dict[str, _Split] = {}
         self._more_refs: dict[str, list[list[str]]] = {}
@@ -390,6 +394,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         src, tgt = read_split(
             self.root, found or (candidates[0] if len(candidates) == 1 else candidates), self.src_lang, self.tgt_lang, fmt
         )
+        if split == "train" and self.max_train_pairs is not None:
+            src, tgt = src[: self.max_train_pairs], tgt[: self.max_train_pairs]
         self._texts[split] = _Split(src, tgt, f"{self.root}/{found or candidates[0]}")
         return self._texts[split]
 

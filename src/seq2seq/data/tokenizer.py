@@ -4,18 +4,27 @@ A :class:`Tokenizer` holds one sentencepiece model (joint, for a shared vocabula
 embeddings) or two (one per side). Ids are fixed across the project: pad 0, unk 1, bos 2, eos 3.
 A tokenizer serializes to bytes (:meth:`Tokenizer.state_dict`), which is what checkpoints store so
 that a checkpoint alone can translate. Decoding inverts encoding, so metrics see real text.
+
+A multilingual tokenizer (:mod:`seq2seq.data.multilingual`) also knows its target languages: each
+has a tag (``<2de>``), a user-defined symbol of the one joint sentencepiece model, so it is always
+one piece. :meth:`Tokenizer.for_target` gives a view that puts the tag's id first on every source
+(Johnson et al. 2017; fairseq's ``--encoder-langtok tgt``); the language list travels in
+:meth:`Tokenizer.state_dict`, so a checkpoint knows its languages.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
+from seq2seq.errors import ConfigError
 from seq2seq.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -23,12 +32,21 @@ log = logging.getLogger(__name__)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
+def language_tag(lang: str) -> str:
+    """The target-language tag of ``lang`` (``de`` -> ``<2de>``), as fairseq and Johnson et al. write it."""
+    return f"<2{lang}>"
+
+
 def train_sentencepiece(
     texts: Iterable[str], vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0,
-    seed_sentences: int = 2_000_000,
+    seed_sentences: int = 2_000_000, user_symbols: Sequence[str] = (),
 ) -> bytes:
-    """Train a sentencepiece model on ``texts`` in memory; returns the serialized model."""
+    """Train a sentencepiece model on ``texts`` in memory; returns the serialized model.
+
+    ``user_symbols`` (language tags) become pieces of their own, right after the special ids
+    (ids 4, 5, ...), and are never split."""
     model = io.BytesIO()
+    extra = {"user_defined_symbols": list(user_symbols)} if user_symbols else {}
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=model,
@@ -45,20 +63,66 @@ def train_sentencepiece(
         shuffle_input_sentence=True,
         num_threads=2,
         minloglevel=2,
+        **extra,
     )
     return model.getvalue()
 
 
 class Tokenizer:
-    """Source and target sentencepiece processors (the same one when ``joint``)."""
+    """Source and target sentencepiece processors (the same one when ``joint``).
+
+    ``target_tags``: ``{language: tag}`` of a multilingual model (tags are pieces of the source
+    model); empty for a model of one language pair. ``source_tag`` is set on the views
+    :meth:`for_target` returns: the tag every source starts with.
+    """
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
-    def __init__(self, src_model: bytes, tgt_model: bytes | None = None):
+    def __init__(self, src_model: bytes, tgt_model: bytes | None = None, target_tags: Mapping[str, str] | None = None):
         self._src_bytes = src_model
         self._tgt_bytes = tgt_model
         self.src = spm.SentencePieceProcessor(model_proto=src_model)
         self.tgt = self.src if tgt_model is None else spm.SentencePieceProcessor(model_proto=tgt_model)
+        self.target_tags = {str(k): str(v) for k, v in (target_tags or {}).items()}
+        for lang, tag in self.target_tags.items():
+            if self.src.piece_to_id(tag) == UNK_ID:
+                raise ValueError(f"the target-language tag {tag!r} ({lang}) is not a piece of the source vocabulary")
+        self.source_tag: str | None = None
+        self._prefix: list[int] = []
+
+    @property
+    def target_languages(self) -> list[str]:
+        """The languages a multilingual model translates into (in training's order); empty otherwise."""
+        return list(self.target_tags)
+
+    def for_target(self, lang: str | None) -> Tokenizer:
+        """The tokenizer to translate into ``lang`` with: a view whose sources start with its tag.
+
+        A model of one language pair takes ``lang=None`` (itself is returned); a multilingual one
+        needs one of its :attr:`target_languages`. Anything else is a :class:`ConfigError` that
+        says what to pass.
+        """
+        if lang is not None:
+            lang = str(lang).strip()
+        if not self.target_tags:
+            if lang:
+                raise ConfigError(
+                    f"tgt_lang={lang}: this model translates one language pair and has no target-language tags; "
+                    "leave tgt_lang out"
+                )
+            return self
+        languages = ", ".join(self.target_tags)
+        if not lang:
+            raise ConfigError(
+                f"this model is multilingual (target languages {languages}): choose one with tgt_lang "
+                f"(e.g. tgt_lang={next(iter(self.target_tags))})"
+            )
+        if lang not in self.target_tags:
+            raise ConfigError(f"tgt_lang={lang} is not a target language of this model: use one of {languages}")
+        view = copy.copy(self)
+        view.source_tag = self.target_tags[lang]
+        view._prefix = [self.src.piece_to_id(view.source_tag)]
+        return view
 
     @property
     def joint(self) -> bool:
@@ -75,24 +139,30 @@ class Tokenizer:
     @classmethod
     def train(
         cls, src_texts: Sequence[str], tgt_texts: Sequence[str], vocab_size: int, joint: bool = True,
-        model_type: str = "unigram",
+        model_type: str = "unigram", target_tags: Mapping[str, str] | None = None,
     ) -> Tokenizer:
-        """Train on the training split: one model over both sides, or one per side."""
+        """Train on the training split: one model over both sides, or one per side. ``target_tags``
+        (multilingual: ``{language: tag}``) become user-defined pieces of the source model."""
+        tags = list((target_tags or {}).values())
         if joint:
-            return cls(train_sentencepiece([*src_texts, *tgt_texts], vocab_size, model_type))
+            return cls(train_sentencepiece([*src_texts, *tgt_texts], vocab_size, model_type, user_symbols=tags),
+                       target_tags=target_tags)
         return cls(
-            train_sentencepiece(src_texts, vocab_size, model_type),
+            train_sentencepiece(src_texts, vocab_size, model_type, user_symbols=tags),
             train_sentencepiece(tgt_texts, vocab_size, model_type),
+            target_tags=target_tags,
         )
 
     @classmethod
     def load_or_train(
         cls, cache_dir: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str], vocab_size: int,
-        joint: bool = True, model_type: str = "unigram",
+        joint: bool = True, model_type: str = "unigram", target_tags: Mapping[str, str] | None = None,
     ) -> Tokenizer:
         """Reuse a tokenizer trained on the same texts with the same options, or train and cache one."""
         key = hashlib.sha256()
         key.update(f"{vocab_size}|{joint}|{model_type}|{spm.__version__}".encode())
+        if target_tags:  # (a model without tags keeps the key it always had)
+            key.update(f"|tags:{json.dumps(dict(target_tags))}".encode())
         for text in (*src_texts, "\x00", *tgt_texts):
             key.update(text.encode("utf-8", "surrogatepass"))
             key.update(b"\n")
@@ -100,8 +170,8 @@ class Tokenizer:
         src_file, tgt_file = path.with_suffix(".src.model"), path.with_suffix(".tgt.model")
         if src_file.exists() and (joint or tgt_file.exists()):
             log.info("Loading the cached sentencepiece model %s", src_file)
-            return cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes())
-        tok = cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
+            return cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes(), target_tags)
+        tok = cls.train(src_texts, tgt_texts, vocab_size, joint, model_type, target_tags)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(src_file, tok._src_bytes)
         if not joint:
@@ -109,11 +179,22 @@ class Tokenizer:
         return tok
 
     def state_dict(self) -> dict:
-        return {"src_model": self._src_bytes, "tgt_model": self._tgt_bytes}
+        """The sentencepiece model(s) as bytes (what checkpoints store). A multilingual tokenizer adds
+        ``target_tags`` (``{language: tag}`` as UTF-8 JSON: every value stays bytes or None, which
+        the DataModule's cache keys hash), and a :meth:`for_target` view its ``source_tag``."""
+        state = {"src_model": self._src_bytes, "tgt_model": self._tgt_bytes}
+        if self.target_tags:
+            state["target_tags"] = json.dumps(self.target_tags).encode("utf-8")
+        if self.source_tag is not None:
+            state["source_tag"] = self.source_tag.encode("utf-8")
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Tokenizer:
-        return cls(state["src_model"], state.get("tgt_model"))
+        tags = state.get("target_tags")
+        tokenizer = cls(state["src_model"], state.get("tgt_model"), json.loads(tags.decode("utf-8")) if tags else None)
+        return tokenizer if state.get("source_tag") is None else tokenizer.for_target(
+            {v: k for k, v in tokenizer.target_tags.items()}[state["source_tag"].decode("utf-8")])
 
     def difference(self, other: Tokenizer) -> str | None:
         """How ``other`` differs from this tokenizer, in a few words; None when they are the same.
@@ -125,6 +206,10 @@ class Tokenizer:
         if self.joint != other.joint:
             describe = {True: "one joint vocabulary", False: "separate source and target vocabularies"}
             return f"{describe[self.joint]} vs {describe[other.joint]}"
+        if self.target_tags != other.target_tags:
+            def languages(tok):
+                return f"target languages {', '.join(tok.target_tags)}" if tok.target_tags else "no target-language tags"
+            return f"{languages(self)} vs {languages(other)}"
         sides = [("joint", self.src, other.src, self._src_bytes, other._src_bytes)]
         if not self.joint:
             sides = [("source", self.src, other.src, self._src_bytes, other._src_bytes),
@@ -143,8 +228,9 @@ class Tokenizer:
         return None
 
     def encode_source(self, texts: Sequence[str]) -> list[list[int]]:
-        """Source ids, each followed by EOS (the encoder sees where the sentence ends)."""
-        return [ids + [EOS_ID] for ids in self.src.encode(list(texts))]
+        """Source ids, each followed by EOS (the encoder sees where the sentence ends); a
+        :meth:`for_target` view puts the target language's tag first."""
+        return [self._prefix + ids + [EOS_ID] for ids in self.src.encode(list(texts))]
 
     def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
         """Target ids without BOS/EOS; the collator adds them for teacher forcing."""

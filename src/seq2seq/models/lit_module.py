@@ -418,6 +418,10 @@ class Seq2SeqModule(L.LightningModule):
         _, nll, n_tokens = self._loss(batch)
         # Summed over batches then divided, so the epoch loss is per token, not per batch.
         self.log(f"{prefix}/loss", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
+        pair_of_index = getattr(self.trainer.datamodule, "pair_of_index", None)
+        if pair_of_index is not None:  # several language pairs (data/multilingual.py): a batch holds one
+            pair = pair_of_index(prefix, int(batch["index"][0]))
+            self.log(f"{prefix}/loss/{pair}", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
         predictions = self._predictor.predict_batch(batch)
         texts = self._predictor.texts([nbest[0] for _, nbest in predictions])
         self._eval_outputs.extend(zip((index for index, _ in predictions), texts))
@@ -437,8 +441,12 @@ class Seq2SeqModule(L.LightningModule):
     def _eval_epoch_end(self, prefix: str) -> dict:
         indices, hypotheses = self.gathered_hypotheses()
         datamodule = self.trainer.datamodule
-        references = [[stream[i] for i in indices] for stream in datamodule.reference_streams(prefix)]
-        metrics, signatures = score(self.task, hypotheses, references, datamodule.tgt_lang, datamodule.bleu_tokenize)
+        score_split = getattr(datamodule, "score_split", None)
+        if score_split is not None:  # several language pairs: each scored alone, and their means
+            metrics, signatures = score_split(self.task, prefix, indices, hypotheses)
+        else:
+            references = [[stream[i] for i in indices] for stream in datamodule.reference_streams(prefix)]
+            metrics, signatures = score(self.task, hypotheses, references, datamodule.tgt_lang, datamodule.bleu_tokenize)
         # Every rank holds the same gathered corpus score, so no reduction is needed.
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value)
