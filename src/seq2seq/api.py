@@ -27,6 +27,13 @@ is built on them.
 
 The attention maps come from :mod:`seq2seq.analysis.attention`, imported (with matplotlib) only
 when :meth:`Translator.attention` is first called.
+
+A multilingual checkpoint (:mod:`seq2seq.data.multilingual`) translates into the language named by
+``tgt_lang`` (``translator.translate(lines, tgt_lang="fr")``, or a default given to
+:meth:`Translator.from_checkpoint`): its tag (``<2fr>``) goes first on every source.
+:attr:`Translator.target_languages` lists the languages; a checkpoint of one language pair has none
+and refuses ``tgt_lang`` with one message, as a multilingual one refuses a language it does not know
+or a call without one.
 """
 
 from __future__ import annotations
@@ -107,7 +114,8 @@ class Translator:
     ``decoding``: the default settings (default: greedy search with the usual length limits).
     ``device``: where the network runs (it is moved there; default: where it is). ``batch_size``, ``max_tokens``
     (padded source tokens per batch) and ``max_src_len`` (source tokens kept, EOS included;
-    default the model's ``max_positions``) are defaults every call may override.
+    default the model's ``max_positions``) are defaults every call may override, as is ``tgt_lang``
+    (a multilingual model's target language; checked here when given).
     """
 
     def __init__(
@@ -120,12 +128,16 @@ class Translator:
         batch_size: int = 64,
         max_tokens: int | None = None,
         max_src_len: int | None = None,
+        tgt_lang: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         # Each call runs the network in eval mode and restores its mode after.
         self.net, self.tokenizer = net.to(self.device), tokenizer
         self._decoding = with_options(decoding or DecodingConfig(), {})
         self._batching = {"batch_size": batch_size, "max_tokens": max_tokens, "max_src_len": max_src_len}
+        if tgt_lang is not None:
+            tokenizer.for_target(tgt_lang)  # a language the model does not know stops here
+        self.tgt_lang = tgt_lang
 
     @classmethod
     def from_checkpoint(
@@ -137,25 +149,41 @@ class Translator:
         max_tokens: int | None = None,
         max_src_len: int | None = None,
         decoding: DecodingConfig | None = None,
+        tgt_lang: str | None = None,
         **options: Any,
     ) -> Translator:
         """Read a training checkpoint (``best.ckpt``, ``last.ckpt``, an average) onto ``device``
-        (``auto``: CUDA when available); ``options`` are default decoding settings. A list of
-        checkpoints that share one tokenizer decodes as their ensemble (:mod:`seq2seq.decoding.ensemble`)."""
+        (``auto``: CUDA when available); ``options`` are default decoding settings, ``tgt_lang`` the
+        default target language of a multilingual checkpoint. A list of checkpoints that share one
+        tokenizer decodes as their ensemble (:mod:`seq2seq.decoding.ensemble`)."""
         device = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
         defaults = with_options(decoding or DecodingConfig(), options)
         net, tokenizer = load_models(path, device)
         return cls(net, tokenizer, defaults, device=device, batch_size=batch_size, max_tokens=max_tokens,
-                   max_src_len=max_src_len)
+                   max_src_len=max_src_len, tgt_lang=tgt_lang)
 
     @property
     def decoding(self) -> DecodingConfig:
         """A copy of the default decoding settings (changing it changes nothing here)."""
         return replace(self._decoding)
 
-    def predictor(self, **options: Any) -> Predictor:
-        """The :class:`Predictor` of the defaults with ``options`` changed (for this predictor only)."""
-        return Predictor(self.net, self.tokenizer, with_options(self._decoding, options), self.device)
+    @property
+    def target_languages(self) -> list[str]:
+        """The languages a multilingual checkpoint translates into (pass one as ``tgt_lang``); empty
+        for a checkpoint of one language pair."""
+        return self.tokenizer.target_languages
+
+    def source_tokenizer(self, tgt_lang: str | None = None) -> Tokenizer:
+        """The tokenizer that encodes sources for ``tgt_lang`` (default: the Translator's): a multilingual
+        model's puts the language's tag first. A :class:`~seq2seq.errors.ConfigError` says what to pass
+        when ``tgt_lang`` is missing (multilingual), unknown, or given to a one-pair model."""
+        return self.tokenizer.for_target(self.tgt_lang if tgt_lang is None else tgt_lang)
+
+    def predictor(self, tgt_lang: str | None = None, **options: Any) -> Predictor:
+        """The :class:`Predictor` of the defaults with ``options`` changed (for this predictor only),
+        into ``tgt_lang`` (see :meth:`source_tokenizer`)."""
+        tokenizer = self.source_tokenizer(tgt_lang)
+        return Predictor(self.net, tokenizer, with_options(self._decoding, options), self.device)
 
     def _batches(self, batch_size: int | None, max_tokens: int | None, max_src_len: int | None) -> dict[str, Any]:
         given = {"batch_size": batch_size, "max_tokens": max_tokens, "max_src_len": max_src_len}
@@ -170,6 +198,7 @@ class Translator:
         max_tokens: int | None = None,
         max_src_len: int | None = None,
         warn: Warn | None = _warn,
+        tgt_lang: str | None = None,
         **options: Any,
     ) -> Translation | list[Translation]:
         """Translate ``texts`` (one string, or a list), in input order.
@@ -179,9 +208,10 @@ class Translator:
         string gives one result. Blank texts give ``""`` (score 0.0) without a model call. Sources
         longer than ``max_src_len`` are truncated and reported through ``warn`` (default:
         :func:`warnings.warn`; ``None``: silent). ``options``: decoding settings for this call.
+        ``tgt_lang``: the target language of a multilingual model (default: the Translator's).
         """
         single = isinstance(texts, str)
-        predictor = self.predictor(**options)
+        predictor = self.predictor(tgt_lang, **options)
         [results] = self._translate_chunks(predictor, [[texts] if single else list(texts)],
                                            self._batches(batch_size, max_tokens, max_src_len), warn, None)
         return results[0] if single else results
@@ -196,14 +226,15 @@ class Translator:
         max_src_len: int | None = None,
         warn: Warn | None = _warn,
         progress: Callable[[int], None] | None = None,
+        tgt_lang: str | None = None,
         **options: Any,
     ) -> Iterator[list[Translation]]:
         """Translate a stream of lines ``chunk_lines`` at a time: yields each chunk's results (as
         :meth:`translate` gives them) in input order, read lazily from ``lines``. Within a chunk,
         lines are sorted by length into batches. Warnings name lines counted from 1 over the whole
         stream; ``progress(lines_done)`` is called after each batch. ``chunk_lines=1`` answers each
-        line as soon as it is read (interactive use)."""
-        predictor = self.predictor(**options)
+        line as soon as it is read (interactive use). ``tgt_lang``: as in :meth:`translate`."""
+        predictor = self.predictor(tgt_lang, **options)
         return self._translate_chunks(predictor, chunks(lines, chunk_lines),
                                       self._batches(batch_size, max_tokens, max_src_len), warn, progress)
 
@@ -227,6 +258,7 @@ class Translator:
         max_src_len: int | None = None,
         alpha: float | None = None,
         warn: Warn | None = _warn,
+        tgt_lang: str | None = None,
     ) -> list[PairScore]:
         """Score each target given its source by forced decoding: one :class:`PairScore`
         ``(log_prob, n_tokens, score)`` per pair, in input order.
@@ -236,12 +268,12 @@ class Translator:
         decoding default's), the score the searches report: a greedy or beam output scores exactly
         what the search said. A blank target scores the empty output (EOS alone); a pair with a
         blank source is not scored (``0.0, 0, 0.0``), as a blank line translates to ``""``
-        with score 0.0. See :meth:`Predictor.score`.
+        with score 0.0. See :meth:`Predictor.score`. ``tgt_lang``: as in :meth:`translate`.
         """
         if len(sources) != len(targets):
             raise ValueError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
         [results] = self._score_chunks([list(zip(sources, targets))], self._batches(batch_size, max_tokens, max_src_len),
-                                       alpha, warn, None)
+                                       alpha, warn, None, tgt_lang)
         return results
 
     def score_chunks(
@@ -255,15 +287,18 @@ class Translator:
         alpha: float | None = None,
         warn: Warn | None = _warn,
         progress: Callable[[int], None] | None = None,
+        tgt_lang: str | None = None,
     ) -> Iterator[list[PairScore]]:
         """:meth:`score` over a stream of ``(source, target)`` pairs, ``chunk_lines`` pairs at a
         time, as :meth:`translate_chunks` does for translation."""
+        predictor = self.predictor(tgt_lang, **({} if alpha is None else {"alpha": alpha}))  # checked now
         return self._score_chunks(chunks(pairs, chunk_lines), self._batches(batch_size, max_tokens, max_src_len),
-                                  alpha, warn, progress)
+                                  alpha, warn, progress, tgt_lang, predictor)
 
     def _score_chunks(self, pair_chunks: Iterable[Sequence[tuple[str, str]]], batching: dict, alpha: float | None,
-                      warn: Warn | None, progress: Callable[[int], None] | None) -> Iterator[list[PairScore]]:
-        predictor = self.predictor(**({} if alpha is None else {"alpha": alpha}))
+                      warn: Warn | None, progress: Callable[[int], None] | None, tgt_lang: str | None = None,
+                      predictor: Predictor | None = None) -> Iterator[list[PairScore]]:
+        predictor = predictor or self.predictor(tgt_lang, **({} if alpha is None else {"alpha": alpha}))
         done = 0
         for chunk in pair_chunks:
             sources, targets = [s for s, _ in chunk], [t for _, t in chunk]
@@ -273,18 +308,20 @@ class Translator:
             yield scores
 
     # --------------------------------------------------------------------------------- attention
-    def attention(self, source: str, target: str | None = None, **options: Any) -> CrossAttention:
+    def attention(self, source: str, target: str | None = None, tgt_lang: str | None = None,
+                  **options: Any) -> CrossAttention:
         """The cross-attention of ``source`` and its translation (decoded with the defaults and
         ``options``, one hypothesis), or of a given ``target`` (forced, e.g. a reference): per
         decoder layer and their mean, heads averaged, subwords merged into words
-        (:func:`seq2seq.analysis.attention.attention_maps`)."""
+        (:func:`seq2seq.analysis.attention.attention_maps`). ``tgt_lang``: as in :meth:`translate`
+        (a multilingual model's tag is then the first source word)."""
         from seq2seq.analysis.attention import attention_maps  # matplotlib, only when used
 
         if isinstance(self.net, Ensemble):
             raise ConfigError("attention maps need one model; this Translator holds an ensemble of "
                               f"{len(self.net.models)} (load one checkpoint to look at its attention)")
         decoding = with_options(self._decoding, {"n_best": 1, **options})
-        maps = attention_maps(self.net, self.tokenizer, source, target=target, decoding=decoding)
+        maps = attention_maps(self.net, self.source_tokenizer(tgt_lang), source, target=target, decoding=decoding)
         layers = [maps.cross_map(layer)[2] for layer in range(maps.num_layers)]
         target_words, source_words, mean = maps.cross_map("mean")
         return CrossAttention(source, maps.translation, source_words, target_words, layers, mean, maps)

@@ -4,12 +4,18 @@
     seq2seq-translate ckpt_path=PATH < source.txt > hypotheses.txt
     seq2seq-translate 'ckpt_path=[A.ckpt,B.ckpt]' < source.txt > hypotheses.txt   # an ensemble
     seq2seq-translate ckpt_path=PATH input=source.txt score_reference=target.txt > scores.tsv
+    seq2seq-translate ckpt_path=MULTILINGUAL.ckpt tgt_lang=fr < source.txt > hypotheses.fr.txt
 
 Configuration: ``conf/translate.yaml`` (``input``, ``output``, ``batch_size``, ``max_tokens``,
 ``device``, ``n_best``, ``max_src_len``, ``chunk_lines``, ``interactive``, ``score_reference``,
 ``progress``) and the ``decoding`` group, beam search by default (``decoding=greedy``,
 ``decoding=sampling``, ``decoding.beam_size=8`` ...). The work is done by
 :class:`seq2seq.api.Translator`, the Python API.
+
+``tgt_lang``: the target language of a multilingual checkpoint (:mod:`seq2seq.data.multilingual`),
+whose tag (``<2fr>``) is put first on every source; required for such a checkpoint, refused by a
+checkpoint of one language pair, and checked against the checkpoint's languages before any input is
+read (one ``error:`` line naming them).
 
 Several checkpoints, given as a Hydra list, decode as an ensemble: the mean of the models'
 probabilities at every step (:mod:`seq2seq.decoding.ensemble`). They must share one tokenizer;
@@ -167,7 +173,9 @@ def translate(cfg: DictConfig) -> None:
         batch_size=int(cfg.get("batch_size") or 64),
         max_tokens=cfg.get("max_tokens"),
         max_src_len=cfg.get("max_src_len"),
+        tgt_lang=cfg.get("tgt_lang"),
     )
+    translator.source_tokenizer()  # a multilingual checkpoint without tgt_lang stops here, before reading input
     show = bool(cfg.get("progress", True)) and not interactive
     start = time.perf_counter()
     last = [start]

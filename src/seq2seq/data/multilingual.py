@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -52,7 +53,7 @@ from seq2seq.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultilingualDataModule", "TemperatureBatchSampler", "pair_probabilities"]
+__all__ = ["MultilingualDataModule", "PairOutputs", "TemperatureBatchSampler", "pair_probabilities"]
 
 _STATE_VERSION = 1
 
@@ -253,6 +254,16 @@ class RoundRobinBatchSampler(Sampler[list[int]]):
         return sum(len(s) for s in self.samplers)
 
 
+@dataclass
+class PairOutputs:
+    """One pair's hypotheses with their reference streams, target language and BLEU tokenizer."""
+
+    hypotheses: list[str]
+    references: list[list[str]]
+    tgt_lang: str | None
+    bleu_tokenize: str | None
+
+
 class _Shifted(Dataset):
     """A pair's evaluation dataset whose corpus indices are shifted by the pair's offset."""
 
@@ -418,10 +429,6 @@ class MultilingualDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        from seq2seq.metrics.text_metrics import bleu_tokenizer
-
-        for dm in self.pairs.values():  # a BLEU tokenizer that cannot run stops before training
-            bleu_tokenizer(dm.tgt_lang, dm.bleu_tokenize)
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer()
         self._hand_over(self.tokenizer)
@@ -511,24 +518,19 @@ class MultilingualDataModule(L.LightningDataModule):
         offsets = self._offsets[split]
         return self.pair_names[int(np.searchsorted(offsets, index, side="right")) - 1]
 
-    def score_split(self, task: str, split: str, indices: Sequence[int], hypotheses: Sequence[str]) -> tuple[dict, dict]:
-        """Each pair's metrics (``bleu/en-de``, ``chrf/en-de``, ...) over its decoded sentences, and their
-        unweighted means under the plain names (``bleu``, ``chrf``: what picks the best checkpoint).
-
-        Signatures: per pair (``bleu/en-de``) and, for the means, the pairs' common signature (or
-        ``pair: signature`` joined by ``; `` when the tokenizers differ)."""
-        from seq2seq.metrics.text_metrics import score
-
+    def split_by_pair(self, split: str, indices: Sequence[int], hypotheses: Sequence[str]) -> dict[str, PairOutputs]:
+        """Hypotheses of ``split`` (by global index) grouped by pair, each with its references (of the
+        decoded sentences only), target language and BLEU tokenizer: what
+        :func:`seq2seq.metrics.text_metrics.score_by_group` scores, pair by pair and their means. A
+        pair none of whose sentences was decoded (``trainer.limit_val_batches``) is left out, with a warning."""
         offsets = self._offsets[split]
-        by_pair: dict[str, tuple[list[int], list[str]]] = {name: ([], []) for name in self.pairs}
+        names = self.pair_names
+        by_pair: dict[str, tuple[list[int], list[str]]] = {name: ([], []) for name in names}
         for index, hypothesis in zip(indices, hypotheses):
-            name = self.pair_of_index(split, index)
-            by_pair[name][0].append(index - offsets[self.pair_names.index(name)])
-            by_pair[name][1].append(hypothesis)
-        metrics: dict[str, float] = {}
-        signatures: dict[str, str] = {}
-        per_metric: dict[str, list[float]] = {}
-        common: dict[str, dict[str, str]] = {}
+            k = int(np.searchsorted(offsets, index, side="right")) - 1
+            by_pair[names[k]][0].append(int(index) - offsets[k])
+            by_pair[names[k]][1].append(hypothesis)
+        out = {}
         for name, dm in self.pairs.items():
             local, hyps = by_pair[name]
             if not hyps:
@@ -536,19 +538,8 @@ class MultilingualDataModule(L.LightningDataModule):
                             "of the mean", split, name, split)
                 continue
             references = [[stream[i] for i in local] for stream in dm.reference_streams(split)]
-            scores, sigs = score(task, hyps, references, dm.tgt_lang, dm.bleu_tokenize)
-            for metric, value in scores.items():
-                metrics[f"{metric}/{name}"] = value
-                per_metric.setdefault(metric, []).append(value)
-            for metric, sig in (sigs.get("sacrebleu_signature") or {}).items():
-                signatures[f"{metric}/{name}"] = sig
-                common.setdefault(metric, {})[name] = sig
-        for metric, values in per_metric.items():
-            metrics[metric] = float(np.mean(values))
-        for metric, sigs in common.items():
-            distinct = set(sigs.values())
-            signatures[metric] = distinct.pop() if len(distinct) == 1 else "; ".join(f"{n}: {s}" for n, s in sigs.items())
-        return metrics, {"sacrebleu_signature": signatures}
+            out[name] = PairOutputs(hyps, references, dm.tgt_lang, dm.bleu_tokenize)
+        return out
 
     # ------------------------------------------------------------------ texts (samples, eval)
     def _concat(self, split: str, read: Callable[[Seq2SeqDataModule], list]) -> list:

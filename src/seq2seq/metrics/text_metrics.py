@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import importlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF
 
@@ -264,6 +265,40 @@ def score(
     scores = translation_scores(hypotheses, references, bleu_tokenizer(tgt_lang, bleu_tokenize))
     signature = {"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]}
     return {"bleu": scores["bleu"], "chrf": scores["chrf"]}, {"sacrebleu_signature": signature}
+
+
+def score_by_group(task: str, groups: Mapping[str, Any]) -> tuple[dict[str, float], dict]:
+    """Score several groups of hypotheses alone (a multilingual model's language pairs) and average them.
+
+    ``groups``: ``{name: group}``, each with ``hypotheses``, ``references`` (streams),
+    ``tgt_lang`` and ``bleu_tokenize`` (:class:`seq2seq.data.multilingual.PairOutputs`). Returns
+    each group's metrics as ``<metric>/<name>`` (``bleu/en-de``) and their unweighted means under the
+    plain names (``bleu``: what picks the best checkpoint), with the signatures likewise: per group,
+    and for a mean the groups' common signature (``name: signature`` joined by ``; `` when they
+    differ, e.g. a ``zh`` pair beside ``13a`` ones)."""
+    metrics: dict[str, float] = {}
+    signatures: dict[str, str] = {}
+    values: dict[str, list[float]] = {}
+    by_metric: dict[str, dict[str, str]] = {}
+    for name, group in groups.items():
+        scores, sigs = score(task, group.hypotheses, group.references, group.tgt_lang, group.bleu_tokenize)
+        for metric, value in scores.items():
+            metrics[f"{metric}/{name}"] = value
+            values.setdefault(metric, []).append(value)
+        flat = dict(sigs.get("sacrebleu_signature") or {})
+        if sigs.get("rouge_signature"):
+            flat["rouge"] = sigs["rouge_signature"]
+        for metric, sig in flat.items():
+            signatures[f"{metric}/{name}"] = sig
+            by_metric.setdefault(metric, {})[name] = sig
+    for metric, numbers in values.items():
+        metrics[metric] = sum(numbers) / len(numbers)
+    for metric, sigs in by_metric.items():
+        distinct = set(sigs.values())
+        signatures[metric] = distinct.pop() if len(distinct) == 1 else "; ".join(f"{n}: {s}" for n, s in sigs.items())
+    if task == "summarization":
+        return metrics, {"rouge_signature": signatures.get("rouge")}
+    return metrics, {"sacrebleu_signature": signatures}
 
 
 def signatures_by_metric(signatures: dict) -> dict[str, str]:

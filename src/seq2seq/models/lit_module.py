@@ -35,6 +35,7 @@ from seq2seq.metrics.text_metrics import (
     bleu_tokenizer,
     check_task,
     score,
+    score_by_group,
     signatures_by_metric,
 )
 from seq2seq.models.loss import sequence_loss, target_index
@@ -221,8 +222,11 @@ class Seq2SeqModule(L.LightningModule):
         self.network()
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.task == "translation" and datamodule is not None:
-            # A BLEU tokenizer that cannot run here (a missing MeCab extra) stops before training.
-            bleu_tokenizer(datamodule.tgt_lang, datamodule.bleu_tokenize)
+            # A BLEU tokenizer that cannot run here (a missing MeCab extra) stops before training;
+            # a multilingual DataModule's pairs each have their own.
+            pairs = getattr(datamodule, "pairs", None)
+            for data in pairs.values() if pairs else [datamodule]:
+                bleu_tokenizer(data.tgt_lang, data.bleu_tokenize)
         if stage == "fit":
             self._setup_fast_path()
 
@@ -441,9 +445,9 @@ class Seq2SeqModule(L.LightningModule):
     def _eval_epoch_end(self, prefix: str) -> dict:
         indices, hypotheses = self.gathered_hypotheses()
         datamodule = self.trainer.datamodule
-        score_split = getattr(datamodule, "score_split", None)
-        if score_split is not None:  # several language pairs: each scored alone, and their means
-            metrics, signatures = score_split(self.task, prefix, indices, hypotheses)
+        split_by_pair = getattr(datamodule, "split_by_pair", None)
+        if split_by_pair is not None:  # several language pairs (data/multilingual.py): each scored alone, and their means
+            metrics, signatures = score_by_group(self.task, split_by_pair(prefix, indices, hypotheses))
         else:
             references = [[stream[i] for i in indices] for stream in datamodule.reference_streams(prefix)]
             metrics, signatures = score(self.task, hypotheses, references, datamodule.tgt_lang, datamodule.bleu_tokenize)
