@@ -110,7 +110,7 @@ class TemperatureBatchSampler(Sampler[list[int]]):
     batch), i.e. ``c_i`` batches of pair *i* per epoch (rounded, summing to ``B``), in an order
     shuffled from ``(seed, epoch)``. Stratified rather than independent draws: each epoch has the
     exact proportions, and the position in every pair's stream is known in closed form, which makes
-    resuming exact. Pair *i*'s batches come from its sampler's epochs one after another (an
+    resuming exact. Within an epoch each pair's batches are spread evenly (see :meth:`plan`). Pair *i*'s batches come from its sampler's epochs one after another (an
     upsampled pair goes through its data more than once per epoch, each time in a new order): its
     ``k``-th batch of epoch ``E`` is batch ``E · c_i + k`` of that stream.
 
@@ -152,14 +152,26 @@ class TemperatureBatchSampler(Sampler[list[int]]):
 
     # -- order ------------------------------------------------------------------------------------
     def plan(self, epoch: int) -> np.ndarray:
-        """The pair of every batch of ``epoch``, in order."""
-        if not self.shuffle:
-            # Even interleaving: the j-th batch of pair i sits at (j + 0.5) / c_i of the epoch.
-            keys = np.concatenate([(np.arange(c) + 0.5) / c for c in self.counts if c > 0] or [np.zeros(0)])
-            pairs = np.concatenate([np.full(c, i) for i, c in enumerate(self.counts) if c > 0] or [np.zeros(0, int)])
-            return pairs[np.argsort(keys, kind="stable")]
-        rng = np.random.default_rng([self.seed, int(epoch), 0x6D6C])  # a stream of its own
-        return rng.permutation(np.repeat(np.arange(len(self.counts)), self.counts))
+        """The pair of every batch of ``epoch``, in order.
+
+        Spread evenly, with jitter: the j-th of pair i's ``c_i`` batches sits at ``(j + u) / c_i`` of
+        the epoch, ``u`` uniform in [0, 1) from ``(seed, epoch)`` (0.5 without shuffling). Every
+        stretch of the epoch then holds each pair in about its share: no long runs of one pair, whose
+        consecutive single-language updates would pull the model towards that language."""
+        rng = np.random.default_rng([self.seed, int(epoch), 0x6D6C]) if self.shuffle else None  # a stream of its own
+        keys, pairs = [], []
+        for i, c in enumerate(self.counts.tolist()):
+            if c > 0:
+                jitter = rng.random(c) if rng is not None else np.full(c, 0.5)
+                keys.append((np.arange(c) + jitter) / c)
+                pairs.append(np.full(c, i))
+        if not keys:
+            return np.zeros(0, dtype=np.int64)
+        keys, pairs = np.concatenate(keys), np.concatenate(pairs)
+        if rng is not None:  # ties (equal counts, equal jitter) in random order, not by pair
+            order = rng.permutation(len(keys))
+            keys, pairs = keys[order], pairs[order]
+        return pairs[np.argsort(keys, kind="stable")]
 
     def _pair_batch(self, pair: int, number: int) -> list[int]:
         """Batch ``number`` (from 0) of ``pair``'s endless stream: its sampler's epochs in turn."""
