@@ -63,7 +63,9 @@ def serve(cfg: DictConfig) -> None:
     if OmegaConf.is_list(ckpt_path):
         ckpt_path = list(ckpt_path)
     translator = Translator.from_checkpoint(ckpt_path, cfg.get("device"), decoding=decoding,
-                                            batch_size=batching.max_batch, max_src_len=cfg.get("max_src_len"))
+                                            batch_size=batching.max_batch, max_src_len=cfg.get("max_src_len"),
+                                            tgt_lang=cfg.get("tgt_lang"))
+    translator.source_tokenizer()  # a multilingual checkpoint serves one target language: tgt_lang, checked now
     app = create_app(translator, model_info(translator, ckpt_path), limits=limits, batching=batching,
                      threads=torch.get_num_threads())
     host, port = sock.getsockname()[:2]
