@@ -152,14 +152,17 @@ def test_training_batches_hold_one_pair_each_and_sources_start_with_its_tag(mult
 
     from seq2seq.data.tokenizer import EOS_ID
 
-    cfg = compose_train(multi_run["tmp"], _overrides(multi_run["root"]))
+    # A pair's own option (a smaller en-cs) overrides the shared one.
+    cfg = compose_train(multi_run["tmp"], [*_overrides(multi_run["root"]), "data.pairs.en-cs.max_train_pairs=300"])
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
+    assert dm.train_sizes == [TRAIN_LINES, TRAIN_LINES, 300]
     tags = {lang: dm.tokenizer.src.piece_to_id(f"<2{lang}>") for lang in ("de", "fr", "cs")}
     assert sorted(tags.values()) == [4, 5, 6]  # user-defined symbols, right after the specials
     loader = dm.train_dataloader()
     assert len(loader) == sum(dm.train_sampler.counts)
+    assert dm.train_sampler.probabilities == pytest.approx(pair_probabilities([TRAIN_LINES, TRAIN_LINES, 300], 5))
     firsts = [set(batch["src"][:, 0].tolist()) for _, batch in zip(range(12), loader)]
     assert all(len(f) == 1 and f <= set(tags.values()) for f in firsts)  # one pair, its tag first
     assert len({f.pop() for f in firsts}) == 3  # the pairs alternate
@@ -203,6 +206,13 @@ def one_pair_checkpoint(multi_run) -> Path:
     return path
 
 
+def test_ensembles_tell_a_multilingual_tokenizer_from_a_one_pair_one(multi_run, one_pair_checkpoint):
+    from seq2seq.inference.checkpoint import load_models
+
+    with pytest.raises(ConfigError, match="target languages de, fr, cs vs no target-language tags"):
+        load_models([multi_run["ckpt"], one_pair_checkpoint])
+
+
 def test_translate_command_takes_tgt_lang_and_refuses_wrong_ones(multi_run, one_pair_checkpoint):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "seq2seq.translate", *args, "interactive=false", "progress=false",
@@ -240,3 +250,20 @@ def test_eval_scores_each_pair_as_validation_did(multi_run, one_pair_checkpoint,
     assert one["pairs"] == ["en-fr"] and one["val/bleu/en-fr"] == pytest.approx(trained["val/bleu/en-fr"], abs=1e-5)
     with pytest.raises(ConfigError, match="checkpoint translates one language pair"):
         evaluate(compose_train(tmp_path / "mono", [f"ckpt_path={one_pair_checkpoint}", *data], config_name="eval"))
+
+
+def test_fine_tuning_a_multilingual_model_needs_a_multilingual_data_config(multi_run, tmp_path):
+    from seq2seq.train import train
+
+    model = [o for o in _overrides(multi_run["root"]) if o.startswith("model.")]
+    one_pair = ["experiment=multi30k_en_de", f"data.root={multi_run['root']}", *model, f"init_from={multi_run['ckpt']}"]
+    with pytest.raises(ConfigError, match="is a multilingual model .*multilingual data config"):
+        train(compose_train(tmp_path / "one", one_pair))
+    # With a multilingual config (here en-fr alone) it fine-tunes with the parent's tokenizer and tags.
+    child = [*_overrides(multi_run["root"]), "~data.pairs.en-de", "~data.pairs.en-cs", f"init_from={multi_run['ckpt']}",
+             "++trainer.max_steps=4", "++trainer.limit_train_batches=4"]
+    metrics = train(compose_train(tmp_path / "two", child))
+    assert "val/bleu/en-fr" in metrics and "val/bleu/en-de" not in metrics
+    parent, ckpt = (torch.load(c, map_location="cpu", weights_only=True)
+                    for c in (multi_run["ckpt"], tmp_path / "two" / "run" / "checkpoints" / "last.ckpt"))
+    assert ckpt["tokenizer"] == parent["tokenizer"]  # the three languages stay

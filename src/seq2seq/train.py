@@ -79,6 +79,13 @@ def train(cfg: DictConfig) -> dict:
     else:
         tokenizer, lineage = None, None
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    if tokenizer is not None and tokenizer.target_tags and not hasattr(datamodule, "pairs"):
+        # A one-pair DataModule would tokenize without the target-language tag the model expects.
+        raise ConfigError(
+            f"{init_from or cfg.get('ckpt_path')} is a multilingual model (target languages "
+            f"{', '.join(tokenizer.target_languages)}): train it with a multilingual data config, e.g. "
+            "data=multi30k_multilingual (en-de alone: '~data.pairs.en-fr' '~data.pairs.en-cs')"
+        )
     module = Seq2SeqModule(
         model=cfg.model, optim=cfg.optim, decoding=cfg.decoding, task=cfg.get("task", "translation"),
         monitor=monitor, monitor_mode=monitor_mode, speed=cfg.get("speed"), init_from=lineage,
