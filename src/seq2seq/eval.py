@@ -58,13 +58,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.data.datamodule import Seq2SeqDataModule
-from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.data.sources import read_aligned_lines
+from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import checkpoint_paths, load_models, resolve_device
 from seq2seq.inference.predictor import Predictor
-from seq2seq.metrics.text_metrics import bleu_tokenizer, check_task, score, score_by_group, signatures_by_metric
+from seq2seq.metrics.text_metrics import (
+    bleu_tokenizer,
+    check_task,
+    score,
+    score_by_group,
+    signatures_by_metric,
+)
 from seq2seq.run_summary import finish_run
 from seq2seq.utils.io import atomic_write_text
 from seq2seq.utils.run_info import git_commit

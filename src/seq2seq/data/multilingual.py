@@ -354,7 +354,7 @@ class MultilingualDataModule(L.LightningDataModule):
         self.root = first.root
         source_languages = {dm.src_lang for dm in self.pairs.values()}
         self.src_lang = source_languages.pop() if len(source_languages) == 1 else None
-        # Several target languages: BLEU's tokenizer is chosen per pair (score_split), not here.
+        # Several target languages: BLEU's tokenizer is chosen per pair (split_by_pair), not here.
         self.tgt_lang, self.bleu_tokenize = None, None
         self.target_tags = {p.tgt_lang: language_tag(p.tgt_lang) for p in self.pairs.values()}
         self.tokenizer: Tokenizer | None = self._check_tokenizer(tokenizer) if tokenizer is not None else None
