@@ -168,6 +168,17 @@ def test_training_batches_hold_one_pair_each_and_sources_start_with_its_tag(mult
     assert len({f.pop() for f in firsts}) == 3  # the pairs alternate
     sources = dm.pairs["en-fr"].datasets["val"].data
     assert sources.src(0)[0] == tags["fr"] and sources.src(0)[-1] == EOS_ID
+    # The loader's saved position (what a checkpoint keeps) resumes the epoch batch for batch.
+    loader = dm.train_dataloader()
+    batches = [b["index"].tolist() for b in loader]
+    state = loader.state_dict()
+    state["batch_sampler"]["position"] = 7
+    again = dm.train_dataloader()
+    again.load_state_dict(state)
+    assert [b["index"].tolist() for b in again] == batches[7:]
+    # Validation takes the pairs in turn: trainer.limit_val_batches=3 still sees every pair.
+    first = [dm.pair_of_index("val", b["index"][0].item()) for _, b in zip(range(3), dm.val_dataloader())]
+    assert first == list(PAIRS)
 
 
 def test_translator_puts_the_tag_of_tgt_lang_first(multi_run):
