@@ -88,6 +88,12 @@ def test_upsampled_pair_goes_through_all_its_data_and_resumes_exactly():
     resumed.load_state_dict({**sampler.state_dict(batches_consumed=11)})
     resumed.set_epoch(2)
     assert list(resumed) == full[11:]
+    # debug=overfit turns shuffling off: the same batches in every epoch.
+    sampler.shuffle = False
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) == first
     other = TemperatureBatchSampler(_samplers(sizes, seed=1), sizes, 5, seed=7)
     with pytest.raises(Exception, match="temperature"):
         other.load_state_dict(sampler.state_dict())

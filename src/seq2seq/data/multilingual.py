@@ -136,7 +136,7 @@ class TemperatureBatchSampler(Sampler[list[int]]):
         self.probabilities = pair_probabilities(self.sizes, self.temperature)
         self.offsets = list(offsets) if offsets is not None else [0, *np.cumsum(self.sizes)[:-1].tolist()]
         self.seed = int(seed)
-        self.shuffle = bool(shuffle)
+        self._shuffle = bool(shuffle)
         self.num_replicas = self.samplers[0].num_replicas
         self.batches_per_pair = np.array([len(s) for s in self.samplers], dtype=np.int64)
         self.num_batches = int(self.batches_per_pair.sum())
@@ -149,6 +149,21 @@ class TemperatureBatchSampler(Sampler[list[int]]):
         self._resume_at = 0
         self._position = 0
         self._cache: dict[int, tuple[int, list[list[int]]]] = {}
+        if not self._shuffle:
+            self.shuffle = False  # the pairs' samplers too
+
+    @property
+    def shuffle(self) -> bool:
+        return self._shuffle
+
+    @shuffle.setter
+    def shuffle(self, value: bool) -> None:
+        """Off (``debug=overfit``'s FixedTrainBatches): also every pair's own order, so the first
+        batches are the same in every epoch."""
+        self._shuffle = bool(value)
+        for sampler in self.samplers:
+            sampler.shuffle = self._shuffle
+        self._cache = {}
 
     # -- order ------------------------------------------------------------------------------------
     def plan(self, epoch: int) -> np.ndarray:
