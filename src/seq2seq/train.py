@@ -42,10 +42,13 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
-def _callbacks(group: DictConfig | None) -> list:
+def _callbacks(group: DictConfig | None, checkpointing: bool = True) -> list:
     """The configured callbacks, the preemption checkpoint last: Lightning runs checkpoint callbacks
-    after the others in their given order, so it saves after every other checkpoint of the step."""
+    after the others in their given order, so it saves after every other checkpoint of the step.
+    Without checkpointing (``trainer.enable_checkpointing=false``) there is none."""
     callbacks = _instantiate_all(group)
+    if not checkpointing:
+        return [c for c in callbacks if not isinstance(c, PreemptionCheckpoint)]
     return sorted(callbacks, key=lambda c: isinstance(c, PreemptionCheckpoint))
 
 
@@ -136,7 +139,7 @@ def train(cfg: DictConfig) -> dict:
                  "data.spm_model_type are not used)", parent.path, parent.global_step, datamodule.root,
                  parent.tokenizer.tgt_vocab_size)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger")) or False,
+        cfg.trainer, callbacks=_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_checkpointing", True) is not False), logger=_instantiate_all(cfg.get("logger")) or False,
         plugins=_plugins(cfg.trainer.get("plugins")),
     )
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
