@@ -264,3 +264,34 @@ def test_slurm_requeue_calls_scontrol(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert slurm_requeue()
     assert (tmp_path / "calls").read_text().splitlines() == ["requeue 123", "requeue 7_3"]
+
+
+def test_slurm_launcher_requeues_into_the_same_folder(tmp_path, monkeypatch):
+    """hydra/launcher=slurm: the sbatch script submitit writes asks for the warning signal and
+    requeues, and the executor requeues after time-outs; job folders hang off the fixed sweep dir."""
+    import submitit
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from helpers import compose_train
+
+    bin_dir = tmp_path / "bin"  # submitit looks for srun before it writes anything
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    sweep = tmp_path / "sweep"
+    cfg = compose_train(tmp_path, ["hydra/launcher=slurm", f"hydra.sweep.dir={sweep}"])
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"  # <sweep dir>/<job number>
+    params = instantiate(cfg.hydra.launcher).params
+    # As hydra_submitit_launcher's SlurmLauncher.launch builds its executor:
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"],
+                                     slurm_max_num_timeout=params["max_num_timeout"])
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
+                                  if k not in {"submitit_folder", "max_num_timeout"}})
+    assert executor._executor.max_num_timeout == 20
+    sbatch = executor._executor._make_submission_file_text("python -m seq2seq.train", "uid").splitlines()
+    assert "#SBATCH --signal=USR2@180" in sbatch and "#SBATCH --requeue" in sbatch
+    assert f"#SBATCH --output={sweep}/.submitit/%j/%j_0_log.out" in sbatch

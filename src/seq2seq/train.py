@@ -167,6 +167,7 @@ def train(cfg: DictConfig) -> dict:
             raise _report_preemption(stop, trainer, output_dir) from None
 
     results = module.eval_results.get("test") or module.eval_results.get("val") or {}
+    num_parameters = _num_parameters(trainer, module)
     checkpoints = {}
     if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
         folder = Path(trainer.checkpoint_callback.dirpath)
@@ -177,17 +178,28 @@ def train(cfg: DictConfig) -> dict:
         data_filter = truncation_counts(datamodule)
         if data_filter.get("truncated") or data_filter.get("val_truncated") or data_filter.get("test_truncated"):
             log.info("Sources truncated to data.max_src_len=%s: %s", datamodule.max_src_len, data_filter)
-        info = run_info(num_parameters=module.net.num_parameters(), sacrebleu_signature=signatures["sacrebleu_signature"],
+        info = run_info(num_parameters=num_parameters, sacrebleu_signature=signatures["sacrebleu_signature"],
                         trainer=trainer)
         log_run_info(trainer.loggers, info)
         finish_run(
             output_dir, metrics, **signatures, signatures=module.signatures, task=module.task,
             monitor={"metric": monitor, "mode": monitor_mode},
-            data_filter=data_filter, num_parameters=module.net.num_parameters(), git_commit=info["git_commit"],
+            data_filter=data_filter, num_parameters=num_parameters, git_commit=info["git_commit"],
             checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
             **({"init_from": lineage} if lineage else {}), status="finished",
         )
     return metrics
+
+
+def _num_parameters(trainer: L.Trainer, module: Seq2SeqModule) -> int:
+    """The network's parameter count; under FSDP (each rank holds shards) with the full parameters
+    gathered, on every rank."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(trainer.model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False):
+            return module.net.num_parameters()
+    return module.net.num_parameters()
 
 
 def _report_preemption(stop: Preempted, trainer: L.Trainer, output_dir: Path) -> Preempted:
