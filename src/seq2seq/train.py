@@ -160,7 +160,7 @@ def train(cfg: DictConfig) -> dict:
                 metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
             elif cfg.get("test"):
                 log.warning("No test split under %s: trained and validated only.", datamodule.root)
-        except SIGTERMException:  # Lightning's own handler, outside training (testing): no new checkpoint
+        except SIGTERMException:  # Lightning's own handler (testing, or callbacks.preemption=null): no new checkpoint
             raise _report_preemption(Preempted("SIGTERM", None, trainer.global_step, trainer.current_epoch),
                                      trainer, output_dir) from None
         except Preempted as stop:
@@ -206,7 +206,7 @@ def _report_preemption(stop: Preempted, trainer: L.Trainer, output_dir: Path) ->
     """Say (rank 0, on stderr) where the run stopped and how to continue it; returns ``stop``."""
     if trainer.is_global_zero:
         saved = (f"saved {stop.checkpoint}" if stop.checkpoint
-                 else "no new checkpoint (training had ended; testing was interrupted)")
+                 else "no new checkpoint (outside training steps: it continues from the last one written)")
         requeued = " The SLURM job was requeued: it will continue by itself." if stop.requeued else ""
         print(f"Preempted by {stop.signal_name} at step {stop.global_step} (epoch {stop.epoch}): {saved}.{requeued} "
               f"To continue, {resume_hint(output_dir)}. Exit status {PREEMPTED_EXIT_CODE}.",
