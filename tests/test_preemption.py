@@ -187,6 +187,28 @@ def test_rerun_multirun_finishes_only_the_interrupted_job(reference):
     _same_run(reference.wait(), sweep / "1")
 
 
+@pytest.mark.slow
+def test_ddp_ranks_stop_at_one_step_and_resume_exactly(tmp_path):
+    """trainer=ddp_sim (two processes): SIGTERM to the launching process only; both ranks save at
+    the same step, every rank exits with status 75, and ckpt_path=auto ends as an uninterrupted run."""
+    args = [*OVERRIDES, "trainer=ddp_sim", "data.max_tokens=256", "trainer.max_epochs=1", "callbacks=default"]
+    reference = _start([*args, f"hydra.run.dir={tmp_path / 'reference'}"], tmp_path, tmp_path / "reference.log")
+    run = tmp_path / "preempted"
+    process = _start([*args, f"hydra.run.dir={run}"], tmp_path, tmp_path / "preempted.log")
+    _terminate_mid_epoch(process, run / "checkpoints" / "last.ckpt", epoch=0, log=tmp_path / "preempted.log")
+    output = (tmp_path / "preempted.log").read_text()
+    assert process.returncode == PREEMPTED_EXIT_CODE, output[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(saved["callbacks"]["ResumeState"]["rng_per_rank"]) == 2
+    assert output.count(f"saved {run / 'checkpoints' / 'last.ckpt'} at step {saved['global_step']}") == 2  # both ranks
+    assert output.count("Preempted by SIGTERM") == 1  # said once, by rank 0
+    resumed = subprocess.run([sys.executable, "-m", "seq2seq.train", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
+                             env=command_env(tmp_path, threads=1), capture_output=True, text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert reference.wait(timeout=TIMEOUT) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    _same_run(tmp_path / "reference", run)
+
+
 # ------------------------------------------------------------------------- in-process checks
 def test_ckpt_path_auto_and_finished_runs(reference, tmp_path, monkeypatch):
     from seq2seq.train import requested_checkpoint
