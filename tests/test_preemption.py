@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -231,7 +232,7 @@ def test_ckpt_path_auto_and_finished_runs(reference, tmp_path, monkeypatch):
     assert requested_checkpoint(Cfg(ckpt_path="x.ckpt")) == "x.ckpt"
 
 
-class _SignalAt(__import__("lightning").pytorch.Callback):
+class _SignalAt(L.Callback):
     """Sends ``signum`` to this process at the end of training batch ``batch``."""
 
     def __init__(self, signum: int, batch: int) -> None:
@@ -245,7 +246,6 @@ class _SignalAt(__import__("lightning").pytorch.Callback):
 def test_signal_saves_at_the_step_boundary_then_hands_over(tmp_path):
     """With gradient accumulation the checkpoint waits for the step's end; a previous handler that
     is not Lightning's (submitit's requeue) runs after the file is written; handlers are put back."""
-    import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     calls = []

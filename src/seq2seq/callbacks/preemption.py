@@ -5,8 +5,9 @@ a job, the signal of ``--signal=SIG@SECONDS`` (SIGUSR1 in Lightning's SLURM exam
 submitit and so for ``hydra/launcher=slurm``) before the time limit, and SIGKILL a grace period
 later. :class:`PreemptionCheckpoint` (``callbacks.preemption``) turns such a signal into a clean
 stop: the handler only notes the signal; at the next point where Lightning's own checkpoints resume
-exactly (the end of an optimizer step, after every other callback has run, or the end of a
-validation or of an epoch) the callback writes ``<run folder>/checkpoints/last.ckpt`` with
+exactly (the end of an optimizer step, not inside a gradient-accumulation cycle; the end of a
+validation within an epoch; the end of an epoch, after its validation and checkpoints), after every
+other callback of that point has run, the callback writes ``<run folder>/checkpoints/last.ckpt`` with
 ``trainer.save_checkpoint`` (the same content as the periodic ``last.ckpt``: optimizer, schedule,
 loop counters, sampler position, :class:`~seq2seq.callbacks.checkpointing.ResumeState`), then raises
 :class:`Preempted`. ``seq2seq.train`` prints how to resume and exits with status
