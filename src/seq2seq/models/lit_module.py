@@ -406,6 +406,18 @@ class Seq2SeqModule(L.LightningModule):
         if sampler is not None:
             sampler.set_epoch(self.current_epoch)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except under FSDP (``trainer=fsdp``): there each rank holds a shard of
+        every gradient, so the norm is the sharded module's ``clip_grad_norm_`` (over all shards);
+        Lightning's FSDP precision plugin refuses norm clipping."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.model if self._trainer is not None else None
+        if isinstance(model, FullyShardedDataParallel) and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         opt = self.hparams.optim
         # Lightning moves the module to its device before this hook: the fused AdamW kernel fits it.
