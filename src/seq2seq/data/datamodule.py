@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -402,6 +403,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self._resolved_format: CorpusFormat | None = None
         self._train_source: _Source | None = None
         self._vocab_warned = False
+        # Seconds spent per preparation step in this process (reading/hashing the training split,
+        # sentencepiece, tokenizing each split; cache hits included): for benchmarks and logs.
+        self.prepare_times: dict[str, float] = {}
+
+    def _timed(self, step: str, start: float) -> None:
+        self.prepare_times[step] = self.prepare_times.get(step, 0.0) + time.perf_counter() - start
 
     # ------------------------------------------------------------------ reading
     @staticmethod
@@ -520,11 +527,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if self.tokenizer is not None:  # handed over (fine-tuning): never retrained
             return self.tokenizer
         source = self._source("train")
+        start = time.perf_counter()
         digest, _ = source.scan()
+        self._timed("read_train", start)
+        start = time.perf_counter()
         texts, sample = source.training_texts(self.joint_vocab)
         tokenizer = Tokenizer.cached_or_trained(
             self.cache_dir, digest, texts, self.vocab_size, self.joint_vocab, self.spm_model_type, sample=sample
         )
+        self._timed("sentencepiece", start)
         reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         if min(reached) < self.vocab_size and not self._vocab_warned:
             self._vocab_warned = True  # once per DataModule, not in both prepare_data and setup
@@ -550,8 +561,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
             return max(1, int(self.prepare_workers))
         return min(available_cpus(), MAX_AUTO_WORKERS) if pairs >= POOL_MIN_PAIRS else 1
 
-    def _tokenized(self, tokenizer: Tokenizer, source: _Source) -> TokenizedSplit:
+    def _tokenized(self, tokenizer: Tokenizer, source: _Source, split: str = "") -> TokenizedSplit:
         """The split's ids from the cache; tokenized and written there first when missing or damaged."""
+        start = time.perf_counter()
+        try:
+            return self._load_or_tokenize(tokenizer, source)
+        finally:
+            self._timed(f"tokenize_{split}" if split else "tokenize", start)
+
+    def _load_or_tokenize(self, tokenizer: Tokenizer, source: _Source) -> TokenizedSplit:
         digest, pairs = source.scan()
         path = self._cache_file(tokenizer, digest)
         try:
@@ -585,7 +603,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             for split in SPLITS:
                 source = self._source(split)
                 if source is not None:
-                    self._tokenized(tokenizer, source)
+                    self._tokenized(tokenizer, source, split)
         finally:
             self._done_preparing()
 
@@ -609,7 +627,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
                     log.warning("No test split found under %s (looked for %s); the run will not test.",
                                 self.root, self.splits.test)
                 continue
-            data = self._tokenized(self.tokenizer, source)
+            data = self._tokenized(self.tokenizer, source, split)
             if split == "train":
                 if self._given_tokenizer:
                     self._report_unknown(data)
