@@ -11,9 +11,11 @@ config ``--config`` (default ``wmt14_en_de``: joint 32k BPE, ``max_tokens=8192``
 
 * ``prepare``: ``prepare_data()`` on the empty cache (hashing the corpus, sentencepiece training,
   tokenizing every split, writing the cache): wall seconds, the seconds per step
-  (``prepare_steps``), CPU seconds, and the peak resident memory of the process and its worker
-  processes together (``prepare_peak_rss_mb``, polled every 50 ms: shared pages count once per
-  process, so this is an upper bound), and the largest single process (``getrusage``);
+  (``prepare_steps``), CPU seconds, and the peak memory of the process and its child processes
+  (sentencepiece training, tokenizing workers) together, polled every 50 ms: the sum of their
+  resident sizes (``prepare_peak_rss_mb``; forked children share pages, which each counts, so
+  this is an upper bound) and of their proportional set sizes (``prepare_peak_pss_mb``, the
+  physical memory), and the largest single process (``getrusage``);
 * ``reload``: ``prepare_data()`` + ``setup("fit")`` on the filled cache, what a rerun does;
 * ``ranks``: two processes started together, as two DDP ranks of one node: each builds the
   DataModule with its rank and ``setup("fit")``; its resident memory before and after
@@ -124,32 +126,38 @@ def child_rank(options: dict, rank: int, world_size: int) -> dict:
 
 
 class TreeMemory(threading.Thread):
-    """Polls the resident memory of a process and all its descendants; keeps the peak of the sum."""
+    """Polls the memory of a process and all its descendants; keeps the peaks of two sums.
+
+    ``peak_mb``: of the resident sizes (RSS). Forked workers share their parent's pages, which
+    every one of them counts, so this is an upper bound. ``peak_pss_mb``: of the proportional set
+    sizes (a shared page counts 1/n in each of its n processes): the physical memory they use.
+    """
 
     def __init__(self, pid: int, interval: float = 0.05):
         super().__init__(daemon=True)
         import psutil
 
         self.root = psutil.Process(pid)
-        self.interval, self.peak_mb, self.peak_processes = interval, 0.0, 0
+        self.interval, self.peak_mb, self.peak_pss_mb, self.peak_processes = interval, 0.0, 0.0, 0
         self._done = threading.Event()
 
     def run(self) -> None:
         import psutil
 
         while not self._done.is_set():
-            total, count = 0, 0
+            rss = pss = count = 0
             try:
                 for proc in [self.root, *self.root.children(recursive=True)]:
                     try:
-                        total += proc.memory_info().rss
-                        count += 1
+                        info = proc.memory_full_info()
+                        rss, pss, count = rss + info.rss, pss + getattr(info, "pss", info.rss), count + 1
                     except psutil.Error:
                         pass
             except psutil.Error:
                 break
-            if total / 2**20 > self.peak_mb:
-                self.peak_mb, self.peak_processes = total / 2**20, count
+            if rss / 2**20 > self.peak_mb:
+                self.peak_mb, self.peak_processes = rss / 2**20, count
+            self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
             self._done.wait(self.interval)
 
     def stop(self) -> None:
@@ -220,7 +228,8 @@ def run(args: argparse.Namespace) -> dict:
         "corpus": {"generation_s": generation_s, "train_mb": sum(stamp["train_bytes"].values()) / 2**20,
                    "words_per_side_mean": stamp["train_words_per_side_mean"]},
         "prepare_s": prepare["seconds"], "prepare_steps": prepare["steps"], "prepare_cpu_s": prepare["cpu_s"],
-        "prepare_peak_rss_mb": memory.peak_mb, "prepare_peak_processes": memory.peak_processes,
+        "prepare_peak_rss_mb": memory.peak_mb, "prepare_peak_pss_mb": memory.peak_pss_mb,
+        "prepare_peak_processes": memory.peak_processes,
         "prepare_maxrss_single_mb": max(prepare["maxrss_self_mb"], prepare["maxrss_children_mb"]),
         "vocab_size": prepare["vocab_size"],
         "reload_s": reload["seconds"], "reload_steps": reload["steps"], "filter_counts": reload["filter_counts"],

@@ -373,3 +373,31 @@ def test_data_scale_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     corpus = next((tmp_path / "work").glob("corpus-2000-seed0"))
     for name in ("train.en", "train.de", "test.de"):
         assert (tmp_path / "again" / name).read_bytes() == (corpus / name).read_bytes()
+
+
+def test_sentencepiece_can_train_in_a_child_process(corpus: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large corpora train sentencepiece in a forked process (its memory is freed when it ends): the
+    same model as in this process; an error in the child (bad UTF-8 while reading) comes back."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs fork")
+    here = prepared(datamodule(corpus, tmp_path / "cache_here"))
+    pids = tmp_path / "pids"
+    train = Tokenizer.train.__func__
+
+    def spy(cls, *args, **kwargs):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return train(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "train", classmethod(spy))
+    monkeypatch.setattr(dm_module, "SUBPROCESS_TRAINING_SENTENCES", 0)
+    there = prepared(datamodule(corpus, tmp_path / "cache_there"))
+    assert pids.read_text().split() != [str(os.getpid())] and len(pids.read_text().split()) == 1
+    assert there.tokenizer.state_dict() == here.tokenizer.state_dict()
+
+    lines = (corpus / "train.en").read_bytes().split(b"\n")
+    lines[9] = b"na\xefve"
+    (corpus / "train.en").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"train\.en, line 10: invalid UTF-8"):
+        datamodule(corpus, tmp_path / "cache_bad").prepare_data()

@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 CHUNK_PAIRS = 20_000  # pairs per tokenization chunk (a few MB of text)
 POOL_MIN_PAIRS = 100_000  # smaller splits are tokenized in this process: starting workers costs more
+SUBPROCESS_TRAINING_SENTENCES = 500_000  # sentencepiece trains in a child process on this many or more
 MAX_AUTO_WORKERS = 8  # prepare_workers=None uses the available CPUs, at most this many
 
 
@@ -532,8 +533,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self._timed("read_train", start)
         start = time.perf_counter()
         texts, sample = source.training_texts(self.joint_vocab)
+        sentences = sample or 2 * source.scan()[1]
         tokenizer = Tokenizer.cached_or_trained(
-            self.cache_dir, digest, texts, self.vocab_size, self.joint_vocab, self.spm_model_type, sample=sample
+            self.cache_dir, digest, texts, self.vocab_size, self.joint_vocab, self.spm_model_type, sample=sample,
+            in_subprocess=sentences >= SUBPROCESS_TRAINING_SENTENCES,
         )
         self._timed("sentencepiece", start)
         reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)

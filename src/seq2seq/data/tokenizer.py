@@ -15,6 +15,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -135,12 +136,16 @@ class Tokenizer:
     def cached_or_trained(
         cls, cache_dir: str | Path, digest: str, training_texts: Callable[[], tuple[Sequence[str], Sequence[str]]],
         vocab_size: int, joint: bool = True, model_type: str = "unigram", sample: int | None = None,
+        in_subprocess: bool = False,
     ) -> Tokenizer:
         """The tokenizer cached for a training split whose content hashes to ``digest``, or one trained
         on ``training_texts()`` (called only then) and cached.
 
         ``sample``: the training texts are a sample of this many sentences (it is part of the key).
-        A cached model that cannot be loaded is trained again, with a warning.
+        ``in_subprocess``: read the texts and train in a forked process (where ``fork`` exists), so
+        that the memory sentencepiece and the texts take (GBs for millions of sentences) goes back
+        to the system when it ends instead of staying in this process. A cached model that cannot
+        be loaded is trained again, with a warning.
         """
         key = hashlib.sha256(
             f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{sample}|{digest}".encode()
@@ -149,10 +154,17 @@ class Tokenizer:
         cached = cls._load_cached(path, joint)
         if cached is not None:
             return cached
-        src_texts, tgt_texts = training_texts()
-        log.info("Training a %s sentencepiece model (vocab_size=%d, %s) on %s sentences", model_type, vocab_size,
-                 "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
-        tok = cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
+
+        def train() -> Tokenizer:
+            src_texts, tgt_texts = training_texts()
+            log.info("Training a %s sentencepiece model (vocab_size=%d, %s) on %s sentences", model_type,
+                     vocab_size, "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
+            return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
+
+        if in_subprocess and "fork" in multiprocessing.get_all_start_methods():
+            tok = cls.from_state_dict(_in_forked_process(lambda: train().state_dict()))
+        else:
+            tok = train()
         tok._save_cached(path)
         return tok
 
@@ -248,6 +260,39 @@ class Tokenizer:
                 seq = seq[: seq.index(EOS_ID)]
             cleaned.append([i for i in seq if i not in (PAD_ID, BOS_ID)])
         return self.tgt.decode(cleaned)
+
+
+def _in_forked_process(work: Callable[[], object]) -> object:
+    """``work()`` run in a forked child; its result (or exception) comes back through a pipe."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            result = ("ok", work())
+        except BaseException as err:  # noqa: BLE001 - handed to the parent, which raises it
+            try:
+                pickle.dumps(err)
+                result = ("error", err)
+            except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as text
+                result = ("error", RuntimeError(f"{type(err).__name__}: {err}"))
+        send.send(result)
+        send.close()
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"the sentencepiece training process died (exit code {process.exitcode})") from None
+    finally:
+        receive.close()
+    process.join()
+    if status == "error":
+        raise value
+    return value
 
 
 # -- tokenizing a split in chunks, in parallel ------------------------------------------------------
