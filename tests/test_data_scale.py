@@ -79,7 +79,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def entry_of(cache: Path, dm: Seq2SeqDataModule, split: str = "train") -> Path:
     source = dm._source(split)
-    return dm._cache_file(dm.tokenizer, source.scan()[0])
+    return dm._cache_file(dm.tokenizer, source.digest())
 
 
 def as_lists(data) -> tuple[list[list[int]], list[list[int]]]:

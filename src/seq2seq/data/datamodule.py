@@ -229,19 +229,23 @@ class _Source:
 
     def __init__(self, where: str, lines: LinesPair | None = None, texts: _Split | None = None):
         self.where, self.lines, self.texts = where, lines, texts
-        self._digest: tuple[str, int] | None = None
+        self._digest: str | None = None
 
-    def scan(self) -> tuple[str, int]:
-        """(content digest, number of pairs)."""
+    def digest(self) -> str:
+        """The content digest the cache keys on (lines files: their bytes; texts: the texts)."""
         if self.lines is not None:
-            return self.lines.scan()
+            return self.lines.digest()
         if self._digest is None:
             key = hashlib.sha256(b"texts\0")
             _update_with_texts(key, self.texts.src_text)
             _update_with_texts(key, ["\x00"])
             _update_with_texts(key, self.texts.tgt_text)
-            self._digest = key.hexdigest(), len(self.texts.src_text)
+            self._digest = key.hexdigest()
         return self._digest
+
+    def pairs(self) -> int:
+        """The number of pairs (lines files: counted, and their line counts checked)."""
+        return self.lines.count() if self.lines is not None else len(self.texts.src_text)
 
     def chunks(self, pairs: int) -> Iterator[PairChunk]:
         if self.lines is not None:
@@ -257,33 +261,31 @@ class _Source:
         texts = self.texts.src_text if side == "src" else self.texts.tgt_text
         return list(texts) if indices is None else [texts[i] for i in indices.tolist()]
 
-    def training_texts(self, joint: bool) -> tuple[Callable[[], tuple[list[str], list[str]]], int | None]:
-        """What sentencepiece trains on: (a function giving the source and target sentences, the
-        sample size, or None when it takes them all). Above SAMPLE_SENTENCES sentences, a seeded
-        sample of that many (from both sides together for a joint vocabulary) in shuffled order."""
-        _, pairs = self.scan()
+    def training_sentences(self, joint: bool) -> int:
+        """How many sentences sentencepiece trains on (see :meth:`training_texts`)."""
+        population = 2 * self.pairs() if joint else self.pairs()
+        return min(population, SAMPLE_SENTENCES)
+
+    def training_texts(self, joint: bool) -> tuple[list[str], list[str]]:
+        """What sentencepiece trains on: every sentence of the split up to SAMPLE_SENTENCES of them
+        (both sides together for a joint vocabulary); above, a sample of that many drawn with
+        SAMPLE_SEED, in a seeded random order (what sentencepiece's shuffle_input_sentence does)."""
+        pairs = self.pairs()
         population = 2 * pairs if joint else pairs
         if population <= SAMPLE_SENTENCES:
-            def everything() -> tuple[list[str], list[str]]:
-                with Progress(f"Reading {self.where} for sentencepiece", 2 * pairs, unit="lines") as progress:
-                    return self.sentences("src", None, progress), self.sentences("tgt", None, progress)
-            return everything, None
-
-        def sample() -> tuple[list[str], list[str]]:
-            picked = sample_indices(population, SAMPLE_SENTENCES, SAMPLE_SEED)
-            src_idx, tgt_idx = (picked[picked < pairs], picked[picked >= pairs] - pairs) if joint else (picked, picked)
-            with Progress(f"Sampling {SAMPLE_SENTENCES:,} sentences of {self.where} for sentencepiece", 2 * pairs,
-                          unit="lines") as progress:
-                src, tgt = self.sentences("src", src_idx, progress), self.sentences("tgt", tgt_idx, progress)
-            if not joint:
-                return src, tgt
-            # One list in a seeded random order, as sentencepiece's shuffle_input_sentence would give.
-            both = src + tgt
-            del src, tgt
-            order = np.random.default_rng(SAMPLE_SEED + 1).permutation(len(both))
-            return [both[i] for i in order.tolist()], []
-
-        return sample, SAMPLE_SENTENCES
+            with Progress(f"Reading {self.where} for sentencepiece", 2 * pairs, unit="lines") as progress:
+                return self.sentences("src", None, progress), self.sentences("tgt", None, progress)
+        picked = sample_indices(population, SAMPLE_SENTENCES, SAMPLE_SEED)
+        src_idx, tgt_idx = (picked[picked < pairs], picked[picked >= pairs] - pairs) if joint else (picked, picked)
+        with Progress(f"Sampling {SAMPLE_SENTENCES:,} sentences of {self.where} for sentencepiece", 2 * pairs,
+                      unit="lines") as progress:
+            src, tgt = self.sentences("src", src_idx, progress), self.sentences("tgt", tgt_idx, progress)
+        if not joint:
+            return src, tgt
+        both = src + tgt
+        del src, tgt
+        order = np.random.default_rng(SAMPLE_SEED + 1).permutation(len(both))
+        return [both[i] for i in order.tolist()], []
 
 
 @dataclass
@@ -529,14 +531,16 @@ class Seq2SeqDataModule(L.LightningDataModule):
             return self.tokenizer
         source = self._source("train")
         start = time.perf_counter()
-        digest, _ = source.scan()
+        digest = source.digest()
         self._timed("read_train", start)
         start = time.perf_counter()
-        texts, sample = source.training_texts(self.joint_vocab)
-        sentences = sample or 2 * source.scan()[1]
+        # Whether sentencepiece samples follows from the content and these constants, so they are
+        # part of the key rather than the sample size (the cached path never counts lines).
         tokenizer = Tokenizer.cached_or_trained(
-            self.cache_dir, digest, texts, self.vocab_size, self.joint_vocab, self.spm_model_type, sample=sample,
-            in_subprocess=sentences >= SUBPROCESS_TRAINING_SENTENCES,
+            self.cache_dir, f"{digest}|sample={SAMPLE_SENTENCES},{SAMPLE_SEED}",
+            lambda: source.training_texts(self.joint_vocab), self.vocab_size, self.joint_vocab,
+            self.spm_model_type,
+            in_subprocess=lambda: source.training_sentences(self.joint_vocab) >= SUBPROCESS_TRAINING_SENTENCES,
         )
         self._timed("sentencepiece", start)
         reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
@@ -573,8 +577,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             self._timed(f"tokenize_{split}" if split else "tokenize", start)
 
     def _load_or_tokenize(self, tokenizer: Tokenizer, source: _Source) -> TokenizedSplit:
-        digest, pairs = source.scan()
-        path = self._cache_file(tokenizer, digest)
+        path = self._cache_file(tokenizer, source.digest())
         try:
             return open_split(path)
         except FileNotFoundError:
@@ -582,6 +585,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         except CacheDamaged as err:
             log.warning("The cached token ids of %s (%s) are damaged: %s. Tokenizing it again.", source.where, path, err)
             remove_entry(path)
+        pairs = source.pairs()
         dtype = id_dtype(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
         workers = self._workers(pairs)
         with SplitWriter(path, dtype) as writer, Progress(f"Tokenizing {source.where}", pairs, unit="pairs") as progress:

@@ -379,22 +379,35 @@ class _LineReader:
         self.file.close()
 
 
-def _file_digest(path: Path, progress: Progress | None = None) -> tuple[str, int]:
-    """SHA-256 of a file's content (decompressed for ``.gz``) and its number of lines."""
-    digest, lines, last = hashlib.sha256(), 0, b"\n"
+def _blocks(path: Path, progress: Progress | None = None) -> Iterator[bytes]:
+    """A file's content (decompressed for ``.gz``) in blocks; read errors as :class:`DataError`."""
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             while data := f.read(_BLOCK):
-                digest.update(data)
-                lines += data.count(b"\n")
-                last = data[-1:]
+                yield data
                 if progress is not None:
-                    progress.update(len(data) if path.suffix != ".gz" else 0)
+                    progress.update(len(data))
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.") from None
     except OSError as e:
         raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
-    return digest.hexdigest(), lines + (last != b"\n")
+
+
+def _file_digest(path: Path, progress: Progress | None = None) -> str:
+    """SHA-256 of a file's content (decompressed for ``.gz``), ~1.1 GB per CPU second."""
+    digest = hashlib.sha256()
+    for data in _blocks(path, progress):
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _file_lines(path: Path, progress: Progress | None = None) -> int:
+    """The number of lines :func:`read_split` gives for a file (counted with numpy, ~3 GB/s)."""
+    lines, last = 0, b"\n"
+    for data in _blocks(path, progress):
+        lines += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
+        last = data[-1:]
+    return lines + (last != b"\n")
 
 
 class LinesPair:
@@ -408,7 +421,8 @@ class LinesPair:
 
     def __init__(self, src_path: str | Path, tgt_path: str | Path):
         self.src_path, self.tgt_path = Path(src_path), Path(tgt_path)
-        self._scanned: tuple[tuple, str, int] | None = None
+        self._digest: tuple[tuple, str] | None = None  # (stamp of the files, digest)
+        self._lines: tuple[tuple, int] | None = None
 
     @property
     def paths(self) -> tuple[Path, Path]:
@@ -418,28 +432,45 @@ class LinesPair:
         stats = [p.stat() for p in self.paths]
         return tuple((str(p), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for p, s in zip(self.paths, stats))
 
-    def scan(self) -> tuple[str, int]:
-        """(content digest of both files, number of pairs); checks equal line counts and non-empty.
-
-        Remembered while the files' size and times stay the same (a second call in the same process,
-        e.g. ``setup`` after ``prepare_data``, does not read them again).
-        """
+    def _checked_stamp(self) -> tuple:
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise DataError("Missing corpus file(s): " + ", ".join(str(p) for p in missing) + ".")
-        stamp = self._stamp()
-        if self._scanned is not None and self._scanned[0] == stamp:
-            return self._scanned[1], self._scanned[2]
-        total = sum(p.stat().st_size for p in self.paths if p.suffix != ".gz")
-        with Progress(f"Reading {self.src_path.name} and {self.tgt_path.name}", total or None, unit="B") as progress:
-            (src_digest, src_lines), (tgt_digest, tgt_lines) = (_file_digest(p, progress) for p in self.paths)
-        if src_lines != tgt_lines:
-            raise _line_count_error(self.src_path, src_lines, self.tgt_path, tgt_lines)
-        if not src_lines:
-            raise _empty_split(self.src_path, self.tgt_path)
-        digest = hashlib.sha256(f"lines\0{src_digest}\0{tgt_digest}".encode()).hexdigest()
-        self._scanned = (stamp, digest, src_lines)
-        return digest, src_lines
+        return self._stamp()
+
+    def _progress(self, what: str) -> Progress:
+        total = sum(p.stat().st_size for p in self.paths) if not any(p.suffix == ".gz" for p in self.paths) else None
+        return Progress(f"{what} {self.src_path.name} and {self.tgt_path.name}", total, unit="B")
+
+    def digest(self) -> str:
+        """The content digest of both files (what the cache keys on).
+
+        Remembered while the files' size, times and inode stay the same: a second call in the same
+        process (``setup`` after ``prepare_data``) does not read them again; another process does.
+        """
+        stamp = self._checked_stamp()
+        if self._digest is None or self._digest[0] != stamp:
+            with self._progress("Hashing") as progress:
+                src, tgt = (_file_digest(p, progress) for p in self.paths)
+            self._digest = stamp, hashlib.sha256(f"lines\0{src}\0{tgt}".encode()).hexdigest()
+        return self._digest[1]
+
+    def count(self) -> int:
+        """The number of pairs; the two files must have the same number of lines, and some."""
+        stamp = self._checked_stamp()
+        if self._lines is None or self._lines[0] != stamp:
+            with self._progress("Counting the lines of") as progress:
+                src_lines, tgt_lines = (_file_lines(p, progress) for p in self.paths)
+            if src_lines != tgt_lines:
+                raise _line_count_error(self.src_path, src_lines, self.tgt_path, tgt_lines)
+            if not src_lines:
+                raise _empty_split(self.src_path, self.tgt_path)
+            self._lines = stamp, src_lines
+        return self._lines[1]
+
+    def scan(self) -> tuple[str, int]:
+        """(content digest of both files, number of pairs): :meth:`digest` and :meth:`count`."""
+        return self.digest(), self.count()
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
         """Every pair, in order, ``pairs_per_chunk`` at a time."""

@@ -135,21 +135,19 @@ class Tokenizer:
     @classmethod
     def cached_or_trained(
         cls, cache_dir: str | Path, digest: str, training_texts: Callable[[], tuple[Sequence[str], Sequence[str]]],
-        vocab_size: int, joint: bool = True, model_type: str = "unigram", sample: int | None = None,
-        in_subprocess: bool = False,
+        vocab_size: int, joint: bool = True, model_type: str = "unigram",
+        in_subprocess: bool | Callable[[], bool] = False,
     ) -> Tokenizer:
         """The tokenizer cached for a training split whose content hashes to ``digest``, or one trained
         on ``training_texts()`` (called only then) and cached.
 
-        ``sample``: the training texts are a sample of this many sentences (it is part of the key).
-        ``in_subprocess``: read the texts and train in a forked process (where ``fork`` exists), so
-        that the memory sentencepiece and the texts take (GBs for millions of sentences) goes back
-        to the system when it ends instead of staying in this process. A cached model that cannot
-        be loaded is trained again, with a warning.
+        ``digest`` also names how the training texts are chosen from the split (e.g. a sample).
+        ``in_subprocess`` (or a function saying so, called only when training): read the texts and
+        train in a forked process (where ``fork`` exists), so that the memory sentencepiece and the
+        texts take (GBs for millions of sentences) goes back to the system when it ends instead of
+        staying in this process. A cached model that cannot be loaded is trained again, with a warning.
         """
-        key = hashlib.sha256(
-            f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{sample}|{digest}".encode()
-        ).hexdigest()
+        key = hashlib.sha256(f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{digest}".encode()).hexdigest()
         path = Path(cache_dir) / f"spm-{key[:16]}"
         cached = cls._load_cached(path, joint)
         if cached is not None:
@@ -161,6 +159,8 @@ class Tokenizer:
                      vocab_size, "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
             return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
 
+        if callable(in_subprocess):
+            in_subprocess = in_subprocess()
         if in_subprocess and "fork" in multiprocessing.get_all_start_methods():
             tok = cls.from_state_dict(_in_forked_process(lambda: train().state_dict()))
         else:
