@@ -203,7 +203,7 @@ class SplitWriter:
             unk: tuple[int, int] = (0, 0)) -> None:
         for side, flat, lengths, n_unk in (("src", src, src_lengths, unk[0]), ("tgt", tgt, tgt_lengths, unk[1])):
             self.flat[side].append(flat)
-            self.lengths[side].append(np.asarray(lengths))
+            self.lengths[side].append(np.asarray(lengths, dtype=np.uint32))  # half of int64, for millions
             self.unk[side] += int(n_unk)
 
     def commit(self, **meta) -> Path:
@@ -215,10 +215,10 @@ class SplitWriter:
         for side in SIDES:
             self.flat[side].close()
             parts = self.lengths.pop(side)
-            lengths = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            lengths = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
             longest = int(lengths.max(initial=0))
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
+            np.cumsum(lengths, dtype=np.int64, out=offsets[1:])
             if offsets[-1] != self.flat[side].count:
                 raise RuntimeError(f"{side}: lengths add up to {offsets[-1]} ids, {self.flat[side].count} written")
             _save_npy(self.tmp / f"{side}_offsets.npy", offsets)
