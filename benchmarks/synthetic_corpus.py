@@ -149,7 +149,7 @@ def write_corpus(folder: str | os.PathLike, pairs: int, seed: int = 0, chunk: in
         finally:
             for f in files.values():
                 f.close()
-        for lang, p in paths.items():
+        for p in paths.values():
             os.replace(str(p) + ".tmp", p)
     stamp = {**wanted, "train_words_per_side_mean": {k: v / max(pairs, 1) for k, v in words.items()},
              "train_bytes": {lang: (folder / f"train.{lang}").stat().st_size for lang in ("en", "de")}}

@@ -181,9 +181,9 @@ def test_data_root_that_is_a_file_names_the_key(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(download, "download_multi30k", lambda *a, **k: pytest.fail("must not download"))
     for kwargs in ({}, {"download": "multi30k"}, {"format": "tsv"}):
         dm = datamodule(root, tmp_path / "cache", **kwargs)
-        for call in (dm.prepare_data, lambda: dm.setup("fit"), lambda: dm.texts("val")):
+        for name, args in (("prepare_data", ()), ("setup", ("fit",)), ("texts", ("val",))):
             with pytest.raises(DataError) as err:
-                call()
+                getattr(dm, name)(*args)
             assert f"data.root={root} is a file, not a folder" in str(err.value)
             assert "\n" not in str(err.value)
 
