@@ -10,10 +10,12 @@ concerned (bytes, lines, words, word types, subword counts), not for learning an
 * **words** from a Zipf-Mandelbrot distribution (exponent 1.15, offset 2.7) over 400k word types per
   language; frequent words are short, the German side has umlauts, ß and longer words;
   punctuation and numbers are among the words, the first word of a sentence is capitalized and
-  every sentence ends with `` .``.
+  every sentence ends with `` .``. About 145 bytes per English line and 178 per German one
+  (4.5M pairs: 1.45 GB); a 32k BPE vocabulary gives ~31 subwords per side.
 
-The same ``(pairs, seed)`` writes the same bytes (numpy's PCG64 from the seed). Generation runs in
-chunks (bounded memory, about 1 minute per million pairs on one core).
+The same ``(pairs, seed)`` writes the same bytes (numpy's PCG64 from the seed). Generation runs
+in chunks of 50k pairs (bounded memory; ~10 s per million pairs on a quiet core, plus ~3 s for the
+vocabularies).
 """
 
 from __future__ import annotations
