@@ -346,6 +346,7 @@ def test_progress_logs_rate_lines_when_not_on_a_terminal(monkeypatch: pytest.Mon
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # four fresh processes that import torch and Lightning: 15-60 s on a shared 2-core machine
 def test_data_scale_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     result = subprocess.run(
