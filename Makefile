@@ -30,8 +30,10 @@ test-gpu: install
 	$(BIN)/python -m pytest -m gpu $(ARGS)
 
 # GPU readiness in one command (<= 9 minutes on one H100/H200): GPU tests, training and decoding
-# throughput against the peers, a Multi30k run; writes outputs/gpu_check/report.json and prints the
-# goals table. `make gpu-check ARGS=--dry-run` runs the same script on a CPU with tiny sizes (~1 min).
+# throughput against the peers, a Multi30k run, ours against CTranslate2 on that run's exported
+# weights; writes outputs/gpu_check/report.json and prints the goals table. Build the venv with a
+# CUDA torch (make install TORCH=...); CTranslate2's wheels need CUDA 12's cuBLAS (else that part is
+# skipped, or runs on a link to torch's cuBLAS: see benchmarks/gpu_check.py). `make gpu-check ARGS=--dry-run` runs the same script on a CPU with tiny sizes (~1 min).
 gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 

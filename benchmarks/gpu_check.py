@@ -3,8 +3,9 @@
     python benchmarks/gpu_check.py                  # on one H100/H200 (make gpu-check)
     python benchmarks/gpu_check.py --dry-run        # the same script on a CPU, tiny sizes (~1 min)
     python benchmarks/gpu_check.py --parts multi30k --budget-s 590   # the full 8-minute Multi30k run
+    python benchmarks/gpu_check.py --parts decode_ct2 --ct2-ckpt outputs/gpu_check/multi30k_run/checkpoints/best.ckpt
 
-A lent GPU comes for minutes, at random, so the check must need no thought on the day. It runs five
+A lent GPU comes for minutes, at random, so the check must need no thought on the day. It runs six
 parts in order, each as a subprocess under its own time limit (its process group is killed at the
 limit), so that one slow or hung part cannot eat the others' time:
 
@@ -17,9 +18,23 @@ limit), so that one slow or hung part cannot eat the others' time:
 * ``decode``: ``benchmarks/decode.py``, greedy at batch 64 in bf16, ours (KV cache) against HF
   ``generate``; its JSON line gives output tokens/s and the speedup;
 * ``multi30k``: ``python -m seq2seq.train experiment=multi30k_en_de model/size=base trainer=gpu`` with
-  a wall-clock budget (``trainer.max_time``); its metrics.json gives validation BLEU. It runs last
-  and trains for what is left of ``--budget-s`` (at most ``--multi30k-minutes``, the goal's 8), so
-  the whole check ends within the budget; a shorter budget cannot show that 8 minutes fall short.
+  a wall-clock budget (``trainer.max_time``); its metrics.json gives validation BLEU. It trains for
+  what is left of ``--budget-s`` once ``decode_ct2``'s limit is set aside (at most
+  ``--multi30k-minutes``, the goal's 8), so the whole check ends within the budget; a shorter
+  budget cannot show that 8 minutes fall short;
+* ``decode_ct2``: CTranslate2 on exported weights: ``benchmarks/translate_e2e.py --device cuda`` on
+  the ``best.ckpt`` the Multi30k run just wrote (or ``--ct2-ckpt``), its validation split's first
+  512 lines, batch 64, greedy and beam 5, one timed pass after a warm-up: ours (float32, cached)
+  against the checkpoint exported with float32 and int8 weights, each system in its own process;
+  figures: sentences/s per system, ``ours_over_ct2_fp32`` and ``ct2_int8_over_ours`` per strategy,
+  BLEU and the share of outputs identical to ours. A probe first (``--probe-ctranslate2``: a tiny
+  random model exported and translated on the device) skips the part with its reason where
+  ctranslate2 is not installed, has no CUDA support (``get_cuda_device_count() == 0``) or cannot
+  translate there. CTranslate2's wheels (4.x) load CUDA 12's ``libcublas.so.12``; beside a CUDA 12
+  torch, which loads it first, that just works. Where it is missing, the probe retries with a
+  ``nvidia/cublas/lib`` folder of an installed ``nvidia-cublas-cu12`` on ``LD_LIBRARY_PATH``, else
+  with ``libcublas.so.12`` pointing to the cuBLAS torch loaded (CUDA 13: same functions, an ABI
+  substitution that the probe and ``identical_to_ours`` check); the report says which (``cublas``).
 
 The report (``--out``, default outputs/gpu_check/report.json; logs beside it) holds each part's
 status (``ok``, ``failed``, ``timeout``, ``skipped`` with a reason), time, command and numeric
@@ -28,6 +43,7 @@ tokens/s at least 2.5x (base) and 2x (big) the faster peer, MFU at least 35 % at
 decoding at least 10x HF generate at batch 64, Multi30k base validation BLEU at least 40 within 8
 minutes of training. A table of both is printed at the end. A missing optional dependency
 (``transformers``, for the HF peers) skips that peer with a reason instead of failing the part.
+The goals name no CTranslate2 target: ``decode_ct2``'s ratios are in the report and the table.
 
 ``--dry-run`` runs the same parts on the CPU with tiny sizes, few steps and short limits (the GPU
 tests skip there), so that the fast test suite (tests/test_gpu_check.py) keeps the script working;
@@ -47,6 +63,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("gpu_tests", "throughput_base", "throughput_big", "decode", "multi30k")
+PARTS = ("gpu_tests", "throughput_base", "throughput_big", "decode", "multi30k", "decode_ct2")
 STATUSES = ("ok", "failed", "timeout", "skipped")
 MULTI30K_CANDIDATES = (REPO.parent / "shared" / "data" / "multi30k", REPO / "shared" / "data" / "multi30k")
 
@@ -70,11 +88,14 @@ class Profile:
     limits: dict[str, float]  # per part (multi30k: see multi30k_*)
     throughput: dict[str, list[str]]  # part -> train_throughput.py arguments
     decode: list[str]
+    ct2: list[str]  # translate_e2e.py arguments besides --ckpt, --data and --out-dir
     multi30k: list[str]  # seq2seq.train overrides besides data.root, max_time and the run folder
     toy_fallback: list[str] | None  # overrides when there is no Multi30k corpus (None: skip the part)
     multi30k_minutes: float  # training budget wanted (the goal: 8 minutes)
     multi30k_overhead_s: float  # start, data preparation, last validation and checkpoint, beyond max_time
     multi30k_min_train_s: float  # below this, skip rather than run a meaningless budget
+    ct2_probe_s: float  # the part of decode_ct2's limit its probe may take
+    ct2_min_s: float  # decode_ct2 is skipped when less of the budget is left
     compile: str = "ours"  # train_throughput.py --compile: ours as trainer=gpu trains it (compiled)
     pytest_extra: list[str] = field(default_factory=list)
 
@@ -86,17 +107,25 @@ _THROUGHPUT_GPU = ["--device", "cuda", "--dtype", "bf16", "--max-tokens", "16384
 GPU = Profile(
     name="gpu",
     budget_s=540.0,
-    # Compiling ours (--compile ours) takes most of a throughput part's time; the limits leave Multi30k
-    # at least 90 s, typically three to four minutes of training.
-    limits={"gpu_tests": 170.0, "throughput_base": 110.0, "throughput_big": 120.0, "decode": 50.0},
+    # Compiling ours (--compile ours) takes most of a throughput part's time. The first four limits
+    # (450 s) and decode_ct2's (90 s, probe included, set aside before Multi30k trains) fill the 540 s:
+    # Multi30k trains for what the parts leave unused (estimated at two to three minutes: no device has
+    # run the check yet), and is skipped under 60 s; decode_ct2 then gets at most what is left.
+    limits={"gpu_tests": 170.0, "throughput_base": 110.0, "throughput_big": 120.0, "decode": 50.0,
+            "decode_ct2": 90.0},
     throughput={"throughput_base": ["--size", "base", *_THROUGHPUT_GPU], "throughput_big": ["--size", "big", *_THROUGHPUT_GPU]},
     decode=["--device", "cuda", "--dtype", "bfloat16", "--size", "base", "--batch", "64", "--new-tokens", "64",
             "--src-len", "32", "--vocab", "8000", "--strategies", "greedy", "--repeats", "5", "--warmup", "2"],
+    # Exports (float32, int8) and four processes' starts take most of it; the passes take seconds.
+    ct2=["--device", "cuda", "--split", "val", "--max-lines", "512", "--batch-sizes", "64", "--strategies", "greedy",
+         "beam", "--beam", "5", "--rounds", "1", "--threads", "4"],
     multi30k=["experiment=multi30k_en_de", "model/size=base", "trainer=gpu"],
     toy_fallback=None,
     multi30k_minutes=8.0,
     multi30k_overhead_s=75.0,
     multi30k_min_train_s=60.0,
+    ct2_probe_s=40.0,
+    ct2_min_s=45.0,
 )
 _THROUGHPUT_DRY = ["--device", "cpu", "--dtype", "bf16", "--size", "tiny", "--max-tokens", "128", "--vocab", "256", "--steps", "2", "--rounds", "2", "--warmup", "1",
                    "--batches", "2", "--threads", "1", "--peak-tflops", "0.1"]
@@ -106,17 +135,23 @@ _TRAIN_DRY = ["model/size=tiny", "trainer=cpu", "trainer.precision=32-true", "da
               "data.eval_max_tokens=1024", "test=false", "callbacks.validation_samples=null"]
 DRY = Profile(
     name="dry-run",
-    budget_s=110.0,
-    limits={"gpu_tests": 60.0, "throughput_base": 40.0, "throughput_big": 40.0, "decode": 30.0},
+    budget_s=170.0,
+    limits={"gpu_tests": 60.0, "throughput_base": 40.0, "throughput_big": 40.0, "decode": 30.0, "decode_ct2": 60.0},
     throughput={"throughput_base": _THROUGHPUT_DRY, "throughput_big": _THROUGHPUT_DRY},
     decode=["--device", "cpu", "--dtype", "bfloat16", "--size", "tiny", "--batch", "4", "--new-tokens", "8",
             "--src-len", "8", "--vocab", "256", "--strategies", "greedy", "--repeats", "2", "--warmup", "1",
             "--threads", "1"],
+    # CTranslate2's CPU backend; int8 left out (one process less: starting processes is most of the
+    # part's time), the probe exports and translates int8 weights of its tiny model.
+    ct2=["--device", "cpu", "--split", "val", "--max-lines", "8", "--batch-sizes", "8", "--strategies", "greedy",
+         "beam", "--beam", "5", "--rounds", "1", "--threads", "1", "--systems", "ours", "ct2_fp32"],
     multi30k=["experiment=multi30k_en_de", *_TRAIN_DRY],
     toy_fallback=["experiment=toy", "data.generate.sizes={train:300,val:16,test:16}", *_TRAIN_DRY],
     multi30k_minutes=0.5,
     multi30k_overhead_s=45.0,
     multi30k_min_train_s=5.0,
+    ct2_probe_s=20.0,
+    ct2_min_s=15.0,
     compile="off",  # compiling on a CPU takes minutes
 )
 
@@ -180,13 +215,112 @@ def has_transformers() -> bool:
 NO_TRANSFORMERS = "transformers is not installed (pip install -e '.[bench]')"
 
 
+# ------------------------------------------------------------------------------ the CTranslate2 probe
+class _Pieces:
+    """A sentencepiece stand-in for the probe's random model: ``<pad> <unk> <s> </s> t4 t5 ...``."""
+
+    SPECIAL = ("<pad>", "<unk>", "<s>", "</s>")
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def id_to_piece(self, i: int) -> str:
+        return self.SPECIAL[i] if i < len(self.SPECIAL) else f"t{i}"
+
+    def get_piece_size(self) -> int:
+        return self.size
+
+
+class _ProbeTokenizer:
+    def __init__(self, size: int):
+        self.src = self.tgt = _Pieces(size)
+        self.unk_id = 1
+
+
+def loaded_libraries(name: str) -> list[str]:
+    """Paths of the loaded shared objects of this process whose file name starts with ``name``."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    paths = {line.split(None, 5)[5] for line in maps if len(line.split(None, 5)) == 6}
+    return sorted(p for p in paths if Path(p).name.startswith(name))
+
+
+def probe_ctranslate2(device: str) -> dict:
+    """Can CTranslate2 translate on ``device`` here? A tiny random model of ours, exported by our
+    export code with float32 and int8 weights, translates one sentence with each (what decode_ct2's
+    workers do, in miniature). Runs in a process of its own (``--probe-ctranslate2 DEVICE``)."""
+    result: dict = {"ok": False, "device": device}
+    import torch  # before ctranslate2, as in translate_e2e's workers: torch's CUDA libraries load first
+
+    result["torch"], result["torch_cuda"] = torch.__version__, torch.version.cuda
+    try:
+        import ctranslate2
+    except ImportError as err:
+        result["reason"] = f"ctranslate2 is not importable ({err}): pip install -e '.[export]'"
+        return result
+    result["ctranslate2"] = ctranslate2.__version__
+    if device == "cuda":
+        result["cuda_devices"] = ctranslate2.get_cuda_device_count()
+        if result["cuda_devices"] == 0:
+            result["reason"] = (f"ctranslate2 {ctranslate2.__version__} has no CUDA support here "
+                                "(get_cuda_device_count() == 0)")
+            return result
+    import tempfile
+
+    from seq2seq.inference.ct2_export import build_spec
+    from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    size = 12
+    net = Seq2SeqTransformer(TransformerConfig(src_vocab_size=size, tgt_vocab_size=size, d_model=16, num_heads=2,
+                                               num_encoder_layers=1, num_decoder_layers=1, d_ff=32,
+                                               max_positions=32)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        for quantization in (None, "int8"):
+            folder = Path(tmp) / str(quantization)
+            folder.mkdir()
+            spec = build_spec(net, _ProbeTokenizer(size))  # our export's code; an error here is ours
+            spec.optimize(quantization=quantization)
+            spec.save(str(folder))
+            try:
+                translator = ctranslate2.Translator(str(folder), device=device)
+                out = translator.translate_batch([["t4", "t5", "t6"]], beam_size=2, max_decoding_length=4)
+                assert out[0].hypotheses, "no hypothesis"
+            except Exception as err:  # noqa: BLE001 - the reason is what the probe reports
+                text = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+                result["reason"] = (f"CTranslate2 {ctranslate2.__version__} cannot translate on {device} here "
+                                    f"({'int8' if quantization else 'float32'} weights): {text}")
+                break
+        else:
+            result["ok"] = True
+    if not result["ok"] and device == "cuda" and torch.cuda.is_available():
+        (torch.ones(2, 2, device="cuda") @ torch.ones(2, 2, device="cuda")).sum().item()  # torch's cuBLAS, loaded
+    result["cublas_loaded"] = loaded_libraries("libcublas")
+    return result
+
+
+def pip_cublas_dirs(major: str) -> list[str]:
+    """Folders of an installed ``nvidia-cublas-cu{major}`` (``nvidia/cublas/lib``, ``nvidia/cu{major}/lib``)
+    that hold ``libcublas.so.{major}``."""
+    found = []
+    for entry in sys.path:
+        for sub in (Path("nvidia") / "cublas" / "lib", Path("nvidia") / f"cu{major}" / "lib"):
+            folder = Path(entry or ".") / sub
+            if (folder / f"libcublas.so.{major}").exists() and str(folder.resolve()) not in found:
+                found.append(str(folder.resolve()))
+    return found
+
+
 # ---------------------------------------------------------------------------------------- parts
 class Check:
     """Runs the parts of one profile and collects the report."""
 
     def __init__(self, profile: Profile, out: Path, parts: list[str], multi30k_root: Path | None,
-                 budget_s: float, multi30k_minutes: float, compile: str):
+                 budget_s: float, multi30k_minutes: float, compile: str, ct2_ckpt: Path | None = None):
         self.profile, self.out, self.selected, self.compile = profile, out, parts, compile
+        self.ct2_ckpt = ct2_ckpt
         self.work = out.parent
         self.multi30k_root, self.budget_s, self.multi30k_minutes = multi30k_root, budget_s, multi30k_minutes
         self.start = time.perf_counter()
@@ -281,9 +415,8 @@ class Check:
         if not has_transformers():
             command.append("--no-hf")
         part, outcome = self._run("decode", command, self.profile.limits["decode"])
-        part["skipped"] = {"ctranslate2": "no export of our weights to CTranslate2 exists in this checkout"}
         if not has_transformers():
-            part["skipped"]["hf_generate"] = NO_TRANSFORMERS
+            part["skipped"] = {"hf_generate": NO_TRANSFORMERS}
         rows = json_lines(outcome.output)
         greedy = next((r for r in rows if r.get("strategy") == "greedy"), {})
         keys = ("ours_cached_tok_s", "ours_uncached_tok_s", "hf_generate_tok_s", "speedup_vs_hf", "speedup_vs_uncached",
@@ -306,7 +439,8 @@ class Check:
             where = root or " or ".join(str(c) for c in MULTI30K_CANDIDATES)
             return {"status": "skipped", "reason": f"no Multi30k corpus ({where}/train.en): pass --multi30k-root DIR",
                     "figures": {}}
-        left = self.budget_s - self.elapsed() - p.multi30k_overhead_s
+        reserve = p.limits["decode_ct2"] if "decode_ct2" in self.selected else 0.0
+        left = self.budget_s - self.elapsed() - p.multi30k_overhead_s - reserve
         train_s = int(min(self.multi30k_minutes * 60, left))
         if train_s < p.multi30k_min_train_s:
             return {"status": "skipped", "figures": {},
@@ -319,9 +453,15 @@ class Check:
         env = {**self.env, "SEQ2SEQ_ROOT": str(self.work / "multi30k_root")}
         metrics_file = run_dir / "metrics.json"
         metrics_file.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # decode_ct2 takes this run's best.ckpt
         part, outcome = self._run("multi30k", command, train_s + p.multi30k_overhead_s, env)
         part["corpus"] = corpus
         part["run_dir"] = str(run_dir)
+        # Where decode_ct2 finds the corpus (the toy corpus is generated under SEQ2SEQ_ROOT/data/toy).
+        part["data_dir"] = str(root if corpus == "multi30k" else self.work / "multi30k_root" / "data" / "toy")
+        best = run_dir / "checkpoints" / "best.ckpt"
+        if best.exists():
+            part["checkpoint"] = str(best)
         figures = {"train_budget_s": train_s}
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
@@ -336,6 +476,121 @@ class Check:
             part.update(status="failed", reason="metrics.json holds no val/bleu_best (no validation ran?)")
         return part
 
+    def _probe(self, device: str, env: dict, limit_s: float, tag: str) -> dict:
+        """``probe_ctranslate2`` in a process of its own, under ``limit_s``; its JSON answer."""
+        command = [sys.executable, str(Path(__file__).resolve()), "--probe-ctranslate2", device]
+        outcome = run_limited(command, limit_s, self.work / f"decode_ct2_probe{tag}.log", env)
+        answer = next((r for r in json_lines(outcome.output) if "ok" in r), None)
+        if answer is None:
+            why = "timed out" if outcome.returncode is None else f"exit status {outcome.returncode}"
+            answer = {"ok": False, "reason": f"the CTranslate2 probe {why}: {outcome.output.strip()[-300:]}",
+                      "broken": True}
+        answer["seconds"] = round(outcome.seconds, 1)
+        return answer
+
+    def decode_ct2(self) -> dict:
+        """Ours against CTranslate2 on exported weights (translate_e2e.py), on the Multi30k run's checkpoint;
+        figures per strategy: sentences/s of each system, ours / ct2_fp32, ct2_int8 / ours, BLEU."""
+        p = self.profile
+        m30k = self.parts.get("multi30k", {})
+        ckpt = self.ct2_ckpt or m30k.get("checkpoint")
+        data = m30k.get("data_dir") if not self.ct2_ckpt else (str(self.multi30k_root) if self.multi30k_root else None)
+        if ckpt is None:
+            why = ("multi30k not selected: pass --ct2-ckpt PATH" if "multi30k" not in self.selected else
+                   f"the multi30k part wrote no best.ckpt (it {m30k.get('status', 'did not run')})")
+            return {"status": "skipped", "reason": f"no checkpoint to export: {why}", "figures": {}}
+        if data is None or not Path(data, "val.en").exists():
+            return {"status": "skipped", "figures": {},
+                    "reason": f"no corpus with val.en for the checkpoint ({data or 'no Multi30k corpus'}): "
+                              "pass --multi30k-root DIR"}
+        limit = min(p.limits["decode_ct2"], self.budget_s - self.elapsed())
+        if limit < p.ct2_min_s:
+            return {"status": "skipped", "figures": {},
+                    "reason": f"{max(0, limit):.0f} s of the {self.budget_s:.0f} s budget left (under "
+                              f"{p.ct2_min_s:.0f} s); run --parts decode_ct2 --ct2-ckpt PATH"}
+        start = time.perf_counter()
+        device = p.ct2[p.ct2.index("--device") + 1]
+        env, probes = dict(self.env), []
+        print(f"[{self.elapsed():5.0f} s] decode_ct2: probing CTranslate2 on {device} ...", flush=True)
+        probe = self._probe(device, env, min(p.ct2_probe_s, limit), "")
+        probes.append(probe)
+        cublas = "as loaded by torch" if device == "cuda" else None
+        missing = re.search(r"libcublas\.so\.(\d+)", probe.get("reason", "")) if device == "cuda" else None
+        if not probe["ok"] and missing:
+            # CTranslate2 could not load its cuBLAS: an installed nvidia-cublas-cuNN, else a link named
+            # libcublas.so.NN to the cuBLAS torch loaded (another CUDA major: the same functions).
+            major = missing.group(1)
+            tries = [(d, f"{d} (nvidia-cublas-cu{major})") for d in pip_cublas_dirs(major)]
+            other = [c for c in probe.get("cublas_loaded", [])
+                     if Path(c).name.startswith("libcublas.so.") and not Path(c).name.endswith(f".so.{major}")]
+            if other:
+                # The link, and links to the libraries beside torch's cuBLAS (cuBLASLt), in a folder of their own.
+                shim = self.work / "ct2_cublas_shim"
+                shutil.rmtree(shim, ignore_errors=True)
+                shim.mkdir()
+                real = Path(other[0])
+                for sibling in real.parent.glob("libcublas*.so*"):
+                    (shim / sibling.name).symlink_to(sibling)
+                (shim / f"libcublas.so.{major}").unlink(missing_ok=True)
+                (shim / f"libcublas.so.{major}").symlink_to(real)
+                tries.append((str(shim), f"libcublas.so.{major} -> {real} (an ABI substitution)"))
+            for folder, label in tries:
+                left = limit - (time.perf_counter() - start)
+                if left < p.ct2_min_s:
+                    break
+                trial = {**self.env, "LD_LIBRARY_PATH": os.pathsep.join(
+                    x for x in (folder, self.env.get("LD_LIBRARY_PATH", "")) if x)}
+                probe = self._probe(device, trial, min(p.ct2_probe_s, left), f"_{len(probes)}")
+                probe["cublas"] = label
+                probes.append(probe)
+                if probe["ok"]:
+                    env, cublas = trial, label
+                    break
+        if not probe["ok"]:
+            part = {"status": "failed" if probe.get("broken") else "skipped", "reason": probes[0]["reason"],
+                    "limit_s": round(limit, 1), "seconds": round(time.perf_counter() - start, 1),
+                    "probes": probes, "log": str(self.work / "decode_ct2_probe.log"), "figures": {}}
+            if len(probes) > 1:
+                part["reason"] += "; retried with " + "; ".join(f"{q['cublas']}: {q['reason']}" for q in probes[1:])
+            return part
+        command = [sys.executable, "benchmarks/translate_e2e.py", "--ckpt", str(ckpt), "--data", str(data),
+                   *p.ct2, "--out-dir", str(self.work / "decode_ct2")]
+        part, outcome = self._run("decode_ct2", command, limit - (time.perf_counter() - start), env)
+        part.update(limit_s=round(limit, 1), seconds=round(time.perf_counter() - start, 1), probes=probes,
+                    checkpoint=str(ckpt), cublas=cublas)
+        if len(probes) > 1:
+            part["note"] = f"CTranslate2's cuBLAS: {cublas}"
+        rows = json_lines(outcome.output)
+        systems = [r for r in rows if "system" in r]
+        summary = next((r for r in rows if r.get("summary")), {})
+        figures: dict = {"sentences": summary.get("sentences")}
+        if systems:  # the largest batch size's rows (one in both profiles); partial rows count at a timeout
+            batch = max(r["batch_size"] for r in systems)
+            figures["batch"] = batch
+            rate = {}
+            for r in systems:
+                if r["batch_size"] != batch:
+                    continue
+                key = f"{r['strategy']}_{r['system']}"
+                rate[r["strategy"], r["system"]] = r["sent_s"]
+                figures.update({f"{key}_sent_s": r["sent_s"], f"{key}_bleu": r["bleu"]})
+                if r["system"] != "ours":
+                    figures[f"{key}_identical"] = r["identical_to_ours"]
+                if figures.get("sentences") is None:
+                    figures["sentences"] = r["sentences"]
+            for strategy in dict.fromkeys(s for s, _ in rate):
+                ours = rate.get((strategy, "ours"))
+                if ours and rate.get((strategy, "ct2_fp32")):
+                    figures[f"{strategy}_ours_over_ct2_fp32"] = round(ours / rate[strategy, "ct2_fp32"], 3)
+                if ours and rate.get((strategy, "ct2_int8")):
+                    figures[f"{strategy}_ct2_int8_over_ours"] = round(rate[strategy, "ct2_int8"] / ours, 3)
+        part["figures"] = numeric(figures)
+        part["details"] = {"rows": rows}
+        if part["status"] == "ok" and not any(k.endswith("_ours_over_ct2_fp32") for k in part["figures"]):
+            part.update(status="failed", reason="no ours / ct2_fp32 ratio in the benchmark's output",
+                        tail=outcome.output[-2000:])
+        return part
+
     def run(self) -> dict:
         for name in PARTS:
             if name not in self.selected:
@@ -347,6 +602,8 @@ class Check:
                 part = self.throughput(name)
             elif name == "decode":
                 part = self.decode()
+            elif name == "decode_ct2":
+                part = self.decode_ct2()
             else:
                 part = self.multi30k()
             self.parts[name] = part
@@ -437,6 +694,8 @@ KEY_FIGURES = {
     "throughput_big": ("ours_tok_s", "torch_tok_s", "hf_tok_s", "speedup_vs_best_peer", "ours_mfu"),
     "decode": ("ours_cached_tok_s", "hf_generate_tok_s", "speedup_vs_hf", "speedup_vs_uncached"),
     "multi30k": ("val_bleu_best", "val_bleu", "train_budget_s", "wall_time_s"),
+    "decode_ct2": ("greedy_ours_over_ct2_fp32", "beam5_ours_over_ct2_fp32", "greedy_ct2_int8_over_ours",
+                   "beam5_ct2_int8_over_ours", "greedy_ct2_fp32_identical", "sentences", "batch"),
 }
 
 
@@ -493,17 +752,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check" / "report.json",
                    help="the JSON report; logs and the Multi30k run go beside it")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
-    p.add_argument("--budget-s", type=float, default=None, help="the whole check's budget (default: 540; dry run 110)")
+    p.add_argument("--budget-s", type=float, default=None, help="the whole check's budget (default: 540; dry run 170)")
     p.add_argument("--multi30k-root", type=Path, default=None,
                    help="folder with {train,val}.{en,de} (default: ../shared/data/multi30k or ./shared/data/multi30k)")
     p.add_argument("--multi30k-minutes", type=float, default=None, help="training budget wanted (default: 8)")
     p.add_argument("--compile", choices=["ours", "off"], default=None,
                    help="train_throughput.py --compile (default: ours on the GPU, off in the dry run)")
+    p.add_argument("--ct2-ckpt", type=Path, default=None,
+                   help="decode_ct2's checkpoint (default: the best.ckpt of this check's multi30k part), translated "
+                        "on --multi30k-root's val split")
+    p.add_argument("--probe-ctranslate2", choices=["cpu", "cuda"], help=argparse.SUPPRESS)  # internal: the probe
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.probe_ctranslate2:
+        print(json.dumps(probe_ctranslate2(args.probe_ctranslate2)), flush=True)
+        return 0
     profile = DRY if args.dry_run else GPU
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -520,7 +786,8 @@ def main(argv=None) -> int:
     root = args.multi30k_root or next((c for c in MULTI30K_CANDIDATES if (c / "train.en").exists()), None)
     budget = args.budget_s or profile.budget_s
     minutes = args.multi30k_minutes if args.multi30k_minutes is not None else profile.multi30k_minutes
-    check = Check(profile, out, parts, root.resolve() if root else None, budget, minutes, args.compile or profile.compile)
+    check = Check(profile, out, parts, root.resolve() if root else None, budget, minutes, args.compile or profile.compile,
+                  args.ct2_ckpt.resolve() if args.ct2_ckpt else None)
     results = check.run()
     report = {"dry_run": args.dry_run, "profile": profile.name, "out": str(out), "budget_s": budget,
               "wall_s": round(check.elapsed(), 1), "started": started,

@@ -124,6 +124,9 @@ def load_phase(url: str, sentences: list[str], args) -> tuple[dict, list[str]]:
         "batches": batches,
         "mean_batch": round((after["sentences"] - before["sentences"]) / batches, 2) if batches else None,
         "batch_sizes": {size: n for size, n in sizes.items() if n},
+        # Seconds the worker spent inside the model's translate calls, and that over the phase's wall time.
+        "compute_s": round(after["compute_s"] - before["compute_s"], 2),
+        "compute_share": round((after["compute_s"] - before["compute_s"]) / wall, 3),
         "first_errors": result["first_errors"],
     }
     return report, served

@@ -32,7 +32,13 @@ of sentences per second.
 Without ``--ckpt`` a small Multi30k en-de model is trained first for ``--train-minutes``
 (``python -m seq2seq.train experiment=multi30k_en_de data.root=--data model/size=--size``) into
 ``--out-dir``.
+``--device cuda`` runs every system on the GPU: ours on ``cuda`` in float32 (as on the CPU),
+CTranslate2 with ``device="cuda"`` and the exported weight type (float32; int8 weights through its
+CUDA int8 kernels). A pass ends with the texts on the host, so its time includes the GPU's work.
+``--systems`` leaves out a CTranslate2 variant (ours is always run: the others are compared with it).
 ``--quick`` takes the first 24 lines, batch size 8, one round, no warm-up (a few seconds).
+``benchmarks/gpu_check.py`` (part ``decode_ct2``) runs this with ``--device cuda --batch-sizes 64
+--rounds 1 --max-lines 512`` on its Multi30k run's checkpoint.
 Needs ``pip install 'seq2seq[export]'``.
 """
 
@@ -74,7 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty of beam search")
     p.add_argument("--strategies", nargs="+", default=["greedy", "beam"], choices=["greedy", "beam"])
     p.add_argument("--threads", type=int, default=2, help="torch threads = CTranslate2 intra_threads")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where both systems translate: ours on this torch device, CTranslate2 with device=")
     p.add_argument("--rounds", type=int, default=3, help="timed passes per system (median taken)")
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
+                   help="systems compared (ours always: the others are compared with it)")
     p.add_argument("--exact-limits", action="store_true", help="CTranslate2: one call per distinct length limit")
     p.add_argument("--train-minutes", type=float, default=5.0, help="training time without --ckpt")
     p.add_argument("--size", default="small", choices=["tiny", "small", "base", "big"],
@@ -125,7 +135,7 @@ def worker(args) -> None:
     name, model = args.worker, Path(args.worker_model)
     lines, _ = read_split(args)
     if name == "ours":
-        net, tokenizer = load_model(model)
+        net, tokenizer = load_model(model, args.device)
     tokens = 0
 
     def build(decoding):
@@ -133,8 +143,8 @@ def worker(args) -> None:
         if name == "ours":
             predictor = Predictor(net, tokenizer, decoding)
         else:
-            predictor = CT2Predictor(model, decoding, compute_type="default", threads=args.threads,
-                                     exact_limits=args.exact_limits)
+            predictor = CT2Predictor(model, decoding, device=args.device, compute_type="default",
+                                     threads=args.threads, exact_limits=args.exact_limits)
         generate = predictor.generate
 
         def counted(src):  # target tokens (EOS included) of the best hypotheses
@@ -187,14 +197,20 @@ def main(argv=None) -> None:
         args.batch_sizes, args.rounds = [8], 1
     if args.worker:
         return worker(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device cuda, but torch {torch.__version__} sees no CUDA device here")
+    if args.device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+        raise SystemExit(f"error: --device cuda, but ctranslate2 {ctranslate2.__version__} has no CUDA support here "
+                         "(get_cuda_device_count() == 0)")
+    systems = tuple(s for s in SYSTEMS if s == "ours" or s in args.systems)
     out = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="translate_e2e-"))
     lines, refs = read_split(args)
     ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
     if not args.ckpt:
         argv += ["--ckpt", str(ckpt)]
-    models = {"ours": ckpt,
-              "ct2_fp32": export_ctranslate2(ckpt, out / "ct2_fp32", None, force=True),
-              "ct2_int8": export_ctranslate2(ckpt, out / "ct2_int8", "int8", force=True)}
+    quantization = {"ct2_fp32": None, "ct2_int8": "int8"}
+    models = {name: ckpt if name == "ours" else export_ctranslate2(ckpt, out / name, quantization[name], force=True)
+              for name in systems}
     net, _ = load_model(ckpt)
     strategies = strategies_of(args)
     workers = start_workers(args, models, argv)
@@ -202,21 +218,22 @@ def main(argv=None) -> None:
     try:
         for label in strategies:
             for batch_size in args.batch_sizes:
-                seconds: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+                seconds: dict[str, list[float]] = {s: [] for s in systems}
                 outputs: dict[str, list[str]] = {}
                 tokens: dict[str, int] = {}
                 for r in range(args.rounds):
-                    order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[: r % len(SYSTEMS)]
+                    order = systems[r % len(systems):] + systems[: r % len(systems)]
                     for name in order:
                         answer = ask(workers[name], strategy=label, batch_size=batch_size,
                                      warmup=r == 0 and not args.quick)
                         seconds[name].append(answer["seconds"])
                         outputs[name], tokens[name] = answer["outputs"], answer["tokens"]
-                for name in SYSTEMS:
+                for name in systems:
                     metrics, signatures = score("translation", outputs[name], refs)
                     median = statistics.median(seconds[name])
                     row = {
-                        "system": name, "strategy": label, "batch_size": batch_size, "threads": args.threads,
+                        "system": name, "strategy": label, "batch_size": batch_size, "device": args.device,
+                        "threads": args.threads,
                         "process": "own", "sentences": len(lines), "seconds": round(median, 3),
                         "seconds_rounds": [round(t, 3) for t in seconds[name]],
                         "sent_s": round(len(lines) / median, 2), "tgt_tok_s": round(tokens[name] / median, 1),
@@ -233,15 +250,19 @@ def main(argv=None) -> None:
             process.wait()
 
     summary = {"summary": True, "checkpoint": str(ckpt), "split": f"{args.data}/{args.split}",
-               "sentences": len(lines), "threads": args.threads, "exact_limits": args.exact_limits,
+               "sentences": len(lines), "device": args.device, "threads": args.threads,
+               "exact_limits": args.exact_limits,
                "num_parameters": net.num_parameters(), "torch": torch.__version__,
-               "ctranslate2": ctranslate2.__version__, "python": platform.python_version()}
+               "ctranslate2": ctranslate2.__version__, "python": platform.python_version(),
+               "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"}
     rate = {(r["system"], r["strategy"], r["batch_size"]): r["sent_s"] for r in rows}
     for label in strategies:
         for batch_size in args.batch_sizes:
-            ours, fp32, int8 = (rate[s, label, batch_size] for s in SYSTEMS)
-            summary[f"{label}_b{batch_size}_ours/ct2_fp32"] = round(ours / fp32, 3)
-            summary[f"{label}_b{batch_size}_ct2_int8/ours"] = round(int8 / ours, 3)
+            ours = rate["ours", label, batch_size]
+            if "ct2_fp32" in systems:
+                summary[f"{label}_b{batch_size}_ours/ct2_fp32"] = round(ours / rate["ct2_fp32", label, batch_size], 3)
+            if "ct2_int8" in systems:
+                summary[f"{label}_b{batch_size}_ct2_int8/ours"] = round(rate["ct2_int8", label, batch_size] / ours, 3)
     print(json.dumps(summary), flush=True)
 
 

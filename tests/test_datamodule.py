@@ -187,7 +187,7 @@ def test_second_run_reuses_tokenizer_and_ids(tmp_path: Path, monkeypatch: pytest
         raise AssertionError("the second run must not train or tokenize again")
 
     with monkeypatch.context() as m:
-        for name in ("train", "encode_source", "encode_target"):
+        for name in ("train", "encode_source", "encode_target", "encode_flat"):
             m.setattr(Tokenizer, name, refuse)
         second = prepared(datamodule(tmp_path / "corpus", tmp_path / "cache"))
     for split in ("train", "val", "test"):
@@ -197,8 +197,14 @@ def test_second_run_reuses_tokenizer_and_ids(tmp_path: Path, monkeypatch: pytest
 
     # The cache is keyed on content: an edited file is tokenized again, the others are not.
     calls = []
-    encode = Tokenizer.encode_source
-    monkeypatch.setattr(Tokenizer, "encode_source", lambda self, texts: calls.append(len(texts)) or encode(self, texts))
+    encode = Tokenizer.encode_flat
+
+    def counting(self, texts, side, *args, **kwargs):
+        if side == "source":
+            calls.append(len(texts))
+        return encode(self, texts, side, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "encode_flat", counting)
     val = tmp_path / "corpus" / "val.en"
     val.write_text(val.read_text().replace("dog", "cat"))
     prepared(datamodule(tmp_path / "corpus", tmp_path / "cache"))
@@ -206,23 +212,27 @@ def test_second_run_reuses_tokenizer_and_ids(tmp_path: Path, monkeypatch: pytest
 
 
 def test_interrupted_cache_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seq2seq.data import storage
+
     write_lines(tmp_path / "corpus")
     cache = tmp_path / "cache"
-    savez = np.savez
+    append = storage._NpyAppender.append
 
-    def crash_midway(file, **arrays):
-        file.write(b"PK\x03\x04 half an archive")  # some bytes reach the disk, then the write dies
+    def crash_midway(self, values):
+        self.file.write(b"\x01\x02 half a chunk")  # some bytes reach the disk, then the write dies
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(np, "savez", crash_midway)
+    monkeypatch.setattr(storage._NpyAppender, "append", crash_midway)
     with pytest.raises(OSError, match="No space left"):
         datamodule(tmp_path / "corpus", cache).prepare_data()
     leftovers = sorted(p.name for p in cache.iterdir())
     assert not [n for n in leftovers if n.startswith(("ids-", ".ids-")) or n.endswith(".tmp")], leftovers
 
-    monkeypatch.setattr(np, "savez", savez)
+    monkeypatch.setattr(storage._NpyAppender, "append", append)
     dm = prepared(datamodule(tmp_path / "corpus", cache))  # the next run recovers cleanly
-    assert len(list(cache.glob("ids-*.npz"))) == 2 and len(dm.datasets["train"]) == SPLIT_SIZES["train"]
+    entries = list(cache.glob("ids-*"))
+    assert len(entries) == 2 and all(e.is_dir() for e in entries)
+    assert len(dm.datasets["train"]) == SPLIT_SIZES["train"]
 
 
 # -- filtering ------------------------------------------------------------------------------------

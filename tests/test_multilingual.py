@@ -284,3 +284,15 @@ def test_fine_tuning_a_multilingual_model_needs_a_multilingual_data_config(multi
     parent, ckpt = (torch.load(c, map_location="cpu", weights_only=True)
                     for c in (multi_run["ckpt"], tmp_path / "two" / "run" / "checkpoints" / "last.ckpt"))
     assert ckpt["tokenizer"] == parent["tokenizer"]  # the three languages stay
+
+
+def test_the_fast_flat_encoding_puts_the_tag_first_as_encode_source_does():
+    """Training splits are tokenized by encode_flat (in worker processes); a view's tag must be there too."""
+    from seq2seq.data.tokenizer import Tokenizer
+
+    texts = ["a man rides a bike .", "ein Mann", "le chat noir", ""] * 40
+    tokenizer = Tokenizer.train(texts, texts, 60, True, "bpe", {"de": "<2de>", "fr": "<2fr>"})
+    for view in (tokenizer.for_target("fr"), tokenizer.for_target("de"), tokenizer):
+        flat, lengths, _ = view.encode_flat(texts[:4], "source")
+        assert [row.tolist() for row in np.split(flat, np.cumsum(lengths)[:-1])] == view.encode_source(texts[:4])
+    assert view.encode_source(texts[:1])[0][0] != tokenizer.for_target("fr").encode_source(texts[:1])[0][0]

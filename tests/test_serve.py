@@ -242,11 +242,41 @@ def test_batcher_merges_jobs_with_equal_options_only_and_answers_each():
     stats = batcher.stats()
     assert stats["batches"] == 3 and stats["failed_batches"] == 1 and stats["largest_batch"] == 3
     assert stats["batch_sizes"] == {"2": 2, "3": 1} and stats["requests"] == 5 and stats["waiting"] == 0
+    assert 0 <= stats["compute_s"] < 10
     assert batcher.call(lambda: "done").result(10) == "done"
     batcher.close()
     assert not batcher.alive
     with pytest.raises(RuntimeError, match="shutting down"):
         batcher.submit(["late"]).result(10)
+
+
+ARENAS = """
+import ctypes, sys, threading
+from seq2seq.serving.app import use_one_malloc_arena
+if sys.argv[1] == "one":
+    assert use_one_malloc_arena()
+def work():  # what the batcher's worker does to malloc: many tensors freed and made again
+    import torch
+    for _ in range(50):
+        torch.ones(256, 1024).sum()
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_the_worker_thread_allocates_from_the_main_arena_when_told():
+    """A second thread gets an arena of its own (whose trimmed heaps made decoding 20-45 % slower on
+    the worker thread); after use_one_malloc_arena there is only the main one."""
+    def arenas(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.count("Arena ")
+
+    assert arenas("default") >= 2
+    assert arenas("one") == 1
 
 
 def test_batcher_waits_after_taking_the_first_job_when_idle_and_after_a_batch():

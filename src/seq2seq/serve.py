@@ -36,12 +36,13 @@ from seq2seq.errors import ConfigError
 def serve(cfg: DictConfig) -> None:
     """Run the command for a composed ``serve`` config (user errors: one message, exit 2)."""
     try:
-        from seq2seq.serving.app import Batching, bind, create_app, serve_forever
+        from seq2seq.serving.app import Batching, bind, create_app, serve_forever, use_one_malloc_arena
         from seq2seq.serving.info import model_info
         from seq2seq.serving.schemas import Limits
     except ImportError as err:
         raise ConfigError(f"seq2seq-serve needs FastAPI and uvicorn ({err.name} is missing): "
                           "pip install 'seq2seq[serve]'") from None
+    use_one_malloc_arena()  # before any thread starts; see its docstring
     decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True)).validate()
     limits = Limits(int(cfg.max_text_chars), int(cfg.max_texts), int(cfg.max_n_best))
     batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms))

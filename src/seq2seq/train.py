@@ -2,8 +2,11 @@
 
 Composes the DataModule, the LightningModule, callbacks, loggers and the Trainer from the Hydra
 config, trains, tests the best checkpoint, and writes ``metrics.json`` into the run folder.
-``ckpt_path`` resumes a run exactly; ``init_from`` starts a new run (fresh optimizer, schedule,
-step counter, best score and early stopping) from another run's weights and tokenizer.
+``ckpt_path`` resumes a run exactly (``auto``: from the run folder's ``last.ckpt`` when there is
+one, and not at all when the folder holds a finished run); ``init_from`` starts a new run (fresh
+optimizer, schedule, step counter, best score and early stopping) from another run's weights and
+tokenizer. A SIGTERM, SIGUSR1 or SIGUSR2 during training writes ``last.ckpt`` and ends the command
+with exit status 75 (:mod:`seq2seq.callbacks.preemption`).
 Returns the best value of the monitored metric (``monitor.metric``, by default the task's:
 ``val/bleu``, or ``val/rougeLsum`` for ``task=summarization``) so that Hydra sweepers can optimize it.
 """
@@ -11,6 +14,8 @@ Returns the best value of the monitored metric (``monitor.metric``, by default t
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,9 +23,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, resume_checkpoint
+from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, finished_run, resume_checkpoint
+from seq2seq.callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
 from seq2seq.config import config_dir, resolve_monitor, user_errors_exit
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import fine_tuned_tokenizer, load_parent, read_checkpoint
@@ -33,6 +40,41 @@ log = logging.getLogger(__name__)
 
 def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def _callbacks(group: DictConfig | None, checkpointing: bool = True) -> list:
+    """The configured callbacks, the preemption checkpoint last: Lightning runs checkpoint callbacks
+    after the others in their given order, so it saves after every other checkpoint of the step.
+    Without checkpointing (``trainer.enable_checkpointing=false``) there is none."""
+    callbacks = _instantiate_all(group)
+    if not checkpointing:
+        return [c for c in callbacks if not isinstance(c, PreemptionCheckpoint)]
+    return sorted(callbacks, key=lambda c: isinstance(c, PreemptionCheckpoint))
+
+
+def requested_checkpoint(cfg: DictConfig) -> str | None:
+    """``cfg.ckpt_path``; unset in a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0), ``auto``:
+    the requeued job runs the same command in the same folder and continues from its ``last.ckpt``."""
+    requested = cfg.get("ckpt_path")
+    if (requested is None or str(requested).strip() == "") and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        log.info("Requeued SLURM job (SLURM_RESTART_COUNT=%s): ckpt_path=auto", os.environ["SLURM_RESTART_COUNT"])
+        return "auto"
+    return None if requested is None else str(requested).strip() or None
+
+
+def resume_hint(output_dir: Path) -> str:
+    """How to continue this run: the same command with ``ckpt_path=auto`` and its folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return (f"rerun the same multirun (-m) with ckpt_path=auto hydra.sweep.dir={HydraConfig.get().sweep.dir}: "
+                "finished jobs are skipped, this one continues")
+    return f"run the same command with ckpt_path=auto hydra.run.dir={output_dir}"
+
+
+def _stored_metrics(stored: dict) -> dict:
+    return {k: v for k, v in stored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def truncation_counts(datamodule) -> dict:
@@ -58,18 +100,26 @@ def _plugins(configured) -> list:
 def train(cfg: DictConfig) -> dict:
     """Train and test as ``cfg`` says; returns the final metrics (also written to metrics.json)."""
     started = time.time()
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     monitor, monitor_mode = resolve_monitor(cfg)
+    requested = requested_checkpoint(cfg)
     init_from = cfg.get("init_from") or None
-    if init_from is not None and cfg.get("ckpt_path"):
+    if init_from is not None and requested is not None and requested != "auto":
         raise ConfigError(
             f"init_from={init_from} and ckpt_path={cfg.ckpt_path} are both set: ckpt_path resumes a run exactly, "
             "init_from starts a new run from another run's weights. Give one (to resume a fine-tuning run, "
-            "ckpt_path alone: its checkpoints hold the parent's tokenizer)"
+            "ckpt_path alone: its checkpoints hold the parent's tokenizer; ckpt_path=auto may go with init_from)"
         )
+    if requested == "auto" and (stored := finished_run(output_dir)) is not None:
+        # A rerun multirun (or requeued job) leaves a finished run alone and reports its numbers again.
+        log.info("ckpt_path=auto: %s holds a finished run (metrics.json); nothing to do", output_dir)
+        print(f"Run folder: {output_dir} (finished earlier; not trained again)")
+        return _stored_metrics(stored)
+    L.seed_everything(cfg.seed, workers=True)
     # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
-    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir, cfg.model)
+    ckpt_path = resume_checkpoint(requested, output_dir, cfg.model)
+    if ckpt_path is not None:
+        init_from = None  # ckpt_path=auto found a checkpoint: it holds the parent's record and tokenizer
     parent = load_parent(init_from, cfg.model, cfg.data) if init_from is not None else None
     if parent is not None:
         tokenizer, lineage = parent.tokenizer, parent.record()
@@ -96,7 +146,7 @@ def train(cfg: DictConfig) -> dict:
                  "data.spm_model_type are not used)", parent.path, parent.global_step, datamodule.root,
                  parent.tokenizer.tgt_vocab_size)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger")) or False,
+        cfg.trainer, callbacks=_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_checkpointing", True) is not False), logger=_instantiate_all(cfg.get("logger")) or False,
         plugins=_plugins(cfg.trainer.get("plugins")),
     )
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
@@ -108,16 +158,23 @@ def train(cfg: DictConfig) -> dict:
         # Noise from library internals that a user cannot act on.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics = scalar_metrics(trainer.callback_metrics)
-        if cfg.get("test") and datamodule.has_test:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-            metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-        elif cfg.get("test"):
-            log.warning("No test split under %s: trained and validated only.", datamodule.root)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            metrics = scalar_metrics(trainer.callback_metrics)
+            if cfg.get("test") and datamodule.has_test:
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+                metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+            elif cfg.get("test"):
+                log.warning("No test split under %s: trained and validated only.", datamodule.root)
+        except SIGTERMException:  # Lightning's own handler (testing, or callbacks.preemption=null): no new checkpoint
+            raise _report_preemption(Preempted("SIGTERM", None, trainer.global_step, trainer.current_epoch),
+                                     trainer, output_dir) from None
+        except Preempted as stop:
+            raise _report_preemption(stop, trainer, output_dir) from None
 
     results = module.eval_results.get("test") or module.eval_results.get("val") or {}
+    num_parameters = _num_parameters(trainer, module)
     checkpoints = {}
     if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
         folder = Path(trainer.checkpoint_callback.dirpath)
@@ -128,24 +185,52 @@ def train(cfg: DictConfig) -> dict:
         data_filter = truncation_counts(datamodule)
         if data_filter.get("truncated") or data_filter.get("val_truncated") or data_filter.get("test_truncated"):
             log.info("Sources truncated to data.max_src_len=%s: %s", datamodule.max_src_len, data_filter)
-        info = run_info(num_parameters=module.net.num_parameters(), sacrebleu_signature=signatures["sacrebleu_signature"],
+        info = run_info(num_parameters=num_parameters, sacrebleu_signature=signatures["sacrebleu_signature"],
                         trainer=trainer)
         log_run_info(trainer.loggers, info)
         finish_run(
             output_dir, metrics, **signatures, signatures=module.signatures, task=module.task,
             monitor={"metric": monitor, "mode": monitor_mode},
-            data_filter=data_filter, num_parameters=module.net.num_parameters(), git_commit=info["git_commit"],
+            data_filter=data_filter, num_parameters=num_parameters, git_commit=info["git_commit"],
             checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
-            **({"init_from": lineage} if lineage else {}),
+            **({"init_from": lineage} if lineage else {}), status="finished",
         )
     return metrics
+
+
+def _num_parameters(trainer: L.Trainer, module: Seq2SeqModule) -> int:
+    """The network's parameter count; under FSDP (each rank holds shards) with the full parameters
+    gathered, on every rank."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(trainer.model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False):
+            return module.net.num_parameters()
+    return module.net.num_parameters()
+
+
+def _report_preemption(stop: Preempted, trainer: L.Trainer, output_dir: Path) -> Preempted:
+    """Say (rank 0, on stderr) where the run stopped and how to continue it; returns ``stop``."""
+    if trainer.is_global_zero:
+        saved = (f"saved {stop.checkpoint}" if stop.checkpoint
+                 else "no new checkpoint (outside training steps: it continues from the last one written)")
+        requeued = " The SLURM job was requeued: it will continue by itself." if stop.requeued else ""
+        print(f"Preempted by {stop.signal_name} at step {stop.global_step} (epoch {stop.epoch}): {saved}.{requeued} "
+              f"To continue, {resume_hint(output_dir)}. Exit status {PREEMPTED_EXIT_CODE}.",
+              file=sys.stderr, flush=True)
+    return stop
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
     monitor, _ = resolve_monitor(cfg)
-    return train(cfg).get(f"{monitor}_best", 0.0)
+    try:
+        return train(cfg).get(f"{monitor}_best", 0.0)
+    except Preempted:
+        # SystemExit, not an error: it passes through Hydra's job runner, so a preempted local
+        # multirun stops as a whole (rerun it with ckpt_path=auto).
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
 
 if __name__ == "__main__":

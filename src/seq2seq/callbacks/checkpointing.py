@@ -1,18 +1,20 @@
 """Checkpoints that a crash cannot damage, and resuming a run exactly where it stopped.
 
-Three pieces, used by :mod:`seq2seq.train`:
+Four pieces, used by :mod:`seq2seq.train`:
 
 * :class:`AtomicCheckpointIO` (a Trainer plugin) writes every checkpoint to a temporary file in the
   destination folder, flushes it to disk and renames it onto the final name, so a run killed while
   saving leaves the previous ``last.ckpt`` intact instead of a truncated one.
+* :class:`LastCheckpoint` (a callback, ``callbacks.periodic_checkpoint``) writes ``last.ckpt`` after
+  every validation, every N optimizer steps and when training ends.
 * :class:`ResumeState` (a callback, ``callbacks.resume_state``) stores in each checkpoint what
   Lightning does not: the random number generators (torch, CUDA, NumPy, Python) and the CSV
   logger's rows. Resuming restores them, so dropout masks, and the loss curve in ``csv/metrics.csv``,
   continue as if the run had never stopped. Model, optimizer, scheduler, loop counters, callbacks
   (early stopping, checkpointing) and the train loader's position (see
   :class:`seq2seq.data.datamodule.ResumableDataLoader`) are restored by Lightning itself.
-* :func:`resume_checkpoint` resolves ``ckpt_path`` (``last`` means ``<run folder>/checkpoints/last.ckpt``)
-  and checks, before anything is trained, that the file is a complete seq2seq training checkpoint
+* :func:`resume_checkpoint` resolves ``ckpt_path`` (``last`` means ``<run folder>/checkpoints/last.ckpt``;
+  ``auto`` that file if it exists, else a fresh start) and checks, before anything is trained, that the file is a complete seq2seq training checkpoint
   of the configured model; otherwise it raises :class:`~seq2seq.errors.CheckpointError` with one
   line saying what to do.
 
@@ -20,8 +22,12 @@ Resume a killed run in its own folder::
 
     python -m seq2seq.train <same overrides> ckpt_path=last hydra.run.dir=<run folder>
 
-``last.ckpt`` is written after every validation and, with ``callbacks.periodic_checkpoint.every_n_train_steps=N``,
-every N optimizer steps within an epoch. On CPU the resumed run ends with the same weights, metrics
+or give ``ckpt_path=auto hydra.run.dir=<run folder>`` from the start: the same command then starts
+the run, continues it after a kill or a preemption (:mod:`seq2seq.callbacks.preemption` writes
+``last.ckpt`` on SIGTERM/SIGUSR1/SIGUSR2), and does nothing once it has finished (:func:`finished_run`).
+
+``last.ckpt`` is written after every validation (:class:`LastCheckpoint`), when training ends and,
+with ``callbacks.periodic_checkpoint.every_n_train_steps=N``, every N optimizer steps within an epoch. On CPU the resumed run ends with the same weights, metrics
 and loss curve as an uninterrupted one (``tests/test_resume.py``).
 """
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import random
 from pathlib import Path
@@ -38,6 +45,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
@@ -61,6 +69,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not take storage_options")
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``<dirpath>/last.ckpt`` only: every ``every_n_train_steps`` optimizer steps, after every
+    validation (or at the end of every epoch without one), and when training ends.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` after a validation only when
+    it also wrote a top-k checkpoint then (Lightning >= 2.5), so a run whose score stopped improving
+    kept a ``last.ckpt`` from before its last validations, and an ended run's ``last.ckpt`` was not
+    its final state. A step-triggered save that falls on the last batch of an epoch is left to the
+    end of the epoch, which comes right after it with the validation's results (best score, early
+    stopping) included.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def _save_last(self, trainer: L.Trainer) -> None:
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last(trainer)
 
 
 # ---------------------------------------------------------------------------------- RNG and logs
@@ -201,26 +248,49 @@ class ResumeState(L.Callback):
 
 
 # -------------------------------------------------------------------------------- resuming
+def finished_run(output_dir: str | Path) -> dict | None:
+    """The ``metrics.json`` of a run that ended (``"status": "finished"``) in ``output_dir``, else None.
+
+    ``seq2seq.train`` writes it last, after testing, so a run stopped at any earlier point (killed,
+    preempted, failed) has none, or the file of an earlier version without ``status``.
+    """
+    path = Path(output_dir) / "metrics.json"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and stored.get("status") == "finished" else None
+
+
 def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any = None) -> str | None:
     """The checkpoint file to resume from, checked; None to start anew.
 
     ``ckpt_path=last`` is ``<output_dir>/checkpoints/last.ckpt``: run the command with
-    ``hydra.run.dir=<the run folder>`` to continue a run in its own folder. The file must be a
-    complete training checkpoint (with optimizer and loop state) written by ``seq2seq.train``, of
-    the same architecture as ``model`` (the run's ``model`` config), else :class:`CheckpointError`.
+    ``hydra.run.dir=<the run folder>`` to continue a run in its own folder. ``ckpt_path=auto`` is
+    the same file when it exists and a fresh start when it does not, so one command both starts a
+    run and continues it after a preemption (with a fixed ``hydra.run.dir`` or ``hydra.sweep.dir``).
+    The file must be a complete training checkpoint (with optimizer and loop state) written by
+    ``seq2seq.train``, of the same architecture as ``model`` (the run's ``model`` config), else
+    :class:`CheckpointError`.
     """
     if ckpt_path is None or str(ckpt_path).strip() == "":
         return None
     ckpt_path = str(ckpt_path).strip()
     path = Path(ckpt_path)
-    if ckpt_path == "last":
+    if ckpt_path in ("last", "auto"):
         path = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file() and ckpt_path == "auto":
+            log.info("ckpt_path=auto: no %s yet, starting a new run", path)
+            return None
         if not path.is_file():
             raise ConfigError(
                 f"ckpt_path=last: there is no {path}. To resume a run, pass its folder as well: "
-                "ckpt_path=last hydra.run.dir=<run folder> (or ckpt_path=<a .ckpt file>)"
+                "ckpt_path=last hydra.run.dir=<run folder> (or ckpt_path=<a .ckpt file>, or ckpt_path=auto "
+                "to start a new run when there is no checkpoint)"
             )
     checkpoint = read_checkpoint(path, resumable=True)
     if model is not None:
         check_architecture(path, checkpoint, model)
+    if ckpt_path == "auto":
+        log.info("ckpt_path=auto: resuming from %s (step %s)", path, checkpoint.get("global_step"))
     return str(path)

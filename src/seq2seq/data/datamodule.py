@@ -7,11 +7,21 @@ length-bucketed sampler; validation and test batches are sorted by length and ca
 sentence's index so that outputs can be put back in corpus order.
 
 The cache is keyed on content, not on names: a tokenizer file is named after a hash of its options
-and training texts (see :meth:`Tokenizer.load_or_train`), a tokenized split after a hash of the
-tokenizer and the split's texts. Editing a corpus file or changing ``vocab_size`` therefore never
-serves stale ids, and a second run with the same data skips sentencepiece training and
-tokenization. Files are written atomically (:func:`seq2seq.utils.io.atomic_path`), so an
+and the training split's content (see :meth:`Tokenizer.cached_or_trained`), a tokenized split after
+a hash of the tokenizer and the split's content. Editing a corpus file or changing ``vocab_size``
+therefore never serves stale ids, and a second run with the same data skips sentencepiece training
+and tokenization. The content of ``lines`` files is hashed as bytes, streamed (every run reads them
+once, at ~1 GB/s); other formats hash their texts. Entries are written atomically, so an
 interrupted run leaves no partial cache entry, and DDP ranks may share one cache folder.
+
+A tokenized split is a folder of flat ``.npy`` arrays (:mod:`seq2seq.data.storage`) written once and
+memory-mapped read-only by every rank, so a rank's memory after ``setup`` does not grow with the
+corpus: filtering and batching read only the per-pair lengths, and a batch reads the ids of its own
+pairs. ``lines`` splits are read as a stream in chunks and tokenized by several worker processes
+(``prepare_workers``), never holding the training text in memory; sentencepiece trains on all
+training sentences up to :data:`~seq2seq.data.tokenizer.SAMPLE_SENTENCES`, and on a seeded sample of
+that many above. Long steps show progress (:mod:`seq2seq.data.progress`). A cache entry that is
+damaged (truncated, or not an entry at all) is rebuilt with a warning.
 
 The test split is optional: published corpora often ship without test references, and such a run
 trains and validates, and :attr:`Seq2SeqDataModule.has_test` is False.
@@ -26,7 +36,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -36,70 +47,76 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seq2seq.data.filtering import filter_pairs
+from seq2seq.data.filtering import filter_lengths
+from seq2seq.data.progress import Progress
 from seq2seq.data.sampler import TokenBudgetBatchSampler
-from seq2seq.data.sources import CorpusFormat, find_split, read_aligned_lines, read_split
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from seq2seq.data.sources import (
+    CorpusFormat,
+    LinesPair,
+    PairChunk,
+    find_split,
+    lines_files,
+    read_aligned_lines,
+    read_split,
+)
+from seq2seq.data.storage import CacheDamaged, SplitWriter, TokenizedSplit, id_dtype, open_split, remove_entry
+from seq2seq.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SAMPLE_SEED,
+    SAMPLE_SENTENCES,
+    UNK_ID,
+    Tokenizer,
+    available_cpus,
+    encode_chunks,
+    sample_indices,
+)
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CHUNK_PAIRS = 20_000  # pairs per tokenization chunk (a few MB of text)
+POOL_MIN_PAIRS = 100_000  # smaller splits are tokenized in this process: starting workers costs more
+SUBPROCESS_TRAINING_SENTENCES = 500_000  # sentencepiece trains in a child process on this many or more
+MAX_AUTO_WORKERS = 8  # prepare_workers=None uses the available CPUs, at most this many
 
 
-@dataclass
-class TokenizedSplit:
-    """A split's token ids as flat arrays with offsets (compact, fast to save and load)."""
+class SplitView:
+    """Some rows of a :class:`TokenizedSplit`, optionally cut to a length, read like one (no copy).
 
-    src_flat: np.ndarray
-    src_offsets: np.ndarray
-    tgt_flat: np.ndarray
-    tgt_offsets: np.ndarray
+    What the training filter keeps: ``rows`` (None: all) index the split; a source longer than
+    ``max_src_len`` ids (EOS included) keeps its first ``max_src_len - 1`` ids and its EOS, a
+    target keeps its first ``max_tgt_len``. The lengths are the cut ones, computed once from the
+    split's small length arrays; ids are read only for the pairs asked for.
+    """
 
-    @classmethod
-    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> TokenizedSplit:
-        """Pack per-sentence id sequences (lists, or numpy arrays which are concatenated, faster)."""
-
-        def pack(seqs):
-            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-            offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            if len(seqs) and isinstance(seqs[0], np.ndarray):
-                flat = np.concatenate(seqs).astype(np.int32, copy=False)
-            else:
-                flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
-            return flat, offsets
-
-        return cls(*pack(src), *pack(tgt))
+    def __init__(self, data: TokenizedSplit, rows: np.ndarray | None = None, max_src_len: int | None = None,
+                 max_tgt_len: int | None = None):
+        self.base, self.rows = data, rows
+        self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
+        src, tgt = data.src_lengths, data.tgt_lengths
+        if rows is not None:
+            src, tgt = src[rows], tgt[rows]
+        self.src_lengths = src if max_src_len is None else np.minimum(src, max_src_len).astype(src.dtype)
+        self.tgt_lengths = tgt if max_tgt_len is None else np.minimum(tgt, max_tgt_len).astype(tgt.dtype)
 
     def __len__(self) -> int:
-        return len(self.src_offsets) - 1
+        return len(self.base) if self.rows is None else len(self.rows)
+
+    def _row(self, i: int) -> int:
+        return i if self.rows is None else int(self.rows[i])
 
     def src(self, i: int) -> np.ndarray:
-        return self.src_flat[self.src_offsets[i] : self.src_offsets[i + 1]]
+        ids = self.base.src(self._row(i))
+        if self.max_src_len is not None and len(ids) > self.max_src_len:
+            ids = np.concatenate([ids[: self.max_src_len - 1], np.asarray([EOS_ID], dtype=ids.dtype)])
+        return ids
 
     def tgt(self, i: int) -> np.ndarray:
-        return self.tgt_flat[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
-
-    @property
-    def src_lengths(self) -> np.ndarray:
-        return np.diff(self.src_offsets)
-
-    @property
-    def tgt_lengths(self) -> np.ndarray:
-        return np.diff(self.tgt_offsets)
-
-    def save(self, path: Path) -> None:
-        # Written under a temporary name and renamed when complete: a crash mid-write leaves no
-        # ``ids-*.npz`` that a later run would take for a valid cache entry.
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **self.__dict__)
-
-    @classmethod
-    def load(cls, path: Path) -> TokenizedSplit:
-        with np.load(path) as data:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        ids = self.base.tgt(self._row(i))
+        return ids if self.max_tgt_len is None else ids[: self.max_tgt_len]
 
 
 class PairDataset(Dataset):
@@ -111,7 +128,7 @@ class PairDataset(Dataset):
 
     def __init__(
         self,
-        data: TokenizedSplit,
+        data: TokenizedSplit | SplitView,
         max_src_len: int | None = None,
         max_tgt_len: int | None = None,
         corpus_index: np.ndarray | None = None,
@@ -194,10 +211,10 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.load_state_dict(state["batch_sampler"])
 
 
-def _update_with_texts(key: hashlib._Hash, texts: Sequence[str]) -> None:
-    """Feed ``text + "\\n"`` for every text into ``key`` (one join: much faster than per line)."""
-    if texts:
-        key.update(("\n".join(texts) + "\n").encode("utf-8", "surrogatepass"))
+def _update_with_texts(key: hashlib._Hash, texts: Sequence[str], batch: int = 100_000) -> None:
+    """Feed ``text + "\\n"`` for every text into ``key`` (joined in batches: much faster than per line)."""
+    for start in range(0, len(texts), batch):
+        key.update(("\n".join(texts[start : start + batch]) + "\n").encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -205,6 +222,70 @@ class _Split:
     src_text: list[str]
     tgt_text: list[str]
     files: str = ""
+
+
+class _Source:
+    """Where a split's pairs come from for tokenizing: ``lines`` files streamed from disk, or texts."""
+
+    def __init__(self, where: str, lines: LinesPair | None = None, texts: _Split | None = None):
+        self.where, self.lines, self.texts = where, lines, texts
+        self._digest: str | None = None
+
+    def digest(self) -> str:
+        """The content digest the cache keys on (lines files: their bytes; texts: the texts)."""
+        if self.lines is not None:
+            return self.lines.digest()
+        if self._digest is None:
+            key = hashlib.sha256(b"texts\0")
+            _update_with_texts(key, self.texts.src_text)
+            _update_with_texts(key, ["\x00"])
+            _update_with_texts(key, self.texts.tgt_text)
+            self._digest = key.hexdigest()
+        return self._digest
+
+    def pairs(self) -> int:
+        """The number of pairs (lines files: counted, and their line counts checked)."""
+        return self.lines.count() if self.lines is not None else len(self.texts.src_text)
+
+    def chunks(self, pairs: int) -> Iterator[PairChunk]:
+        if self.lines is not None:
+            yield from self.lines.chunks(pairs)
+            return
+        src, tgt = self.texts.src_text, self.texts.tgt_text
+        for start in range(0, len(src), pairs):
+            yield PairChunk(src[start : start + pairs], tgt[start : start + pairs], start + 1)
+
+    def sentences(self, side: str, indices: np.ndarray | None, progress: Progress | None) -> list[str]:
+        if self.lines is not None:
+            return self.lines.sentences(side, indices, progress)
+        texts = self.texts.src_text if side == "src" else self.texts.tgt_text
+        return list(texts) if indices is None else [texts[i] for i in indices.tolist()]
+
+    def training_sentences(self, joint: bool) -> int:
+        """How many sentences sentencepiece trains on (see :meth:`training_texts`)."""
+        population = 2 * self.pairs() if joint else self.pairs()
+        return min(population, SAMPLE_SENTENCES)
+
+    def training_texts(self, joint: bool) -> tuple[list[str], list[str]]:
+        """What sentencepiece trains on: every sentence of the split up to SAMPLE_SENTENCES of them
+        (both sides together for a joint vocabulary); above, a sample of that many drawn with
+        SAMPLE_SEED, in a seeded random order (what sentencepiece's shuffle_input_sentence does)."""
+        pairs = self.pairs()
+        population = 2 * pairs if joint else pairs
+        if population <= SAMPLE_SENTENCES:
+            with Progress(f"Reading {self.where} for sentencepiece", 2 * pairs, unit="lines") as progress:
+                return self.sentences("src", None, progress), self.sentences("tgt", None, progress)
+        picked = sample_indices(population, SAMPLE_SENTENCES, SAMPLE_SEED)
+        src_idx, tgt_idx = (picked[picked < pairs], picked[picked >= pairs] - pairs) if joint else (picked, picked)
+        with Progress(f"Sampling {SAMPLE_SENTENCES:,} sentences of {self.where} for sentencepiece", 2 * pairs,
+                      unit="lines") as progress:
+            src, tgt = self.sentences("src", src_idx, progress), self.sentences("tgt", tgt_idx, progress)
+        if not joint:
+            return src, tgt
+        both = src + tgt
+        del src, tgt
+        order = np.random.default_rng(SAMPLE_SEED + 1).permutation(len(both))
+        return [both[i] for i in order.tolist()], []
 
 
 @dataclass
@@ -243,6 +324,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
             ``spm_model_type`` are then unused.
         max_train_pairs: keep only the first N pairs of the training split (quick runs, or a smaller
             pair in a multilingual mix); None keeps all.
+        prepare_workers: processes that tokenize a split; None: the available CPUs (at most 8) for
+            splits of 100k pairs or more, this process alone below; 1: always this process.
     """
 
     def __init__(
@@ -277,6 +360,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         bleu_tokenize: str | None = None,
         tokenizer: Tokenizer | None = None,
         max_train_pairs: int | None = None,
+        prepare_workers: int | None = None,
     ):
         super().__init__()
         # Checked here, before any corpus is read or tokenizer trained.
@@ -313,6 +397,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.overlong, self.max_len_ratio = overlong, max_len_ratio
         self.cache_dir = Path(cache_dir)
         self.num_workers = num_workers
+        self.prepare_workers = prepare_workers
         self.seed = seed
         self.tokenizer: Tokenizer | None = tokenizer
         self._given_tokenizer = tokenizer is not None
@@ -323,6 +408,14 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.filter_counts: dict[str, int] = {}
         self.train_sampler: TokenBudgetBatchSampler | None = None
         self._resolved_format: CorpusFormat | None = None
+        self._train_source: _Source | None = None
+        self._vocab_warned = False
+        # Seconds spent per preparation step in this process (reading/hashing the training split,
+        # sentencepiece, tokenizing each split; cache hits included): for benchmarks and logs.
+        self.prepare_times: dict[str, float] = {}
+
+    def _timed(self, step: str, start: float) -> None:
+        self.prepare_times[step] = self.prepare_times.get(step, 0.0) + time.perf_counter() - start
 
     # ------------------------------------------------------------------ reading
     @staticmethod
@@ -362,7 +455,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self._resolved_format = fmt
         return fmt
 
+    def _check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise DataError(
+                f"data.root={self.root} is a file, not a folder: point data.root at the folder that holds the "
+                "corpus files (e.g. train.<src_lang> and train.<tgt_lang>)"
+            )
+
     def _materialize(self) -> None:
+        self._check_root()
         if self.generate is not None:
             from seq2seq.data.toy import write_corpus
 
@@ -380,6 +481,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         """The split's texts, or None for a missing optional (test) split."""
         if split in self._texts:
             return self._texts[split]
+        self._check_root()
         candidates = self._candidates(getattr(self.splits, split))
         if not candidates:
             if split == "test":
@@ -400,60 +502,151 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._texts[split]
 
     # ------------------------------------------------------------------ preparation
+    def _source(self, split: str) -> _Source | None:
+        """How to read ``split`` for tokenizing; None for a missing optional (test) split.
+
+        The training split of a ``lines`` corpus is streamed from its files and never kept in memory;
+        other splits and formats are read whole (validation and test texts are kept: they are the
+        references).
+        """
+        if split == "train" and self._train_source is not None:
+            return self._train_source
+        fmt = self._corpus_format()
+        # max_train_pairs (a quick run, a small pair of a mix) reads the split whole and cuts it.
+        if split == "train" and fmt.format == "lines" and self.max_train_pairs is None:
+            self._check_root()
+            candidates = self._candidates(self.splits.train)
+            found = find_split(self.root, candidates, self.src_lang, self.tgt_lang, fmt)
+            if found is None:  # read_split names the missing files
+                read_split(self.root, candidates[0] if len(candidates) == 1 else candidates, self.src_lang,
+                           self.tgt_lang, fmt)
+            self._train_source = _Source(f"{self.root}/{found}",
+                                         lines=LinesPair(*lines_files(self.root, found, self.src_lang, self.tgt_lang)))
+            return self._train_source
+        if split == "train" and "train" not in self._texts:
+            # Read whole for this prepare_data or setup only (see _done_preparing); references("train")
+            # reads it again if asked.
+            texts = self._read("train")
+            self._texts.pop("train", None)
+            self._train_source = _Source(texts.files, texts=texts)
+            return self._train_source
+        texts = self._read(split)
+        return None if texts is None else _Source(texts.files, texts=texts)
+
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is not None:  # handed over (fine-tuning): never retrained
             return self.tokenizer
-        train = self._read("train")
-        return Tokenizer.load_or_train(
-            self.cache_dir, train.src_text, train.tgt_text, self.vocab_size, self.joint_vocab, self.spm_model_type
+        source = self._source("train")
+        start = time.perf_counter()
+        digest = source.digest()
+        self._timed("read_train", start)
+        start = time.perf_counter()
+        # Whether sentencepiece samples follows from the content and these constants, so they are
+        # part of the key rather than the sample size (the cached path never counts lines).
+        tokenizer = Tokenizer.cached_or_trained(
+            self.cache_dir, f"{digest}|sample={SAMPLE_SENTENCES},{SAMPLE_SEED}",
+            lambda: source.training_texts(self.joint_vocab), self.vocab_size, self.joint_vocab,
+            self.spm_model_type,
+            in_subprocess=lambda: source.training_sentences(self.joint_vocab) >= SUBPROCESS_TRAINING_SENTENCES,
         )
+        self._timed("sentencepiece", start)
+        reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+        if min(reached) < self.vocab_size and not self._vocab_warned:
+            self._vocab_warned = True  # once per DataModule, not in both prepare_data and setup
+            log.warning(
+                "data.vocab_size=%d, but sentencepiece reached only %s pieces on the training split of %s (too "
+                "little text for more); the model's vocabulary has %s. Set data.vocab_size=%d or lower to "
+                "silence this.", self.vocab_size, " and ".join(map(str, reached)) + (
+                    " (source, target)" if len(reached) > 1 else ""), self.root,
+                "that size" if len(reached) == 1 else "those sizes", min(reached),
+            )
+        return tokenizer
 
-    def _cache_file(self, tokenizer: Tokenizer, split: _Split) -> Path:
-        key = hashlib.sha256()
+    def _cache_file(self, tokenizer: Tokenizer, digest: str) -> Path:
+        key = hashlib.sha256(b"ids-v2\0")
         for blob in tokenizer.state_dict().values():
             key.update(blob or b"")
-        _update_with_texts(key, split.src_text)
-        _update_with_texts(key, ["\x00"])
-        _update_with_texts(key, split.tgt_text)
-        return self.cache_dir / f"ids-{key.hexdigest()[:24]}.npz"
+            key.update(b"\0")
+        key.update(digest.encode())
+        return self.cache_dir / f"ids-{key.hexdigest()[:24]}"
 
-    def _tokenized(self, tokenizer: Tokenizer, split: _Split) -> TokenizedSplit:
-        path = self._cache_file(tokenizer, split)
-        if path.exists():
-            return TokenizedSplit.load(path)
-        data = TokenizedSplit.from_lists(tokenizer.encode_source(split.src_text), tokenizer.encode_target(split.tgt_text))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data.save(path)
-        return data
+    def _workers(self, pairs: int) -> int:
+        if self.prepare_workers is not None:
+            return max(1, int(self.prepare_workers))
+        return min(available_cpus(), MAX_AUTO_WORKERS) if pairs >= POOL_MIN_PAIRS else 1
+
+    def _tokenized(self, tokenizer: Tokenizer, source: _Source, split: str = "") -> TokenizedSplit:
+        """The split's ids from the cache; tokenized and written there first when missing or damaged."""
+        start = time.perf_counter()
+        try:
+            return self._load_or_tokenize(tokenizer, source)
+        finally:
+            self._timed(f"tokenize_{split}" if split else "tokenize", start)
+
+    def _load_or_tokenize(self, tokenizer: Tokenizer, source: _Source) -> TokenizedSplit:
+        path = self._cache_file(tokenizer, source.digest())
+        try:
+            return open_split(path)
+        except FileNotFoundError:
+            pass
+        except CacheDamaged as err:
+            log.warning("The cached token ids of %s (%s) are damaged: %s. Tokenizing it again.", source.where, path, err)
+            remove_entry(path)
+        pairs = source.pairs()
+        dtype = id_dtype(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
+        workers = self._workers(pairs)
+        with SplitWriter(path, dtype) as writer, Progress(f"Tokenizing {source.where}", pairs, unit="pairs") as progress:
+            for chunk in encode_chunks(tokenizer, source.chunks(CHUNK_PAIRS), dtype, workers):
+                writer.add(chunk.src, chunk.src_lengths, chunk.tgt, chunk.tgt_lengths, chunk.unknown)
+                progress.update(len(chunk))
+            writer.commit(source=source.where)
+        try:
+            return open_split(path)
+        except CacheDamaged as err:  # written a moment ago: the disk lost it
+            raise DataError(f"cannot read back the token ids just written to {path}: {err}") from None
+
+    def _done_preparing(self) -> None:
+        """Drop the training texts of a format that is read whole (a ``lines`` source holds none)."""
+        if self._train_source is not None and self._train_source.texts is not None:
+            self._train_source = None
 
     def prepare_data(self) -> None:
-        self._materialize()
-        tokenizer = self._tokenizer()
-        for split in SPLITS:
-            texts = self._read(split)
-            if texts is not None:
-                self._tokenized(tokenizer, texts)
+        try:
+            self._materialize()
+            tokenizer = self._tokenizer()
+            for split in SPLITS:
+                source = self._source(split)
+                if source is not None:
+                    self._tokenized(tokenizer, source, split)
+        finally:
+            self._done_preparing()
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        try:
+            self._setup()
+        finally:
+            self._done_preparing()
+
+    def _setup(self) -> None:
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer()
         for split in SPLITS:
-            texts = self._read(split)
-            if texts is None:
+            source = self._source(split)
+            if source is None:
                 if self.splits.test is None:
                     log.info("No test split configured (data.splits.test=null); the run will not test.")
                 else:
                     log.warning("No test split found under %s (looked for %s); the run will not test.",
                                 self.root, self.splits.test)
                 continue
-            data = self._tokenized(self.tokenizer, texts)
+            data = self._tokenized(self.tokenizer, source, split)
             if split == "train":
                 if self._given_tokenizer:
                     self._report_unknown(data)
-                data, kept = self._filter_train(data)
-                self.datasets[split] = PairDataset(data, corpus_index=kept)
+                view, kept = self._filter_train(data)
+                self.datasets[split] = PairDataset(view, corpus_index=kept)
             else:
                 # Every reference is scored; over-long sources are truncated rather than dropped
                 # (as eval_dataloader does).
@@ -462,27 +655,33 @@ class Seq2SeqDataModule(L.LightningDataModule):
 
     def _report_unknown(self, data: TokenizedSplit) -> None:
         """Warn when a handed-over tokenizer maps much of this corpus to the unknown piece."""
-        for side, flat in (("source", data.src_flat), ("target", data.tgt_flat)):
-            share = float((flat == UNK_ID).mean()) if flat.size else 0.0
+        for side, key in (("source", "src"), ("target", "tgt")):
+            flat = getattr(data, f"{key}_flat")
+            if f"{key}_unk" in data.meta:  # counted while tokenizing: the ids need not be read
+                unknown, total = data.meta[f"{key}_unk"], data.meta[f"{key}_tokens"]
+            else:
+                unknown, total = int((flat == UNK_ID).sum()), flat.size
+            share = unknown / total if total else 0.0
             if share > 0.01:
                 log.warning(
                     "%.1f%% of the %s tokens of %s are unknown to the tokenizer this run was given (the parent's "
                     "in fine-tuning): its vocabulary does not cover this corpus well", 100 * share, side, self.root,
                 )
 
-    def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit, np.ndarray | None]:
+    def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit | SplitView, np.ndarray | None]:
         """Drop (or truncate) training pairs as ``max_src_len``/``max_tgt_len``/``max_len_ratio`` say.
 
-        Returns the kept pairs and their corpus indices (None when every pair was kept). The counts
-        go to :attr:`filter_counts` and the log. Works on array views, not lists: this
-        runs in every ``setup``, including cached runs.
+        Returns the kept pairs (a :class:`SplitView`, or ``data`` itself when every pair was kept
+        whole) and their corpus indices (None when every pair was kept). The counts go to
+        :attr:`filter_counts` and the log. Works on the length arrays alone: this runs in every
+        ``setup``, including cached runs, and never reads the ids.
         """
-        src = [data.src(i)[:-1] for i in range(len(data))]  # without EOS, as filter_pairs expects
-        tgt = [data.tgt(i) for i in range(len(data))]
-        kept, counts, src, tgt = filter_pairs(
-            src, tgt, max_src_len=self.max_src_len, max_tgt_len=self.max_tgt_len,
+        src_len = data.src_lengths.astype(np.int32) - 1  # without EOS, as filter_lengths expects
+        kept, counts = filter_lengths(
+            src_len, data.tgt_lengths, max_src_len=self.max_src_len, max_tgt_len=self.max_tgt_len,
             overlong=self.overlong, max_len_ratio=self.max_len_ratio,
         )
+        del src_len
         self.filter_counts = {**counts, "kept": len(kept), "total": len(data)}
         if len(kept) < len(data) or counts.get("truncated"):
             log.info("Training pairs filtered: %s", self.filter_counts)
@@ -493,8 +692,13 @@ class Seq2SeqDataModule(L.LightningDataModule):
             )
         if len(kept) == len(data) and not counts.get("truncated"):
             return data, None
-        eos = np.array([EOS_ID], dtype=np.int32)
-        return TokenizedSplit.from_lists([np.concatenate([s, eos]) for s in src], tgt), kept
+        truncated = bool(counts.get("truncated"))
+        view = SplitView(
+            data, None if len(kept) == len(data) else kept,
+            max_src_len=self.max_src_len + 1 if truncated else None,  # + EOS
+            max_tgt_len=self.max_tgt_len if truncated else None,
+        )
+        return view, kept
 
     # ------------------------------------------------------------------ loaders
     @property
@@ -548,7 +752,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         )
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self._collate)
 
-    def _sampler(self, data: TokenizedSplit, train: bool) -> TokenBudgetBatchSampler:
+    def _sampler(self, data: TokenizedSplit | SplitView, train: bool) -> TokenBudgetBatchSampler:
         # Under DDP every rank builds the same batch list and keeps its share (the Trainer runs
         # with use_distributed_sampler=False, so it does not wrap this sampler itself).
         trainer = self.trainer

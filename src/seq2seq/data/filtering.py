@@ -25,7 +25,7 @@ import numpy as np
 
 from seq2seq.errors import ConfigError
 
-__all__ = ["FilterResult", "filter_pairs"]
+__all__ = ["FilterResult", "filter_lengths", "filter_pairs"]
 
 _OVERLONG_MODES = ("drop", "truncate")
 
@@ -76,6 +76,40 @@ def filter_pairs(
     """
     if len(src_ids) != len(tgt_ids):
         raise ValueError(f"{len(src_ids)} sources but {len(tgt_ids)} targets")
+    kept, counts = filter_lengths(
+        _lengths(src_ids), _lengths(tgt_ids), max_src_len=max_src_len, max_tgt_len=max_tgt_len,
+        overlong=overlong, max_len_ratio=max_len_ratio, drop_empty=drop_empty,
+    )
+    kept_list = kept.tolist()
+    if counts["truncated"]:
+        # Slicing copies only the sequences that are too long; the rest are passed through.
+        out_src = [s[:max_src_len] if len(s) > max_src_len else s for s in (src_ids[i] for i in kept_list)]
+        out_tgt = [t[:max_tgt_len] if len(t) > max_tgt_len else t for t in (tgt_ids[i] for i in kept_list)]
+    else:
+        out_src = [src_ids[i] for i in kept_list]
+        out_tgt = [tgt_ids[i] for i in kept_list]
+    return FilterResult(kept, counts, out_src, out_tgt)
+
+
+def filter_lengths(
+    src_len: np.ndarray,
+    tgt_len: np.ndarray,
+    *,
+    max_src_len: int,
+    max_tgt_len: int,
+    overlong: str = "drop",
+    max_len_ratio: float | None = None,
+    drop_empty: bool = True,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """:func:`filter_pairs` on the lengths alone (without BOS/EOS): ``(kept, counts)``.
+
+    Vectorized over two length arrays, so it never reads token ids: the DataModule filters a
+    memory-mapped corpus with it. Pairs kept under ``overlong="truncate"`` are cut by the reader.
+    """
+    src_len = np.asarray(src_len)
+    tgt_len = np.asarray(tgt_len)
+    if src_len.shape != tgt_len.shape:
+        raise ValueError(f"{src_len.size} source lengths but {tgt_len.size} target lengths")
     for name, value in (("max_src_len", max_src_len), ("max_tgt_len", max_tgt_len)):
         if value is None or int(value) <= 0:
             raise ConfigError(f"data.{name} must be a positive number of tokens, got {value!r}")
@@ -84,8 +118,7 @@ def filter_pairs(
     if max_len_ratio is not None and not max_len_ratio >= 1:
         raise ConfigError(f"data.max_len_ratio must be >= 1 or null, got {max_len_ratio!r}")
 
-    src_len, tgt_len = _lengths(src_ids), _lengths(tgt_ids)
-    alive = np.ones(len(src_ids), dtype=bool)
+    alive = np.ones(src_len.shape, dtype=bool)
 
     empty = (src_len == 0) | (tgt_len == 0)
     n_empty = 0
@@ -96,8 +129,8 @@ def filter_pairs(
     n_ratio = 0
     if max_len_ratio is not None:
         both = ~empty
-        longer = np.maximum(src_len, tgt_len)
-        shorter = np.maximum(np.minimum(src_len, tgt_len), 1)
+        longer = np.maximum(src_len, tgt_len).astype(np.int64)
+        shorter = np.maximum(np.minimum(src_len, tgt_len), 1).astype(np.int64)
         # Compare by multiplication: no float division, and exact for integer ratios.
         bad_ratio = alive & both & (longer > max_len_ratio * shorter)
         n_ratio = int(bad_ratio.sum())
@@ -112,14 +145,5 @@ def filter_pairs(
         n_truncated = int(overlong_mask.sum())
 
     kept = np.flatnonzero(alive).astype(np.int64)
-    kept_list = kept.tolist()
-    if n_truncated:
-        # Slicing copies only the sequences that are too long; the rest are passed through.
-        out_src = [s[:max_src_len] if len(s) > max_src_len else s for s in (src_ids[i] for i in kept_list)]
-        out_tgt = [t[:max_tgt_len] if len(t) > max_tgt_len else t for t in (tgt_ids[i] for i in kept_list)]
-    else:
-        out_src = [src_ids[i] for i in kept_list]
-        out_tgt = [tgt_ids[i] for i in kept_list]
-
     counts = {"empty": n_empty, "too_long": n_too_long, "ratio": n_ratio, "truncated": n_truncated}
-    return FilterResult(kept, counts, out_src, out_tgt)
+    return kept, counts

@@ -59,15 +59,34 @@ def _greedy_boundaries(sorted_keys: np.ndarray, max_tokens: int, max_sentences: 
     """Return the start offset of every batch after the first, for keys sorted ascending.
 
     Sorted ascending, the example being added is always the longest so far, so the cost of the batch
-    with it is ``(n + 1) * key``.
+    with it is ``(n + 1) * key``: a batch starting at ``start`` ends before the first ``i > start``
+    with ``(i - start + 1) * key[i] > max_tokens`` (or at ``max_sentences`` examples). That cost
+    grows with ``i`` and exceeds the budget within ``max_tokens // key[start] + 1`` examples, so each
+    batch's end is found in a short window with one vectorized comparison (one step per batch, not
+    per example: millions of examples take a fraction of a second).
     """
     boundaries: list[int] = []
+    n = len(sorted_keys)
     start = 0
-    for i, key in enumerate(sorted_keys.tolist()):
-        n = i - start
-        if n > 0 and ((n + 1) * key > max_tokens or (max_sentences is not None and n + 1 > max_sentences)):
-            boundaries.append(i)
-            start = i
+    while start < n:
+        first = int(sorted_keys[start])
+        limit = n - start - 1 if first == 0 else min(n - start - 1, max_tokens // first + 1)
+        if max_sentences is not None:
+            limit = min(limit, max_sentences)  # a batch's (max_sentences + 1)-th example starts a new one
+        # Candidates i = start + 1 .. start + limit, whose batch would hold i - start + 1 examples.
+        window = sorted_keys[start + 1 : start + 1 + limit].astype(np.int64)
+        over = np.arange(2, len(window) + 2, dtype=np.int64) * window > max_tokens
+        if max_sentences is not None:
+            over |= np.arange(2, len(window) + 2) > max_sentences
+        hit = int(np.argmax(over)) if len(over) else 0
+        if len(over) and over[hit]:
+            end = start + 1 + hit
+        elif start + 1 + len(window) >= n:
+            break  # the last batch runs to the end
+        else:
+            end = start + 1 + len(window)  # cannot happen: the window always reaches past the budget
+        boundaries.append(end)
+        start = end
     return boundaries
 
 
@@ -100,8 +119,9 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         rank: int = 0,
         drop_last: bool = False,
     ) -> None:
-        src = np.asarray(src_lengths, dtype=np.int64).reshape(-1)
-        tgt = np.asarray(tgt_lengths, dtype=np.int64).reshape(-1)
+        # int32: half the memory of int64 for corpora of millions of pairs (lengths are far below 2^31).
+        src = np.asarray(src_lengths).reshape(-1).astype(np.int32)
+        tgt = np.asarray(tgt_lengths).reshape(-1).astype(np.int32)
         if src.shape != tgt.shape:
             raise ValueError(f"src_lengths has {src.size} entries but tgt_lengths has {tgt.size}")
         if src.size and (src.min() < 0 or tgt.min() < 0):
@@ -129,10 +149,9 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.drop_last = bool(drop_last)
 
         self._keys = np.maximum(src, tgt)
-        self._base_order = self._sort(np.arange(src.size, dtype=np.int64))
-        self._boundaries = _greedy_boundaries(
-            self._keys[self._base_order], self.max_tokens, self.max_sentences
-        )
+        # The boundaries depend on the sorted keys only; the order itself is needed without shuffling.
+        self._boundaries = _greedy_boundaries(np.sort(self._keys), self.max_tokens, self.max_sentences)
+        self._base_order = None if self.shuffle else self._sort(np.arange(src.size, dtype=np.int64))
         self.num_batches_total = len(self._boundaries) + 1 if src.size else 0
         if self.num_replicas == 1:
             self._per_rank = self.num_batches_total
@@ -156,6 +175,12 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     # -- ordering ---------------------------------------------------------------------------------
     def _sort(self, candidates: np.ndarray) -> np.ndarray:
         """Return ``candidates`` ordered by (max len, src len, tgt len), keeping their order on ties."""
+        if self.src_lengths.size and max(int(self.src_lengths.max()), int(self.tgt_lengths.max())) < 1 << 21:
+            # One stable sort of a combined key: the same order as the lexsort below, twice as fast.
+            combined = self._keys[candidates].astype(np.int64) << 42
+            combined |= self.src_lengths[candidates].astype(np.int64) << 21
+            combined |= self.tgt_lengths[candidates]
+            return candidates[np.argsort(combined, kind="stable")]
         keys = (self.tgt_lengths[candidates], self.src_lengths[candidates], self._keys[candidates])
         return candidates[np.lexsort(keys)]  # lexsort is stable; the last key is the primary one
 
@@ -164,6 +189,8 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.num_batches_total == 0:
             return []
         if not self.shuffle:
+            if self._base_order is None:  # shuffle was switched off after construction
+                self._base_order = self._sort(np.arange(self.src_lengths.size, dtype=np.int64))
             return np.split(self._base_order, self._boundaries)
         rng = np.random.default_rng([self.seed, epoch])
         order = self._sort(rng.permutation(self.src_lengths.size))

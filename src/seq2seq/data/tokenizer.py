@@ -14,22 +14,37 @@ one piece. :meth:`Tokenizer.for_target` gives a view that puts the tag's id firs
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import io
+import itertools
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
+from seq2seq.data.sources import PairChunk
 from seq2seq.errors import ConfigError
 from seq2seq.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+# Above this many training sentences (both sides together for a joint vocabulary) sentencepiece
+# trains on a sample of this size, drawn with SAMPLE_SEED (fixed, so the run's seed does not
+# change the tokenizer). 2M sentences of ~25 words: ~30 s and ~2 GB to train a 32k BPE vocabulary.
+SAMPLE_SENTENCES = 2_000_000
+SAMPLE_SEED = 1234
 
 
 def language_tag(lang: str) -> str:
@@ -66,6 +81,19 @@ def train_sentencepiece(
         **extra,
     )
     return model.getvalue()
+
+
+def sample_indices(population: int, size: int, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """``size`` distinct indices of ``0 .. population - 1``, sorted, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(population, size=size, replace=False))
+
+
+def _check_model(sp: spm.SentencePieceProcessor) -> None:
+    """A model that does not use the project's special ids is not one of ours (or is damaged)."""
+    specials = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+    if sp.get_piece_size() <= EOS_ID or specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        raise ValueError(f"{sp.get_piece_size()} pieces, special ids {specials}")
 
 
 class Tokenizer:
@@ -167,16 +195,72 @@ class Tokenizer:
             key.update(text.encode("utf-8", "surrogatepass"))
             key.update(b"\n")
         path = Path(cache_dir) / f"spm-{key.hexdigest()[:16]}"
-        src_file, tgt_file = path.with_suffix(".src.model"), path.with_suffix(".tgt.model")
-        if src_file.exists() and (joint or tgt_file.exists()):
-            log.info("Loading the cached sentencepiece model %s", src_file)
-            return cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes(), target_tags)
+        cached = cls._load_cached(path, joint, target_tags)
+        if cached is not None:
+            return cached
         tok = cls.train(src_texts, tgt_texts, vocab_size, joint, model_type, target_tags)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(src_file, tok._src_bytes)
-        if not joint:
-            atomic_write_bytes(tgt_file, tok._tgt_bytes)
+        tok._save_cached(path)
         return tok
+
+    @classmethod
+    def cached_or_trained(
+        cls, cache_dir: str | Path, digest: str, training_texts: Callable[[], tuple[Sequence[str], Sequence[str]]],
+        vocab_size: int, joint: bool = True, model_type: str = "unigram",
+        in_subprocess: bool | Callable[[], bool] = False,
+    ) -> Tokenizer:
+        """The tokenizer cached for a training split whose content hashes to ``digest``, or one trained
+        on ``training_texts()`` (called only then) and cached.
+
+        ``digest`` also names how the training texts are chosen from the split (e.g. a sample).
+        ``in_subprocess`` (or a function saying so, called only when training): read the texts and
+        train in a forked process (where ``fork`` exists), so that the memory sentencepiece and the
+        texts take (GBs for millions of sentences) goes back to the system when it ends instead of
+        staying in this process. A cached model that cannot be loaded is trained again, with a warning.
+        """
+        key = hashlib.sha256(f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{digest}".encode()).hexdigest()
+        path = Path(cache_dir) / f"spm-{key[:16]}"
+        cached = cls._load_cached(path, joint)
+        if cached is not None:
+            return cached
+
+        def train() -> Tokenizer:
+            src_texts, tgt_texts = training_texts()
+            log.info("Training a %s sentencepiece model (vocab_size=%d, %s) on %s sentences", model_type,
+                     vocab_size, "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
+            return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
+
+        if callable(in_subprocess):
+            in_subprocess = in_subprocess()
+        if in_subprocess and "fork" in multiprocessing.get_all_start_methods():
+            tok = cls.from_state_dict(_in_forked_process(lambda: train().state_dict()))
+        else:
+            tok = train()
+        tok._save_cached(path)
+        return tok
+
+    @classmethod
+    def _load_cached(cls, path: Path, joint: bool, target_tags: Mapping[str, str] | None = None) -> Tokenizer | None:
+        src_file, tgt_file = path.with_suffix(".src.model"), path.with_suffix(".tgt.model")
+        if not (src_file.exists() and (joint or tgt_file.exists())):
+            return None
+        try:
+            tok = cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes(), target_tags)
+            _check_model(tok.src)
+            _check_model(tok.tgt)
+        except (OSError, RuntimeError, ValueError) as err:
+            log.warning("The cached sentencepiece model %s is damaged (%s); training it again.", src_file,
+                        str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
+            for file in (src_file, tgt_file):
+                file.unlink(missing_ok=True)
+            return None
+        log.info("Loading the cached sentencepiece model %s", src_file)
+        return tok
+
+    def _save_cached(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path.with_suffix(".src.model"), self._src_bytes)
+        if not self.joint:
+            atomic_write_bytes(path.with_suffix(".tgt.model"), self._tgt_bytes)
 
     def state_dict(self) -> dict:
         """The sentencepiece model(s) as bytes (what checkpoints store). A multilingual tokenizer adds
@@ -236,6 +320,29 @@ class Tokenizer:
         """Target ids without BOS/EOS; the collator adds them for teacher forcing."""
         return self.tgt.encode(list(texts))
 
+    def encode_flat(
+        self, texts: Sequence[str], side: str, dtype: np.dtype | type = np.int32, num_threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(ids, lengths, unknown)``: the ids of every text one after the other (``dtype``), each
+        text's number of ids, and how many are ``<unk>``. ``side="source"`` gives what
+        :meth:`encode_source` gives (EOS after each, a view's tag before), ``"target"`` what
+        :meth:`encode_target` gives."""
+        processor = self.src if side == "source" else self.tgt
+        ids = processor.encode(list(texts), num_threads=num_threads)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+        del ids
+        unknown = int(np.count_nonzero(flat == UNK_ID))
+        if side == "source":
+            flat = np.insert(flat, np.cumsum(lengths), np.asarray(EOS_ID, dtype=flat.dtype))
+            lengths += 1
+            if self._prefix:  # a for_target view: its tag before each sentence
+                starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+                prefix = np.asarray(self._prefix, dtype=flat.dtype)
+                flat = np.insert(flat, np.repeat(starts, len(prefix)), np.tile(prefix, len(lengths)))
+                lengths += len(prefix)
+        return flat, lengths, unknown
+
     def decode_target(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Ids -> detokenized text, cut at the first EOS and ignoring pad/bos."""
         cleaned = []
@@ -245,3 +352,120 @@ class Tokenizer:
                 seq = seq[: seq.index(EOS_ID)]
             cleaned.append([i for i in seq if i not in (PAD_ID, BOS_ID)])
         return self.tgt.decode(cleaned)
+
+
+def _in_forked_process(work: Callable[[], object]) -> object:
+    """``work()`` run in a forked child; its result (or exception) comes back through a pipe."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            result = ("ok", work())
+        except BaseException as err:  # noqa: BLE001 - handed to the parent, which raises it
+            try:
+                pickle.dumps(err)
+                result = ("error", err)
+            except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as text
+                result = ("error", RuntimeError(f"{type(err).__name__}: {err}"))
+        send.send(result)
+        send.close()
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"the sentencepiece training process died (exit code {process.exitcode})") from None
+    finally:
+        receive.close()
+    process.join()
+    if status == "error":
+        raise value
+    return value
+
+
+# -- tokenizing a split in chunks, in parallel ------------------------------------------------------
+
+
+@dataclass
+class EncodedChunk:
+    """The ids of a :class:`PairChunk`: flat arrays and per-pair lengths, ``<unk>`` counts per side."""
+
+    src: np.ndarray
+    src_lengths: np.ndarray
+    tgt: np.ndarray
+    tgt_lengths: np.ndarray
+    unknown: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.src_lengths)
+
+
+class ChunkEncoder:
+    """Encodes :class:`PairChunk` s with one tokenizer (in this process, or one per worker)."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype | type, num_threads: int = 1):
+        self.tokenizer, self.dtype, self.num_threads = tokenizer, np.dtype(dtype), num_threads
+
+    def __call__(self, chunk: PairChunk) -> EncodedChunk:
+        src, tgt = chunk.texts()
+        s, s_len, s_unk = self.tokenizer.encode_flat(src, "source", self.dtype, self.num_threads)
+        del src
+        t, t_len, t_unk = self.tokenizer.encode_flat(tgt, "target", self.dtype, self.num_threads)
+        return EncodedChunk(s, s_len, t, t_len, (s_unk, t_unk))
+
+
+_WORKER_ENCODER: ChunkEncoder | None = None
+
+
+def _start_worker(state: dict, dtype: str) -> None:
+    global _WORKER_ENCODER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the pool
+    _WORKER_ENCODER = ChunkEncoder(Tokenizer.from_state_dict(state), np.dtype(dtype))
+
+
+def _encode_in_worker(chunk: PairChunk) -> EncodedChunk:
+    assert _WORKER_ENCODER is not None
+    return _WORKER_ENCODER(chunk)
+
+
+def available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def encode_chunks(
+    tokenizer: Tokenizer, chunks: Iterable[PairChunk], dtype: np.dtype | type, workers: int = 1
+) -> Iterator[EncodedChunk]:
+    """Encode ``chunks`` in order: in this process (``workers <= 1``; sentencepiece's own threads),
+    or in ``workers`` processes that each load the tokenizer once.
+
+    At most two chunks per worker are in flight, so memory stays bounded however long ``chunks``
+    is; the caller reads the next chunks while the workers encode. A worker's error (bad UTF-8 in
+    a chunk) is raised here.
+    """
+    if workers <= 1:
+        encoder = ChunkEncoder(tokenizer, dtype, num_threads=available_cpus())
+        for chunk in chunks:
+            yield encoder(chunk)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(tokenizer.state_dict(), np.dtype(dtype).str))
+    try:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()

@@ -58,6 +58,37 @@ def inverse_sqrt_schedule(warmup_steps: int):
     return factor
 
 
+def cooldown_factor(progress: float, cooldown: float) -> float:
+    """1 until the last ``cooldown`` fraction of the budget, then linearly down to 0 at its end.
+
+    The "warmup-stable-decay" shape (Hägele et al., 2024): a run that knows its budget anneals at
+    the end instead of stopping at a high learning rate, which a short (CPU) budget pays for most.
+    """
+    if cooldown <= 0.0:
+        return 1.0
+    return min(1.0, max(0.0, (1.0 - progress) / cooldown))
+
+
+def _timer(trainer: L.Trainer) -> L.pytorch.callbacks.Timer | None:
+    return next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
+
+
+def budget_progress(trainer: L.Trainer, step_budget: float) -> float:
+    """How much of the run's budget is spent, 0..1: the larger of steps over ``step_budget``
+    (``trainer.estimated_stepping_batches``: ``max_steps``, or ``max_epochs`` times the updates per
+    epoch) and time over ``max_time`` (Lightning's Timer, which keeps its clock across an exact resume)."""
+    progress = 0.0
+    if math.isfinite(step_budget) and step_budget > 0:
+        progress = trainer.global_step / step_budget
+    timer = _timer(trainer)
+    if timer is not None:
+        elapsed = timer.time_elapsed("train")
+        remaining = timer.time_remaining("train")
+        if remaining is not None and elapsed + remaining > 0:
+            progress = max(progress, elapsed / (elapsed + remaining))
+    return min(1.0, progress)
+
+
 def resolve_compile(option: Any, device: torch.device) -> bool:
     """``speed.compile``: ``auto`` compiles on CUDA only (on CPUs compiling costs minutes for little
     gain, see benchmarks/train_throughput.py); ``true``/``false`` force it."""
@@ -125,7 +156,7 @@ class Seq2SeqModule(L.LightningModule):
     Args:
         model: :class:`TransformerConfig` fields (the ``model`` config group) except the vocabulary
             sizes and special ids, which come from the tokenizer.
-        optim: ``lr`` (peak), ``warmup_steps``, ``betas``, ``eps``, ``weight_decay``,
+        optim: ``lr`` (peak), ``warmup_steps``, ``cooldown`` (fraction of the budget annealed to 0), ``betas``, ``eps``, ``weight_decay``,
             ``label_smoothing``, ``nonfinite``, ``nonfinite_check_every``.
         decoding: :class:`DecodingConfig` fields; validation and test decode greedily with its
             length limits and constraints.
@@ -410,12 +441,51 @@ class Seq2SeqModule(L.LightningModule):
         if sampler is not None:
             sampler.set_epoch(self.current_epoch)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except under FSDP (``trainer=fsdp``): there each rank holds a shard of
+        every gradient, so the norm is the sharded module's ``clip_grad_norm_`` (over all shards);
+        Lightning's FSDP precision plugin refuses norm clipping."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.model if self._trainer is not None else None
+        if isinstance(model, FullyShardedDataParallel) and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         opt = self.hparams.optim
         # Lightning moves the module to its device before this hook: the fused AdamW kernel fits it.
         optimizer = build_optimizer(self.named_parameters(), opt)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(opt.get("warmup_steps", 4000)))
+        warmup = inverse_sqrt_schedule(opt.get("warmup_steps", 4000))
+        cooldown = float(opt.get("cooldown", 0.0) or 0.0)
+        if not 0.0 <= cooldown <= 1.0:
+            raise ConfigError(f"optim.cooldown must be a fraction of the budget in [0, 1], got {cooldown}.")
+        step_budget = self._step_budget() if cooldown > 0.0 else math.inf
+
+        def factor(step: int) -> float:
+            # A plain function (not an object): LambdaLR would store an object's attributes,
+            # the trainer included, in every checkpoint.
+            trainer = self._trainer
+            progress = budget_progress(trainer, step_budget) if cooldown > 0.0 and trainer is not None else 0.0
+            return warmup(step) * cooldown_factor(progress, cooldown)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _step_budget(self) -> float:
+        """The run's budget in optimizer steps (inf without one); a run with neither a step nor a
+        time budget cannot anneal towards its end."""
+        trainer = self._trainer
+        if trainer is None:
+            return math.inf
+        steps = float(trainer.estimated_stepping_batches)
+        if (math.isfinite(steps) and steps > 0) or _timer(trainer) is not None:
+            return steps
+        raise ConfigError(
+            "optim.cooldown anneals the learning rate over the end of the budget, but the run has none: "
+            "set trainer.max_steps, trainer.max_epochs or trainer.max_time, or optim.cooldown=0."
+        )
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict, prefix: str) -> None:

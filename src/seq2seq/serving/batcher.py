@@ -65,7 +65,8 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._held: deque[_Job] = deque()  # taken from the queue, waiting for a batch with their options
         self._lock = threading.Lock()
-        self._stats = {"requests": 0, "sentences": 0, "batches": 0, "largest_batch": 0, "calls": 0, "failed_batches": 0}
+        self._stats = {"requests": 0, "sentences": 0, "batches": 0, "largest_batch": 0, "calls": 0, "failed_batches": 0,
+                       "compute_s": 0.0}
         self._sizes: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name="seq2seq-batcher", daemon=True)
         self._closed = False
@@ -110,7 +111,8 @@ class Batcher:
 
     def stats(self) -> dict[str, Any]:
         """Counters since the start: requests, sentences, batches (and how many held each number of
-        sentences), the largest batch, other calls, failed batches, jobs waiting now."""
+        sentences), the largest batch, other calls, failed batches, seconds spent in the model's
+        ``translate`` calls (``compute_s``), jobs waiting now."""
         with self._lock:
             stats = dict(self._stats)
             stats["batch_sizes"] = {str(size): n for size, n in sorted(self._sizes.items())}
@@ -166,6 +168,7 @@ class Batcher:
         if not batch:
             return
         texts = [text for job in batch for text in job.texts]
+        started = time.perf_counter()
         try:
             results = self._translate(texts, **dict(batch[0].options))
             if len(results) != len(texts):
@@ -185,6 +188,7 @@ class Batcher:
             self._stats["requests"] += len(batch)
             self._stats["sentences"] += len(texts)
             self._stats["batches"] += 1
+            self._stats["compute_s"] += time.perf_counter() - started
             self._stats["largest_batch"] = max(self._stats["largest_batch"], len(texts))
             self._sizes[len(texts)] += 1
 
