@@ -151,14 +151,17 @@ def test_every_experiment_runs_fast_dev_run_on_local_fixture_data(experiment, tm
     from seq2seq.train import train
 
     probe = compose_train(tmp_path / "probe", [f"experiment={experiment}"])
-    src, tgt = probe.data.src_lang, probe.data.tgt_lang
+    # A multilingual data config names its pairs (SRC-TGT) under data.pairs.
+    languages = {lang for name in (probe.data.get("pairs") or {}) for lang in str(name).split("-")}
+    languages |= {lang for lang in (probe.data.src_lang, probe.data.tgt_lang) if lang}
+    if not probe.data.get("pairs"):
+        assert len(languages) == 2, languages
     first = lambda names: names if isinstance(names, str) else list(names)[0]  # noqa: E731
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    pairs = [(f"source sentence number {i} .", f"target sentence number {i} .") for i in range(40)]
     for split in (first(probe.data.splits.train), first(probe.data.splits.val)):
-        (corpus / f"{split}.{src}").write_text("".join(s + "\n" for s, _ in pairs))
-        (corpus / f"{split}.{tgt}").write_text("".join(t + "\n" for _, t in pairs))
+        for lang in languages:
+            (corpus / f"{split}.{lang}").write_text("".join(f"{lang} sentence number {i} .\n" for i in range(40)))
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("data.generate")]
     overrides = [f"experiment={experiment}", *tiny, f"data.root={corpus}", "++data.generate=null",
                  "++data.download=null", "data.vocab_size=60", "trainer=cpu", "trainer.precision=32-true",
