@@ -43,6 +43,11 @@ def test_progress_is_the_larger_of_steps_and_time_spent():
     assert budget_progress(trainer, 100) == pytest.approx(0.9)
     assert budget_progress(SimpleNamespace(global_step=30, callbacks=[]), 120) == pytest.approx(0.25)
     assert budget_progress(SimpleNamespace(global_step=30, callbacks=[]), math.inf) == 0.0
+    # Under DDP every rank takes rank 0's clock (the learning rates, hence the replicas, stay equal).
+    sent = []
+    strategy = SimpleNamespace(broadcast=lambda value, src=0: sent.append((value, src)) or 0.6)
+    trainer = SimpleNamespace(global_step=10, callbacks=[timer], world_size=2, strategy=strategy)
+    assert budget_progress(trainer, 100) == pytest.approx(0.6) and sent == [(pytest.approx(0.8), 0)]
 
 
 def test_a_run_anneals_to_zero_over_the_last_fraction_of_max_steps(tmp_path):

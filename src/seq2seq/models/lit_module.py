@@ -85,7 +85,12 @@ def budget_progress(trainer: L.Trainer, step_budget: float) -> float:
         elapsed = timer.time_elapsed("train")
         remaining = timer.time_remaining("train")
         if remaining is not None and elapsed + remaining > 0:
-            progress = max(progress, elapsed / (elapsed + remaining))
+            spent = elapsed / (elapsed + remaining)
+            if getattr(trainer, "world_size", 1) > 1:
+                # Ranks read their clocks at slightly different moments: all take rank 0's, or the
+                # replicas' learning rates, hence their weights, would drift apart.
+                spent = float(trainer.strategy.broadcast(spent, src=0))
+            progress = max(progress, spent)
     return min(1.0, progress)
 
 
