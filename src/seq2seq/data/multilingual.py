@@ -47,9 +47,9 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from seq2seq.data.datamodule import ResumableDataLoader, Seq2SeqDataModule, collate
-from seq2seq.data.sampler import TokenBudgetBatchSampler
+from seq2seq.data.sampler import TokenBudgetBatchSampler, checked_position
 from seq2seq.data.tokenizer import Tokenizer, language_tag
-from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -239,22 +239,12 @@ class TemperatureBatchSampler(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the saved epoch after its consumed batches."""
-        mismatches = [
-            f"{key} {state.get(key)!r} (now {now!r})"
-            for key, now in (("kind", "temperature"), ("sizes", list(self.sizes)), ("temperature", self.temperature),
-                             ("num_replicas", self.num_replicas), ("num_batches", self.num_batches))
-            if state.get(key) != now
-        ]
-        if mismatches:
-            raise CheckpointError(
-                "The checkpoint's multilingual batch sampler state does not fit this run: saved "
-                + ", ".join(mismatches)
-                + ". Resume with the same pairs, data.temperature, data.max_tokens and number of devices, "
-                "or start a new run without resuming."
-            )
-        position = int(state["position"])
-        if not 0 <= position <= self.num_batches:
-            raise CheckpointError(f"The checkpoint's batch sampler position {position} is outside 0..{self.num_batches}.")
+        position = checked_position(
+            state, "multilingual batch sampler",
+            (("kind", "temperature"), ("sizes", list(self.sizes)), ("temperature", self.temperature),
+             ("num_replicas", self.num_replicas), ("num_batches", self.num_batches)),
+            "the same pairs, data.temperature, data.max_tokens and number of devices", self.num_batches,
+        )
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
         self._resume_at = self._position = position
 

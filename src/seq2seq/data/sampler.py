@@ -90,6 +90,23 @@ def _greedy_boundaries(sorted_keys: np.ndarray, max_tokens: int, max_sentences: 
     return boundaries
 
 
+def checked_position(state: dict[str, Any], what: str, expected: Sequence[tuple[str, Any]], same: str,
+                     num_batches: int) -> int:
+    """The saved position of a batch sampler's ``state``, after checking that the state fits this run:
+    every ``(key, value now)`` of ``expected`` equal, the position within ``0..num_batches``; else one
+    CheckpointError naming the differences (``what``: the sampler; ``same``: what to keep to resume)."""
+    mismatches = [f"{key} {state.get(key)!r} (now {now!r})" for key, now in expected if state.get(key) != now]
+    if mismatches:
+        raise CheckpointError(
+            f"The checkpoint's {what} state does not fit this run: saved " + ", ".join(mismatches)
+            + f". Resume with {same}, or start a new run without resuming."
+        )
+    position = int(state["position"])
+    if not 0 <= position <= num_batches:
+        raise CheckpointError(f"The checkpoint's batch sampler position {position} is outside 0..{num_batches}.")
+    return position
+
+
 class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Yield lists of dataset indices whose padded size fits ``max_tokens``; see the module docstring.
 
@@ -252,27 +269,12 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position: the next iteration resumes the saved epoch after its consumed batches."""
-        mismatches = [
-            f"{key} {state.get(key)!r} (now {now!r})"
-            for key, now in (
-                ("num_examples", int(self.src_lengths.size)),
-                ("num_replicas", self.num_replicas),
-                ("num_batches", self._per_rank),
-            )
-            if state.get(key) != now
-        ]
-        if mismatches:
-            raise CheckpointError(
-                "The checkpoint's batch sampler state does not fit this run: saved "
-                + ", ".join(mismatches)
-                + ". Resume with the same data, data.max_tokens and number of devices, "
-                "or start a new run without resuming."
-            )
-        position = int(state["position"])
-        if not 0 <= position <= self._per_rank:
-            raise CheckpointError(
-                f"The checkpoint's batch sampler position {position} is outside 0..{self._per_rank}."
-            )
+        position = checked_position(
+            state, "batch sampler",
+            (("num_examples", int(self.src_lengths.size)), ("num_replicas", self.num_replicas),
+             ("num_batches", self._per_rank)),
+            "the same data, data.max_tokens and number of devices", self._per_rank,
+        )
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._resume_at = position
