@@ -1,6 +1,6 @@
 """Bad inputs through the real commands: each ends with a non-zero exit and one clear message.
 
-Every case runs ``python -m seq2seq.train|translate|eval`` in a subprocess, as a user would, with a
+Every case runs ``python -m seq2seq.train|translate|eval`` in a process of its own, as a user would, with a
 malformed corpus, a damaged or foreign checkpoint, a bad option or an unwritable output. Each must
 exit non-zero with one message on stderr (``error: ...`` and status 2 for the project's own
 errors; Hydra's own report, status 1, for a config group that does not exist), never a traceback,
@@ -8,7 +8,9 @@ and must leave the checkpoints, the cache, the corpora and any existing output e
 were (bytes and modification times).
 
 The cases are independent: they all run at once (a few in parallel) the first time a test asks for
-a result, reusing the session's tiny checkpoint, its corpus and its tokenizer cache.
+a result, reusing the session's tiny checkpoint, its corpus and its tokenizer cache. Each process
+is forked from one that imported the commands once (``helpers.forked_commands``): the ~6 s that
+every command spends importing torch and Lightning is paid once, not twenty times.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from helpers import TINY_OVERRIDES
+from helpers.forked_commands import run_forked
 
 
 @dataclass
@@ -173,12 +174,13 @@ PROTECTED = ["good", "corpora", "cache", "ckpts", "run/checkpoints", "run/metric
 CASE_NAMES = [case.name for case in _cases(Path("suite"))]
 
 
-def _run(case: Case, base: Path) -> subprocess.CompletedProcess:
+def _run_all(cases: list[Case], base: Path) -> list[subprocess.CompletedProcess]:
+    """Every case as its own ``python -m seq2seq.<command>`` process (forked after one start-up)."""
     env = {**os.environ, "SEQ2SEQ_ROOT": str(base / "work"), "WANDB_MODE": "offline",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)  # what a user sees by default
-    return subprocess.run([sys.executable, "-m", f"seq2seq.{case.command}", *case.args], cwd=base, env=env,
-                          input=case.stdin if case.stdin is not None else b"", capture_output=True, timeout=300)
+    invocations = [{"module": f"seq2seq.{c.command}", "args": c.args, "cwd": base, "stdin": c.stdin} for c in cases]
+    return run_forked(invocations, env, parallel=max(2, min(4, os.cpu_count() or 2)))
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +194,7 @@ def suite(tiny_run, tiny_checkpoint, tmp_path_factory) -> dict:
     cases = _cases(base)
     watched = [base / p for p in PROTECTED] + [tiny_checkpoint.parent.parent]
     before = _snapshot(watched)
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        results = dict(zip([c.name for c in cases], pool.map(lambda c: _run(c, base), cases)))
+    results = dict(zip([c.name for c in cases], _run_all(cases, base)))
     after = _snapshot(watched)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     return {"cases": {c.name: (c, results[c.name]) for c in cases}, "changed": changed}

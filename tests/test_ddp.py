@@ -77,6 +77,7 @@ def test_ddp_sim_training_writes_one_run_folder_from_rank_zero(tmp_path):
     result = run_train([*QUICK, "trainer=ddp_sim", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
                         "callbacks.periodic_checkpoint.every_n_train_steps=2"], tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stdout + result.stderr
     assert (result.stdout + result.stderr).count("Run folder:") == 1  # printed by rank 0 only
     runs = [p for p in (tmp_path / "outputs" / "train" / "runs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs  # the second process reuses the first one's run folder

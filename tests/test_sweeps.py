@@ -7,7 +7,6 @@ SEQ2SEQ_ROOT pointing at tmp_path and wandb offline.
 import itertools
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -134,15 +133,6 @@ def test_optuna_sweep_of_two_trials_returns_the_metric(tmp_path):
     assert set(results["best_params"]) == {"optim.lr", "optim.warmup_steps", "model.dropout", "optim.label_smoothing"}
     overrides = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
     assert "optim.lr=" in overrides and "model.dropout=" in overrides
-
-
-def test_ddp_sim_trains_and_validates_on_two_cpu_processes(tmp_path):
-    result = run_train([*QUICK, "trainer=ddp_sim"], tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "distributed_backend=gloo" in result.stdout + result.stderr
-    run_dir = Path(result.stdout.split("Run folder:")[1].split()[0])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert "val/bleu" in metrics and "test/bleu" in metrics
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))

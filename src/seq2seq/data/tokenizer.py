@@ -15,6 +15,8 @@ one piece. :meth:`Tokenizer.for_target` gives a view that puts the tag's id firs
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import concurrent.futures.process
 import copy
 import hashlib
 import io
@@ -447,25 +449,43 @@ def encode_chunks(
 
     At most two chunks per worker are in flight, so memory stays bounded however long ``chunks``
     is; the caller reads the next chunks while the workers encode. A worker's error (bad UTF-8 in
-    a chunk) is raised here.
+    a chunk) is raised here, and so is a worker's death (killed for memory): the pool reports it
+    instead of waiting for a result that never comes.
+
+    The workers come from a fork server (``spawn`` where there is none), not from ``fork``: this
+    process may have threads (torch's, sentencepiece's, a logger's), and a child forked while one of
+    them holds a lock can wait on that lock forever.
     """
     if workers <= 1:
         encoder = ChunkEncoder(tokenizer, dtype, num_threads=available_cpus())
         for chunk in chunks:
             yield encoder(chunk)
         return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    pool = context.Pool(workers, initializer=_start_worker, initargs=(tokenizer.state_dict(), np.dtype(dtype).str))
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])  # each worker starts with this module imported
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker,
+        initargs=(tokenizer.state_dict(), np.dtype(dtype).str),
+    )
     try:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            pending.append(pool.submit(_encode_in_worker, chunk))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().get()
-        pool.close()
+            yield _result(pending.popleft())
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(future: concurrent.futures.Future) -> EncodedChunk:
+    try:
+        return future.result()
+    except concurrent.futures.process.BrokenProcessPool:
+        raise RuntimeError(
+            "a tokenization worker process died (killed for memory?); run again with fewer "
+            "data.prepare_workers, or 1 to tokenize in this process"
+        ) from None
