@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers.forked_commands import run_command
 from seq2seq.analysis.attention import (
     AttentionMaps,
     attention_maps,
@@ -110,19 +109,15 @@ def test_attention_maps_of_a_trained_checkpoint(tiny_checkpoint):
 
 def test_attention_command_writes_png_and_strongest_words(tiny_checkpoint, tmp_path):
     out = tmp_path / "figs" / "heat.png"
-    result = subprocess.run(
-        [sys.executable, "-m", "seq2seq.attention", f"ckpt_path={tiny_checkpoint}", "text=the dog sees the man .",
-         f"output={out}", "device=cpu"], capture_output=True, text=True, timeout=120,
-    )
+    result = run_command("seq2seq.attention", [f"ckpt_path={tiny_checkpoint}", "text=the dog sees the man .",
+                                               f"output={out}", "device=cpu"], cwd=tmp_path, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes().startswith(PNG_MAGIC)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("translation: ") and lines[-1] == f"heatmap: {out}"
     assert all("\t<- " in line for line in lines[1:-1]) and len(lines) > 3
-    missing = subprocess.run(
-        [sys.executable, "-m", "seq2seq.attention", f"ckpt_path={tiny_checkpoint}", f"output={tmp_path / 'x.png'}"],
-        capture_output=True, text=True, timeout=120,
-    )
+    missing = run_command("seq2seq.attention", [f"ckpt_path={tiny_checkpoint}", f"output={tmp_path / 'x.png'}"],
+                          cwd=tmp_path, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         'error: text is missing: pass text="a sentence to translate"'
     ]

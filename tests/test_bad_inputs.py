@@ -9,8 +9,8 @@ were (bytes and modification times).
 
 The cases are independent: they all run at once (a few in parallel) the first time a test asks for
 a result, reusing the session's tiny checkpoint, its corpus and its tokenizer cache. Each process
-is forked from one that imported the commands once (``helpers.forked_commands``): the ~6 s that
-every command spends importing torch and Lightning is paid once, not twenty times.
+is forked from a server that imported the commands once (``helpers.forked_commands``): the ~6 s
+that every command spends importing torch and Lightning is paid once, not twenty times.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import pytest
 import torch
 
 from helpers import TINY_OVERRIDES
-from helpers.forked_commands import run_forked
+from helpers.forked_commands import run_command
 
 
 @dataclass
@@ -175,12 +176,13 @@ CASE_NAMES = [case.name for case in _cases(Path("suite"))]
 
 
 def _run_all(cases: list[Case], base: Path) -> list[subprocess.CompletedProcess]:
-    """Every case as its own ``python -m seq2seq.<command>`` process (forked after one start-up)."""
+    """Every case as its own ``python -m seq2seq.<command>`` process, a few at a time."""
     env = {**os.environ, "SEQ2SEQ_ROOT": str(base / "work"), "WANDB_MODE": "offline",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)  # what a user sees by default
-    invocations = [{"module": f"seq2seq.{c.command}", "args": c.args, "cwd": base, "stdin": c.stdin} for c in cases]
-    return run_forked(invocations, env, parallel=max(2, min(4, os.cpu_count() or 2)))
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        return list(pool.map(lambda c: run_command(f"seq2seq.{c.command}", c.args, cwd=base, env=env,
+                                                   input=c.stdin, timeout=300), cases))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from helpers import REPO, TINY_OVERRIDES, compose_train
+from helpers.forked_commands import run_command
 
 CONF = REPO / "conf"
 GROUPS = ["data", "model", "model/size", "speed", "optim", "decoding", "trainer", "logger", "callbacks", "experiment", "debug"]
@@ -57,8 +57,7 @@ def test_unknown_key_is_rejected(tmp_path):
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "SEQ2SEQ_ROOT": str(cwd), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "seq2seq.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_command("seq2seq.train", args, cwd=cwd, env=env, text=True, timeout=timeout)
 
 
 def test_cli_unknown_size_exits_with_hydra_message(tmp_path):

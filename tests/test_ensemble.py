@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from helpers import compose_train
+from helpers.forked_commands import run_command as forked
 from helpers.random_models import VOCAB, make_model, make_sources
 from seq2seq.data import toy
 from seq2seq.data.tokenizer import Tokenizer, train_sentencepiece
@@ -217,8 +217,7 @@ def test_tokenizer_difference_names_what_differs():
 # ----------------------------------------------------------------------------- the commands
 def run_command(module: str, args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, input=stdin, capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    return forked(module, args, cwd=cwd, input=stdin, text=True, env=env, timeout=120)
 
 
 LINES = ["The old man saw a dog.", "", "A dog sees the man."]

@@ -12,6 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers import TINY_OVERRIDES, compose_train
+from helpers.forked_commands import run_command
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.eval import evaluate
 
@@ -135,8 +136,7 @@ def test_missing_checkpoint_or_data_config_are_user_errors(tiny_checkpoint, tmp_
 
 def run_eval(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SEQ2SEQ_ROOT": str(cwd), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "seq2seq.eval", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_command("seq2seq.eval", args, cwd=cwd, env=env, text=True, timeout=300)
 
 
 def test_cli_garbage_checkpoint_exits_2_with_one_message(tmp_path):

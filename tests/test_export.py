@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers import REPO, SHORT_TRAINING_OVERRIDES, command_env, compose_train
+from helpers.forked_commands import run_command
 from seq2seq.data import toy
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
@@ -266,9 +266,9 @@ def cli_export(tiny_run, tiny_checkpoint, tmp_path_factory, ct2) -> dict:
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(SHORT_TRAINING_OVERRIDES))
     out = root / "toy-en-de-int8"
-    proc = subprocess.run([sys.executable, "-m", "seq2seq.export", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
-                           f"output_dir={out}", "quantization=int8", "license=mit"],
-                          cwd=root, env=command_env(root), capture_output=True, text=True, timeout=300)
+    proc = run_command("seq2seq.export", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"output_dir={out}",
+                                          "quantization=int8", "license=mit"],
+                       cwd=root, env=command_env(root), text=True, timeout=300)
     return {"proc": proc, "dir": out, "root": root, "metrics": json.loads((run / "metrics.json").read_text())}
 
 

@@ -5,8 +5,6 @@ validation scores, and the target language through the API, ``translate`` and ``
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 
 from helpers import assert_one_line_error, command_env, compose_train, shared_corpus
+from helpers.forked_commands import run_command
 from seq2seq.data.multilingual import TemperatureBatchSampler, pair_probabilities
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.errors import ConfigError
@@ -232,9 +231,9 @@ def test_ensembles_tell_a_multilingual_tokenizer_from_a_one_pair_one(multi_run, 
 
 def test_translate_command_takes_tgt_lang_and_refuses_wrong_ones(multi_run, one_pair_checkpoint):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "seq2seq.translate", *args, "interactive=false", "progress=false",
-                               "decoding=greedy"], input="A man rides a bike.\nTwo dogs play.\n", capture_output=True,
-                              text=True, env=command_env(multi_run["tmp"], threads=1), timeout=120)
+        return run_command("seq2seq.translate", [*args, "interactive=false", "progress=false", "decoding=greedy"],
+                           cwd=multi_run["tmp"], input="A man rides a bike.\nTwo dogs play.\n", text=True,
+                           env=command_env(multi_run["tmp"], threads=1), timeout=120)
 
     from seq2seq.api import Translator
 

@@ -3,12 +3,11 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from helpers.forked_commands import run_command
 from seq2seq.analysis.sweep import read_job, report, split_overrides
 from seq2seq.report import main
 
@@ -128,8 +127,7 @@ def test_all_jobs_failed_still_reports(tmp_path):
 
 def test_module_runs_as_script(tmp_path):
     sweep = fake_sweep(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "seq2seq.report", str(sweep)], capture_output=True, text=True,
-                            timeout=120)
+    result = run_command("seq2seq.report", [str(sweep)], cwd=tmp_path, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "3 jobs (1 failed)" in result.stdout
 

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from helpers import REPO, TOY_SENTENCES, assert_one_line_error, command_env
+from helpers.forked_commands import run_command
 from seq2seq.api import Translator
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.serving.batcher import Batcher
@@ -210,8 +211,8 @@ def test_user_errors_end_with_one_message(case, server, served_checkpoint, tmp_p
         "bad-checkpoint": (["port=0", f"ckpt_path={garbage}"], ["garbage.ckpt", "not a readable checkpoint"]),
         "port-in-use": ([f"port={port}", f"ckpt_path={served_checkpoint}"], [f"port {port}", "in use"]),
     }[case]
-    result = subprocess.run([sys.executable, "-m", "seq2seq.serve", "device=cpu", *args], cwd=tmp_path,
-                            env=command_env(tmp_path, threads=1), capture_output=True, text=True, timeout=300)
+    result = run_command("seq2seq.serve", ["device=cpu", *args], cwd=tmp_path, env=command_env(tmp_path, threads=1),
+                         text=True, timeout=300)
     assert_one_line_error(result, *words)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import assert_one_line_error
+from helpers.forked_commands import run_command
 from seq2seq.config import config_dir
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import CheckpointError
@@ -34,16 +34,7 @@ LINES = [NORMAL[0], "", LONG, NORMAL[1], "   ", NORMAL[2]]
 def run_translate(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     # One thread: the model is tiny, and a shared CPU makes multi-threaded small ops crawl.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "seq2seq.translate", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_command("seq2seq.translate", args, cwd=cwd, input=stdin, text=True, env=env, timeout=120)
 
 
 def beam_config(**overrides) -> DecodingConfig:

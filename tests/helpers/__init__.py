@@ -115,9 +115,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
 
 
 def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m seq2seq.train ARGS`` in ``cwd``, finished."""
-    return subprocess.run([sys.executable, "-m", "seq2seq.train", *args], cwd=cwd, env=command_env(cwd),
-                          capture_output=True, text=True, timeout=timeout)
+    """``python -m seq2seq.train ARGS`` in ``cwd``, finished (forked from the command server:
+    :mod:`helpers.forked_commands`)."""
+    from helpers.forked_commands import run_command
+
+    return run_command("seq2seq.train", args, cwd=cwd, env=command_env(cwd), text=True, timeout=timeout)
 
 
 def loss_curve(run: Path) -> list[dict]:
