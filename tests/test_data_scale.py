@@ -27,7 +27,7 @@ from seq2seq.data.datamodule import Seq2SeqDataModule
 from seq2seq.data.filtering import filter_lengths, filter_pairs
 from seq2seq.data.progress import Progress
 from seq2seq.data.sampler import TokenBudgetBatchSampler, _greedy_boundaries
-from seq2seq.data.sources import CorpusFormat, read_split
+from seq2seq.data.sources import CorpusFormat, PairChunk, read_split
 from seq2seq.data.storage import CacheDamaged, TokenizedSplit, id_dtype, open_split
 from seq2seq.data.tokenizer import EOS_ID, Tokenizer
 from seq2seq.errors import DataError
@@ -235,6 +235,23 @@ def test_bad_utf8_in_a_worker_chunk_names_file_and_line(tmp_path: Path, monkeypa
         datamodule(root, tmp_path / "cache", prepare_workers=2, tokenizer=tokenizer).prepare_data()
     assert f"{root / 'train.de'}, line 77: invalid UTF-8" in str(err.value)
     assert not list((tmp_path / "cache").glob("*ids-*")), "no cache entry, complete or temporary, is left"
+
+
+class _ChunkThatKillsItsWorker(PairChunk):
+    """Ends the worker process that decodes it, as the kernel's OOM killer would."""
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        os._exit(9)
+
+
+def test_a_worker_that_dies_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    tokenizer = Tokenizer.train(*make_corpus(tmp_path / "corpus", 60, seed=7), vocab_size=64)
+    chunks = [PairChunk(["a dog ."], ["ein hund ."]), _ChunkThatKillsItsWorker(["a"], ["b"])]
+    with pytest.raises(RuntimeError, match="a tokenization worker process died .* fewer data.prepare_workers"):
+        list(tok_module.encode_chunks(tokenizer, chunks, np.uint16, workers=2))
+    # The same chunks without the killer come back in order, from the workers.
+    encoded = list(tok_module.encode_chunks(tokenizer, chunks[:1] * 3, np.uint16, workers=2))
+    assert [len(e) for e in encoded] == [1, 1, 1]
 
 
 def test_sentencepiece_trains_on_a_seeded_sample_above_the_threshold(corpus: Path, tmp_path: Path,
