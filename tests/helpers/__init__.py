@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from helpers.forked_commands import run_command
 from seq2seq.config import config_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,8 +118,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
 def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m seq2seq.train ARGS`` in ``cwd``, finished (forked from the command server:
     :mod:`helpers.forked_commands`)."""
-    from helpers.forked_commands import run_command
-
     return run_command("seq2seq.train", args, cwd=cwd, env=command_env(cwd), text=True, timeout=timeout)
 
 
