@@ -97,7 +97,7 @@ def test_info_describes_the_model_its_run_and_the_settings(client, tiny_run, tra
     assert info["bleu"]["signature"] == trained["sacrebleu_signature"]["bleu"].strip() != ""
     assert info["decoding"]["strategy"] == "beam" and info["decoding"]["beam_size"] == 4
     assert info["limits"] == {"max_text_chars": MAX_CHARS, "max_texts": MAX_TEXTS, "max_n_best": 10}
-    assert info["batching"] == {"max_batch": 32, "max_wait_ms": 50.0} and info["threads"] == 1
+    assert info["batching"] == {"max_batch": 32, "max_wait_ms": 50.0, "continuous": True} and info["threads"] == 1
 
 
 def test_translations_equal_the_python_api(client, translator):

@@ -168,6 +168,11 @@ class Translator:
         return replace(self._decoding)
 
     @property
+    def max_src_len(self) -> int | None:
+        """Source tokens kept per text by default (None: the model's ``max_positions``)."""
+        return self._batching["max_src_len"]
+
+    @property
     def target_languages(self) -> list[str]:
         """The languages a multilingual checkpoint translates into (pass one as ``tgt_lang``); empty
         for a checkpoint of one language pair."""

@@ -193,24 +193,32 @@ def make_stepper(model, src: Tensor, use_cache: bool = True):
     return own(src, use_cache) if own is not None else DecoderStepper(model, src, use_cache)
 
 
-def _constrain(logprobs: Tensor, generated: Tensor, step: int, cfg: DecodingConfig, model_cfg) -> Tensor:
+def _constrain(logprobs: Tensor, generated: Tensor, step: int | Tensor, cfg: DecodingConfig, model_cfg) -> Tensor:
     """Block tokens that may not come next; logprobs (R, V), modified in place and returned.
 
     PAD and BOS are never targets in training (their logits are untrained), so they are always
     blocked; EOS before ``min_len``; and tokens that would repeat an n-gram.
-    ``generated`` (R, step) holds the output tokens so far (no BOS).
+    ``generated`` (R, W) holds the output tokens so far (no BOS), the latest in the last column;
+    ``step``: how many there are, the same for every row (then W = step), or per row (R,) with
+    the rows' earlier columns PAD (a continuous batch, :mod:`seq2seq.decoding.continuous`).
     """
     logprobs[:, model_cfg.pad_id] = float("-inf")
     logprobs[:, model_cfg.bos_id] = float("-inf")
-    if step < cfg.min_len:
+    per_row = isinstance(step, Tensor)
+    if per_row:
+        logprobs[:, model_cfg.eos_id].masked_fill_(step < cfg.min_len, float("-inf"))
+    elif step < cfg.min_len:
         logprobs[:, model_cfg.eos_id] = float("-inf")
     n = cfg.no_repeat_ngram_size
-    if n > 0 and step >= n:
+    width = generated.size(1)
+    if n > 0 and width >= n and (not per_row or bool((step >= n).any())):
         # Every earlier n-gram whose first n-1 tokens equal the last n-1 generated tokens bans
-        # its n-th token. unfold gives all n-grams at once: (R, step - n + 1, n).
+        # its n-th token. unfold gives all n-grams at once: (R, W - n + 1, n).
         grams = generated.unfold(1, n, 1)
-        suffix = generated[:, step - n + 1 :].unsqueeze(1)  # (R, 1, n-1)
-        match = (grams[:, :, :-1] == suffix).all(dim=-1)  # (R, W)
+        suffix = generated[:, width - n + 1 :].unsqueeze(1)  # (R, 1, n-1)
+        match = (grams[:, :, :-1] == suffix).all(dim=-1)  # (R, W - n + 1)
+        if per_row:
+            match &= (step >= n).unsqueeze(1)  # as for one step: no ban before n tokens
         # scatter_add is safe with repeated indices (a plain scatter of booleans is not).
         penalty = torch.zeros_like(logprobs).scatter_add_(
             1,

@@ -130,6 +130,18 @@ class Predictor:
                 sources[j] = ids[: limit - 1] + [self.tokenizer.eos_id]
         return sources
 
+    def source_ids(self, lines: Sequence[str], *, max_src_len: int | None = None,
+                   warn: Callable[[str], None] | None = None) -> list[list[int]]:
+        """Source ids of non-blank ``lines`` as :meth:`translate` encodes them (cut to ``max_src_len``
+        with a warning); for decoders fed sentence by sentence (:mod:`seq2seq.decoding.continuous`)."""
+        return self._sources(lines, list(range(len(lines))), max_src_len, warn, 1)
+
+    def n_best_pairs(self, hypotheses: Sequence[Hypothesis], n_best: int) -> list[tuple[str, float]]:
+        """``n_best`` ``(text, score)`` pairs of one source's hypotheses, best first, as :meth:`translate` gives them."""
+        pairs = list(zip(self.texts(hypotheses), (h.score for h in hypotheses)))
+        # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
+        return (pairs + [pairs[-1]] * n_best)[:n_best]
+
     def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
         """A (len(rows), longest) tensor of ids, padded on the right."""
         src = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
@@ -163,11 +175,8 @@ class Predictor:
         done = len(lines) - len(todo)
         for batch in make_batches([len(s) for s in sources], batch_size, max_tokens):
             groups = self.generate(self._padded([sources[j] for j in batch]))
-            texts = iter(self.texts([h for group in groups for h in group]))
             for j, group in zip(batch, groups):
-                pairs = [(next(texts), h.score) for h in group]
-                # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
-                results[todo[j]] = (pairs + [pairs[-1]] * n_best)[:n_best]
+                results[todo[j]] = self.n_best_pairs(group, n_best)
             done += len(batch)
             if progress is not None:
                 progress(done, len(lines))

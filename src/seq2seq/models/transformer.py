@@ -112,7 +112,10 @@ class Padded:
     def tokens(self, ids: Tensor) -> Tensor:
         return ids
 
-    def positions(self, table: Tensor, offset: int) -> Tensor:
+    def positions(self, table: Tensor, offset: int | Tensor) -> Tensor:
+        """Position vectors (L, D) from ``offset`` on; a tensor of per-row offsets (B,) gives (B, L, D)."""
+        if isinstance(offset, Tensor):
+            return table[offset.unsqueeze(1) + torch.arange(self.length, device=offset.device)]
         return table[offset : offset + self.length]
 
     def heads(self, x: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:
@@ -194,11 +197,14 @@ class Embedding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = Dropout(dropout)
 
-    def forward(self, tokens: Tensor, offset: int = 0, layout: Padded | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, offset: int | Tensor = 0, layout: Padded | None = None) -> Tensor:
         """tokens (B, L) -> (B, L, D), or (N, D) in a :class:`Packed` layout; ``offset`` is the
-        position of the first token (incremental decoding)."""
+        position of the first token (incremental decoding), or a tensor (B,) of one per row (rows
+        that joined a running batch at different steps)."""
         length = tokens.size(1)
-        if offset + length > self.positions.size(0):
+        # Per-row offsets are not checked here (a device sync per step): their caller keeps each
+        # row within its output limit, which is below max_positions.
+        if not isinstance(offset, Tensor) and offset + length > self.positions.size(0):
             raise ValueError(
                 f"sequence of length {offset + length} exceeds max_positions={self.positions.size(0)}"
             )
@@ -231,6 +237,39 @@ class KVCache:
                 if t is not None:
                     store[i] = t.index_select(0, index)
 
+    def drop_front(self, n: int) -> None:
+        """Forget the first ``n`` self-attention positions of every row (no row attends to them any
+        more: rows of a continuous batch that started after them)."""
+        if n <= 0:
+            return
+        for store in (self.self_k, self.self_v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    store[i] = t[:, :, n:]
+        self.length -= n
+
+    def keep_memory(self, width: int) -> None:
+        """Keep the first ``width`` source positions of the cross-attention keys/values (the rest is padding)."""
+        for store in (self.cross_k, self.cross_v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    store[i] = t[:, :, :width]
+
+    def extend(self, cross_k: list[Tensor], cross_v: list[Tensor]) -> None:
+        """Add rows whose cross-attention keys/values per layer are ``cross_k``/``cross_v``
+        (B', H, S', Dh) and whose self-attention positions are all empty (to be masked until they
+        write their own): rows joining a running batch. The shorter source side is zero-padded
+        (those columns must be masked by the caller's source mask)."""
+        for layer in range(len(self.cross_k)):
+            old_k, new_k = self.cross_k[layer], cross_k[layer]
+            width = max(old_k.size(2), new_k.size(2))
+            self.cross_k[layer] = torch.cat([_pad_dim(old_k, 2, width), _pad_dim(new_k, 2, width)])
+            self.cross_v[layer] = torch.cat([_pad_dim(self.cross_v[layer], 2, width), _pad_dim(cross_v[layer], 2, width)])
+            for store in (self.self_k, self.self_v):
+                old = store[layer]
+                if old is not None:
+                    store[layer] = torch.cat([old, old.new_zeros(new_k.size(0), *old.shape[1:])])
+
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H, L, Dh) at the cache's current length; return the filled prefix."""
         start, end = self.length, self.length + k.size(2)
@@ -247,6 +286,15 @@ class KVCache:
         buf_k[:, :, start:end] = k
         buf_v[:, :, start:end] = v
         return buf_k[:, :, :end], buf_v[:, :, :end]
+
+
+def _pad_dim(t: Tensor, dim: int, size: int) -> Tensor:
+    """``t`` zero-padded at the end of ``dim`` to ``size``."""
+    if t.size(dim) >= size:
+        return t
+    shape = list(t.shape)
+    shape[dim] = size - t.size(dim)
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
 
 class MultiHeadAttention(nn.Module):
@@ -288,7 +336,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None and cache.cross_k[layer] is not None:
                 k, v = cache.cross_k[layer], cache.cross_v[layer]
             else:
-                k, v = memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
+                k, v = self.memory_keys_values(memory, memory_layout)
                 if cache is not None:
                     cache.cross_k[layer], cache.cross_v[layer] = k, v
         else:
@@ -304,6 +352,11 @@ class MultiHeadAttention(nn.Module):
             dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask, dropout_p=dropout, is_causal=is_causal)
         return self.out_proj(layout.merge(out)), weights
+
+    def memory_keys_values(self, memory: Tensor, memory_layout: Padded | None = None) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values (B, H, S, Dh) of ``memory`` (B, S, D)."""
+        memory_layout = memory_layout or Padded(memory.size(0), memory.size(1))
+        return memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
 
 
 def _attention_with_weights(
@@ -537,6 +590,12 @@ class TransformerDecoder(_Stack):
     def new_cache(self) -> KVCache:
         return KVCache(len(self.layers))
 
+    def memory_keys_values(self, memory: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Every layer's cross-attention keys and values (B, H, S, Dh) of encoder states ``memory``
+        (B, S, D): what a cache holds after the first step (for rows that join a running batch)."""
+        pairs = [layer.cross_attn.memory_keys_values(memory) for layer in self.layers]
+        return [k for k, _ in pairs], [v for _, v in pairs]
+
     def project(self, hidden: Tensor) -> Tensor:
         """Decoder states (..., D) -> vocabulary logits (..., V) (before any copy mixing)."""
         return self.output(hidden)
@@ -551,6 +610,7 @@ class TransformerDecoder(_Stack):
         layout: Padded | None = None,
         memory_layout: Padded | None = None,
         cache: KVCache | None = None,
+        positions: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, dict[str, list]]:
         """Run the stack: ``(hidden, attention, weights)``.
@@ -559,9 +619,11 @@ class TransformerDecoder(_Stack):
         layer's cross-attention averaged over heads, rows of ``layout`` with S columns, when the
         head needs it (else None). ``weights``: ``{"self": [...], "cross": [...]}`` per layer when
         ``need_weights`` (Nones otherwise). With a ``cache``, ``tokens`` are the new positions only
-        and the cache advances; ``memory`` may then be None after the first step.
+        and the cache advances; ``memory`` may then be None after the first step. ``positions`` (B,):
+        the position of each row's first token, where rows are at different positions (a continuous
+        batch; the default is the cache's length, or 0); such rows pass a ``self_attn_mask`` too.
         """
-        offset = cache.length if cache is not None else 0
+        offset = positions if positions is not None else cache.length if cache is not None else 0
         is_causal = self_attn_mask is None
         self_keep, memory_keep = blocked_to_keep(self_attn_mask), blocked_to_keep(memory_mask)
         layout = layout or Padded(*tokens.shape)

@@ -24,7 +24,7 @@ import errno
 import logging
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -37,7 +37,8 @@ from starlette.exceptions import HTTPException
 from seq2seq.api import Translator
 from seq2seq.errors import ConfigError, Seq2SeqError
 from seq2seq.inference.checkpoint import one_line
-from seq2seq.serving.batcher import Batcher
+from seq2seq.models.transformer import Seq2SeqTransformer
+from seq2seq.serving.batcher import Batcher, ContinuousBatcher
 from seq2seq.serving.schemas import (
     BadRequest,
     Limits,
@@ -54,11 +55,15 @@ ENDPOINTS = "GET /, POST /translate, POST /attention, GET /health, GET /info, GE
 
 @dataclass(frozen=True)
 class Batching:
-    """Server-side batching: at most ``max_batch`` texts per model call, collected for at most
-    ``max_wait_ms`` after the worker takes the first (:mod:`.batcher`)."""
+    """Server-side batching (:mod:`.batcher`): ``continuous``: sentences join and leave a running
+    search between decoder steps, at most ``max_batch`` in flight (one network, greedy or beam
+    search; otherwise, and with ``continuous=False``, batch at a time: at most ``max_batch`` texts
+    per model call, collected for at most ``max_wait_ms`` after the worker takes the first). An
+    idle worker waits ``max_wait_ms`` for more requests either way."""
 
     max_batch: int = 32
     max_wait_ms: float = 10.0
+    continuous: bool = True
 
 
 def use_one_malloc_arena() -> bool:
@@ -108,14 +113,25 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
     limits, batching = limits or Limits(), batching or Batching()
     decoding = translator.decoding
 
+    def warn(message: str) -> None:
+        logger.warning("%s", message)
+
     def translate(texts: list[str], **options: Any) -> list:
-        return translator.translate(texts, warn=lambda message: logger.warning("%s", message), **options)
+        return translator.translate(texts, warn=warn, **options)
 
     def setup() -> None:
         if threads:
             torch.set_num_threads(threads)
 
-    batcher = Batcher(translate, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms, setup=setup)
+    continuous = (batching.continuous and decoding.strategy in ("greedy", "beam")
+                  and isinstance(translator.net, Seq2SeqTransformer))
+    batching = replace(batching, continuous=continuous)  # what /info reports: the mode in use
+    if continuous:
+        batcher = ContinuousBatcher(translator.predictor(), max_batch=batching.max_batch,
+                                    max_wait_ms=batching.max_wait_ms, setup=setup,
+                                    max_src_len=translator.max_src_len, warn=warn)
+    else:
+        batcher = Batcher(translate, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms, setup=setup)
     page = demo_page()
 
     @contextlib.asynccontextmanager

@@ -1,4 +1,17 @@
-"""Server-side batching: concurrent requests share one model call.
+"""Server-side batching: concurrent requests share model calls.
+
+Two batchers with one client API (``submit``, ``call``, ``stats``, ``close``):
+:class:`ContinuousBatcher` (the server's default for one network decoding greedily or with beam
+search) and :class:`Batcher` (any ``translate`` function: ensembles, sampling).
+
+**Continuous** (iteration-level) batching: the worker keeps one search running
+(:class:`~seq2seq.decoding.continuous.ContinuousSearch`); requests join it between decoder steps
+and each sentence leaves as soon as it is finished, so every step runs with up to ``max_batch``
+sentences in flight and no request waits for a batch to end. When the worker is idle, the first
+request waits up to ``max_wait_ms`` for others to start with it. Requests with different
+``n_best`` share the search (it only changes how many hypotheses come back).
+
+**Batch at a time** (:class:`Batcher`):
 
 One worker thread owns the model (the event loop stays free to accept and answer requests). Each
 request is a job: its texts and its decoding options. The worker takes the oldest job, then more
@@ -30,7 +43,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -42,6 +55,8 @@ class _Job:
     texts: list[str] | None = None  # a translation job
     options: tuple = ()  # its decoding options as sorted (name, value) pairs: jobs batch only with equal ones
     call: Callable[[], Any] | None = None  # any other work, run alone
+    results: list = field(default_factory=list)  # continuous batching: one per text, filled as sentences finish
+    left: int = 0  # continuous batching: sentences not finished yet
 
 
 _STOP = _Job(Future())
@@ -203,3 +218,145 @@ class Batcher:
             job.future.set_result(result)
         with self._lock:
             self._stats["calls"] += 1
+
+
+class ContinuousBatcher(Batcher):
+    """Continuous batching over one network's :class:`~seq2seq.decoding.continuous.ContinuousSearch`;
+    see the module docstring. ``predictor`` encodes texts and decodes hypotheses (its network,
+    decoding settings and default ``n_best``); ``max_batch``: sentences in flight at most;
+    ``max_src_len`` and ``warn`` as in :meth:`~seq2seq.inference.predictor.Predictor.translate`.
+
+    ``stats()`` adds ``steps`` (decoder steps) and ``step_sentences`` (sentences in flight, summed
+    over steps: their mean is ``step_sentences / steps``); ``batches`` counts groups of sentences
+    that joined the search together (one encoder call each), ``largest_batch`` the most sentences
+    in one step.
+    """
+
+    def __init__(self, predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0,
+                 setup: Callable[[], None] | None = None, max_src_len: int | None = None,
+                 warn: Callable[[str], None] | None = None):
+        super().__init__(self._not_used, max_batch=max_batch, max_wait_ms=max_wait_ms, setup=setup)
+        self._predictor, self._max_src_len, self._warn = predictor, max_src_len, warn
+        self._waiting: deque[tuple[_Job, int, list[int]]] = deque()  # sentences not admitted yet
+        self._stats.update(steps=0, step_sentences=0)
+        self._stopping = False
+
+    @staticmethod
+    def _not_used(texts, **options):  # pragma: no cover - the continuous worker never calls it
+        raise AssertionError("ContinuousBatcher decodes step by step")
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        stats["waiting"] += len(self._waiting)
+        return stats
+
+    # ----------------------------------------------------------------------------------- worker
+    def _run(self) -> None:
+        from seq2seq.decoding.continuous import ContinuousSearch  # torch: only where the worker runs
+
+        if self._setup is not None:
+            self._setup()
+        predictor = self._predictor
+        predictor.net.eval()
+        search = ContinuousSearch(predictor.net, predictor.decoding, predictor.device)
+        admitted: set[_Job] = set()
+        while not self._stopping:
+            if search.size == 0 and not self._waiting:
+                self._take(self._queue.get())
+                deadline = time.monotonic() + self.max_wait  # others may start with it
+                while not self._stopping and len(self._waiting) < self.max_batch:
+                    left = deadline - time.monotonic()
+                    try:
+                        self._take(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+            else:
+                while not self._stopping:
+                    try:
+                        self._take(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+            if self._stopping:
+                break
+            joining = min(self.max_batch - search.size, len(self._waiting))
+            if not search.size and not joining:
+                continue
+            started = time.perf_counter()
+            try:
+                if joining:
+                    group = [self._waiting.popleft() for _ in range(joining)]
+                    search.add([ids for _, _, ids in group], [(job, i) for job, i, _ in group],
+                               [self._n_best(job) for job, _, _ in group])
+                    admitted.update(job for job, _, _ in group)
+                in_flight = search.size
+                finished = search.step()
+            except Exception as err:  # noqa: BLE001 - every request in flight gets the error; the worker goes on
+                logger.exception("a decoding step failed")
+                self._waiting = deque(item for item in self._waiting if item[0] not in admitted)
+                for job in admitted:
+                    job.future.set_exception(err)
+                admitted.clear()
+                search = ContinuousSearch(predictor.net, predictor.decoding, predictor.device)
+                with self._lock:
+                    self._stats["failed_batches"] += 1
+                continue
+            for (job, i), hypotheses in finished:
+                n_best = self._n_best(job)
+                pairs = predictor.n_best_pairs(hypotheses, n_best)
+                job.results[i] = pairs[0][0] if n_best == 1 else pairs
+                job.left -= 1
+                if job.left == 0:
+                    admitted.discard(job)
+                    self._finish(job)
+            with self._lock:
+                stats = self._stats
+                stats["steps"] += 1
+                stats["step_sentences"] += in_flight
+                stats["sentences"] += len(finished)
+                stats["compute_s"] += time.perf_counter() - started
+                stats["largest_batch"] = max(stats["largest_batch"], in_flight)
+                if joining:
+                    stats["batches"] += 1
+                    self._sizes[joining] += 1
+        # Jobs still queued are failed by close(); these were taken (their futures are running).
+        for job in {*admitted, *(job for job, _, _ in self._waiting)}:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+
+    def _n_best(self, job: _Job) -> int:
+        return dict(job.options).get("n_best", self._predictor.decoding.n_best)
+
+    def _take(self, job: _Job) -> None:
+        """A job from the queue: stop, run a call now, or queue a translation's sentences."""
+        if job is _STOP:
+            self._stopping = True
+            return
+        if job.call is not None:
+            self._run_call(job)
+            return
+        if not job.future.set_running_or_notify_cancel():
+            return  # its caller gave up
+        n_best = self._n_best(job)
+        try:
+            unknown = sorted(set(dict(job.options)) - {"n_best"})
+            if unknown:
+                raise ValueError(f"continuous batching takes n_best per request, not {', '.join(unknown)}")
+            if not 1 <= n_best <= self._predictor.decoding.beam_size or (
+                    n_best > 1 and self._predictor.decoding.strategy != "beam"):
+                raise ValueError(f"n_best={n_best} is not available with these decoding settings")
+            todo = [i for i, text in enumerate(job.texts) if text.strip()]
+            sources = self._predictor.source_ids([job.texts[i] for i in todo], max_src_len=self._max_src_len,
+                                                 warn=self._warn)
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            job.future.set_exception(err)
+            return
+        job.results = ["" if n_best == 1 else [("", 0.0)] * n_best for _ in job.texts]
+        job.left = len(todo)
+        if not todo:
+            self._finish(job)
+        self._waiting.extend((job, i, ids) for i, ids in zip(todo, sources))
+
+    def _finish(self, job: _Job) -> None:
+        job.future.set_result(job.results)
+        with self._lock:
+            self._stats["requests"] += 1
