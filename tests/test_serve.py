@@ -251,6 +251,53 @@ def test_batcher_merges_jobs_with_equal_options_only_and_answers_each():
         batcher.submit(["late"]).result(10)
 
 
+def test_continuous_batcher_answers_as_the_api_with_sentences_in_flight_together(tiny_checkpoint, monkeypatch):
+    """Jobs from many threads (blank texts, n_best 1-3, several texts per job) join one running search
+    of at most max_batch sentences: each gets the Python API's answer; a failing step fails the jobs
+    in flight only, and the worker goes on."""
+    from seq2seq.decoding.continuous import ContinuousSearch
+    from seq2seq.serving.batcher import ContinuousBatcher
+
+    translator = Translator.from_checkpoint(tiny_checkpoint, device="cpu", decoding=DecodingConfig(strategy="beam", beam_size=4))
+    batcher = ContinuousBatcher(translator.predictor(), max_batch=3, max_wait_ms=20).start()
+    jobs = [([TOY_SENTENCES[i % len(TOY_SENTENCES)]], {"n_best": 1 + i % 3} if i % 3 else {}) for i in range(10)]
+    jobs += [([TOY_SENTENCES[1], "", TOY_SENTENCES[2], TOY_SENTENCES[3]], {}), (["", " "], {"n_best": 2})]
+    with ThreadPoolExecutor(6) as pool:
+        futures = list(pool.map(lambda job: batcher.submit(*job), jobs))
+        results = [f.result(60) for f in futures]
+    for (texts, options), got in zip(jobs, results):
+        expected = translator.translate(texts, **options)
+        if options.get("n_best", 1) == 1:
+            assert got == expected
+        else:
+            assert_same_translations(as_json(got), as_json(expected))
+    stats = batcher.stats()
+    assert stats["requests"] == len(jobs) and stats["sentences"] == 13 and stats["failed_batches"] == 0
+    # Sentences were in flight together (never more than max_batch) and joined in groups.
+    assert stats["largest_batch"] == 3 and stats["step_sentences"] > stats["steps"] > 0
+    assert sum(int(size) * n for size, n in stats["batch_sizes"].items()) == 13 and stats["waiting"] == 0
+
+    real_step, calls = ContinuousSearch.step, []
+
+    def failing_step(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("step failed")
+        return real_step(self)
+
+    monkeypatch.setattr(ContinuousSearch, "step", failing_step)
+    failed = batcher.submit([TOY_SENTENCES[0]])
+    with pytest.raises(RuntimeError, match="step failed"):
+        failed.result(60)
+    assert batcher.submit([TOY_SENTENCES[0]]).result(60) == [translator.translate(TOY_SENTENCES[0])]
+    with pytest.raises(ValueError, match="n_best=5"):
+        batcher.submit(["a"], {"n_best": 5}).result(60)
+    assert batcher.call(lambda: "between steps").result(10) == "between steps"
+    assert batcher.stats()["failed_batches"] == 1
+    batcher.close()
+    assert not batcher.alive
+
+
 ARENAS = """
 import ctypes, sys, threading
 from seq2seq.serving.app import use_one_malloc_arena

@@ -290,6 +290,11 @@ class ContinuousBatcher(Batcher):
                     admitted.update(job for job, _, _ in group)
                 in_flight = search.size
                 finished = search.step()
+                for (job, i), hypotheses in finished:
+                    n_best = self._n_best(job)
+                    pairs = predictor.n_best_pairs(hypotheses, n_best)
+                    job.results[i] = pairs[0][0] if n_best == 1 else pairs
+                    job.left -= 1
             except Exception as err:  # noqa: BLE001 - every request in flight gets the error; the worker goes on
                 logger.exception("a decoding step failed")
                 self._waiting = deque(item for item in self._waiting if item[0] not in admitted)
@@ -300,14 +305,9 @@ class ContinuousBatcher(Batcher):
                 with self._lock:
                     self._stats["failed_batches"] += 1
                 continue
-            for (job, i), hypotheses in finished:
-                n_best = self._n_best(job)
-                pairs = predictor.n_best_pairs(hypotheses, n_best)
-                job.results[i] = pairs[0][0] if n_best == 1 else pairs
-                job.left -= 1
-                if job.left == 0:
-                    admitted.discard(job)
-                    self._finish(job)
+            for job in {job for (job, _), _ in finished if job.left == 0}:
+                admitted.discard(job)
+                self._finish(job)
             with self._lock:
                 stats = self._stats
                 stats["steps"] += 1
