@@ -8,8 +8,9 @@ search) and :class:`Batcher` (any ``translate`` function: ensembles, sampling).
 (:class:`~seq2seq.decoding.continuous.ContinuousSearch`); requests join it between decoder steps
 and each sentence leaves as soon as it is finished, so every step runs with up to ``max_batch``
 sentences in flight and no request waits for a batch to end. When the worker is idle, the first
-request waits up to ``max_wait_ms`` for others to start with it. Requests with different
-``n_best`` share the search (it only changes how many hypotheses come back).
+request waits up to ``max_wait_ms`` for others to start with it; while the search runs, waiting
+sentences join in groups (``JOIN_FRACTION``), or once the first has waited a few steps.
+Requests with different ``n_best`` share the search (it only changes how many hypotheses come back).
 
 **Batch at a time** (:class:`Batcher`):
 
@@ -57,6 +58,7 @@ class _Job:
     call: Callable[[], Any] | None = None  # any other work, run alone
     results: list = field(default_factory=list)  # continuous batching: one per text, filled as sentences finish
     left: int = 0  # continuous batching: sentences not finished yet
+    taken: int = 0  # continuous batching: the worker's decoder steps when it took the job
 
 
 _STOP = _Job(Future())
@@ -220,6 +222,15 @@ class Batcher:
             self._stats["calls"] += 1
 
 
+# Sentences join a running search in groups of at least 1/JOIN_FRACTION of the sentences in flight
+# (or once the first has waited JOIN_WAIT_STEPS decoder steps): each join is an encoder call and a
+# copy of the cache, which cost as much for one sentence as for several. Measured in-process on Multi30k
+# (small model, beam 5, 16 sentences kept in flight, 2 threads): joining every sentence at once
+# decoded 0.73x as fast as offline length-sorted batches of 16; joining at least 4 at a time, 1.03x.
+JOIN_FRACTION = 4
+JOIN_WAIT_STEPS = 4
+
+
 class ContinuousBatcher(Batcher):
     """Continuous batching over one network's :class:`~seq2seq.decoding.continuous.ContinuousSearch`;
     see the module docstring. ``predictor`` encodes texts and decodes hypotheses (its network,
@@ -279,6 +290,9 @@ class ContinuousBatcher(Batcher):
             if self._stopping:
                 break
             joining = min(self.max_batch - search.size, len(self._waiting))
+            if joining and joining < min(search.size // JOIN_FRACTION, self.max_batch - search.size) and \
+                    self._stats["steps"] - self._waiting[0][0].taken < JOIN_WAIT_STEPS:
+                joining = 0  # too few to be worth a join yet; see JOIN_FRACTION
             if not search.size and not joining:
                 continue
             started = time.perf_counter()
@@ -350,6 +364,7 @@ class ContinuousBatcher(Batcher):
         except Exception as err:  # noqa: BLE001 - handed to the caller
             job.future.set_exception(err)
             return
+        job.taken = self._stats["steps"]
         job.results = ["" if n_best == 1 else [("", 0.0)] * n_best for _ in job.texts]
         job.left = len(todo)
         if not todo:
