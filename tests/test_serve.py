@@ -50,8 +50,8 @@ def served_checkpoint(tiny_run, tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(served_checkpoint, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("serve_cwd")
-    with ServerProcess([f"ckpt_path={served_checkpoint}", *SETTINGS], env=command_env(cwd, threads=1), cwd=cwd,
-                       timeout=300) as process:
+    with ServerProcess([f"ckpt_path={served_checkpoint}", *SETTINGS, "continuous_batching=true"],
+                       env=command_env(cwd, threads=1), cwd=cwd, timeout=300) as process:
         yield process
 
 
@@ -83,6 +83,22 @@ def assert_same_translations(got: list, expected: list) -> None:
         else:
             assert [h["text"] for h in a] == [h["text"] for h in b]
             assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=1e-4)
+
+
+def post_all_at_once(url: str, bodies: list[dict]) -> list[tuple[int, dict]]:
+    """POST /translate each body from its own connection and thread, released together."""
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body):
+        connection = Client(url)
+        barrier.wait()
+        try:
+            return connection.post("/translate", body)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(send, bodies))
 
 
 # ---------------------------------------------------------------------------------------- the API
@@ -117,19 +133,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, cl
     """8 one-sentence requests at once (two with n_best=2, which must not share a batch with the
     others): each answer is the API's for its sentence, and fewer than 8 model calls served them."""
     bodies = [{"text": s} for s in TOY_SENTENCES] + [{"text": s, "n_best": 2} for s in TOY_SENTENCES[:2]]
-    barrier = threading.Barrier(len(bodies))
-
-    def send(body):
-        connection = Client(server.url)
-        barrier.wait()
-        try:
-            return connection.post("/translate", body)
-        finally:
-            connection.close()
-
     before = client.get("/stats")[1]
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        answers = list(pool.map(send, bodies))
+    answers = post_all_at_once(server.url, bodies)
     after = client.get("/stats")[1]
     for body, (status, answer) in zip(bodies, answers):
         assert status == 200, answer
@@ -140,6 +145,26 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, cl
     assert after["batches"] - before["batches"] < len(bodies), (before, after)
     grew = {int(size) for size, n in after["batch_sizes"].items() if n > before["batch_sizes"].get(size, 0)}
     assert max(grew) > 1, (before, after)
+
+
+def test_batch_at_a_time_server_answers_as_the_api(served_checkpoint, translator, tmp_path):
+    """The default batching (continuous_batching=false): concurrent requests share model calls of up
+    to max_batch texts, never mixing n_best, and each gets the API's answer."""
+    bodies = [{"text": s} for s in TOY_SENTENCES] + [{"text": s, "n_best": 2} for s in TOY_SENTENCES[:2]]
+    bodies.append({"texts": [*TOY_SENTENCES[:3], ""], "n_best": 3})
+    with ServerProcess([f"ckpt_path={served_checkpoint}", *SETTINGS], env=command_env(tmp_path, threads=1),
+                       cwd=tmp_path, timeout=300) as process:
+        info = Client(process.url).get("/info")[1]
+        assert info["batching"] == {"max_batch": 32, "max_wait_ms": 50.0, "continuous": False}
+        answers = post_all_at_once(process.url, bodies)
+        stats = Client(process.url).get("/stats")[1]
+    for body, (status, answer) in zip(bodies, answers):
+        assert status == 200, answer
+        texts = body.get("texts", [body.get("text")])
+        expected = as_json(translator.translate(texts, n_best=body.get("n_best", 1)))
+        assert_same_translations(answer.get("translations", [answer.get("translation")]), expected)
+    assert stats["requests"] == len(bodies) and "steps" not in stats
+    assert stats["batches"] < len(bodies) and stats["largest_batch"] > 1, stats
 
 
 def test_attention_equals_the_python_api(client, translator):

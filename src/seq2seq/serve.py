@@ -45,7 +45,7 @@ def serve(cfg: DictConfig) -> None:
     use_one_malloc_arena()  # before any thread starts; see its docstring
     decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True)).validate()
     limits = Limits(int(cfg.max_text_chars), int(cfg.max_texts), int(cfg.max_n_best))
-    batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms), bool(cfg.get("continuous_batching", True)))
+    batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms), bool(cfg.get("continuous_batching", False)))
     for name, value in [*vars(limits).items(), ("max_batch", batching.max_batch)]:
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1")

@@ -55,15 +55,15 @@ ENDPOINTS = "GET /, POST /translate, POST /attention, GET /health, GET /info, GE
 
 @dataclass(frozen=True)
 class Batching:
-    """Server-side batching (:mod:`.batcher`): ``continuous``: sentences join and leave a running
-    search between decoder steps, at most ``max_batch`` in flight (one network, greedy or beam
-    search; otherwise, and with ``continuous=False``, batch at a time: at most ``max_batch`` texts
-    per model call, collected for at most ``max_wait_ms`` after the worker takes the first). An
-    idle worker waits ``max_wait_ms`` for more requests either way."""
+    """Server-side batching (:mod:`.batcher`): batch at a time, at most ``max_batch`` texts per model
+    call, collected for at most ``max_wait_ms`` after the worker takes the first; or ``continuous``
+    (one network, greedy or beam search): sentences join and leave a running search between decoder
+    steps, at most ``max_batch`` in flight. An idle worker waits ``max_wait_ms`` for more requests
+    either way."""
 
     max_batch: int = 32
     max_wait_ms: float = 10.0
-    continuous: bool = True
+    continuous: bool = False
 
 
 def use_one_malloc_arena() -> bool:

@@ -1,8 +1,8 @@
 """Server-side batching: concurrent requests share model calls.
 
-Two batchers with one client API (``submit``, ``call``, ``stats``, ``close``):
-:class:`ContinuousBatcher` (the server's default for one network decoding greedily or with beam
-search) and :class:`Batcher` (any ``translate`` function: ensembles, sampling).
+Two batchers with one client API (``submit``, ``call``, ``stats``, ``close``): :class:`Batcher`
+(any ``translate`` function; the server's default) and :class:`ContinuousBatcher` (one network
+decoding greedily or with beam search; ``continuous_batching=true``).
 
 **Continuous** (iteration-level) batching: the worker keeps one search running
 (:class:`~seq2seq.decoding.continuous.ContinuousSearch`); requests join it between decoder steps
