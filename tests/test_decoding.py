@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers.random_models import LENGTHS, PAD, VOCAB, make_model, make_sources
+from seq2seq.decoding.continuous import ContinuousSearch
 from seq2seq.decoding.search import (
     DecoderStepper,
     DecodingConfig,
@@ -265,8 +266,6 @@ def test_beam_larger_than_vocabulary_is_a_user_error():
 def continuous(model, cfg, rows, schedule, n_best=None):
     """Decode ``rows`` (source id lists) with a ContinuousSearch; ``schedule[i]``: the step before which
     sentence i joins. Returns the n-best lists in input order and how many sentences each step held."""
-    from seq2seq.decoding.continuous import ContinuousSearch
-
     search = ContinuousSearch(model, cfg)
     results, held, step = {}, [], 0
     while len(results) < len(rows):
@@ -309,8 +308,6 @@ def test_continuous_search_equals_the_batch_search_whenever_sentences_join(cfg, 
 
 
 def test_continuous_search_gives_each_sentence_its_n_best_and_frees_its_rows():
-    from seq2seq.decoding.continuous import ContinuousSearch
-
     model, src = make_model(eos_bias=1.0), make_sources()
     rows = [[t for t in row if t != PAD] for row in src.tolist()]
     cfg = DecodingConfig(strategy="beam", beam_size=4)

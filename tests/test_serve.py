@@ -23,8 +23,9 @@ import yaml
 from helpers import REPO, TOY_SENTENCES, assert_one_line_error, command_env
 from helpers.forked_commands import run_command
 from seq2seq.api import Translator
+from seq2seq.decoding.continuous import ContinuousSearch
 from seq2seq.decoding.search import DecodingConfig
-from seq2seq.serving.batcher import Batcher
+from seq2seq.serving.batcher import Batcher, ContinuousBatcher
 from seq2seq.serving.process import Client, ServerProcess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -280,9 +281,6 @@ def test_continuous_batcher_answers_as_the_api_with_sentences_in_flight_together
     """Jobs from many threads (blank texts, n_best 1-3, several texts per job) join one running search
     of at most max_batch sentences: each gets the Python API's answer; a failing step fails the jobs
     in flight only, and the worker goes on."""
-    from seq2seq.decoding.continuous import ContinuousSearch
-    from seq2seq.serving.batcher import ContinuousBatcher
-
     translator = Translator.from_checkpoint(tiny_checkpoint, device="cpu", decoding=DecodingConfig(strategy="beam", beam_size=4))
     batcher = ContinuousBatcher(translator.predictor(), max_batch=3, max_wait_ms=20).start()
     jobs = [([TOY_SENTENCES[i % len(TOY_SENTENCES)]], {"n_best": 1 + i % 3} if i % 3 else {}) for i in range(10)]

@@ -2,7 +2,8 @@
 request schemas, the model's description and the demo page.
 
 * :mod:`~seq2seq.serving.batcher`: one worker thread owns the model; concurrent requests are queued
-  and merged into one :meth:`seq2seq.api.Translator.translate` call (a max batch and a max wait).
+  and merged into one :meth:`seq2seq.api.Translator.translate` call (a max batch and a max wait), or
+  (``continuous_batching=true``) join a running search between decoder steps.
 * :mod:`~seq2seq.serving.schemas`: request bodies read and checked by hand, so that every bad
   input gets one line of JSON (``{"error": "..."}``); the JSON of the answers.
 * :mod:`~seq2seq.serving.info`: what ``GET /info`` says about the model (from the checkpoint's run folder).

@@ -47,6 +47,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from seq2seq.decoding.continuous import ContinuousSearch
+
 logger = logging.getLogger(__name__)
 
 
@@ -263,8 +265,6 @@ class ContinuousBatcher(Batcher):
 
     # ----------------------------------------------------------------------------------- worker
     def _run(self) -> None:
-        from seq2seq.decoding.continuous import ContinuousSearch  # torch: only where the worker runs
-
         if self._setup is not None:
             self._setup()
         predictor = self._predictor
