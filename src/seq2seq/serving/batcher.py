@@ -227,8 +227,9 @@ class Batcher:
 # Sentences join a running search in groups of at least 1/JOIN_FRACTION of the sentences in flight
 # (or once the first has waited JOIN_WAIT_STEPS decoder steps): each join is an encoder call and a
 # copy of the cache, which cost as much for one sentence as for several. Measured in-process on Multi30k
-# (small model, beam 5, 16 sentences kept in flight, 2 threads): joining every sentence at once
-# decoded 0.73x as fast as offline length-sorted batches of 16; joining at least 4 at a time, 1.03x.
+# (small model, beam 5, 16 sentences kept in flight, 2 threads): joining each sentence as soon as a
+# slot was free decoded 0.73x as fast as offline length-sorted batches of 16; joining at least 4 at
+# a time, 1.03x (docs/results/serve_load_cpu_continuous).
 JOIN_FRACTION = 4
 JOIN_WAIT_STEPS = 4
 
@@ -299,9 +300,9 @@ class ContinuousBatcher(Batcher):
             try:
                 if joining:
                     group = [self._waiting.popleft() for _ in range(joining)]
+                    admitted.update(job for job, _, _ in group)  # before add: a failing add fails them too
                     search.add([ids for _, _, ids in group], [(job, i) for job, i, _ in group],
                                [self._n_best(job) for job, _, _ in group])
-                    admitted.update(job for job, _, _ in group)
                 in_flight = search.size
                 finished = search.step()
                 for (job, i), hypotheses in finished:
