@@ -30,18 +30,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from seq2seq.decoding.search import DecodingConfig, Hypothesis, _constrain, length_penalty, max_output_lengths
 from seq2seq.errors import ConfigError
-from seq2seq.models.transformer import KVCache, Seq2SeqTransformer
-
-
-def _pad_columns(t: Tensor, width: int, value) -> Tensor:
-    """(R, W, ...) -> (R, width, ...), padded on the right with ``value``."""
-    if t.size(1) >= width:
-        return t
-    return torch.cat([t, t.new_full((t.size(0), width - t.size(1), *t.shape[2:]), value)], dim=1)
+from seq2seq.models.transformer import KVCache, Seq2SeqTransformer, pad_dim
 
 
 class ContinuousSearch:
@@ -117,10 +109,8 @@ class ContinuousSearch:
         else:
             self.cache.extend(cross_k, cross_v)
         s = max(self.src.size(1), src.size(1))
-        self.src = torch.cat([_pad_columns(self.src, s, pad), _pad_columns(src, s, pad)])
-        blocked = mask.transpose(1, 2)  # (R, S, 1): pad columns along dim 1
-        old = self.memory_mask.transpose(1, 2)
-        self.memory_mask = torch.cat([_pad_columns(old, s, True), _pad_columns(blocked, s, True)]).transpose(1, 2)
+        self.src = torch.cat([pad_dim(self.src, 1, s, pad), pad_dim(src, 1, s, pad)])
+        self.memory_mask = torch.cat([pad_dim(self.memory_mask, 2, s, True), pad_dim(mask, 2, s, True)])
         new_rows = len(pending) * k
         self.generated = torch.cat([self.generated, self.generated.new_full((new_rows, self.generated.size(1)), pad)])
         self.start = torch.cat([self.start, self.start.new_full((new_rows,), self.cache.length)])

@@ -263,8 +263,8 @@ class KVCache:
         for layer in range(len(self.cross_k)):
             old_k, new_k = self.cross_k[layer], cross_k[layer]
             width = max(old_k.size(2), new_k.size(2))
-            self.cross_k[layer] = torch.cat([_pad_dim(old_k, 2, width), _pad_dim(new_k, 2, width)])
-            self.cross_v[layer] = torch.cat([_pad_dim(self.cross_v[layer], 2, width), _pad_dim(cross_v[layer], 2, width)])
+            self.cross_k[layer] = torch.cat([pad_dim(old_k, 2, width), pad_dim(new_k, 2, width)])
+            self.cross_v[layer] = torch.cat([pad_dim(self.cross_v[layer], 2, width), pad_dim(cross_v[layer], 2, width)])
             for store in (self.self_k, self.self_v):
                 old = store[layer]
                 if old is not None:
@@ -288,13 +288,13 @@ class KVCache:
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
-def _pad_dim(t: Tensor, dim: int, size: int) -> Tensor:
-    """``t`` zero-padded at the end of ``dim`` to ``size``."""
+def pad_dim(t: Tensor, dim: int, size: int, value=0) -> Tensor:
+    """``t`` padded with ``value`` at the end of ``dim`` to ``size`` (as it is when not shorter)."""
     if t.size(dim) >= size:
         return t
     shape = list(t.shape)
     shape[dim] = size - t.size(dim)
-    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+    return torch.cat([t, t.new_full(shape, value)], dim=dim)
 
 
 class MultiHeadAttention(nn.Module):
