@@ -35,9 +35,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from seq2seq.api import Translator
+from seq2seq.decoding.ensemble import Ensemble
 from seq2seq.errors import ConfigError, Seq2SeqError
 from seq2seq.inference.checkpoint import one_line
-from seq2seq.models.transformer import Seq2SeqTransformer
 from seq2seq.serving.batcher import Batcher, ContinuousBatcher
 from seq2seq.serving.schemas import (
     BadRequest,
@@ -124,7 +124,7 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
             torch.set_num_threads(threads)
 
     continuous = (batching.continuous and decoding.strategy in ("greedy", "beam")
-                  and isinstance(translator.net, Seq2SeqTransformer))
+                  and not isinstance(translator.net, Ensemble))
     batching = replace(batching, continuous=continuous)  # what /info reports: the mode in use
     if continuous:
         batcher = ContinuousBatcher(translator.predictor(), max_batch=batching.max_batch,
