@@ -214,7 +214,8 @@ class ContinuousSearch:
             self.src = self.src.index_select(0, rows)
             self.memory_mask = self.memory_mask.index_select(0, rows)
         self.scores = next_scores
-        self._compact()
+        if any(done):  # only a sentence that leaves can free positions, output columns or source columns
+            self._compact()
         return results
 
     def _compact(self) -> None:
