@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -45,33 +46,72 @@ def resolve_monitor(cfg: DictConfig) -> tuple[str, str]:
     return metric, mode
 
 
-def _user_error(err: BaseException) -> Seq2SeqError | None:
-    """``err`` or the exception it wraps (``raise ... from``), if a :class:`Seq2SeqError`.
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Hydra's ``instantiate`` re-raises whatever a constructor raises as an ``InstantiationException``
-    whose cause is the original error.
+
+def check_budget(trainer: DictConfig | dict | None) -> None:
+    """Check the training budget of the ``trainer`` config group before any work: ``max_steps`` (-1: none),
+    ``max_epochs`` (-1 or null: none) and ``accumulate_grad_batches``; :class:`ConfigError` naming the key."""
+    trainer = trainer or {}
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    if max_steps is not None and (not _whole_number(max_steps) or max_steps == 0 or max_steps < -1):
+        raise ConfigError(f"trainer.max_steps={max_steps!r}: use a number of optimizer steps of at least 1, or -1 for no limit")
+    if max_epochs is not None and (not _whole_number(max_epochs) or max_epochs == 0 or max_epochs < -1):
+        raise ConfigError(f"trainer.max_epochs={max_epochs!r}: use a number of epochs of at least 1, or -1 for no limit")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if not _whole_number(accumulate) or accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: use a whole number of at least 1")
+
+
+# What to do about the operating-system errors a user can fix, by errno.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free space on that disk, or write somewhere else (e.g. hydra.run.dir=..., output_dir=...)",
+    errno.EDQUOT: "your disk quota is used up: free space, or write somewhere else",
+    errno.EFBIG: "the file is larger than the file system or the file-size limit (ulimit -f) allows: "
+                 "raise the limit, or write somewhere else",
+    errno.EACCES: "you may not write or read there: choose another path, or change its permissions",
+    errno.EPERM: "you may not write or read there: choose another path, or change its permissions",
+    errno.EROFS: "that file system is read-only: write somewhere else",
+    errno.ENOENT: "no such file or folder: check the path (and that its folders exist)",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: correct the path",
+    errno.EISDIR: "that path is a folder: give a file name",
+}
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of a user error, or None for a bug (which keeps its traceback).
+
+    User errors are a :class:`Seq2SeqError` (also wrapped by Hydra's ``instantiate``, which re-raises
+    what a constructor raises with the original as its cause) and the operating-system errors a user
+    can fix (a full disk, a read-only or forbidden folder, a missing path), named by path.
     """
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, Seq2SeqError):
-            return err
+            return str(err)
+        if isinstance(err, OSError) and err.errno in _OS_ERROR_ADVICE:
+            where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+            reason = err.strerror or os.strerror(err.errno)
+            return f"{where}: {reason}: {_OS_ERROR_ADVICE[err.errno]}" if where else \
+                f"{reason}: {_OS_ERROR_ADVICE[err.errno]}"
         seen.add(id(err))
         err = err.__cause__
     return None
 
 
 def user_errors_exit(fn):
-    """Turn a :class:`Seq2SeqError` (also one wrapped by Hydra) into one message on stderr and exit status 2."""
+    """Turn a user error (see :func:`user_error_message`) into one message on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            user_error = _user_error(err)
-            if user_error is None:
+            message = user_error_message(err)
+            if message is None:
                 raise
-            print(f"error: {user_error}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

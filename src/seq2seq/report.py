@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from seq2seq.analysis.sweep import report
-from seq2seq.errors import Seq2SeqError
+from seq2seq.config import user_error_message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,8 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = report(args.sweep_dir, args.out)
-    except Seq2SeqError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # a user error (also a full disk or a forbidden folder) is one line
+        if (message := user_error_message(err)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     print(result["markdown"])
     failed = sum(r["status"] != "ok" for r in result["rows"])

@@ -28,10 +28,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, finished_run, resume_checkpoint
 from seq2seq.callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
-from seq2seq.config import config_dir, resolve_monitor, user_errors_exit
+from seq2seq.config import check_budget, config_dir, resolve_monitor, user_errors_exit
+from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import fine_tuned_tokenizer, load_parent, read_checkpoint
 from seq2seq.models.lit_module import Seq2SeqModule
+from seq2seq.models.transformer import TransformerConfig
 from seq2seq.run_summary import finish_run, scalar_metrics
 from seq2seq.utils.run_info import log_run_info, run_info
 
@@ -102,6 +104,10 @@ def train(cfg: DictConfig) -> dict:
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     monitor, monitor_mode = resolve_monitor(cfg)
+    # Impossible settings end the command before any data is read or checkpoint loaded.
+    TransformerConfig.check_settings(cfg.model)
+    DecodingConfig.from_mapping(cfg.get("decoding")).validate()
+    check_budget(cfg.trainer)
     requested = requested_checkpoint(cfg)
     init_from = cfg.get("init_from") or None
     if init_from is not None and requested is not None and requested != "auto":
@@ -117,7 +123,7 @@ def train(cfg: DictConfig) -> dict:
         return _stored_metrics(stored)
     L.seed_everything(cfg.seed, workers=True)
     # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
-    ckpt_path = resume_checkpoint(requested, output_dir, cfg.model)
+    ckpt_path = resume_checkpoint(requested, output_dir, cfg.model, cfg.trainer)
     if ckpt_path is not None:
         init_from = None  # ckpt_path=auto found a checkpoint: it holds the parent's record and tokenizer
     parent = load_parent(init_from, cfg.model, cfg.data) if init_from is not None else None

@@ -199,10 +199,7 @@ class Batcher:
             for job in batch:
                 job.future.set_exception(err)
             return
-        start = 0
-        for job in batch:
-            job.future.set_result(list(results[start:start + len(job.texts)]))
-            start += len(job.texts)
+        # Counted before the answers go out: a client that asks /stats after its answer sees its request.
         with self._lock:
             self._stats["requests"] += len(batch)
             self._stats["sentences"] += len(texts)
@@ -210,6 +207,10 @@ class Batcher:
             self._stats["compute_s"] += time.perf_counter() - started
             self._stats["largest_batch"] = max(self._stats["largest_batch"], len(texts))
             self._sizes[len(texts)] += 1
+        start = 0
+        for job in batch:
+            job.future.set_result(list(results[start:start + len(job.texts)]))
+            start += len(job.texts)
 
     def _run_call(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -217,11 +218,15 @@ class Batcher:
         try:
             result = job.call()
         except Exception as err:  # noqa: BLE001 - handed to the caller
-            job.future.set_exception(err)
+            error = err
         else:
-            job.future.set_result(result)
-        with self._lock:
+            error = None
+        with self._lock:  # counted before the answer goes out (see _run_batch)
             self._stats["calls"] += 1
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
 
 
 # Sentences join a running search in groups of at least 1/JOIN_FRACTION of the sentences in flight
@@ -320,10 +325,7 @@ class ContinuousBatcher(Batcher):
                 with self._lock:
                     self._stats["failed_batches"] += 1
                 continue
-            for job in {job for (job, _), _ in finished if job.left == 0}:
-                admitted.discard(job)
-                self._finish(job)
-            with self._lock:
+            with self._lock:  # counted before the answers go out (see Batcher._run_batch)
                 stats = self._stats
                 stats["steps"] += 1
                 stats["step_sentences"] += in_flight
@@ -333,6 +335,9 @@ class ContinuousBatcher(Batcher):
                 if joining:
                     stats["batches"] += 1
                     self._sizes[joining] += 1
+            for job in {job for (job, _), _ in finished if job.left == 0}:
+                admitted.discard(job)
+                self._finish(job)
         # Jobs still queued are failed by close(); these were taken (their futures are running).
         for job in {*admitted, *(job for job, _, _ in self._waiting)}:
             if not job.future.done():
@@ -373,6 +378,6 @@ class ContinuousBatcher(Batcher):
         self._waiting.extend((job, i, ids) for i, ids in zip(todo, sources))
 
     def _finish(self, job: _Job) -> None:
-        job.future.set_result(job.results)
-        with self._lock:
+        with self._lock:  # counted before the answer goes out (see Batcher._run_batch)
             self._stats["requests"] += 1
+        job.future.set_result(job.results)
