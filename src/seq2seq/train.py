@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from seq2seq.analysis.final_scores import check_final, final_scores
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, finished_run, resume_checkpoint
 from seq2seq.callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
 from seq2seq.config import config_dir, resolve_monitor, user_errors_exit
@@ -136,6 +137,7 @@ def train(cfg: DictConfig) -> dict:
             f"{', '.join(tokenizer.target_languages)}): train it with a multilingual data config, e.g. "
             "data=multi30k_multilingual (en-de alone: '~data.pairs.en-fr' '~data.pairs.en-cs')"
         )
+    check_final(cfg.get("final"), datamodule)
     module = Seq2SeqModule(
         model=cfg.model, optim=cfg.optim, decoding=cfg.decoding, task=cfg.get("task", "translation"),
         monitor=monitor, monitor_mode=monitor_mode, speed=cfg.get("speed"), init_from=lineage,
@@ -158,6 +160,7 @@ def train(cfg: DictConfig) -> dict:
         # Noise from library internals that a user cannot act on.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+        final: dict = {}
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             metrics = scalar_metrics(trainer.callback_metrics)
@@ -167,6 +170,11 @@ def train(cfg: DictConfig) -> dict:
                 metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
             elif cfg.get("test"):
                 log.warning("No test split under %s: trained and validated only.", datamodule.root)
+            if cfg.get("final") and trainer.is_global_zero:  # the averaged (or best) checkpoint, decoded as papers do
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                final = final_scores(cfg.final, output_dir, datamodule, module.task, cfg.decoding, best or None,
+                                     trainer.strategy.root_device)
+                metrics.update({k: v for k, v in final.items() if k != "final"})
         except SIGTERMException:  # Lightning's own handler (testing, or callbacks.preemption=null): no new checkpoint
             raise _report_preemption(Preempted("SIGTERM", None, trainer.global_step, trainer.current_epoch),
                                      trainer, output_dir) from None
@@ -193,7 +201,8 @@ def train(cfg: DictConfig) -> dict:
             monitor={"metric": monitor, "mode": monitor_mode},
             data_filter=data_filter, num_parameters=num_parameters, git_commit=info["git_commit"],
             checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
-            **({"init_from": lineage} if lineage else {}), status="finished",
+            **({"init_from": lineage} if lineage else {}), **({"final": final["final"]} if final else {}),
+            status="finished",
         )
     return metrics
 
