@@ -109,3 +109,50 @@ class CheckRunFolder(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._check(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``, a sweeper, a launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def register_sweepers() -> None:
+    """Make this package's Hydra sweepers (``hydra_plugins.seq2seq_sweepers``) known to Hydra: its plugin
+    scan finds them in an installed wheel, not in an editable install (src/ is not on its path)."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.seq2seq_sweepers import SWEEPERS
+    except ImportError:
+        return
+    for sweeper in SWEEPERS:
+        Plugins.instance().register(sweeper)
+
+
+class SweepMonitor(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_monitor``) of a multirun: registers this package's
+    sweepers before Hydra instantiates the sweeper, and when the sweep ends lists the jobs that failed
+    (their ``failure.json``: a job that raises is recorded and the sweep goes on, see
+    :func:`seq2seq.run_summary.record_failure`)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        register_sweepers()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        import json
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        failures = []
+        for record in sorted(sweep_dir.glob("*/failure.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+            if (record.parent / "metrics.json").is_file():
+                continue  # failed once, finished when the sweep was run again
+            try:
+                failures.append(f"job {record.parent.name}: {json.loads(record.read_text()).get('error')}")
+            except (OSError, ValueError):
+                failures.append(f"job {record.parent.name}: (unreadable {record})")
+        if failures:
+            print(f"{len(failures)} job(s) of the sweep failed (the others ran; seq2seq-report {sweep_dir} lists them):\n  "
+                  + "\n  ".join(failures), file=sys.stderr, flush=True)
