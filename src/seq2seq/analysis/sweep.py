@@ -263,15 +263,8 @@ def _fmt(column: str, value: Any) -> str:
     """A cell for the Markdown table (the CSV keeps raw values)."""
     if value is None or value == "":
         return ""
-    if column == "parameters":
-        return f"{value / 1e6:.2f}M"
-    if column == "wall_time_s":
-        minutes, seconds = divmod(float(value), 60)
-        return f"{int(minutes)}m{seconds:04.1f}s" if minutes else f"{seconds:.1f}s"
-    if column == "tokens/s":
-        return f"{value:,.0f}"
-    if isinstance(value, float):
-        return f"{value:.2f}"
+    if isinstance(value, float) or (column in ("parameters", "wall_time_s", "tokens/s") and isinstance(value, int)):
+        return tables.format_number(column, value)
     return str(value).replace("|", "\\|")  # signatures hold |, which would split Markdown cells
 
 

@@ -35,7 +35,8 @@ def varying_labels(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
     return common, [" ".join(o for o in key if o not in common) for key in keys]
 
 
-def _number(column: str, value: float) -> str:
+def format_number(column: str, value: float) -> str:
+    """A number as the tables print it: parameters in millions, wall time in minutes and seconds."""
     if column == "parameters":
         return f"{value / 1e6:.2f}M"
     if column == "wall_time_s":
@@ -50,8 +51,8 @@ def _mean_std(column: str, summary: Summary | None, plus_minus: str) -> str:
     if summary is None:
         return ""
     if summary.std is None:
-        return _number(column, summary.mean)
-    return f"{_number(column, summary.mean)}{plus_minus}{_number(column, summary.std)}"
+        return format_number(column, summary.mean)
+    return f"{format_number(column, summary.mean)}{plus_minus}{format_number(column, summary.std)}"
 
 
 def _signatures(groups: Sequence[Group]) -> list[tuple[str, str]]:
@@ -156,7 +157,7 @@ def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | Non
             if summary is None:
                 cells.append("--")
                 continue
-            value = _number(column, summary.mean) + ("" if summary.std is None else rf" \pm {_number(column, summary.std)}")
+            value = format_number(column, summary.mean) + ("" if summary.std is None else rf" \pm {format_number(column, summary.std)}")
             comparison: Comparison | None = group.comparisons.get(column)
             dagger = "^{\\dagger}" if comparison is not None and comparison.significant else ""
             cells.append(f"${value}{dagger}$")
