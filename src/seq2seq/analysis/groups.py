@@ -82,7 +82,10 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return bool(self.pairs) and self.p_value < P_THRESHOLD
+        """Every seed pair at p < 0.05. A pair with identical scores never is: sacreBLEU's test gives
+        a tie its smallest p-value (it counts resampled differences strictly above the observed 0)."""
+        return (bool(self.pairs) and self.p_value < P_THRESHOLD
+                and all(result.delta != 0 for _, _, result in self.pairs))
 
 
 @dataclass
