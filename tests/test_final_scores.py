@@ -86,3 +86,20 @@ def test_final_config_errors_stop_before_training(tmp_path):
     with pytest.raises(ConfigError, match="final.average_last needs final.checkpoints"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_paper_recipe_is_revisit_mmts_transformer_tiny(tmp_path):
+    """experiment=multi30k_en_de_tiny_paper composes to the fairseq command of Revisit-MMT's README-baseline.md."""
+    cfg = compose_train(tmp_path, ["experiment=multi30k_en_de_tiny_paper"])
+    model, optim, trainer = cfg.model, cfg.optim, cfg.trainer
+    assert (model.d_model, model.num_heads, model.num_encoder_layers, model.num_decoder_layers, model.d_ff) == (128, 4, 4, 4, 256)
+    assert not model.pre_norm and model.share_embeddings and model.tie_output and model.dropout == 0.3
+    assert (optim.lr, optim.warmup_steps, optim.eps, optim.label_smoothing, optim.cooldown) == (5e-3, 2000, 1e-8, 0.1, 0.0)
+    assert list(optim.betas) == [0.9, 0.98] and optim.weight_decay == 0.0
+    # --max-tokens 4096 on 2 GPUs: two accumulated batches of 4,096 tokens; --max-update 8000; clip 25.
+    assert (cfg.data.max_tokens, trainer.accumulate_grad_batches, trainer.max_steps) == (4096, 2, 8000)
+    assert trainer.gradient_clip_val == 25.0 and trainer.max_time == "00:01:25:00"
+    # The last 10 epoch checkpoints kept, averaged at the end and decoded with beam 5.
+    assert cfg.callbacks.epoch_checkpoints.save_top_k == 10 and cfg.callbacks.epoch_checkpoints.monitor == "step"
+    assert cfg.final.average_last == 10 and cfg.final.checkpoints.endswith("checkpoints/epochs")
+    assert (cfg.decoding.strategy, cfg.decoding.beam_size) == ("beam", 5)

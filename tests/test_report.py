@@ -245,3 +245,19 @@ def test_latex_table_compiles_with_pdflatex(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:]
     assert (tmp_path / "table.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_eval_runs_inside_a_job_are_columns_of_their_own(tmp_path):
+    """`seq2seq-eval ... hydra.run.dir=<job>/eval_beam5` beside training's greedy validation: both summarized."""
+    sweep = seed_sweep(tmp_path)
+    for num, beam in ((0, 11.0), (1, 13.5), (2, 15.0)):
+        folder = sweep / str(num) / "eval_beam5"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"val/bleu": beam, "val/loss": 2.0, "split": "val",
+                                                         "decoding": {"strategy": "beam", "beam_size": 5}}))
+    result = report(sweep, metrics=["val/bleu", "eval_beam5/val/*"])
+    assert result["columns"] == ["val/bleu", "eval_beam5/val/bleu"]  # loss is no column
+    small = result["groups"][0]
+    assert small.summaries["eval_beam5/val/bleu"].mean == pytest.approx(13.1667, abs=1e-4)
+    assert small.summaries["eval_beam5/val/bleu"].n == 3 and "eval_beam5/val/bleu" not in result["groups"][1].summaries
+    assert "eval\\_beam5 val BLEU" in result["latex"]
