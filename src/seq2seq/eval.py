@@ -5,15 +5,15 @@ hypotheses (another system's, or an earlier run's) exactly as our own are scored
 Loads a checkpoint (model and tokenizer come from the checkpoint alone), decodes a split of a data
 config with the ``decoding`` group (greedy, beam or sampling), and writes into its run folder:
 
-* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf`` (summarization: ``{split}/rouge1``,
-  ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature), ``{split}/loss`` and
-  ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures (``sacrebleu_signature``,
-  and ``signatures: {split: {bleu, chrf}}`` as training writes them), ``num_parameters``, ``ckpt_path``, the
-  decoding options, the corpus, timings and the device;
+* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf``, ``{split}/bleu_tok_lc`` (tokenized, lowercased;
+  summarization: ``{split}/rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature),
+  ``{split}/loss`` and ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures
+  (``sacrebleu_signature``, and ``signatures: {split: {bleu, chrf, bleu_tok_lc}}`` as training writes
+  them), ``num_parameters``, ``ckpt_path``, the decoding options, the corpus, timings and the device;
 * ``hypotheses.{split}.txt``: the best hypothesis of every source, one line each, in corpus order,
   with its record ``hypotheses.{split}.json`` (the references' files and digest, the decoding
-  settings, the checkpoint: :mod:`seq2seq.analysis.hypotheses`) (and ``hypotheses.{split}.nbest.txt``, ``index<TAB>rank<TAB>score<TAB>text`` lines as
-  ``seq2seq.translate`` writes them, when ``n_best > 1``).
+  settings, the checkpoint: :mod:`seq2seq.analysis.hypotheses`); and ``hypotheses.{split}.nbest.txt``,
+  ``index<TAB>rank<TAB>score<TAB>text`` lines as ``seq2seq.translate`` writes them, when ``n_best > 1``.
 
 The task (``task=translation|summarization``) defaults to the training run's. Without
 ``data=...`` the data config is the one of the run the checkpoint comes from (its

@@ -34,7 +34,9 @@ class HypothesisFiles(Callback):
         checkpoint = trainer.checkpoint_callback
         current = trainer.callback_metrics.get(pl_module.monitor)
         # Checkpoint callbacks run after this one: ask the one that writes best.ckpt whether it will.
-        if checkpoint is None or current is None or not checkpoint.check_monitor_top_k(trainer, current):
+        if checkpoint is None or current is None or checkpoint.monitor != pl_module.monitor:
+            return
+        if not checkpoint.check_monitor_top_k(trainer, current):
             return
         best = Path(checkpoint.dirpath) / f"{checkpoint.filename or 'best'}{checkpoint.FILE_EXTENSION}"
         self._write(trainer, pl_module, "val", str(best))
