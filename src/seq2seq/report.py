@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = [result[k] for k in ("markdown_file", "latex_file", "csv_file", "jobs_file", "significance_file", "plot_file")
              if k in result]
     print(f"{len(result['rows'])} jobs ({failed} failed) in {len(result['groups'])} rows: {', '.join(map(str, files))}",
-          file=sys.stderr if args.format == "csv" else sys.stdout)
+          file=sys.stdout if args.format == "markdown" else sys.stderr)  # `--format latex > table.tex` stays clean
     return 0
 
 
