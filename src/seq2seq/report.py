@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = sum(r["status"] != "ok" for r in result["rows"])
     files = [result[k] for k in ("markdown_file", "latex_file", "csv_file", "jobs_file", "significance_file", "plot_file")
              if k in result]
-    print(f"{len(result['rows'])} jobs ({failed} failed) in {len(result['groups'])} rows: {', '.join(map(str, files))}",
+    rows = len(result["groups"])
+    print(f"{len(result['rows'])} jobs ({failed} failed) in {rows} row{'s' if rows != 1 else ''}: {', '.join(map(str, files))}",
           file=sys.stdout if args.format == "markdown" else sys.stderr)  # `--format latex > table.tex` stays clean
     return 0
 

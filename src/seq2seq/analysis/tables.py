@@ -29,9 +29,10 @@ _METRIC_NAMES = {"bleu": "BLEU", "bleu_tok_lc": "BLEU (tok., lc)", "chrf": "chrF
 
 
 def varying_labels(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
-    """(overrides shared by every row, each row's other overrides): what tells rows apart."""
+    """(overrides shared by every row, each row's other overrides): what tells rows apart (one row:
+    all its overrides are shared, its label is empty)."""
     keys = [list(group.key) for group in groups]
-    common = [o for o in keys[0] if all(o in key for key in keys[1:])] if len(keys) > 1 else []
+    common = [o for o in keys[0] if all(o in key for key in keys[1:])] if keys else []
     return common, [" ".join(o for o in key if o not in common) for key in keys]
 
 
@@ -50,7 +51,7 @@ def format_number(column: str, value: float) -> str:
 def _mean_std(column: str, summary: Summary | None, plus_minus: str) -> str:
     if summary is None:
         return ""
-    if summary.std is None:
+    if summary.std is None or column == "parameters":  # seeds of one setting: one size
         return format_number(column, summary.mean)
     return f"{format_number(column, summary.mean)}{plus_minus}{format_number(column, summary.std)}"
 
@@ -162,7 +163,10 @@ def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | Non
             dagger = "^{\\dagger}" if comparison is not None and comparison.significant else ""
             cells.append(f"${value}{dagger}$")
         body.append("    " + " & ".join(cells) + r" \\")
+    common, _ = varying_labels(groups)
     notes = [r"Mean $\pm$ sample standard deviation over $n$ runs (seeds); one run: its value."]
+    if common:
+        notes.append(f"Overrides of every row: {latex_escape(' '.join(common))}.")
     if baseline is not None:
         notes.append(rf"$^\dagger$: $p < {P_THRESHOLD}$ in a {latex_escape(_test_note(baseline, resamples, seed))}.")
     notes += [f"{latex_escape(name)}: {_signature_tt(value)}." for name, value in _signatures(groups)]
