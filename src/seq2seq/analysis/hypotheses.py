@@ -50,8 +50,13 @@ def reference_source(datamodule, split: str) -> dict[str, Any]:
     format) and the files (the target side's, then ``data.extra_references``'s)."""
     names = getattr(datamodule.splits, split)
     candidates = [names] if isinstance(names, str) else [str(n) for n in names or ()]
-    fmt = datamodule.format
-    found = find_split(datamodule.root, candidates, datamodule.src_lang, datamodule.tgt_lang, fmt) if candidates else None
+    # The format the corpus was read with: a Hub dataset whose files are under root is read locally.
+    resolved = getattr(datamodule, "_corpus_format", None)
+    fmt = resolved() if callable(resolved) else datamodule.format
+    try:
+        found = find_split(datamodule.root, candidates, datamodule.src_lang, datamodule.tgt_lang, fmt)
+    except DataError:  # a Hub dataset that cannot be listed now: it was read, so its first name is the one
+        found = None
     name = found or (candidates[0] if candidates else split)
     if fmt.format == "lines":
         files = [str(lines_files(datamodule.root, name, datamodule.src_lang, datamodule.tgt_lang)[1])]

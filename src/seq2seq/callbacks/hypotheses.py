@@ -29,20 +29,21 @@ class HypothesisFiles(Callback):
         self.dirpath = Path(dirpath)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.fast_dev_run:
             return
         checkpoint = trainer.checkpoint_callback
         current = trainer.callback_metrics.get(pl_module.monitor)
-        # Checkpoint callbacks run after this one: ask the one that writes best.ckpt whether it will.
         if checkpoint is None or current is None or checkpoint.monitor != pl_module.monitor:
             return
-        if not checkpoint.check_monitor_top_k(trainer, current):
+        # Checkpoint callbacks run after this one: ask the one that writes best.ckpt whether it will. On
+        # every rank: under DDP its answer is a collective decision (all ranks reduce it together).
+        if not checkpoint.check_monitor_top_k(trainer, current) or not trainer.is_global_zero:
             return
         best = Path(checkpoint.dirpath) / f"{checkpoint.filename or 'best'}{checkpoint.FILE_EXTENSION}"
         self._write(trainer, pl_module, "val", str(best))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
             self._write(trainer, pl_module, "test", trainer.ckpt_path)
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, checkpoint: str | None) -> None:
