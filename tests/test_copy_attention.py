@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seq.errors import ConfigError
 from seq2seq.decoding.search import DecoderStepper, DecodingConfig, generate, greedy_search
+from seq2seq.errors import ConfigError
 from seq2seq.models.loss import sequence_loss
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
