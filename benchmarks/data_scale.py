@@ -71,7 +71,7 @@ def child_prepare(options: dict) -> dict:
     from seq2seq.data.datamodule import Seq2SeqDataModule
 
     cpu, start = _cpu_s(), time.perf_counter()
-    dm = Seq2SeqDataModule(**options)
+    dm = Seq2SeqDataModule.from_config(**options)
     dm.prepare_data()
     seconds = time.perf_counter() - start
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -85,7 +85,7 @@ def child_reload(options: dict) -> dict:
     from seq2seq.data.datamodule import Seq2SeqDataModule
 
     start = time.perf_counter()
-    dm = Seq2SeqDataModule(**options)
+    dm = Seq2SeqDataModule.from_config(**options)
     dm.prepare_data()
     dm.setup("fit")
     seconds = time.perf_counter() - start
@@ -101,7 +101,7 @@ def child_rank(options: dict, rank: int, world_size: int) -> dict:
 
     before = _rss_mb()
     start = time.perf_counter()
-    dm = Seq2SeqDataModule(**options)
+    dm = Seq2SeqDataModule.from_config(**options)
     dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
     dm.setup("fit")
     setup_s = time.perf_counter() - start

@@ -32,9 +32,9 @@ from seq2seq.inference.checkpoint import model_config
 from seq2seq.inference.predictor import Predictor
 from seq2seq.metrics.text_metrics import (
     DEFAULT_MONITOR,
+    PairOutputs,
     bleu_tokenizer,
     check_task,
-    score,
     score_by_group,
     signatures_by_metric,
 )
@@ -259,10 +259,9 @@ class Seq2SeqModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.task == "translation" and datamodule is not None:
             # A BLEU tokenizer that cannot run here (a missing MeCab extra) stops before training;
-            # a multilingual DataModule's pairs each have their own.
-            pairs = getattr(datamodule, "pairs", None)
-            for data in pairs.values() if pairs else [datamodule]:
-                bleu_tokenizer(data.tgt_lang, data.bleu_tokenize)
+            # every corpus (a multilingual DataModule's pairs) has its own.
+            for corpus in datamodule.corpora.values():
+                bleu_tokenizer(corpus.tgt_lang, corpus.bleu_tokenize)
         if stage == "fit":
             self._setup_fast_path()
 
@@ -369,7 +368,7 @@ class Seq2SeqModule(L.LightningModule):
         """The constant (1 / data.max_tokens, the same on every rank and batch) that each batch's summed
         loss is multiplied by before its backward pass when the step is token-exact: it keeps the
         gradients at about a per-token size (fp16's range) until on_before_optimizer_step fixes them."""
-        budget = getattr(getattr(self.trainer, "datamodule", None), "max_tokens", None)
+        budget = getattr(getattr(getattr(self.trainer, "datamodule", None), "batching", None), "max_tokens", None)
         return 1.0 / float(budget) if budget else 1.0
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
@@ -497,9 +496,8 @@ class Seq2SeqModule(L.LightningModule):
         _, nll, n_tokens = self._loss(batch)
         # Summed over batches then divided, so the epoch loss is per token, not per batch.
         self.log(f"{prefix}/loss", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
-        pair_of_index = getattr(self.trainer.datamodule, "pair_of_index", None)
-        if pair_of_index is not None:  # several language pairs (data/multilingual.py): a batch holds one
-            pair = pair_of_index(prefix, int(batch["index"][0]))
+        pair = self.trainer.datamodule.pair_of_index(prefix, int(batch["index"][0]))
+        if pair is not None:  # several language pairs (data/multilingual.py): a batch holds one
             self.log(f"{prefix}/loss/{pair}", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
         predictions = self._predictor.predict_batch(batch)
         texts = self._predictor.texts([nbest[0] for _, nbest in predictions])
@@ -519,13 +517,10 @@ class Seq2SeqModule(L.LightningModule):
 
     def _eval_epoch_end(self, prefix: str) -> dict:
         indices, hypotheses = self.gathered_hypotheses()
-        datamodule = self.trainer.datamodule
-        split_by_pair = getattr(datamodule, "split_by_pair", None)
-        if split_by_pair is not None:  # several language pairs (data/multilingual.py): each scored alone, and their means
-            metrics, signatures = score_by_group(self.task, split_by_pair(prefix, indices, hypotheses))
-        else:
-            references = [[stream[i] for i in indices] for stream in datamodule.reference_streams(prefix)]
-            metrics, signatures = score(self.task, hypotheses, references, datamodule.tgt_lang, datamodule.bleu_tokenize)
+        # Several language pairs (data/multilingual.py): each scored alone, and their means.
+        groups = {name: PairOutputs(hyps, refs, corpus.tgt_lang, corpus.bleu_tokenize)
+                  for name, (corpus, hyps, refs) in self.trainer.datamodule.by_corpus(prefix, indices, hypotheses).items()}
+        metrics, signatures = score_by_group(self.task, groups)
         # Every rank holds the same gathered corpus score, so no reduction is needed.
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value)
