@@ -237,39 +237,6 @@ class KVCache:
                 if t is not None:
                     store[i] = t.index_select(0, index)
 
-    def drop_front(self, n: int) -> None:
-        """Forget the first ``n`` self-attention positions of every row (no row attends to them any
-        more: rows of a continuous batch that started after them)."""
-        if n <= 0:
-            return
-        for store in (self.self_k, self.self_v):
-            for i, t in enumerate(store):
-                if t is not None:
-                    store[i] = t[:, :, n:]
-        self.length -= n
-
-    def keep_memory(self, width: int) -> None:
-        """Keep the first ``width`` source positions of the cross-attention keys/values (the rest is padding)."""
-        for store in (self.cross_k, self.cross_v):
-            for i, t in enumerate(store):
-                if t is not None:
-                    store[i] = t[:, :, :width]
-
-    def extend(self, cross_k: list[Tensor], cross_v: list[Tensor]) -> None:
-        """Add rows whose cross-attention keys/values per layer are ``cross_k``/``cross_v``
-        (B', H, S', Dh) and whose self-attention positions are all empty (to be masked until they
-        write their own): rows joining a running batch. The shorter source side is zero-padded
-        (those columns must be masked by the caller's source mask)."""
-        for layer in range(len(self.cross_k)):
-            old_k, new_k = self.cross_k[layer], cross_k[layer]
-            width = max(old_k.size(2), new_k.size(2))
-            self.cross_k[layer] = torch.cat([pad_dim(old_k, 2, width), pad_dim(new_k, 2, width)])
-            self.cross_v[layer] = torch.cat([pad_dim(self.cross_v[layer], 2, width), pad_dim(cross_v[layer], 2, width)])
-            for store in (self.self_k, self.self_v):
-                old = store[layer]
-                if old is not None:
-                    store[layer] = torch.cat([old, old.new_zeros(new_k.size(0), *old.shape[1:])])
-
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H, L, Dh) at the cache's current length; return the filled prefix."""
         start, end = self.length, self.length + k.size(2)
