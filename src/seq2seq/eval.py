@@ -1,47 +1,14 @@
-"""Evaluation entry point: ``python -m seq2seq.eval ckpt_path=PATH [data=NAME] [split=val] [decoding=beam]``,
-or ``python -m seq2seq.eval hyp_file=FILE data=NAME [data.root=DIR] [split=test]`` to score existing
-hypotheses (another system's, or an earlier run's) exactly as our own are scored.
+"""``seq2seq-eval``: decode a split of a data config with a checkpoint (or an ensemble) and score it,
+or score a file of hypotheses (``hyp_file=``) exactly as our own are scored.
 
-Loads a checkpoint (model and tokenizer come from the checkpoint alone), decodes a split of a data
-config with the ``decoding`` group (greedy, beam or sampling), and writes into its run folder:
+    seq2seq-eval ckpt_path=PATH [data=NAME] [split=val] [decoding=beam] [tgt_lang=LANG]
+    seq2seq-eval hyp_file=FILE data=NAME [data.root=DIR] [split=test]
 
-* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf`` (summarization: ``{split}/rouge1``,
-  ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature), ``{split}/loss`` and
-  ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures (``sacrebleu_signature``,
-  and ``signatures: {split: {bleu, chrf}}`` as training writes them), ``num_parameters``, ``ckpt_path``, the
-  decoding options, the corpus, timings and the device;
-* ``hypotheses.{split}.txt``: the best hypothesis of every source, one line each, in corpus order
-  (and ``hypotheses.{split}.nbest.txt``, ``index<TAB>rank<TAB>score<TAB>text`` lines as
-  ``seq2seq.translate`` writes them, when ``n_best > 1``).
-
-The task (``task=translation|summarization``) defaults to the training run's. Without
-``data=...`` the data config is the one of the run the checkpoint comes from (its
-``.hydra/config.yaml``); its relative paths mean what they meant to training, so run eval from the
-same folder (or with the same ``SEQ2SEQ_ROOT``). Batches are formed exactly as in training's validation and test
-(:meth:`Seq2SeqDataModule.eval_dataloader`), so greedy decoding reproduces the BLEU training
-reported for the same checkpoint. Several checkpoints sharing one tokenizer, ``'ckpt_path=[A,B]'``
-(a Hydra list), are evaluated as an ensemble (:mod:`seq2seq.decoding.ensemble`); without ``data``
-the first checkpoint's run config is used. User errors (missing or unreadable checkpoint, missing
-split, checkpoints with different tokenizers) print one message and exit with status 2.
-
-BLEU is sacreBLEU's with the tokenizer of the target language (``13a``; ``zh``, ``ja-mecab``,
-``ko-mecab`` for Chinese, Japanese, Korean), or the data config's ``bleu_tokenize``, or this
-command's ``bleu_tokenize=`` (which wins); every reference of the split counts (the data config's
-``extra_references``).
-
-A multilingual checkpoint (:mod:`seq2seq.data.multilingual`) is evaluated on its run's
-multilingual data config pair by pair: ``{split}/bleu/en-de``, ``{split}/chrf/en-de``,
-``{split}/loss/en-de`` ... and the means ``{split}/bleu``, ``{split}/chrf`` (as validation logs them),
-hypotheses in ``hypotheses.{split}.{pair}.txt``; ``tgt_lang=de`` evaluates the pair into German only.
-With a one-pair data config (``data=multi30k data.tgt_lang=fr``) it translates into that config's
-target language (or ``tgt_lang``, which must match it), and the output is named as for any model.
-A checkpoint of one language pair refuses ``tgt_lang`` and multilingual data configs with one message.
-
-``hyp_file=FILE`` skips decoding: FILE holds one detokenized hypothesis per line, line *i* for
-source *i* of the split (another line count stops with one message naming the file and both
-counts), and is scored against the split's references with the same scorer and settings. The data
-config is ``data=NAME``, or, with ``ckpt_path=`` (not loaded), the one of that checkpoint's run; so
-``eval hyp_file=F ckpt_path=C`` and ``eval ckpt_path=C`` score on the same references.
+Batches are formed as training's validation forms them (:meth:`Seq2SeqDataModule.eval_dataloader`),
+so greedy decoding reproduces the scores training reported; without ``data=`` the data config is the
+checkpoint's run's. Writes ``metrics.json`` and ``hypotheses.{split}[.{pair}].txt`` into its run
+folder; a multilingual data config is scored pair by pair and their means, as validation does.
+docs/decoding.md describes the outputs and errors.
 """
 
 from __future__ import annotations
