@@ -55,7 +55,7 @@ def read_run(run: Path | None) -> tuple[dict, dict, list[str] | None]:
 
 def _signature(metrics: dict, name: str, split: str) -> str | None:
     """The signature of ``split``'s ``name`` (metrics.json's ``signatures``), else the run's one."""
-    family = name if name in ("bleu", "chrf") else "rouge"
+    family = "rouge" if name in TASK_METRICS["summarization"] else name
     by_split = ((metrics.get("signatures") or {}).get(split) or {}).get(family)
     run = {k: v for k, v in metrics.items() if k in ("sacrebleu_signature", "rouge_signature") and isinstance(v, dict | str)}
     if isinstance(run.get("sacrebleu_signature"), str):  # one signature for both (runs of an older version)
