@@ -1,33 +1,12 @@
-"""Several language pairs, one model: what a multilingual run adds to a one-pair run.
+"""What several language pairs add to a one-pair run: sampling across pairs with a temperature
+(:class:`TemperatureBatchSampler`), validation that takes the pairs in turn
+(:class:`RoundRobinBatchSampler`), and the pairs of a data config (:func:`pair_options`).
 
-:class:`~seq2seq.data.datamodule.Seq2SeqDataModule` serves a multilingual data config (one with
-``pairs``) as it serves one corpus, with one :class:`~seq2seq.data.corpus.Corpus` per pair (each
-reads, filters, tokenizes and caches its own corpus as a one-pair run does), and adds:
-
-* **One joint sentencepiece vocabulary** trained over every pair's training text (each side's text
-  once: en->de and en->fr share their English), with the target-language tags (``<2de>``,
-  ``<2fr>``, ...) as user-defined symbols, so a tag is always one piece and never split.
-* **The tag on the source** (Johnson et al. 2017; fairseq's ``--encoder-langtok tgt``): every source
-  of the pair ``en-de`` starts with the id of ``<2de>`` (the pair tokenizes with
-  :meth:`Tokenizer.for_target`). Why the source and not the first decoder token: the decoder then
-  starts from BOS as in every one-pair model, so greedy, beam and sampling search, ensembles,
-  forced-decoding scores, the loss and the CTranslate2 export need no forced prefix and stay
-  unchanged; the tag is part of the input the encoder sees, and a translation's score is that of
-  its own tokens, not of a forced tag. The language list (``{language: tag}``) is part of the
-  tokenizer's state, so every checkpoint knows the languages it translates into.
-* **Sampling across pairs with a temperature** (:class:`TemperatureBatchSampler`): pair *i* with
-  ``n_i`` training pairs is drawn with probability ``p_i ∝ n_i^(1/T)``: ``T=1`` is proportional to
-  the corpus sizes (the plain concatenation), a large ``T`` uniform (small pairs upsampled).
-  Batches hold one pair each: every pair's own token-budget sampler forms its batches, so a batch
-  pads no more than in a one-pair run, and each pair's length-bucketing, DDP sharding and exact
-  resume are those of :class:`~seq2seq.data.sampler.TokenBudgetBatchSampler`. An optimizer step
-  mixes pairs with gradient accumulation; consecutive steps alternate pairs in a shuffled order.
-* **Validation per pair** (:class:`RoundRobinBatchSampler`): one validation loader walks the pairs'
-  batches in turn (so ``trainer.limit_val_batches=k`` with ``k`` >= the number of pairs still sees
-  every pair); each sentence carries a global index (the pair's offset plus its line), and every
-  pair is scored against its own references with its own BLEU tokenizer: ``val/bleu/en-de``,
-  ``val/chrf/en-de``, ... and their unweighted means ``val/bleu`` and ``val/chrf``, which pick the
-  best checkpoint as in a one-pair run.
+The rest of a multilingual run is a one-pair run's: :class:`~seq2seq.data.datamodule.Seq2SeqDataModule`
+holds one :class:`~seq2seq.data.corpus.Corpus` per pair, trains one joint sentencepiece model with
+the target-language tags (``<2de>``) and puts a pair's tag first on its sources
+(:meth:`~seq2seq.data.tokenizer.Tokenizer.for_target`); docs/ARCHITECTURE.md ("Several language
+pairs") says why the tag sits on the source, docs/recipes.md how to run it.
 """
 
 from __future__ import annotations
