@@ -241,7 +241,7 @@ def test_tsv_and_jsonl_training_splits_stream_as_lines_do(fmt: str, tmp_path: Pa
         options = {"format": "jsonl", "src_field": "t.en", "tgt_field": "t.de"}
     (root / f"val.{fmt}").write_bytes((root / f"train.{fmt}").read_bytes())
     monkeypatch.setattr(sources, "BLOCK_BYTES", 512)
-    monkeypatch.setattr(sources, "LINES_PER_BLOCK", 16)
+    monkeypatch.setattr(sources, "RECORDS_PER_BLOCK", 16)
     monkeypatch.setattr(corpus_module, "CHUNK_PAIRS", 23)
     buffers, chunks = [], []
     fill = sources._LineReader._fill

@@ -140,7 +140,11 @@ def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:
 
 _BOM = b"\xef\xbb\xbf"
 BLOCK_BYTES = 8 << 20  # a file is read this much at a time
-LINES_PER_BLOCK = 100_000  # lines decoded at a time when reading a split's texts
+LINES_PER_BLOCK = 100_000  # lines of a line file decoded at a time
+# Records parsed at a time (a one-file format, and counting or reading any source through its
+# chunks): both sides of a pair are strings then, so fewer at once keeps the transient memory of a
+# streamed TSV or JSONL file at that of line files.
+RECORDS_PER_BLOCK = 10_000
 
 
 def _plain_or_gz(path: Path) -> Path:
@@ -246,13 +250,13 @@ class _LineReader:
         self.file.close()
 
 
-def _line_blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
+def _line_blocks(path: Path, lines_per_block: int | None = None) -> Iterator[tuple[int, bytes, int]]:
     """``(number of the first line, raw lines, how many)`` of a file, block by block."""
     reader = _LineReader(path)
     first = 1
     try:
         while True:
-            data, n = reader.take(LINES_PER_BLOCK)
+            data, n = reader.take(lines_per_block or LINES_PER_BLOCK)
             if not n:
                 return
             yield first, data, n
@@ -261,9 +265,9 @@ def _line_blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
         reader.close()
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _numbered_lines(path: Path, lines_per_block: int | None = None) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of every line of a file, decoded."""
-    for first, data, _ in _line_blocks(path):
+    for first, data, _ in _line_blocks(path, lines_per_block):
         yield from enumerate(decode_lines(data, path, first), first)
 
 
@@ -357,13 +361,13 @@ class PairSource:
 
     def count(self) -> int:
         """The number of pairs (at least one)."""
-        return sum(len(chunk) for chunk in self.chunks(LINES_PER_BLOCK))
+        return sum(len(chunk) for chunk in self.chunks(RECORDS_PER_BLOCK))
 
     def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
         """The decoded texts of one side (``"src"`` or ``"tgt"``): all, or those at sorted ``indices``."""
         out: list[str] = []
         base = 0
-        for chunk in self.chunks(LINES_PER_BLOCK):
+        for chunk in self.chunks(RECORDS_PER_BLOCK):
             texts = chunk.texts()[0 if side == "src" else 1]
             if indices is None:
                 out.extend(texts)
@@ -379,7 +383,7 @@ class PairSource:
         """Both sides whole (validation and test: they are the references)."""
         src: list[str] = []
         tgt: list[str] = []
-        for chunk in self.chunks(LINES_PER_BLOCK):
+        for chunk in self.chunks(RECORDS_PER_BLOCK):
             s, t = chunk.texts()
             src.extend(s)
             tgt.extend(t)
@@ -593,7 +597,7 @@ class RecordFile(_StampedFiles):
         src: list[str] = []
         tgt: list[str] = []
         first = 1
-        for s, t in self.format.pairs(self.path, _numbered_lines(self.path)):
+        for s, t in self.format.pairs(self.path, _numbered_lines(self.path, RECORDS_PER_BLOCK)):
             src.append(s)
             tgt.append(t)
             if len(src) == pairs_per_chunk:
