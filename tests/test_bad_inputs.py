@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_OVERRIDES
+from helpers import SHORT_TRAINING_OVERRIDES, TINY_OVERRIDES
 from helpers.forked_commands import run_command
 
 
@@ -105,6 +105,8 @@ def _prepare_inputs(base: Path, checkpoint: Path, good: Path) -> None:
     run = base / "run"
     shutil.copytree(checkpoint.parent.parent, run, ignore=shutil.ignore_patterns(".hydra", "*.log"))
     _write(run / "checkpoints" / "last.ckpt", data[: len(data) - 1000])
+    # A run folder as training leaves it (last.ckpt after 5 epochs), to resume with a smaller budget.
+    shutil.copytree(checkpoint.parent.parent, base / "done", ignore=shutil.ignore_patterns(".hydra", "*.log"))
 
     # Outputs: a file where a folder is expected, and an existing translation that must survive.
     _write(base / "blocker", "a file, not a folder\n")
@@ -115,6 +117,7 @@ def _prepare_inputs(base: Path, checkpoint: Path, good: Path) -> None:
 def _cases(base: Path) -> list[Case]:
     corpora, ckpts, run, cache = base / "corpora", base / "ckpts", base / "run", base / "cache"
     tiny_model = [o for o in TINY_OVERRIDES if o.startswith("model.")]
+    trained_model = [o for o in SHORT_TRAINING_OVERRIDES if o.startswith("model.")]  # the session's tiny run
     # The session's corpus and tokenizer settings: the cached tokenizer is found, none is trained.
     corpus = lambda name: ["data.generate=null", "data.vocab_size=400", f"paths.cache_dir={cache}",  # noqa: E731
                            f"data.root={corpora / name}"]
@@ -142,7 +145,19 @@ def _cases(base: Path) -> list[Case]:
              [*tiny_model, "ckpt_path=last", f"hydra.run.dir={run}"], ["last.ckpt is not a readable checkpoint"]),
         Case("train: ckpt_path=last without a checkpoint", "train", ["ckpt_path=last"],
              ["ckpt_path=last", "hydra.run.dir=<run folder>"]),
+        Case("train: resume with a smaller trainer.max_epochs", "train",
+             [*trained_model, "ckpt_path=last", f"hydra.run.dir={base / 'done'}", "trainer.max_epochs=2"],
+             ["done/checkpoints/last.ckpt", "past trainer.max_epochs=2", "nothing is left to train"]),
+        Case("train: resume with a smaller trainer.max_steps", "train",
+             [*trained_model, f"ckpt_path={base / 'done' / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=10"],
+             ["past trainer.max_steps=10", "raise that budget"]),
         # -- options (train)
+        Case("train: num_heads does not divide d_model", "train", ["model.d_model=128", "model.num_heads=3"],
+             ["model.num_heads=3 does not divide model.d_model=128", "[1, 2, 4, 8, 16, 32, 64]"]),
+        Case("train: odd d_model", "train", ["model.d_model=63", "model.num_heads=3"], ["model.d_model=63 must be even"]),
+        Case("train: dropout out of range", "train", ["model.dropout=1.2"], ["model.dropout=1.2", "[0, 1)"]),
+        Case("train: beam size 0", "train", ["decoding=beam", "decoding.beam_size=0"], ["decoding.beam_size=0"]),
+        Case("train: max_steps 0", "train", ["trainer.max_steps=0"], ["trainer.max_steps=0", "-1 for no limit"]),
         Case("train: unknown experiment", "train", ["experiment=nope"], ["Could not find 'experiment/nope'"], status=1),
         Case("train: negative data.max_tokens", "train", [*corpus("count"), "data.max_tokens=-5"],
              ["data.max_tokens must be a positive number", "-5"]),
@@ -171,7 +186,8 @@ def _cases(base: Path) -> list[Case]:
 
 
 # Everything that must come out of the suite unchanged (relative to its folder).
-PROTECTED = ["good", "corpora", "cache", "ckpts", "run/checkpoints", "run/metrics.json", "run/csv", "out", "blocker"]
+PROTECTED = ["good", "corpora", "cache", "ckpts", "run/checkpoints", "run/metrics.json", "run/csv", "done/checkpoints",
+             "done/metrics.json", "done/csv", "out", "blocker"]
 CASE_NAMES = [case.name for case in _cases(Path("suite"))]
 
 

@@ -1,6 +1,6 @@
 """Export to CTranslate2 (seq2seq.inference.ct2_export, seq2seq.export): the exported model computes
 what ours computes (log-probabilities of random-weight models of every layout; greedy and beam
-outputs and scores of a trained model), int8 stays close, user errors are one line and leave nothing
+outputs and scores of a trained model), int8 stays close to float32 on every CPU instruction set, user errors are one line and leave nothing
 half-written, the command and its model card work end to end, the end-to-end benchmark runs."""
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def test_user_errors_are_one_line_and_leave_nothing_half_written(ct2, tokenizers
     assert "output_dir" in run(output_dir=None)
     assert "format='onnx'" in run(format="onnx")
     assert "quantization='int4'" in run(quantization="int4")
+    assert "int8_weight_bits=6" in run(quantization="int8", int8_weight_bits=6)
     assert not out.exists()
 
     export_command(OmegaConf.create({"ckpt_path": str(ckpt), "output_dir": str(out)}))
@@ -190,6 +191,44 @@ def test_user_errors_are_one_line_and_leave_nothing_half_written(ct2, tokenizers
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
     export(ckpt, out, quantization="int8", force=True)  # force replaces it
     assert json.loads((out / "seq2seq_export.json").read_text())["quantization"] == "int8"
+
+
+def spec_variables(spec) -> dict[str, tuple]:
+    """name -> (numpy value, numpy scale or None) of a CTranslate2 spec's array variables."""
+    from ctranslate2.specs import model_spec
+
+    found = {}
+
+    def visit(layer, name, value):
+        if isinstance(value, model_spec.Variable) and not value.is_scalar():
+            scale = getattr(layer, name.split("/")[-1] + "_scale", None)
+            found[name] = (value.numpy(), scale.numpy() if isinstance(scale, model_spec.Variable) else None)
+
+    model_spec.visit_spec(spec, visit)
+    return found
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_int8_weights_have_the_asked_bits(bits, ct2, tokenizers, tmp_path):
+    """int8_weight_bits=7 rounds every linear weight to [-63, 63] with one scale per row (weight =
+    int8 / scale within half a step); 8 is CTranslate2's own rounding, byte for byte."""
+    import numpy as np
+
+    from seq2seq.inference.ct2_export import build_spec, quantize
+
+    net, tokenizer = load_model(random_checkpoint(tmp_path / "model.ckpt", tokenizers["joint"]))
+    floats, ours, theirs = (build_spec(net, tokenizer) for _ in range(3))
+    quantize(ours, "int8", bits)
+    theirs.optimize(quantization="int8")
+    originals, theirs = spec_variables(floats), spec_variables(theirs)
+    quantized = {name: v for name, v in spec_variables(ours).items() if v[0].dtype == np.int8}
+    assert len(quantized) >= 10  # every attention and feed-forward projection
+    for name, (values, scales) in quantized.items():
+        assert np.abs(values).max() == 2 ** (bits - 1) - 1, name  # the largest row maximum uses the whole range
+        error = np.abs(values / scales[:, None] - originals[name][0])
+        assert np.all(error <= 0.5 / scales[:, None] + 1e-6), name
+        if bits == 8:
+            assert np.array_equal(values, theirs[name][0]) and np.array_equal(scales, theirs[name][1]), name
 
 
 def test_missing_ctranslate2_names_the_extra(monkeypatch, tmp_path):
@@ -299,21 +338,38 @@ def test_model_card_snippet_runs(cli_export, monkeypatch, capsys):
     assert len(printed) == 1 and printed[0].strip()
 
 
-def test_int8_export_stays_close(cli_export, trained):
-    """int8 weights: most greedy outputs are the float32 model's, token for token."""
-    decoding = DecodingConfig(strategy="greedy")
-    src = padded(trained["tokenizer"], trained["lines"])
-    ours = Predictor(trained["net"], trained["tokenizer"], decoding).generate(src)
-    int8 = ct2_predictor(cli_export["dir"], decoding).generate(src)
-    same = sum(a[0].tokens == b[0].tokens for a, b in zip(ours, int8)) / len(ours)
-    assert same >= 0.8, f"only {same:.0%} of the int8 outputs equal ours"
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_int8_export_agrees_with_fp32_on_every_instruction_set(cli_export, trained, tiny_run, tmp_path):
+    """The int8 export (7-bit weights, the default) against float32, on every instruction-set profile this
+    CPU can emulate (benchmarks/int8_isa.py caps CTranslate2's and oneDNN's kernels: VNNI, AVX-512
+    without VNNI, AVX2, AVX, SSE4.1): greedy BLEU within 1.5 of float32's and the forced log-probabilities
+    of the float32 outputs within 0.025 on average (0.25 at the 99th percentile). Measured: 0.35 BLEU and
+    0.009 on every profile here; CTranslate2's own 8-bit weights gave 3.4 BLEU and 0.088 on the profiles
+    without VNNI (oneDNN's 16-bit saturation), the failure this guards against. Exact token identity is
+    not required: a toy model's near-tied logits flip under any change of rounding."""
+    bench = _benchmark("int8_isa")
+    data = Path(tiny_run["data_dir"])
+    results = bench.main(["--fp32", str(trained["dir"]), "--int8", str(cli_export["dir"]),
+                          "--src", str(data / "test.en"), "--ref", str(data / "test.de"), "--isa", "all"])
+    ran = {r["isa"]: r for r in results if "skipped" not in r}
+    assert not [r for r in ran.values() if "error" in r], ran
+    assert set(ran) == set(bench.supported_profiles()) and {"avx2", "avx", "generic"} <= set(ran), results
+    for isa, r in ran.items():
+        assert r["capped"], f"{isa}: oneDNN ran {r['onednn_isa']!r}, not the profile's instruction set"
+        assert r["bleu_delta"] >= -1.5, f"{isa}: int8 BLEU {r['bleu_int8']} against float32 {r['bleu_fp32']}"
+        assert r["logprob_mean_abs"] < 0.025 and r["logprob_p99_abs"] < 0.25, f"{isa}: {r}"
+    assert json.loads((cli_export["dir"] / "seq2seq_export.json").read_text())["int8_weight_bits"] == 7
 
 
 def test_translate_e2e_benchmark_quick(cli_export, tiny_checkpoint, tiny_run, tmp_path, capsys):
     """benchmarks/translate_e2e.py --quick on the tiny model: one row per system, the ratios."""
-    spec = importlib.util.spec_from_file_location("translate_e2e", REPO / "benchmarks" / "translate_e2e.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("translate_e2e")
     threads = torch.get_num_threads()
     try:
         bench.main(["--quick", "--ckpt", str(tiny_checkpoint), "--data", tiny_run["data_dir"], "--split", "test",

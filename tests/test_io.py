@@ -1,16 +1,20 @@
-"""Atomic writes: the final file appears complete or not at all. Text lines read as a stream."""
+"""Atomic writes: the final file appears complete or not at all, and a failed write names the file and
+its cause. Operating-system errors as one-line user errors. Text lines read as a stream."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from seq2seq.errors import DataError
+from seq2seq.config import user_errors_exit
+from seq2seq.errors import ConfigError, DataError, user_error_message
 from seq2seq.utils.io import (
     TextLines,
+    atomic_open_binary,
     atomic_open_text,
     atomic_path,
     atomic_write_bytes,
@@ -131,3 +135,78 @@ def test_paired_lines_name_both_files_and_their_counts(tmp_path: Path) -> None:
         counts = {a: 5 if longer == a else 2, b: 5 if longer == b else 2}
         with pytest.raises(DataError, match=f"a.txt has {counts[a]} lines but .*b.txt has {counts[b]};"):
             list(pairs)
+
+
+class SerializerError(RuntimeError):
+    """What torch.save raises when a write fails ("unexpected pos ..."), without the errno."""
+
+
+def test_atomic_open_binary_raises_the_os_error_a_serializer_hid_and_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.ckpt"
+    atomic_write_bytes(target, b"old")
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def serializer(f) -> None:  # a library that swallows the OSError of f.write and raises its own
+        try:
+            f.write(b"new checkpoint bytes")
+        except OSError:
+            raise SerializerError("[enforce fail at inline_container.cc] unexpected pos 64 vs 0") from None
+
+    with pytest.raises(OSError) as failed, atomic_open_binary(target) as f:
+        f.file = FullDisk(f.file)
+        serializer(f)
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(target)
+    assert target.read_bytes() == b"old" and _leftovers(tmp_path) == []
+    with pytest.raises(SerializerError), atomic_open_binary(target) as f:  # not a write failure: as raised
+        raise SerializerError("bad object")
+    with atomic_open_binary(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_os_errors_name_the_path_and_what_to_do(tmp_path: Path) -> None:
+    def error_of(action) -> OSError:
+        with pytest.raises(OSError) as raised:
+            action()
+        return raised.value
+
+    (tmp_path / "file").write_text("x")
+    real = {
+        "no such file or folder": error_of(lambda: open(tmp_path / "missing" / "out.txt", "w")),
+        "is a file, not a folder": error_of(lambda: open(tmp_path / "file" / "out.txt", "w")),
+        "is a folder": error_of(lambda: open(tmp_path, "w")),
+    }
+    made = {
+        "free space": OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/last.ckpt"),
+        "ulimit -f": OSError(errno.EFBIG, "File too large", "/runs/x/checkpoints/last.ckpt"),
+        "read-only": OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out.txt"),
+        "permissions": OSError(errno.EACCES, "Permission denied", "/root/out.txt"),
+    }
+    for advice, err in {**real, **made}.items():
+        message = user_error_message(err)
+        assert message is not None and message.startswith(f"{err.filename}: {err.strerror}: ") and advice in message
+        assert "\n" not in message
+    assert user_error_message(ConfigError("model.d_model=3: use an even number")) == "model.d_model=3: use an even number"
+    wrapped = RuntimeError("Error instantiating 'x'")
+    wrapped.__cause__ = made["free space"]
+    assert "No space left on device" in user_error_message(wrapped)  # through Hydra's instantiate
+    assert user_error_message(OSError(errno.ECONNRESET, "Connection reset by peer")) is None  # not the user's to fix
+    assert user_error_message(ValueError("a bug")) is None
+
+
+def test_user_errors_exit_prints_one_line_for_an_os_error(capsys) -> None:
+    @user_errors_exit
+    def command():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.json")
+
+    with pytest.raises(SystemExit) as exit_info:
+        command()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: /runs/x/metrics.json: No space left on device: free space on that "
+                                       "disk, or write somewhere else (e.g. hydra.run.dir=..., output_dir=...)\n")

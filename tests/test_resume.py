@@ -9,16 +9,22 @@ so early stopping and the best checkpoint have state), then resumed with
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from helpers import TINY_OVERRIDES, kill_and_resume
+from helpers import QUICK, TINY_OVERRIDES, command_env, kill_and_resume
 from helpers import comparable_metrics as _comparable
 from helpers import loss_curve as _curve
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO
+from seq2seq.inference.checkpoint import read_checkpoint
 from seq2seq.train import _plugins
 
 EVERY = 10  # periodic checkpoint every EVERY optimizer steps
@@ -68,8 +74,8 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     io.save_checkpoint({"global_step": 1}, target)
     before = target.read_bytes()
 
-    def crash(obj, path, *args, **kwargs):
-        Path(path).write_bytes(before[: len(before) // 2])
+    def crash(obj, file, *args, **kwargs):
+        file.write(before[: len(before) // 2])
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -77,3 +83,56 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         io.save_checkpoint({"global_step": 2}, target)
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size_kb: int):
+    """A tmpfs of ``size_kb`` KiB mounted on ``folder`` (needs root); None where it cannot be mounted."""
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    try:
+        yield folder if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "file-size-limit"])
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(disk, tmp_path):
+    """A run resumed where less than one more checkpoint fits: the first checkpoint write fails. The
+    command ends with one line naming the file and the cause, exit status 2, no traceback, and the
+    previous last.ckpt stays whole. The full disk is a small tmpfs (mounting one needs root: skipped
+    without), or a file-size limit (ulimit -f) smaller than a checkpoint (everywhere)."""
+    overrides = [*QUICK, "trainer.max_time=null", "callbacks.progress_bar=null", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.cache_dir={tmp_path / 'cache'}"]
+    env = command_env(tmp_path)
+    env.pop("HYDRA_FULL_ERROR")  # what a user sees by default
+
+    def train(run: Path, *extra: str, limit: int | None = None) -> subprocess.CompletedProcess:
+        def file_size_limit():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return subprocess.run([sys.executable, "-m", "seq2seq.train", *overrides, f"hydra.run.dir={run}", *extra],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                              preexec_fn=file_size_limit if limit else None)
+
+    first = tmp_path / "first"
+    assert train(first, "trainer.max_epochs=1").returncode == 0
+    checkpoint_bytes = (first / "checkpoints" / "last.ckpt").stat().st_size
+    used_kb = sum(p.stat().st_size for p in first.rglob("*") if p.is_file()) // 1024
+    with small_disk(tmp_path / "disk", used_kb + checkpoint_bytes // 1024 // 2) as mounted:
+        if disk == "tmpfs" and mounted is None:
+            pytest.skip("cannot mount a tmpfs here (not root); the file-size-limit case covers a full disk")
+        run = (mounted if disk == "tmpfs" else tmp_path) / "run"
+        shutil.copytree(first, run)
+        before = (run / "checkpoints" / "last.ckpt").read_bytes()
+        result = train(run, "ckpt_path=last", "trainer.max_epochs=3",
+                       limit=checkpoint_bytes // 2 if disk == "file-size-limit" else None)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr[-3000:]
+        cause = "No space left on device" if disk == "tmpfs" else "File too large"
+        assert lines[-1].startswith(f"error: {run / 'checkpoints'}/") and f".ckpt: {cause}: " in lines[-1], lines[-1]
+        assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+        assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+        assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]

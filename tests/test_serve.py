@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -226,6 +227,65 @@ def test_unknown_paths_and_methods_get_one_line_errors(client):
     assert status == 200 and 'id="heatmap"' in page and "://" not in page  # nothing loaded from elsewhere
 
 
+def raw_answer(sock: socket.socket) -> tuple[int, dict]:
+    """Read one HTTP/1.1 response with a Content-Length from ``sock``: (status, JSON body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    length = int(next(line.split(":", 1)[1] for line in lines if line.lower().startswith("content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), json.loads(body[:length])
+
+
+def post_raw(sock: socket.socket, body: bytes, *, chunked: bool = False, chunk: int = 65536) -> None:
+    head = b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    if not chunked:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return
+    sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+    for start in range(0, len(body), chunk):
+        piece = body[start:start + chunk]
+        sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    sock.sendall(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_5_mb_body_gets_413_json_and_the_connection_serves_on(chunked, server, translator):
+    """A body far over the limit (5 MB; the server takes ~0.2 MB here) is answered 413 with the one-line
+    JSON error, at once when its Content-Length says so and once the limit is passed when it is chunked;
+    the rest is read and dropped, so the client gets the answer (no reset) and the same keep-alive
+    connection then serves a translation."""
+    host, port = server.url.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        post_raw(sock, b" " * 5_000_000, chunked=chunked)
+        status, answer = raw_answer(sock)
+        assert status == 413 and list(answer) == ["error"] and "larger than this server takes" in answer["error"]
+        post_raw(sock, json.dumps({"text": TOY_SENTENCES[0]}).encode())
+        assert raw_answer(sock) == (200, {"translation": translator.translate(TOY_SENTENCES[0])})
+
+
+def test_a_client_that_leaves_mid_body_is_one_log_line_and_the_next_request_is_served(server, client, translator):
+    host, port = server.url.split("//")[1].rsplit(":", 1)
+    logged = len(server.output)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b'{"text": "A dog')
+        time.sleep(0.5)  # the server is reading the body when the client goes
+    assert client.post("/translate", {"text": TOY_SENTENCES[1]}) == (
+        200, {"translation": translator.translate(TOY_SENTENCES[1])})
+    deadline = time.time() + 10
+    while "disconnected" not in server.output[logged:] and time.time() < deadline:
+        time.sleep(0.1)
+    log = server.output[logged:]
+    assert "POST /translate: the client disconnected before sending its whole body" in log, log
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log
+
+
 # ------------------------------------------------------------------------------- user errors
 @pytest.mark.parametrize("case", ["no-checkpoint", "bad-checkpoint", "port-in-use"])
 def test_user_errors_end_with_one_message(case, server, served_checkpoint, tmp_path):
@@ -250,6 +310,26 @@ def fake_translate(calls: list):
             raise ValueError("boom")
         return [f"{text}:{options.get('n_best', 1)}" for text in texts]
     return translate
+
+
+def test_a_request_is_counted_before_its_answer_goes_out(tiny_checkpoint):
+    """/stats after an answer counts that request: both batchers update their counters before they set
+    a result (a callback on the future runs when the result is set, as the answer leaves)."""
+    predictor = Translator.from_checkpoint(tiny_checkpoint, device="cpu").predictor()
+    for batcher in (Batcher(fake_translate([]), max_batch=4, max_wait_ms=0),
+                    ContinuousBatcher(predictor, max_batch=4, max_wait_ms=0)):
+        seen = []
+        batcher.start()
+        try:
+            future = batcher.submit([TOY_SENTENCES[0]], {})
+            future.add_done_callback(lambda _, b=batcher, seen=seen: seen.append((b.stats()["requests"], b.stats()["sentences"])))
+            future.result(60)
+            call = batcher.call(lambda: "attention")
+            call.add_done_callback(lambda _, b=batcher, seen=seen: seen.append(b.stats()["calls"]))
+            call.result(60)
+        finally:
+            batcher.close()
+        assert seen == [(1, 1), 1], type(batcher).__name__
 
 
 def test_batcher_merges_jobs_with_equal_options_only_and_answers_each():

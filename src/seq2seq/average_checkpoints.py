@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from seq2seq.errors import ConfigError, Seq2SeqError
+from seq2seq.errors import ConfigError, user_error_message
 from seq2seq.inference.checkpoint import average_checkpoints, last_checkpoints, save_checkpoint
 
 
@@ -78,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = [Path(p) for p in args.inputs]
             paths = paths[-int(args.last):] if args.last else paths
         output = save_checkpoint(average_checkpoints(paths), args.output)
-    except Seq2SeqError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # a user error (also a full disk or a forbidden folder) is one line
+        if (message := user_error_message(err)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     print(f"Averaged {len(paths)} checkpoints into {output}:")
     for path in paths:

@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.errors import ConfigError, Seq2SeqError
+from seq2seq.errors import ConfigError, user_error_message
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task
 
 
@@ -45,33 +45,36 @@ def resolve_monitor(cfg: DictConfig) -> tuple[str, str]:
     return metric, mode
 
 
-def _user_error(err: BaseException) -> Seq2SeqError | None:
-    """``err`` or the exception it wraps (``raise ... from``), if a :class:`Seq2SeqError`.
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Hydra's ``instantiate`` re-raises whatever a constructor raises as an ``InstantiationException``
-    whose cause is the original error.
-    """
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, Seq2SeqError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__
-    return None
+
+def check_budget(trainer: DictConfig | dict | None) -> None:
+    """Check the training budget of the ``trainer`` config group before any work: ``max_steps`` (-1: none),
+    ``max_epochs`` (-1 or null: none) and ``accumulate_grad_batches``; :class:`ConfigError` naming the key."""
+    trainer = trainer or {}
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    if max_steps is not None and (not _whole_number(max_steps) or max_steps == 0 or max_steps < -1):
+        raise ConfigError(f"trainer.max_steps={max_steps!r}: use a number of optimizer steps of at least 1, or -1 for no limit")
+    if max_epochs is not None and (not _whole_number(max_epochs) or max_epochs == 0 or max_epochs < -1):
+        raise ConfigError(f"trainer.max_epochs={max_epochs!r}: use a number of epochs of at least 1, or -1 for no limit")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if not _whole_number(accumulate) or accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: use a whole number of at least 1")
 
 
 def user_errors_exit(fn):
-    """Turn a :class:`Seq2SeqError` (also one wrapped by Hydra) into one message on stderr and exit status 2."""
+    """Turn a user error (see :func:`user_error_message`) into one message on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            user_error = _user_error(err)
-            if user_error is None:
+            message = user_error_message(err)
+            if message is None:
                 raise
-            print(f"error: {user_error}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
@@ -109,3 +112,50 @@ class CheckRunFolder(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._check(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``, a sweeper, a launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def register_sweepers() -> None:
+    """Make this package's Hydra sweepers (``hydra_plugins.seq2seq_sweepers``) known to Hydra: its plugin
+    scan finds them in an installed wheel, not in an editable install (src/ is not on its path)."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.seq2seq_sweepers import SWEEPERS
+    except ImportError:
+        return
+    for sweeper in SWEEPERS:
+        Plugins.instance().register(sweeper)
+
+
+class SweepMonitor(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_monitor``) of a multirun: registers this package's
+    sweepers before Hydra instantiates the sweeper, and when the sweep ends lists the jobs that failed
+    (their ``failure.json``: a job that raises is recorded and the sweep goes on, see
+    :func:`seq2seq.run_summary.record_failure`)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        register_sweepers()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        import json
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        failures = []
+        for record in sorted(sweep_dir.glob("*/failure.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+            if (record.parent / "metrics.json").is_file():
+                continue  # failed once, finished when the sweep was run again
+            try:
+                failures.append(f"job {record.parent.name}: {json.loads(record.read_text()).get('error')}")
+            except (OSError, ValueError):
+                failures.append(f"job {record.parent.name}: (unreadable {record})")
+        if failures:
+            print(f"{len(failures)} job(s) of the sweep failed (the others ran; seq2seq-report {sweep_dir} lists them):\n  "
+                  + "\n  ".join(failures), file=sys.stderr, flush=True)

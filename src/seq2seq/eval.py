@@ -22,6 +22,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seq2seq.analysis import hypotheses as hypothesis_files
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.data.corpus import Corpus
 from seq2seq.data.datamodule import LEGACY_TARGETS, Seq2SeqDataModule
@@ -92,7 +93,12 @@ def evaluate(cfg: DictConfig) -> dict:
         nll, n_tokens, num_sentences = nll + pair_nll, n_tokens + pair_tokens, num_sentences + len(hypotheses)
         suffix = f".{name}" if name else ""
         hyp_file = output_dir / f"hypotheses.{split}{suffix}.txt"
-        atomic_write_text(hyp_file, "".join(f"{h}\n" for h in hypotheses))
+        if name:
+            atomic_write_text(hyp_file, "".join(f"{h}\n" for h in hypotheses))
+        else:  # with its record (references, decoding, checkpoint): what `report --baseline` compares
+            hypothesis_files.write(output_dir, split, hypotheses, data.reference_streams(split), corpus=data,
+                                   decoding=decoding_options, task=task, checkpoint=", ".join(str(p) for p in paths),
+                                   bleu_tokenize=cfg.get("bleu_tokenize") or data.bleu_tokenize)
         hyp_files.append(str(hyp_file))
         if decoding.n_best > 1:
             lines = [

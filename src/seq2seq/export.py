@@ -35,7 +35,8 @@ def export(cfg: DictConfig) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: use one of {', '.join(FORMATS)}")
     output = export_ctranslate2(cfg.get("ckpt_path"), cfg.get("output_dir"), cfg.get("quantization"),
-                                force=bool(cfg.get("force")), license=cfg.get("license"))
+                                force=bool(cfg.get("force")), license=cfg.get("license"),
+                                int8_weight_bits=cfg.get("int8_weight_bits", 7))
     print(f"Exported to {output}")
 
 

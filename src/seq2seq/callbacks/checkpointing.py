@@ -51,7 +51,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import check_architecture, read_checkpoint
-from seq2seq.utils.io import atomic_path
+from seq2seq.utils.io import atomic_open_binary
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_open_binary(path) as f:
+            torch.save(checkpoint, f)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -262,7 +262,35 @@ def finished_run(output_dir: str | Path) -> dict | None:
     return stored if isinstance(stored, dict) and stored.get("status") == "finished" else None
 
 
-def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any = None) -> str | None:
+def trained_so_far(checkpoint: dict) -> tuple[int, int]:
+    """``(optimizer steps, epochs whose batches all ran)`` of a training checkpoint."""
+    epochs = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(checkpoint.get("global_step") or 0), int(epochs.get("processed", checkpoint.get("epoch") or 0))
+
+
+def check_budget_left(path: Path, checkpoint: dict, budget: Any) -> None:
+    """:class:`ConfigError` when the checkpoint has trained past ``trainer.max_steps`` or ``max_epochs``.
+
+    A checkpoint that reached its budget exactly is fine (Lightning trains no further; the run tests and
+    finishes, which is how a run stopped after its training resumes); one past it means the budget was
+    lowered, which Lightning would end with a traceback (epochs) or silently ignore (steps)."""
+    steps, epochs = trained_so_far(checkpoint)
+    max_steps, max_epochs = budget.get("max_steps", -1), budget.get("max_epochs")
+    past = []
+    if max_steps is not None and max_steps != -1 and steps > max_steps:
+        past.append(f"trainer.max_steps={max_steps} (it is at step {steps})")
+    if max_epochs is not None and max_epochs != -1 and epochs > max_epochs:
+        past.append(f"trainer.max_epochs={max_epochs} (it has trained {epochs} epochs)")
+    if past:
+        raise ConfigError(
+            f"{path} has already trained past {' and '.join(past)}: nothing is left to train. To train on, "
+            "raise that budget above the checkpoint's progress; to score it as it is, "
+            f"python -m seq2seq.eval ckpt_path={path}"
+        )
+
+
+def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any = None,
+                      budget: Any = None) -> str | None:
     """The checkpoint file to resume from, checked; None to start anew.
 
     ``ckpt_path=last`` is ``<output_dir>/checkpoints/last.ckpt``: run the command with
@@ -271,7 +299,8 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any 
     run and continues it after a preemption (with a fixed ``hydra.run.dir`` or ``hydra.sweep.dir``).
     The file must be a complete training checkpoint (with optimizer and loop state) written by
     ``seq2seq.train``, of the same architecture as ``model`` (the run's ``model`` config), else
-    :class:`CheckpointError`.
+    :class:`CheckpointError`; with ``budget`` (the ``trainer`` config), one that has not trained past
+    it (:func:`check_budget_left`), else :class:`ConfigError`.
     """
     if ckpt_path is None or str(ckpt_path).strip() == "":
         return None
@@ -291,6 +320,8 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any 
     checkpoint = read_checkpoint(path, resumable=True)
     if model is not None:
         check_architecture(path, checkpoint, model)
+    if budget is not None:
+        check_budget_left(path, checkpoint, budget)
     if ckpt_path == "auto":
         log.info("ckpt_path=auto: resuming from %s (step %s)", path, checkpoint.get("global_step"))
     return str(path)

@@ -288,12 +288,30 @@ class Corpus:
         source = self._required(split)
         references = source.texts()[1]
         if split not in self._more_refs:
-            self._more_refs[split] = [
-                read_aligned_lines(Path(name) if Path(name).is_absolute() else self.root / name,
-                                   len(references), f"the {split} split ({source.where})")
-                for name in self.options.extra_references.get(split, ())
-            ]
+            self._more_refs[split] = [read_aligned_lines(path, len(references), f"the {split} split ({source.where})")
+                                      for path in self.extra_reference_files(split)]
         return [references, *self._more_refs[split]]
+
+    def split_name(self, split: str) -> str:
+        """The base name ``split`` is read from (``test_2016_flickr``): the first of its candidates
+        whose files exist in :attr:`format`, else (a Hub dataset that cannot be listed now) the first."""
+        candidates = self._candidates(getattr(self.splits, split)) or [split]
+        try:
+            found = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format).find(candidates)
+        except DataError:
+            found = None
+        return found or candidates[0]
+
+    def extra_reference_files(self, split: str) -> list[Path]:
+        """The files of ``extra_references[split]``, relative paths under ``root``."""
+        return [Path(name) if Path(name).is_absolute() else self.root / name
+                for name in self.options.extra_references.get(split, ())]
+
+    def reference_files(self, split: str) -> list[Path]:
+        """The files ``split``'s references are read from: the target side's (none for a Hub
+        dataset), then :meth:`extra_reference_files`."""
+        reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
+        return reader.target_files(self.split_name(split)) + self.extra_reference_files(split)
 
     # ------------------------------------------------------------------ the token cache
     def _cache_file(self, tokenizer: Tokenizer, digest: str) -> Path:

@@ -634,6 +634,10 @@ class CorpusReader:
         """How a missing file is named in messages."""
         return str(path)
 
+    def target_files(self, split: str) -> list[Path]:
+        """The files that hold the split's targets (its references): the last of :meth:`files`."""
+        return self.files(split)[-1:]
+
     def exists(self, split: str) -> bool:
         return all(p.is_file() for p in self.files(split))
 
@@ -857,6 +861,9 @@ class HfFormat(CorpusReader):
 
     def describe(self, split: str) -> str:
         return f"split '{split}' of {self.fmt.hf_path}"
+
+    def target_files(self, split: str) -> list[Path]:
+        return []  # a Hub dataset: no file of its own
 
     def open_explicit(self, files: Mapping[str, Any]) -> PairSource:
         if "split" not in files:

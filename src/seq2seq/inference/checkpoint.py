@@ -32,7 +32,7 @@ from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.ensemble import Ensemble, config_difference
 from seq2seq.errors import CheckpointError, ConfigError, one_line
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
-from seq2seq.utils.io import atomic_path
+from seq2seq.utils.io import atomic_open_binary
 
 # Training state that belongs to one run only: an average or a weights-only export cannot resume.
 # (``current_model_state``/``averaging_state``: the raw weights and counters beside EMA weights, see
@@ -195,8 +195,8 @@ def load_models(
 def save_checkpoint(checkpoint: Mapping[str, Any], output: str | Path) -> Path:
     """``torch.save`` to ``output`` atomically (never a half-written file under that name)."""
     output = Path(output)
-    with atomic_path(output) as tmp:
-        torch.save(dict(checkpoint), tmp)
+    with atomic_open_binary(output) as f:
+        torch.save(dict(checkpoint), f)
     return output
 
 

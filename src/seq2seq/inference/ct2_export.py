@@ -25,6 +25,15 @@ convention is set explicitly:
 What has no CTranslate2 counterpart (a copy-attention head; any model variant's setting the export
 does not map) is refused, all of it in one message (:func:`check_exportable`).
 
+int8 weights (``quantization=int8*``) are rounded to 7 bits (``int8_weight_bits=7``, the default:
+integers in [-63, 63], one scale per output row) rather than CTranslate2's 8. CTranslate2 multiplies
+int8 weights by activations shifted to unsigned 8 bits through oneDNN, and on a CPU without VNNI
+(AVX2, and AVX-512 before Cascade Lake) oneDNN sums pairs of those products in 16 bits, which
+saturate once a pair exceeds 32,767 (255 x 127 x 2 does). 7-bit weights keep every pair in range,
+so an int8 model computes the same on every x86 CPU; with 8 bits it is a little closer to float32 on
+VNNI CPUs and further from it on the others (docs/results/int8_isa_cpu/;
+``benchmarks/int8_isa.py`` compares both on each instruction set).
+
 The output folder holds the CTranslate2 model (``model.bin``, ``config.json``, the vocabulary
 JSON), the sentencepiece model(s), ``seq2seq_export.json`` (what :class:`~seq2seq.inference.
 ct2_predictor.CT2Predictor` needs to decode exactly as we do) and a model card ``README.md``. It is
@@ -67,12 +76,49 @@ def require_ctranslate2():
     return ctranslate2
 
 
+INT8_WEIGHT_BITS = (7, 8)
+
+
 def quantizations() -> tuple[str, ...]:
     """The weight types CTranslate2 can write (``quantization=``), besides null (float32 as trained)."""
     require_ctranslate2()
     from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
 
     return tuple(ACCEPTED_MODEL_TYPES)
+
+
+def quantize(spec, quantization: str | None, int8_weight_bits: int = 7) -> None:
+    """``spec.optimize(quantization)`` (CTranslate2 aliases equal variables and converts the weights),
+    with int8 weights rounded to ``int8_weight_bits`` bits (7: no oneDNN saturation without VNNI;
+    see the module docstring) from the float32 values, one scale per output row as CTranslate2's."""
+    import numpy as np
+    from ctranslate2.specs import model_spec
+
+    if int8_weight_bits not in INT8_WEIGHT_BITS:
+        raise ConfigError(f"int8_weight_bits={int8_weight_bits!r}: use 7 (every CPU computes the same) or 8")
+    originals: dict[str, Any] = {}
+    if quantization and quantization.startswith("int8") and int8_weight_bits != 8:
+        def keep(layer, name, value):
+            key = name.split("/")[-1]
+            if isinstance(value, model_spec.Variable) and hasattr(layer, f"{key}_scale") and not value.is_scalar():
+                originals[name] = value.to("float32").numpy().copy()
+
+        model_spec.visit_spec(spec, keep)
+    spec.optimize(quantization=quantization)
+    levels = np.float32(2 ** (int8_weight_bits - 1) - 1)
+
+    def requantize(layer, name, value):
+        weights = originals.get(name)
+        if weights is None or not isinstance(value, model_spec.Variable) or value.dtype != "int8":
+            return
+        key = name.split("/")[-1]
+        amax = np.maximum(np.abs(weights).max(axis=1), levels / np.finfo(np.float32).max)
+        scale = (levels / amax).astype(np.float32)
+        setattr(layer, key, model_spec.NumpyVariable(np.rint(weights * scale[:, None]).astype(np.int8)))
+        setattr(layer, f"{key}_scale", model_spec.NumpyVariable(scale).to(getattr(layer, f"{key}_scale").dtype))
+
+    if originals:
+        model_spec.visit_spec(spec, requantize)
 
 
 # ------------------------------------------------------------------------------------ the spec
@@ -265,11 +311,13 @@ def export_ctranslate2(
     force: bool = False,
     license: str | None = None,
     on_spec: Callable[[Any], None] | None = None,
+    int8_weight_bits: int = 7,
 ) -> Path:
     """Export a checkpoint to a CTranslate2 model folder; returns the folder.
 
     ``quantization``: null (float32 weights, as trained) or a CTranslate2 weight type (``int8``,
-    ``int8_float32``, ``int16``, ``float16`` ...). ``force`` replaces a non-empty ``output_dir``.
+    ``int8_float32``, ``int16``, ``float16`` ...); ``int8_weight_bits`` (7 or 8) the precision of int8
+    weights (see the module docstring). ``force`` replaces a non-empty ``output_dir``.
     ``license`` goes into the model card (``other`` when not given). ``on_spec`` (tests) sees the
     spec before it is written. User errors raise :class:`~seq2seq.errors.Seq2SeqError` before
     anything is written.
@@ -281,7 +329,7 @@ def export_ctranslate2(
     checkpoint = read_checkpoint(ckpt_path)
     net, tokenizer = build_model(checkpoint, ckpt_path)
     spec = build_spec(net, tokenizer)
-    spec.optimize(quantization=quantization)
+    quantize(spec, quantization, int8_weight_bits)
     if on_spec is not None:
         on_spec(spec)
     files = tokenizer_files(tokenizer)
@@ -291,6 +339,7 @@ def export_ctranslate2(
         "format": "ctranslate2",
         "ctranslate2_version": ctranslate2.__version__,
         "quantization": quantization,
+        "int8_weight_bits": int8_weight_bits if quantization and quantization.startswith("int8") else None,
         "checkpoint": str(Path(ckpt_path).resolve()),
         "global_step": checkpoint.get("global_step"),
         "run_dir": str(run) if run else None,

@@ -117,12 +117,7 @@ class Seq2SeqModule(L.LightningModule):
         self.tokenizer = tokenizer
         if config is None:
             fields = dict(self.hparams.model)
-            unknown = sorted(set(fields) - set(TransformerConfig.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(
-                    f"model.{unknown[0]} is not a model setting (the model group holds TransformerConfig "
-                    "fields only; compile, unpad and loss_chunk_tokens are speed.* settings)"
-                )
+            TransformerConfig.check_settings(fields)
             fields["share_embeddings"] = fields.get("share_embeddings", True) and tokenizer.joint
             if fields.get("copy_attention") and not tokenizer.joint:
                 raise ConfigError(

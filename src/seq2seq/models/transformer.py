@@ -33,6 +33,7 @@ searches know which one a model has.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seq2seq.errors import ConfigError
 from seq2seq.models.loss import fused_linear_label_smoothed_ce, label_smoothed_nll
+
+ACTIVATIONS = ("relu", "gelu")
 
 
 @dataclass
@@ -71,12 +75,51 @@ class TransformerConfig:
     eos_id: int = 3
 
     def __post_init__(self) -> None:
+        """Raise :class:`~seq2seq.errors.ConfigError`, naming the ``model.*`` keys and the values that
+        would do, for settings no network can be built from."""
+        for name in ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "max_positions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name}={value!r}: use a whole number of at least 1")
         if self.d_model % self.num_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+            divisors = [n for n in range(1, self.d_model + 1) if self.d_model % n == 0 and n <= 64]
+            step = self.num_heads * (1 + self.num_heads % 2)  # d_model must also be even
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} does not divide model.d_model={self.d_model} (each head gets "
+                f"d_model / num_heads dimensions): use num_heads in {divisors}, or a d_model that "
+                f"{self.num_heads} divides (e.g. {step * max(1, round(self.d_model / step))})"
+            )
+        if self.d_model % 2:
+            raise ConfigError(f"model.d_model={self.d_model} must be even (the sinusoidal position table "
+                              f"pairs a sine and a cosine per frequency): use {self.d_model + 1} or {self.d_model - 1}")
+        if self.max_positions < 2:
+            raise ConfigError(f"model.max_positions={self.max_positions}: use at least 2 (a token and EOS)")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"model.{name}={value!r}: use a probability in [0, 1), e.g. 0.1")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation={self.activation!r}: use one of {', '.join(ACTIVATIONS)}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+            raise ConfigError("model.share_embeddings=true needs one vocabulary for both sides (src_vocab_size == "
+                              "tgt_vocab_size): set data.joint_vocab=true or model.share_embeddings=false")
         if self.copy_attention and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError("copy_attention needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+            raise ConfigError("model.copy_attention=true needs one vocabulary for both sides (src_vocab_size == "
+                              "tgt_vocab_size): set data.joint_vocab=true or model.copy_attention=false")
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Check the ``model`` config group before any data is read: unknown keys and impossible shapes
+        raise :class:`~seq2seq.errors.ConfigError`. The vocabulary sizes and special ids come from the
+        tokenizer later, so they are left out here."""
+        settings = dict(settings)
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"model.{unknown[0]} is not a model setting (the model group holds TransformerConfig "
+                "fields only; compile, unpad and loss_chunk_tokens are speed.* settings)"
+            )
+        cls(**{**settings, "src_vocab_size": 1, "tgt_vocab_size": 1})
 
 
 def blocked_to_keep(mask: Tensor | None) -> Tensor | None:

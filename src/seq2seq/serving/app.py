@@ -31,8 +31,9 @@ from typing import Any
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from seq2seq.api import Translator
 from seq2seq.decoding.ensemble import Ensemble
@@ -89,7 +90,10 @@ def demo_page() -> str:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    """The request body, refused (413) as soon as it passes ``limit`` bytes: at once when its
+    Content-Length says so, else (chunked) once the bytes read pass it; nothing past the limit is kept.
+    uvicorn reads and drops the rest of a refused body after the answer, so the client gets the 413
+    and the connection stays open."""
     declared = request.headers.get("content-length", "")
     too_large = BadRequest(413, f"the body is larger than this server takes ({limit} bytes); send fewer or shorter texts")
     if declared.isdigit() and int(declared) > limit:
@@ -152,6 +156,13 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         return JSONResponse({"error": f"{err.detail}: {request.method} {request.url.path}; this server has {ENDPOINTS}"},
                             status_code=err.status_code, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, err: ClientDisconnect) -> Response:
+        # Nobody is left to answer: one log line instead of the ASGI traceback, and the server goes on.
+        logger.warning("%s %s: the client disconnected before sending its whole body", request.method,
+                       request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:

@@ -149,11 +149,15 @@ class _Worker:
         try:
             result = job.call()
         except Exception as err:  # noqa: BLE001 - handed to the caller
-            job.future.set_exception(err)
+            error = err
         else:
-            job.future.set_result(result)
-        with self._lock:
+            error = None
+        with self._lock:  # counted before the answer goes out (see Batcher._run_batch)
             self._stats["calls"] += 1
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
 
 
 class Batcher(_Worker):
@@ -331,7 +335,7 @@ class ContinuousBatcher(_Worker):
                 with self._lock:
                     self._stats["failed_batches"] += 1
                 continue
-            with self._lock:
+            with self._lock:  # counted before the answers go out (see Batcher._run_batch)
                 stats = self._stats
                 stats["steps"] += 1
                 stats["step_sentences"] += in_flight

@@ -19,7 +19,7 @@ from typing import BinaryIO, TextIO
 
 from seq2seq.errors import DataError
 
-__all__ = ["TextLines", "atomic_open_text", "atomic_path", "atomic_write_bytes", "atomic_write_text", "count_lines",
+__all__ = ["TextLines", "atomic_open_binary", "atomic_open_text", "atomic_path", "atomic_write_bytes", "atomic_write_text", "count_lines",
            "line_count_mismatch", "paired_lines"]
 
 
@@ -61,9 +61,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            err.filename = str(path)  # the user asked for path; the temporary name means nothing to them
         raise
     _fsync_dir(path.parent)
 
@@ -78,6 +80,44 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8, newlines written as given) and return the path."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+class _CheckedWriter:
+    """A binary file's ``write`` and ``flush`` that remember the first :class:`OSError`: serializers that
+    call them (``torch.save``) report a failed write as their own error, without the errno."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
+@contextlib.contextmanager
+def atomic_open_binary(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to write (``torch.save(obj, f)``) that appears under ``path`` only once complete
+    (see :func:`atomic_path`). A write that fails (a full disk) raises its :class:`OSError`, naming
+    ``path``, even where the serializer turned it into another exception; ``path`` keeps its old file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = _CheckedWriter(f)
+        try:
+            yield writer  # type: ignore[misc]
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 @contextlib.contextmanager
