@@ -163,8 +163,8 @@ def test_every_experiment_runs_fast_dev_run_on_local_fixture_data(experiment, tm
 
 
 # ---------------------------------------------------------------------------------- sweeps that survive
-# In these sweeps model.d_model=30 is impossible (not divisible by the 4 heads): that job fails as soon
-# as its model is built.
+# In these sweeps model.d_model=30 is impossible (4 heads do not divide it): that job fails before it
+# reads any data (TransformerConfig.check_settings), with one ConfigError line.
 
 
 def test_seed_sweep_with_an_impossible_job_finishes_groups_and_reports(tmp_path):
@@ -175,11 +175,13 @@ def test_seed_sweep_with_an_impossible_job_finishes_groups_and_reports(tmp_path)
     result = run_train(["-m", *quick, "model.d_model=32,30,64", "seed=1,2", "logger=csv",
                         f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 job(s) of the sweep failed" in result.stderr and "job 2: ValueError: d_model=30" in result.stderr
+    assert "2 job(s) of the sweep failed" in result.stderr and "job 2: model.num_heads=4 does not divide model.d_model=30" in result.stderr
     failed = sorted(p.parent.name for p in sweep.glob("*/failure.json"))
     assert failed == ["2", "3"] and all((sweep / str(n) / "metrics.json").is_file() for n in (0, 1, 4, 5))
-    assert json.loads((sweep / "2" / "failure.json").read_text())["error"] == (
-        "ValueError: d_model=30 is not divisible by num_heads=4")
+    record = json.loads((sweep / "2" / "failure.json").read_text())
+    assert record["type"] == "ConfigError" and record["error"].startswith(
+        "model.num_heads=4 does not divide model.d_model=30 (each head gets d_model / num_heads dimensions): "
+        "use num_heads in [1, 2, 3, 5, 6, 10, 15, 30]")
 
     out = report(sweep, baseline="model.d_model=32", resamples=100)
     small, impossible, large = out["groups"]
@@ -192,7 +194,7 @@ def test_seed_sweep_with_an_impossible_job_finishes_groups_and_reports(tmp_path)
     assert small.summaries["val/chrf"].std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
     # Each seed of row 3 against the same seed of row 1, on the hypotheses the jobs kept.
     assert [(b, j) for b, j, _ in large.comparisons["val/chrf"].pairs] == [("0", "4"), ("1", "5")]
-    assert "- row 2, job 2 (seed=1): ValueError: d_model=30 is not divisible by num_heads=4" in out["markdown"]
+    assert "- row 2, job 2 (seed=1): model.num_heads=4 does not divide model.d_model=30" in out["markdown"]
     assert r"\begin{tabular}" in out["latex"] and (sweep / "results.tex").is_file()
 
 
@@ -203,9 +205,9 @@ def test_joblib_launcher_goes_on_after_a_failing_job(tmp_path):
                         "logger=csv", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
-    assert "not divisible" in json.loads((sweep / "1" / "failure.json").read_text())["error"]
+    assert "does not divide model.d_model=30" in json.loads((sweep / "1" / "failure.json").read_text())["error"]
     rows = report(sweep)["rows"]
-    assert [r["status"] for r in rows] == ["ok", "failed"] and "not divisible" in rows[1]["error"]
+    assert [r["status"] for r in rows] == ["ok", "failed"] and "does not divide model.d_model=30" in rows[1]["error"]
 
 
 def _optuna_command(sweep: Path, storage: Path, n_trials: int) -> list[str]:
@@ -261,7 +263,7 @@ def test_optuna_study_survives_failing_trials_and_resumes_after_a_kill(tmp_path)
     complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert failed and complete and sorted(failed + complete + [1]) == [0, 1, 2, 3, 4]
     for number in failed:  # the failing trials' reasons, in their folders
-        assert "not divisible by num_heads=3" in json.loads((sweep / str(number) / "failure.json").read_text())["error"]
+        assert "model.num_heads=3 does not divide model.d_model=32" in json.loads((sweep / str(number) / "failure.json").read_text())["error"]
         assert trials[number].params["model.num_heads"] == 3
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_params"]["model.num_heads"] == 4
