@@ -59,7 +59,7 @@ def emit(context: dict[str, Any], name: str, **values: Any) -> None:
 
 def padding_stats(dm: Seq2SeqDataModule, max_tokens: int) -> dict[str, Any]:
     """Iterate one training epoch at ``max_tokens``; count real and pad positions and time it."""
-    dm.max_tokens = max_tokens
+    dm.batching.max_tokens = max_tokens
     loader = dm.train_dataloader()
     batches = sentences = 0
     real = {"src": 0, "tgt_out": 0}
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         }
 
         start = time.perf_counter()
-        dm = Seq2SeqDataModule(**options)
+        dm = Seq2SeqDataModule.from_config(**options)
         dm.prepare_data()
         dm.setup("fit")
         first = time.perf_counter() - start
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
              real_vocab_size=dm.tokenizer.src_vocab_size)
 
         start = time.perf_counter()
-        dm = Seq2SeqDataModule(**options)
+        dm = Seq2SeqDataModule.from_config(**options)
         dm.prepare_data()
         dm.setup("fit")
         cached = time.perf_counter() - start

@@ -1,13 +1,15 @@
 """Data pipeline at WMT14 scale: preparation time and memory, cached reload, per-rank memory, first batch.
 
     python benchmarks/data_scale.py [--pairs 4500000] [--seed 0] [--workdir outputs/data_scale]
-        [--config wmt14_en_de] [--prepare-workers N] [--out result.json]
+        [--config wmt14_en_de] [--format lines|tsv] [--prepare-workers N] [--out result.json]
 
 Writes a synthetic WMT14-like corpus of ``--pairs`` pairs (``benchmarks/synthetic_corpus.py``:
 log-normal sentence lengths, ~25 words per side, Zipfian vocabulary; reproducible from ``--seed``)
 under ``--workdir`` (kept for the next run; it is not part of the repository), points the data
 config ``--config`` (default ``wmt14_en_de``: joint 32k BPE, ``max_tokens=8192``,
 ``max_len_ratio=3``) at it with an empty cache, and measures, each in a fresh process:
+(``--format tsv``: the same pairs as one ``{split}.tsv`` file per split, header ``en<TAB>de``, so
+that the two formats' preparation can be compared on one corpus)
 
 * ``prepare``: ``prepare_data()`` on the empty cache (hashing the corpus, sentencepiece training,
   tokenizing every split, writing the cache): wall seconds, the seconds per step
@@ -71,7 +73,7 @@ def child_prepare(options: dict) -> dict:
     from seq2seq.data.datamodule import Seq2SeqDataModule
 
     cpu, start = _cpu_s(), time.perf_counter()
-    dm = Seq2SeqDataModule(**options)
+    dm = Seq2SeqDataModule.from_config(**options)
     dm.prepare_data()
     seconds = time.perf_counter() - start
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -85,7 +87,7 @@ def child_reload(options: dict) -> dict:
     from seq2seq.data.datamodule import Seq2SeqDataModule
 
     start = time.perf_counter()
-    dm = Seq2SeqDataModule(**options)
+    dm = Seq2SeqDataModule.from_config(**options)
     dm.prepare_data()
     dm.setup("fit")
     seconds = time.perf_counter() - start
@@ -101,7 +103,7 @@ def child_rank(options: dict, rank: int, world_size: int) -> dict:
 
     before = _rss_mb()
     start = time.perf_counter()
-    dm = Seq2SeqDataModule(**options)
+    dm = Seq2SeqDataModule.from_config(**options)
     dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
     dm.setup("fit")
     setup_s = time.perf_counter() - start
@@ -182,13 +184,30 @@ def _start(mode: str, spec: Path, *extra: str) -> subprocess.Popen:
                             text=True, env=env)
 
 
-def data_options(config: str, root: Path, cache: Path, prepare_workers: int | None) -> dict:
+def write_tsv(lines_folder: Path, folder: Path) -> None:
+    """The corpus of ``lines_folder`` as ``{split}.tsv`` files (header ``en<TAB>de``), written as a stream."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        target = folder / f"{split}.tsv"
+        if target.is_file() and target.stat().st_mtime >= (lines_folder / f"{split}.en").stat().st_mtime:
+            continue
+        with open(lines_folder / f"{split}.en", "rb") as en, open(lines_folder / f"{split}.de", "rb") as de, \
+                open(str(target) + ".tmp", "wb") as out:
+            out.write(b"en\tde\n")
+            for src, tgt in zip(en, de):
+                out.write(src.rstrip(b"\n") + b"\t" + tgt)
+        os.replace(str(target) + ".tmp", target)
+
+
+def data_options(config: str, root: Path, cache: Path, prepare_workers: int | None, fmt: str = "lines") -> dict:
     sys.path.insert(0, str(HERE))
     from data_pipeline import data_options as compose_data
 
     options = compose_data(config, [f"data.root={root}"])
     # The synthetic corpus is {split}.en / {split}.de lines; the Hub config's split names list these too.
     options.update(cache_dir=str(cache), splits=dict(SPLITS), src_lang="en", tgt_lang="de")
+    if fmt == "tsv":
+        options.update(format="tsv", src_field="en", tgt_field="de", hf_path=None, hf_name=None, hf_data_files=None)
     if prepare_workers is not None:
         options["prepare_workers"] = prepare_workers
     return options
@@ -200,14 +219,19 @@ def run(args: argparse.Namespace) -> dict:
 
     workdir = Path(args.workdir)
     corpus = workdir / f"corpus-{args.pairs}-seed{args.seed}"
-    cache = workdir / f"cache-{args.pairs}-seed{args.seed}"
+    cache = workdir / f"cache-{args.pairs}-seed{args.seed}" if args.format == "lines" else \
+        workdir / f"cache-{args.pairs}-seed{args.seed}-{args.format}"
     load_avg = os.getloadavg()
     start = time.perf_counter()
     stamp = write_corpus(corpus, args.pairs, args.seed, progress=not args.quiet)
+    root = corpus
+    if args.format == "tsv":
+        root = workdir / f"corpus-{args.pairs}-seed{args.seed}-tsv"
+        write_tsv(corpus, root)
     generation_s = time.perf_counter() - start
     shutil.rmtree(cache, ignore_errors=True)  # the first preparation starts from an empty cache
-    options = data_options(args.config, corpus, cache, args.prepare_workers)
-    spec = workdir / f"spec-{args.pairs}-seed{args.seed}.json"
+    options = data_options(args.config, root, cache, args.prepare_workers, args.format)
+    spec = workdir / f"spec-{args.pairs}-seed{args.seed}-{args.format}.json"
     spec.write_text(json.dumps(options))
 
     proc = _start("prepare", spec)
@@ -223,7 +247,7 @@ def run(args: argparse.Namespace) -> dict:
 
     cache_mb = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20
     result: dict[str, Any] = {
-        "benchmark": "data_scale", "pairs": args.pairs, "seed": args.seed, "config": args.config,
+        "benchmark": "data_scale", "pairs": args.pairs, "seed": args.seed, "config": args.config, "format": args.format,
         "workdir": str(workdir), "cpus": len(os.sched_getaffinity(0)), "load_avg": [round(x, 2) for x in load_avg],
         "corpus": {"generation_s": generation_s, "train_mb": sum(stamp["train_bytes"].values()) / 2**20,
                    "words_per_side_mean": stamp["train_words_per_side_mean"]},
@@ -259,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
     parser.add_argument("--workdir", default="outputs/data_scale", help="corpus and cache folder (not committed)")
     parser.add_argument("--config", default="wmt14_en_de", help="data config under conf/data")
+    parser.add_argument("--format", choices=("lines", "tsv"), default="lines",
+                        help="the corpus as line files, or the same pairs as one TSV file per split")
     parser.add_argument("--prepare-workers", type=int, default=None,
                         help="data.prepare_workers (default: the DataModule's choice)")
     parser.add_argument("--out", default=None, help="also write the JSON object here")

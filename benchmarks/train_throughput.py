@@ -10,7 +10,7 @@ step) of several systems of identical size on identical batches, in one run:
   trains it (:func:`seq2seq.models.loss.sequence_loss`): position-wise layers on real tokens only
   (:meth:`Seq2SeqTransformer.target_states` on packed layouts), logits of real targets only through the fused chunked
   label-smoothed cross-entropy, the project's optimizer
-  (:func:`seq2seq.models.lit_module.build_optimizer`);
+  (:func:`seq2seq.training.optimizer.build_optimizer`);
 * ``ours_plain``: the same model through the padded forward with full logits and
   ``F.cross_entropy`` (the peers' loss): what our implementation does without skipping padding;
 * ``torch``: ``torch.nn.Transformer`` (post-LN, ``batch_first``) with the same embeddings (our
@@ -95,9 +95,10 @@ from torch import Tensor, nn
 
 from seq2seq.callbacks.throughput import device_peak_flops, flops_per_token
 from seq2seq.data.sampler import TokenBudgetBatchSampler
-from seq2seq.models.lit_module import build_optimizer, compile_dynamic
 from seq2seq.models.loss import plain_sequence_loss, sequence_loss, source_index, target_index
 from seq2seq.models.transformer import Embedding, Seq2SeqTransformer, TransformerConfig
+from seq2seq.training.compile import compile_dynamic
+from seq2seq.training.optimizer import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 PAD, BOS, EOS = 0, 2, 3
@@ -528,7 +529,9 @@ def main(argv=None) -> None:
     src_cells = sum(b.src.numel() for b in batches) / len(batches)
     tgt_cells = sum(b.tgt_out.numel() for b in batches) / len(batches)
     sentences = sum(b.src.size(0) for b in batches) / len(batches)
-    flops_per_token_pair = flops_per_token(cfg, src_cells / sentences, tgt_cells / sentences)
+    with torch.device("meta"):  # the count needs the layers' shapes, not their weights
+        ours = Seq2SeqTransformer(cfg)
+    flops_per_token_pair = flops_per_token(ours, src_cells / sentences, tgt_cells / sentences)
     peak = device_peak_flops(device, args.peak_tflops)
     padding = 1 - (per_step_src + per_step_tgt) / (src_cells + tgt_cells)
     common = {

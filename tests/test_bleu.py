@@ -88,16 +88,16 @@ def _corpus(root, n_test=3):
 def test_extra_reference_files_become_reference_streams(tmp_path):
     root = _corpus(tmp_path / "corpus")
     (root / "test.ref2.de").write_text("zweites Ziel 0\nzweites Ziel 1\nzweites Ziel 2\n")
-    dm = Seq2SeqDataModule(str(root), "en", "de", extra_references={"test": ["test.ref2.de"]}, cache_dir=str(tmp_path))
+    dm = Seq2SeqDataModule.from_config(root=str(root), src_lang="en", tgt_lang="de", extra_references={"test": ["test.ref2.de"]}, cache_dir=str(tmp_path))
     assert dm.reference_streams("test") == [["Ziel 0", "Ziel 1", "Ziel 2"], ["zweites Ziel 0", "zweites Ziel 1", "zweites Ziel 2"]]
     assert dm.reference_streams("val") == [["Ziel 0", "Ziel 1"]]
 
     (root / "test.ref2.de").write_text("zweites Ziel 0\n")
-    short = Seq2SeqDataModule(str(root), "en", "de", extra_references={"test": "test.ref2.de"}, cache_dir=str(tmp_path))
+    short = Seq2SeqDataModule.from_config(root=str(root), src_lang="en", tgt_lang="de", extra_references={"test": "test.ref2.de"}, cache_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"test\.ref2\.de has 1 lines but the test split .* has 3 segments"):
         short.reference_streams("test")
     with pytest.raises(ConfigError, match="extra_references.train"):
-        Seq2SeqDataModule(str(root), "en", "de", extra_references={"train": ["x"]})
+        Seq2SeqDataModule.from_config(root=str(root), src_lang="en", tgt_lang="de", extra_references={"train": ["x"]})
 
 
 def test_training_with_a_japanese_target_without_mecab_stops_before_it_starts(monkeypatch):
@@ -109,10 +109,11 @@ def test_training_with_a_japanese_target_without_mecab_stops_before_it_starts(mo
     monkeypatch.setitem(sys.modules, "MeCab", None)
     module = Seq2SeqModule(model={}, optim={"lr": 1e-3})
     module.net = make_model()
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(tgt_lang="ja", bleu_tokenize=None))
+    corpus = SimpleNamespace(tgt_lang="ja", bleu_tokenize=None)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(corpora={None: corpus}))
     with pytest.raises(ConfigError, match=r"sacrebleu\[ja\]"):
         module.setup("validate")  # Lightning calls it before the sanity check and the first step
-    module._trainer.datamodule.bleu_tokenize = "char"  # a tokenizer chosen in the data config
+    corpus.bleu_tokenize = "char"  # a tokenizer chosen in the data config
     module.setup("validate")
 
 

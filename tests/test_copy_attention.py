@@ -26,7 +26,7 @@ def test_output_is_the_mixture_of_vocabulary_and_copy_distributions():
         log_probs = net(src, tgt_in)
         out = net.attention(src, tgt_in)
         memory, mask = net.encode(src)
-        hidden = net.decoder(tgt_in, None, memory, mask, return_hidden=True)
+        hidden = net.decoder.states(tgt_in, memory, mask)[0]
     probs = log_probs.exp()
     assert torch.allclose(probs.sum(-1), torch.ones(2, 3), atol=1e-5)
     gate = torch.sigmoid(net.head.gate(hidden))

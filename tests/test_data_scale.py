@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seq2seq.data import datamodule as dm_module
+from seq2seq.data import corpus as corpus_module
 from seq2seq.data import tokenizer as tok_module
 from seq2seq.data.datamodule import Seq2SeqDataModule
 from seq2seq.data.filtering import filter_lengths, filter_pairs
@@ -60,7 +60,7 @@ def datamodule(root: Path, cache: Path, **kwargs) -> Seq2SeqDataModule:
     options = {"root": str(root), "src_lang": "en", "tgt_lang": "de", "vocab_size": 64, "max_tokens": 256,
                "eval_max_tokens": 256, "cache_dir": str(cache), "splits": {"train": "train", "val": "val",
                                                                          "test": None}}
-    return Seq2SeqDataModule(**{**options, **kwargs})
+    return Seq2SeqDataModule.from_config(**{**options, **kwargs})
 
 
 def prepared(dm: Seq2SeqDataModule) -> Seq2SeqDataModule:
@@ -78,8 +78,8 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def entry_of(cache: Path, dm: Seq2SeqDataModule, split: str = "train") -> Path:
-    source = dm._source(split)
-    return dm._cache_file(dm.tokenizer, source.digest())
+    corpus = dm.corpora[None]
+    return corpus._cache_file(dm.tokenizer, corpus.source(split).digest())
 
 
 def as_lists(data) -> tuple[list[list[int]], list[list[int]]]:
@@ -198,7 +198,7 @@ def test_parallel_streamed_tokenization_matches_the_single_process_path(
     root = tmp_path / "corpus"
     make_corpus(root, 257, seed=3, **layout)
     make_corpus(root, 40, seed=4, split="val")
-    monkeypatch.setattr(dm_module, "CHUNK_PAIRS", 23)  # many chunks, the last one short
+    monkeypatch.setattr(corpus_module, "CHUNK_PAIRS", 23)  # many chunks, the last one short
     contexts = []
     get_context = multiprocessing.get_context
     monkeypatch.setattr(tok_module.multiprocessing, "get_context",
@@ -221,6 +221,53 @@ def test_parallel_streamed_tokenization_matches_the_single_process_path(
     assert one.references("train") == tgt  # the lines as the reader gives them (BOM, \r, last line)
 
 
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_tsv_and_jsonl_training_splits_stream_as_lines_do(fmt: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-file training split is read in blocks and tokenized chunk by chunk, never whole: the
+    file reader's buffer stays a small part of the file, every chunk holds at most CHUNK_PAIRS pairs,
+    and the cached ids are those of the same corpus as line files."""
+    from seq2seq.data import sources
+
+    root = tmp_path / "corpus"
+    src, tgt = make_corpus(root, 400, seed=8)
+    make_corpus(root, 40, seed=9, split="val")
+    if fmt == "tsv":
+        (root / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(["en", *src], ["de", *tgt])))
+        options = {"format": "tsv", "src_field": "en", "tgt_field": "de"}
+    else:
+        (root / "train.jsonl").write_text("".join(json.dumps({"t": {"en": s, "de": t}}, ensure_ascii=False) + "\n"
+                                                  for s, t in zip(src, tgt)))
+        options = {"format": "jsonl", "src_field": "t.en", "tgt_field": "t.de"}
+    (root / f"val.{fmt}").write_bytes((root / f"train.{fmt}").read_bytes())
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(sources, "RECORDS_PER_BLOCK", 16)
+    monkeypatch.setattr(corpus_module, "CHUNK_PAIRS", 23)
+    buffers, chunks = [], []
+    fill = sources._LineReader._fill
+
+    def watched_fill(reader):
+        fill(reader)
+        buffers.append(len(reader.buf))
+
+    encode = corpus_module.encode_chunks
+
+    def watched_encode(tokenizer, pieces, *args):
+        return encode(tokenizer, (chunks.append(len(c)) or c for c in pieces), *args)
+
+    monkeypatch.setattr(sources._LineReader, "_fill", watched_fill)
+    monkeypatch.setattr(corpus_module, "encode_chunks", watched_encode)
+    streamed = prepared(datamodule(root, tmp_path / "cache_a", max_src_len=1000, max_tgt_len=1000, **options))
+    assert isinstance(streamed.corpora[None].source("train"), sources.RecordFile)
+    assert max(buffers) < (root / f"train.{fmt}").stat().st_size / 8
+    assert max(chunks) == 23 and sum(chunks) == 400 + 400  # train and val, 23 pairs at a time
+    lines = prepared(datamodule(root, tmp_path / "cache_b", max_src_len=1000, max_tgt_len=1000))
+    assert streamed.tokenizer.state_dict() == lines.tokenizer.state_dict()
+    a, b = (getattr(d, "base", d) for d in (streamed.datasets["train"].data, lines.datasets["train"].data))
+    assert as_lists(a) == as_lists(b) and len(a) == 400
+    assert streamed.references("train") == tgt
+
+
 def test_bad_utf8_in_a_worker_chunk_names_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "corpus"
     make_corpus(root, 120, seed=5)
@@ -228,7 +275,7 @@ def test_bad_utf8_in_a_worker_chunk_names_file_and_line(tmp_path: Path, monkeypa
     lines = (root / "train.de").read_bytes().split(b"\n")
     lines[76] = b"caf\xe9 au lait"  # Latin-1, line 77
     (root / "train.de").write_bytes(b"\n".join(lines))
-    monkeypatch.setattr(dm_module, "CHUNK_PAIRS", 10)
+    monkeypatch.setattr(corpus_module, "CHUNK_PAIRS", 10)
     # A tokenizer trained on a clean copy, so the bad line is met while tokenizing in the workers.
     tokenizer = Tokenizer.train(*make_corpus(tmp_path / "clean", 120, seed=5), vocab_size=64)
     with pytest.raises(DataError) as err:
@@ -256,7 +303,7 @@ def test_a_worker_that_dies_is_an_error_not_a_wait(tmp_path: Path) -> None:
 
 def test_sentencepiece_trains_on_a_seeded_sample_above_the_threshold(corpus: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dm_module, "SAMPLE_SENTENCES", 150)  # 600 sentences (joint): sample 150
+    monkeypatch.setattr(tok_module, "SAMPLE_SENTENCES", 150)  # 600 sentences (joint): sample 150
     seen = []
     train = Tokenizer.train.__func__
 
@@ -320,7 +367,7 @@ def test_setup_reads_only_lengths(corpus: Path, tmp_path: Path, monkeypatch: pyt
     """Filtering and batching a cached split never touch the id arrays (they stay unread pages)."""
     prepared(datamodule(corpus, tmp_path / "cache", max_src_len=12, max_tgt_len=12))
     touched = []
-    real_open = dm_module.open_split
+    real_open = corpus_module.open_split
 
     class Watched(np.memmap):
         def __getitem__(self, key):
@@ -332,7 +379,7 @@ def test_setup_reads_only_lengths(corpus: Path, tmp_path: Path, monkeypatch: pyt
         data.src_flat, data.tgt_flat = data.src_flat.view(Watched), data.tgt_flat.view(Watched)
         return data
 
-    monkeypatch.setattr(dm_module, "open_split", watching_open)
+    monkeypatch.setattr(corpus_module, "open_split", watching_open)
     dm = prepared(datamodule(corpus, tmp_path / "cache", max_src_len=12, max_tgt_len=12))
     dm.train_dataloader()
     assert touched == [] and dm.filter_counts["too_long"] > 0
@@ -409,7 +456,7 @@ def test_sentencepiece_can_train_in_a_child_process(corpus: Path, tmp_path: Path
         return train(cls, *args, **kwargs)
 
     monkeypatch.setattr(Tokenizer, "train", classmethod(spy))
-    monkeypatch.setattr(dm_module, "SUBPROCESS_TRAINING_SENTENCES", 0)
+    monkeypatch.setattr(tok_module, "SUBPROCESS_TRAINING_SENTENCES", 0)
     there = prepared(datamodule(corpus, tmp_path / "cache_there"))
     assert pids.read_text().split() != [str(os.getpid())] and len(pids.read_text().split()) == 1
     assert there.tokenizer.state_dict() == here.tokenizer.state_dict()

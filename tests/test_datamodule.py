@@ -78,7 +78,7 @@ def write_jsonl(root: Path, splits=("train", "val"), names: dict | None = None) 
 def datamodule(root: Path, cache: Path, **kwargs) -> Seq2SeqDataModule:
     options = {"root": str(root), "src_lang": "en", "tgt_lang": "de", "vocab_size": 64, "max_tokens": 256,
                "eval_max_tokens": 256, "cache_dir": str(cache)}
-    return Seq2SeqDataModule(**{**options, **kwargs})
+    return Seq2SeqDataModule.from_config(**{**options, **kwargs})
 
 
 def prepared(dm: Seq2SeqDataModule) -> Seq2SeqDataModule:
@@ -142,6 +142,64 @@ def test_every_format_gives_batches(name: str, tmp_path: Path, monkeypatch: pyte
     check_batch(dm, next(iter(dm.val_dataloader())), "val")
 
 
+@pytest.fixture
+def format_registry():
+    """The registry of corpus formats, as it was before the test registered its own."""
+    from seq2seq.data.sources import FORMATS
+
+    before = dict(FORMATS)
+    yield FORMATS
+    FORMATS.clear()
+    FORMATS.update(before)
+
+
+def test_a_new_format_is_one_registered_class_and_trains(format_registry, tmp_path: Path) -> None:
+    """ARCHITECTURE's recipe: write one reader class and register it; data.format=<name> then reads,
+    streams, caches and trains on it like any other format, and its errors name file and line."""
+    from helpers import QUICK
+    from seq2seq.data import toy
+    from seq2seq.data.sources import RecordFormat, register_format
+    from seq2seq.train import train
+
+    @register_format("bars")
+    class BarsFormat(RecordFormat):
+        """``{split}.bars``: ``source ||| target`` on each line (Moses' phrase-table style)."""
+
+        def pairs(self, path, lines):
+            for line_no, line in lines:
+                src, sep, tgt = line.partition(" ||| ")
+                if not sep:
+                    raise DataError(f"{path}, line {line_no}: no ' ||| ' between source and target")
+                yield src, tgt
+
+    assert format_registry["bars"] is BarsFormat
+    generated = toy.write_corpus(tmp_path / "toy", sizes={"train": 600, "val": 16, "test": 16})
+    root = tmp_path / "bars"
+    root.mkdir()
+    for split in ("train", "val", "test"):
+        en, de = ((generated / f"{split}.{lang}").read_text().splitlines() for lang in ("en", "de"))
+        (root / f"{split}.bars").write_text("".join(f"{s} ||| {t}\n" for s, t in zip(en, de)))
+
+    dm = prepared(datamodule(root, tmp_path / "cache", format="bars"))
+    assert dm.sources("val") == (generated / "val.en").read_text().splitlines()
+    assert dm.references("test") == de
+    assert len(dm.datasets["train"]) == 600 and dm.has_test
+    check_batch(dm, next(iter(dm.train_dataloader())), "train")
+
+    overrides = [o for o in QUICK if not o.startswith("data.generate")]
+    cfg = compose_train(tmp_path / "train", ["experiment=toy", *overrides, "data.generate=null", f"data.root={root}",
+                                             "data.format=bars"])
+    metrics = train(cfg)
+    written = json.loads((tmp_path / "train" / "run" / "metrics.json").read_text())
+    assert written["status"] == "finished" and "test/bleu" in written and "val/bleu" in metrics
+
+    (root / "train.bars").write_text("ein ||| one\nzwei two\n")
+    with pytest.raises(DataError, match=f"{root / 'train.bars'}, line 2: no ' \\|\\|\\| '"):
+        datamodule(root, tmp_path / "cache2", format="bars").prepare_data()
+    with pytest.raises(DataError, match="Unknown corpus format 'csv'; use one of: lines, tsv, jsonl, hf, bars"):
+        datamodule(root, tmp_path / "cache2", format="csv").prepare_data()
+
+
 def test_validation_covers_every_sentence_once_in_length_order(tmp_path: Path) -> None:
     write_lines(tmp_path / "corpus")
     dm = prepared(datamodule(tmp_path / "corpus", tmp_path / "cache", eval_max_tokens=128))
@@ -163,7 +221,7 @@ def test_validation_covers_every_sentence_once_in_length_order(tmp_path: Path) -
 
 def test_test_split_is_optional(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_lines(tmp_path / "no_test")
-    with caplog.at_level(logging.WARNING, logger="seq2seq.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="seq2seq.data"):
         dm = prepared(datamodule(tmp_path / "no_test", tmp_path / "cache"))
     assert not dm.has_test
     assert "No test split found" in caplog.text
@@ -240,7 +298,7 @@ def test_interrupted_cache_write_leaves_no_file(tmp_path: Path, monkeypatch: pyt
 
 def test_filter_counts_are_stored_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_lines(tmp_path / "corpus")
-    with caplog.at_level(logging.INFO, logger="seq2seq.data.datamodule"):
+    with caplog.at_level(logging.INFO, logger="seq2seq.data"):
         dm = prepared(datamodule(tmp_path / "corpus", tmp_path / "cache", max_src_len=12, max_tgt_len=200))
     counts = dm.filter_counts
     assert counts["total"] == SPLIT_SIZES["train"] and counts["too_long"] > 0
@@ -315,7 +373,7 @@ def test_named_data_configs_instantiate(name: str, tmp_path: Path) -> None:
     dm = instantiate(cfg.data)
     assert isinstance(dm, Seq2SeqDataModule)
     assert dm.root == Path("/somewhere/else") and dm.cache_dir == tmp_path / "cache"
-    assert dm.splits.test is not None  # every config looks for a test split, none requires one
+    assert dm.corpora[None].splits.test is not None  # every config looks for a test split, none requires one
 
 
 @pytest.mark.parametrize("name, write", [
@@ -342,11 +400,11 @@ def test_named_configs_find_the_shared_corpora(shared_data: Path, tmp_path: Path
     for name in ("multi30k", "multi30k_de_en", "tatoeba_de_en", "samsum"):
         cfg = compose_train(tmp_path, [f"data={name}"])
         cfg.paths.data_dir = str(shared_data)  # the configs' default roots, under the shared folder
-        dm = instantiate(cfg.data)
+        corpus = instantiate(cfg.data).corpora[None]
         for split in ("train", "val"):
-            names = getattr(dm.splits, split)
-            assert find_split(dm.root, [names] if isinstance(names, str) else list(names),
-                              dm.src_lang, dm.tgt_lang, dm.format), (name, split)
+            names = getattr(corpus.splits, split)
+            assert find_split(corpus.root, [names] if isinstance(names, str) else list(names),
+                              corpus.src_lang, corpus.tgt_lang, corpus.format), (name, split)
 
 
 @pytest.mark.parametrize("name, pair", [("multi30k_en_de", ("en", "de")), ("multi30k_de_en", ("de", "en")),

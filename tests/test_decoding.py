@@ -320,7 +320,7 @@ def test_continuous_search_gives_each_sentence_its_n_best_and_frees_its_rows():
     for i in range(len(rows)):
         assert [h.tokens for h in got[f"s{i}"]] == [h.tokens for h in expected[i][: 1 + i % 4]]
     # Everything left with the last sentence: the next one starts from an empty cache at position 0.
-    assert search.cache is None and search.generated.size(0) == 0
+    assert search.cache.length == 0 and search.cache.cross_k[0] is None and search.generated.size(0) == 0
     with pytest.raises(ConfigError, match="n_best=5"):
         search.add([rows[0]], ["x"], [5])
     with pytest.raises(ConfigError, match="strategy=sampling"):

@@ -171,7 +171,7 @@ def test_training_batches_hold_one_pair_each_and_sources_start_with_its_tag(mult
     firsts = [set(batch["src"][:, 0].tolist()) for _, batch in zip(range(12), loader)]
     assert all(len(f) == 1 and f <= set(tags.values()) for f in firsts)  # one pair, its tag first
     assert len({f.pop() for f in firsts}) == 3  # the pairs alternate
-    sources = dm.pairs["en-fr"].datasets["val"].data
+    sources = dm.corpora["en-fr"].datasets["val"].data
     assert sources.src(0)[0] == tags["fr"] and sources.src(0)[-1] == EOS_ID
     # The loader's saved position (what a checkpoint keeps) resumes the epoch batch for batch.
     loader = dm.train_dataloader()

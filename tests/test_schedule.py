@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Timer
 
 from helpers import TINY_MODEL, TINY_OPTIM, tiny_trainer, toy_datamodule
 from seq2seq.errors import ConfigError
-from seq2seq.models.lit_module import Seq2SeqModule, budget_progress, cooldown_factor
+from seq2seq.models.lit_module import Seq2SeqModule
+from seq2seq.training.schedule import budget_progress, cooldown_factor
 
 
 class LearningRates(L.Callback):

@@ -107,7 +107,7 @@ def sweep_with_hypotheses(root: Path) -> Path:
         bleu = score("translation", hyps, refs, "de")[0]["bleu"]
         job = make_job(sweep, num, [f"model.variant={variant}", f"seed={seed}"], 32,
                        {"val/bleu": bleu, "num_parameters": 10})
-        hypothesis_files.write(job, "val", hyps, [refs], datamodule=datamodule, decoding={"strategy": "greedy"},
+        hypothesis_files.write(job, "val", hyps, [refs], corpus=datamodule.corpora[None], decoding={"strategy": "greedy"},
                                task="translation")
     return sweep
 

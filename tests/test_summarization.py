@@ -176,22 +176,21 @@ def test_lead3_command_writes_metrics(tmp_path, monkeypatch):
 
 def test_truncation_is_counted(tmp_path):
     from seq2seq.data.datamodule import Seq2SeqDataModule
-    from seq2seq.train import truncation_counts
 
     write_corpus(tmp_path / "corpus", sizes=(("train", 40), ("val", 10)), long_every=5)
-    dm = Seq2SeqDataModule(
+    dm = Seq2SeqDataModule.from_config(
         root=str(tmp_path / "corpus"), vocab_size=150, spm_model_type="bpe", max_src_len=64, max_tgt_len=40,
         overlong="truncate", cache_dir=str(tmp_path / "cache"), max_tokens=2048,
     )
     dm.prepare_data()
     dm.setup("fit")
     # Every 5th dialogue has 60 turns (hundreds of subwords), the others 2 (< 64).
-    counts = truncation_counts(dm)
+    counts = dm.truncation_counts()
     assert counts["truncated"] == 8 and counts["kept"] == counts["total"] == 40
     assert counts["val_truncated"] == 2
     assert max(len(dm.datasets["train"][i][1]) for i in range(40)) == 65  # 64 + EOS
     # Targets have their own limit: every summary cut to 5 subwords, no source touched.
-    dm5 = Seq2SeqDataModule(
+    dm5 = Seq2SeqDataModule.from_config(
         root=str(tmp_path / "corpus"), vocab_size=150, spm_model_type="bpe", max_src_len=4096, max_tgt_len=5,
         overlong="truncate", cache_dir=str(tmp_path / "cache"), max_tokens=8192,
     )

@@ -3,7 +3,7 @@
 import pytest
 
 from seq2seq.callbacks.throughput import device_peak_flops, flops_per_token
-from seq2seq.models.transformer import TransformerConfig
+from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
 
 def test_flop_count_matches_hand_count():
@@ -14,11 +14,14 @@ def test_flop_count_matches_hand_count():
     #               decoder cross K/V projection 2*16=32 -> 184 MACs -> 368 FLOPs.
     # Target token: self QKV+out 64, self attention 2*2*4=16, cross Q+out 32, cross attention
     #               2*3*4=24, FFN 64, vocabulary 4*10=40 -> 240 MACs -> 480 FLOPs.
-    flops = flops_per_token(cfg, src_len=3, tgt_len=2)
+    flops = flops_per_token(Seq2SeqTransformer(cfg), src_len=3, tgt_len=2)
     assert flops.source == 368
     assert flops.target == 480
     # Training = forward + backward (2x forward): 3 * (368 * 5 + 480 * 7)
     assert flops.training(5, 7) == 3 * (368 * 5 + 480 * 7)
+    # A variant's own layers count with it: the copy head's gate (d -> 1) on the target side.
+    with_copy = flops_per_token(Seq2SeqTransformer(TransformerConfig(**{**cfg.__dict__, "copy_attention": True})), 3, 2)
+    assert (with_copy.source, with_copy.target) == (368, 480 + 2 * 4)
 
 
 def test_peak_flops_only_where_known():

@@ -1,39 +1,13 @@
-"""The Python API: load a checkpoint once, then translate, score and look at the attention.
+"""The Python API: :class:`Translator` loads a checkpoint once, then translates, scores and shows
+the attention; the README's example and docs/decoding.md show it in use.
 
-::
-
-    from seq2seq import Translator
-
-    translator = Translator.from_checkpoint("outputs/train/runs/<date>/<time>/checkpoints/best.ckpt")
-    translator.translate(["A man rides a bike."])                  # ["Ein Mann fährt Fahrrad."] (greedy)
-    translator.translate(["A man rides a bike."], strategy="beam", beam_size=5, n_best=3)
-    # -> [[(text, score), (text, score), (text, score)]], best first
-    translator.score(["A man rides a bike."], ["Ein Mann fährt Fahrrad."])
-    # -> [PairScore(log_prob=..., n_tokens=..., score=...)]
-    translator.attention("A man rides a bike.")                    # cross-attention maps, words merged
-
-:class:`Translator` holds the network, its tokenizer, default decoding settings and batching.
 Everything goes through :class:`~seq2seq.inference.predictor.Predictor`, the path ``translate``,
-``eval`` and validation use, so the API gives what the commands give. Decoding settings
-(:class:`~seq2seq.decoding.search.DecodingConfig` fields: ``strategy``, ``beam_size``, ``n_best``,
-``alpha``, ``max_len_a``, ``max_len_b``, ``min_len``, ``no_repeat_ngram_size``, ``temperature``,
-``top_k``, ``top_p``, ``seed``) are given to :meth:`Translator.from_checkpoint` as defaults and
-to each call as overrides for that call only; the defaults never change.
-
-Long inputs: :meth:`Translator.translate_chunks` and :meth:`Translator.score_chunks` take any
-iterable of lines (a file object, a generator) and yield the results chunk by chunk, so memory
-stays bounded however long the input and results come out before it ends; ``seq2seq-translate``
-is built on them.
-
-The attention maps come from :mod:`seq2seq.analysis.attention`, imported (with matplotlib) only
-when :meth:`Translator.attention` is first called.
-
-A multilingual checkpoint (:mod:`seq2seq.data.multilingual`) translates into the language named by
-``tgt_lang`` (``translator.translate(lines, tgt_lang="fr")``, or a default given to
-:meth:`Translator.from_checkpoint`): its tag (``<2fr>``) goes first on every source.
-:attr:`Translator.target_languages` lists the languages; a checkpoint of one language pair has none
-and refuses ``tgt_lang`` with one message, as a multilingual one refuses a language it does not know
-or a call without one.
+``eval`` and validation use. Decoding settings (:class:`~seq2seq.decoding.search.DecodingConfig`
+fields) given to :meth:`Translator.from_checkpoint` are defaults; given to a call, they apply to that
+call only. :meth:`Translator.translate_chunks` and :meth:`Translator.score_chunks` stream any
+iterable of lines chunk by chunk. A multilingual checkpoint translates into ``tgt_lang``. The
+attention maps come from :mod:`seq2seq.analysis.attention`, imported (with matplotlib) only when
+:meth:`Translator.attention` is first called.
 """
 
 from __future__ import annotations

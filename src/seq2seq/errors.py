@@ -33,6 +33,14 @@ class TrainingError(Seq2SeqError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception message: torch's messages run on, a user error is one line."""
+    text = str(err).strip().splitlines()
+    first = text[0].split(". ")[0] if text else ""
+    first = first if len(first) <= limit else first[: limit - 3] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 # What to do about the operating-system errors a user can fix, by errno.
 _OS_ERROR_ADVICE = {
     errno.ENOSPC: "free space on that disk, or write somewhere else (e.g. hydra.run.dir=..., output_dir=...)",

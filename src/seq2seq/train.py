@@ -81,16 +81,6 @@ def _stored_metrics(stored: dict) -> dict:
     return {k: v for k, v in stored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def truncation_counts(datamodule) -> dict:
-    """Training filter counts (``truncated``, ``too_long``, ...) and truncated val/test sources."""
-    counts = dict(datamodule.filter_counts)
-    for split in ("val", "test"):
-        dataset = datamodule.datasets.get(split)
-        if dataset is not None and dataset.max_src_len is not None:
-            counts[f"{split}_truncated"] = int((dataset.data.src_lengths > dataset.max_src_len).sum())
-    return counts
-
-
 def _plugins(configured) -> list:
     """The trainer's plugins, with checkpoints written atomically unless another CheckpointIO is set."""
     from lightning.fabric.plugins import CheckpointIO
@@ -138,7 +128,7 @@ def train(cfg: DictConfig) -> dict:
     else:
         tokenizer, lineage = None, None
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
-    if tokenizer is not None and tokenizer.target_tags and not hasattr(datamodule, "pairs"):
+    if tokenizer is not None and tokenizer.target_tags and not datamodule.multilingual:
         # A one-pair DataModule would tokenize without the target-language tag the model expects.
         raise ConfigError(
             f"{init_from or cfg.get('ckpt_path')} is a multilingual model (target languages "
@@ -198,9 +188,9 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         signatures = {k: v for k, v in results.items() if k.endswith("_signature")}
         signatures.setdefault("sacrebleu_signature", {"bleu": None, "chrf": None})
-        data_filter = truncation_counts(datamodule)
+        data_filter = datamodule.truncation_counts()
         if data_filter.get("truncated") or data_filter.get("val_truncated") or data_filter.get("test_truncated"):
-            log.info("Sources truncated to data.max_src_len=%s: %s", datamodule.max_src_len, data_filter)
+            log.info("Sources truncated to data.max_src_len=%s: %s", cfg.data.get("max_src_len"), data_filter)
         info = run_info(num_parameters=num_parameters, sacrebleu_signature=signatures["sacrebleu_signature"],
                         trainer=trainer)
         log_run_info(trainer.loggers, info)

@@ -1,75 +1,13 @@
-"""Translate text with a trained checkpoint, or score given translations.
+"""``seq2seq-translate``: translate text with a trained checkpoint (or an ensemble), or score given
+translations; the work is :class:`seq2seq.api.Translator`'s.
 
-    python -m seq2seq.translate ckpt_path=PATH [input=FILE] [output=FILE] [key=value ...]
-    seq2seq-translate ckpt_path=PATH < source.txt > hypotheses.txt
-    seq2seq-translate 'ckpt_path=[A.ckpt,B.ckpt]' < source.txt > hypotheses.txt   # an ensemble
+    seq2seq-translate ckpt_path=PATH [input=FILE] [output=FILE] [n_best=K] [tgt_lang=LANG] [decoding=...]
     seq2seq-translate ckpt_path=PATH input=source.txt score_reference=target.txt > scores.tsv
-    seq2seq-translate ckpt_path=MULTILINGUAL.ckpt tgt_lang=fr < source.txt > hypotheses.fr.txt
 
-Configuration: ``conf/translate.yaml`` (``input``, ``output``, ``batch_size``, ``max_tokens``,
-``device``, ``n_best``, ``max_src_len``, ``chunk_lines``, ``interactive``, ``score_reference``,
-``progress``) and the ``decoding`` group, beam search by default (``decoding=greedy``,
-``decoding=sampling``, ``decoding.beam_size=8`` ...). The work is done by
-:class:`seq2seq.api.Translator`, the Python API.
-
-``tgt_lang``: the target language of a multilingual checkpoint (:mod:`seq2seq.data.multilingual`),
-whose tag (``<2fr>``) is put first on every source; required for such a checkpoint, refused by a
-checkpoint of one language pair, and checked against the checkpoint's languages before any input is
-read (one ``error:`` line naming them).
-
-Several checkpoints, given as a Hydra list, decode as an ensemble: the mean of the models'
-probabilities at every step (:mod:`seq2seq.decoding.ensemble`). They must share one tokenizer;
-otherwise the command stops with one ``error:`` line naming the two checkpoints and what differs.
-
-Input: source sentences, one per line, UTF-8, from ``input=FILE`` or stdin. Lines are split on
-``\\n`` only (a trailing ``\\r`` is dropped), so the output always has as many lines as the input.
-
-Streaming: the input is read and translated ``chunk_lines`` lines at a time (default 10,000):
-each chunk is sorted by length into batches, translated, written in input order and flushed
-before the next is read. Memory stays bounded however long the input, and the first lines come
-out before it ends. ``interactive=true`` translates and writes (flushes) each line as soon as it
-arrives; it is the default when stdin is a terminal and no ``input`` is given (``interactive=false``
-turns it off), and it prints no progress.
-
-Output, to ``output=FILE`` or stdout, in input order:
-
-* ``n_best=1``: one line per input line, the detokenized translation.
-* ``n_best=K`` > 1: K lines per input line, best first, each::
-
-      {line_index}\\t{rank}\\t{score:.4f}\\t{text}
-
-  ``line_index`` counts input lines from 0, ``rank`` runs from 1 to K, ``score`` is the
-  hypothesis's length-penalized log-probability (see :mod:`seq2seq.decoding.search`; higher is
-  better). Beam search gives the K best hypotheses (K <= ``decoding.beam_size``), sampling K
-  independent samples sorted by score.
-* ``score_reference=FILE``: no decoding; each input line is scored with the line of FILE at the
-  same position as its translation (forced decoding), one output line per pair::
-
-      {log_prob:.4f}\\t{n_tokens}\\t{score:.4f}
-
-  ``log_prob`` sums the model's log-probabilities of the reference's tokens and its EOS,
-  ``n_tokens`` counts them (EOS included), ``score`` is ``log_prob`` over the length penalty with
-  ``decoding.alpha``: the score a search reports for the same output (a greedy or beam hypothesis
-  scored here gets the score ``n_best`` printed for it). A blank reference is scored as the empty
-  output (EOS alone, ``n_tokens`` 1); a blank source line gives ``0.0000\\t0\\t0.0000`` without a
-  model call, as it translates to an empty line, with a warning when its reference is not blank.
-  References longer than the model's positions are cut (scored without EOS), with a warning. The
-  two files must have the same number of lines: when ``input`` is a file this is checked before
-  anything is scored, else when stdin ends; either way the run stops with one message naming
-  both files and their line counts. Scores stream in chunks like translations.
-
-An empty (or blank) input line gives an empty translation (K lines with score 0.0000 and empty
-text when K > 1) without calling the model. A line with more source tokens than ``max_src_len``
-(default: the model's ``max_positions``) is truncated, with a warning on stderr naming its line
-number (counted from 1). Progress and warnings go to stderr only.
-
-The output file is written to a temporary file beside it (``.NAME.<pid>.<random>.tmp``), flushed
-after every chunk, and renamed onto ``output`` once every line is done, so a failed run leaves no
-partial output file (an earlier file of that name stays as it was). Stdout gets every chunk as it
-is done, so a run that fails part-way (a line that is not UTF-8) has printed the chunks before it.
-A missing or invalid checkpoint, an unreadable input, a line that is not UTF-8 (named with its line
-number), an output that cannot be written (checked before decoding) or mismatched line counts end
-with one ``error: ...`` line and exit status 2. Nothing else is written: no run folder, no log file.
+Input is read, translated and written in chunks of ``chunk_lines`` lines (``interactive=true``: line
+by line), one output line per input line (``n_best=K``: ``index<TAB>rank<TAB>score<TAB>text`` lines;
+``score_reference``: ``log_prob<TAB>n_tokens<TAB>score``), an output file written atomically.
+docs/decoding.md describes the options, formats and errors.
 """
 
 from __future__ import annotations

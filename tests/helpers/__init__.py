@@ -164,7 +164,7 @@ def toy_datamodule(root: Path, seed: int = 1234, sizes: dict | None = None, **kw
     options = {"src_lang": "en", "tgt_lang": "de", "vocab_size": 120, "spm_model_type": "bpe", "max_tokens": 256,
                "cache_dir": str(root / "cache"), "seed": 0,
                "generate": {"seed": seed, "sizes": sizes or {"train": 200, "val": 8, "test": 8}}}
-    return Seq2SeqDataModule(root=str(root / "toy"), **{**options, **kwargs})
+    return Seq2SeqDataModule.from_config(root=str(root / "toy"), **{**options, **kwargs})
 
 
 def tiny_trainer(**kwargs):

@@ -51,7 +51,7 @@ def check_final(final: Mapping[str, Any] | None, datamodule) -> None:
     if average_last and not final.get("checkpoints"):
         raise ConfigError("final.average_last needs final.checkpoints: the folder of the checkpoints to average "
                           "(callbacks=epoch_checkpoints keeps one per epoch under <run>/checkpoints/epochs)")
-    if getattr(datamodule, "pairs", None) is not None:
+    if datamodule.multilingual:
         raise ConfigError("final scores one language pair; evaluate a multilingual run with seq2seq-eval (final=null)")
 
 
@@ -101,7 +101,7 @@ def final_scores(final: Mapping[str, Any], output_dir: str | Path, datamodule, t
         metrics.update({f"{split}/{k}": v for k, v in scores.items()})
         metrics.update({f"{split}/loss": loss, f"{split}/ppl": math.exp(min(loss, 50.0))})
         signatures[split] = signatures_by_metric(sigs)
-        hypothesis_files.write(folder, split, texts, references, datamodule=datamodule,
+        hypothesis_files.write(folder, split, texts, references, corpus=datamodule.corpora[None],
                                decoding=dataclasses.asdict(settings), task=task, checkpoint=str(checkpoint),
                                bleu_tokenize=datamodule.bleu_tokenize)
     about = {"checkpoint": str(checkpoint), "averaged": [str(p) for p in averaged],

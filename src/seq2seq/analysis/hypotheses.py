@@ -21,11 +21,14 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from seq2seq.data.sources import CorpusFormat, find_split, lines_files, read_aligned_lines, read_split
+from seq2seq.data.sources import CorpusFormat, read_aligned_lines, read_split
 from seq2seq.errors import DataError
 from seq2seq.utils.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from seq2seq.data.corpus import Corpus
 
 RECORD_VERSION = 1
 
@@ -45,39 +48,23 @@ def references_digest(streams: Sequence[Sequence[str]]) -> str:
     return key.hexdigest()
 
 
-def reference_source(datamodule, split: str) -> dict[str, Any]:
-    """Where ``split``'s references are read from: the corpus (root, split name, languages,
-    format) and the files (the target side's, then ``data.extra_references``'s)."""
-    names = getattr(datamodule.splits, split)
-    candidates = [names] if isinstance(names, str) else [str(n) for n in names or ()]
-    # The format the corpus was read with: a Hub dataset whose files are under root is read locally.
-    resolved = getattr(datamodule, "_corpus_format", None)
-    fmt = resolved() if callable(resolved) else datamodule.format
-    try:
-        found = find_split(datamodule.root, candidates, datamodule.src_lang, datamodule.tgt_lang, fmt)
-    except DataError:  # a Hub dataset that cannot be listed now: it was read, so its first name is the one
-        found = None
-    name = found or (candidates[0] if candidates else split)
-    if fmt.format == "lines":
-        files = [str(lines_files(datamodule.root, name, datamodule.src_lang, datamodule.tgt_lang)[1])]
-    elif fmt.format in ("tsv", "jsonl"):
-        files = [str(Path(datamodule.root) / f"{name}.{fmt.format}")]
-    else:
-        files = []  # a Hugging Face Hub dataset: no file of its own
-    extra = [str(Path(f) if Path(f).is_absolute() else Path(datamodule.root) / f)
-             for f in datamodule.extra_references.get(split, ())]
-    return {"root": str(datamodule.root), "split": name, "src_lang": datamodule.src_lang,
-            "tgt_lang": datamodule.tgt_lang, "format": dataclasses.asdict(fmt), "files": files + extra,
+def reference_source(corpus: Corpus, split: str) -> dict[str, Any]:
+    """Where ``split``'s references are read from: the corpus (root, split name, languages, the
+    format it was read with) and the files (the target side's, then ``data.extra_references``'s)."""
+    extra = [str(p) for p in corpus.extra_reference_files(split)]
+    return {"root": str(corpus.root), "split": corpus.split_name(split), "src_lang": corpus.src_lang, "tgt_lang": corpus.tgt_lang,
+            "format": dataclasses.asdict(corpus.format), "files": [str(p) for p in corpus.reference_files(split)],
             "extra_references": extra}
 
 
 def write(folder: str | Path, split: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]], *,
-          datamodule, decoding: Mapping[str, Any], task: str, checkpoint: str | None = None,
+          corpus: Corpus, decoding: Mapping[str, Any], task: str, checkpoint: str | None = None,
           bleu_tokenize: str | None = None, indices: Sequence[int] | None = None) -> Path:
     """Write ``hypotheses.<split>.txt`` and its record into ``folder``; returns the text file's path.
 
-    ``references``: the streams the hypotheses were scored against (for the digest); ``indices``:
-    the corpus lines scored, when not the whole split (None: all of it, in order)."""
+    ``corpus``: the one whose ``split`` was scored; ``references``: the streams the hypotheses were
+    scored against (for the digest); ``indices``: the corpus lines scored, when not the whole split
+    (None: all of it, in order)."""
     folder = Path(folder)
     text_name, record_name = file_names(split)
     # One line per hypothesis: a line break inside one would shift every later line.
@@ -88,12 +75,12 @@ def write(folder: str | Path, split: str, hypotheses: Sequence[str], references:
         "hypotheses": text_name,
         "num_sentences": len(hypotheses),
         "indices": list(indices) if indices is not None else None,
-        "references": {**reference_source(datamodule, split), "sha256": references_digest(references),
+        "references": {**reference_source(corpus, split), "sha256": references_digest(references),
                        "streams": len(references)},
         "decoding": dict(decoding),
         "checkpoint": checkpoint,
         "task": task,
-        "tgt_lang": datamodule.tgt_lang,
+        "tgt_lang": corpus.tgt_lang,
         "bleu_tokenize": bleu_tokenize,
     }
     atomic_write_text(folder / record_name, json.dumps(record, indent=2) + "\n")

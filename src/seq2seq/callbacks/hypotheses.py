@@ -49,7 +49,7 @@ class HypothesisFiles(Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, checkpoint: str | None) -> None:
         datamodule = trainer.datamodule
         results = getattr(pl_module, "eval_results", {}).get(split)
-        if not results or datamodule is None or getattr(datamodule, "split_by_pair", None) is not None:
+        if not results or datamodule is None or datamodule.multilingual:
             return
         references = datamodule.reference_streams(split)
         indices = results["indices"]
@@ -57,7 +57,7 @@ class HypothesisFiles(Callback):
         scored = references if complete else [[stream[i] for i in indices] for stream in references]
         decoding = {**dataclasses.asdict(pl_module.decoding_config), "strategy": "greedy", "n_best": 1}
         hypothesis_files.write(
-            self.dirpath, split, results["hypotheses"], scored, datamodule=datamodule, decoding=decoding,
+            self.dirpath, split, results["hypotheses"], scored, corpus=datamodule.corpora[None], decoding=decoding,
             task=pl_module.task, checkpoint=checkpoint, bleu_tokenize=datamodule.bleu_tokenize,
             indices=None if complete else indices,
         )

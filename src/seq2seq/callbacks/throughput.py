@@ -1,6 +1,6 @@
 """Training throughput and model-FLOPs utilization (MFU), logged to every logger.
 
-FLOPs are counted from the model config, per source and per target token, the usual way
+FLOPs are counted from the network's own layers, per source and per target token, the usual way
 (Kaplan et al. 2020; PaLM appendix B): every weight multiply is 2 FLOPs forward, the backward
 pass costs twice the forward, and attention adds its score and weighted-sum products over the
 full (unmasked) key length. MFU = achieved model FLOPs / the device's peak FLOPs.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
-from seq2seq.models.transformer import TransformerConfig
+from seq2seq.models.transformer import Seq2SeqTransformer
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) for the usual training GPUs, by device-name substring.
 PEAK_TFLOPS = {
@@ -41,24 +41,26 @@ class FlopsPerToken:
         return 3.0 * (self.source * n_src + self.target * n_tgt)
 
 
-def flops_per_token(cfg: TransformerConfig, src_len: float, tgt_len: float) -> FlopsPerToken:
-    """Count the matmul FLOPs of one forward pass, split per source and per target token.
+def flops_per_token(net: Seq2SeqTransformer, src_len: float, tgt_len: float) -> FlopsPerToken:
+    """Count the matmul FLOPs of one forward pass of ``net``, split per source and per target token.
 
-    Encoder layer, per source token: QKV + output projections (4 d^2), feed-forward (2 d d_ff),
-    attention over ``src_len`` keys (2 src_len d for scores, the same for the weighted sum).
-    Decoder cross-attention keys/values are projected once per source token (2 d^2 per decoder
-    layer), so they count on the source side. Decoder layer, per target token: self-attention
-    projections (4 d^2) and attention over ``tgt_len`` keys, cross-attention query and output
-    projections (2 d^2) and attention over ``src_len`` keys, feed-forward (2 d d_ff); then the
-    output projection to the vocabulary (d V). Each multiply-add is 2 FLOPs. Embedding lookups,
-    norms and softmax are left out, as usual.
+    Every ``nn.Linear`` (the output head included) costs its weight's size in multiply-adds per token
+    it sees: the encoder's and the decoder's cross-attention key/value projections (computed once
+    per source token) count on the source side, the decoder's others on the target side, so a model
+    variant's own layers count without changing this function. Attention adds its scores and
+    weighted sum, ``2 L d`` per query over ``L`` keys: ``src_len`` in the encoder and the
+    cross-attention, ``tgt_len`` in the decoder's self-attention. Each multiply-add is 2 FLOPs.
+    Embedding lookups, norms and softmax are left out, as usual.
     """
-    d, ff = cfg.d_model, cfg.d_ff
-    enc_layer = 4 * d * d + 2 * d * ff + 2 * src_len * d
-    source = 2 * (cfg.num_encoder_layers * enc_layer + cfg.num_decoder_layers * 2 * d * d)
-    dec_layer = 4 * d * d + 2 * tgt_len * d + 2 * d * d + 2 * src_len * d + 2 * d * ff
-    target = 2 * (cfg.num_decoder_layers * dec_layer + d * cfg.tgt_vocab_size)
-    return FlopsPerToken(source=float(source), target=float(target))
+    cfg = net.config
+
+    def weights(module: torch.nn.Module, cross_kv: bool | None = None) -> int:
+        return sum(m.weight.numel() for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)
+                   and (cross_kv is None or name.endswith("cross_attn.kv_proj") == cross_kv))
+
+    source = weights(net.encoder) + weights(net.decoder, cross_kv=True) + cfg.num_encoder_layers * 2 * src_len * cfg.d_model
+    target = weights(net.decoder, cross_kv=False) + cfg.num_decoder_layers * 2 * (tgt_len + src_len) * cfg.d_model
+    return FlopsPerToken(source=2.0 * source, target=2.0 * target)
 
 
 def device_peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
@@ -153,9 +155,7 @@ class ThroughputMonitor(L.Callback):
         cells = self._src_cells + self._tgt_cells
         metrics = {"train/tokens_per_s": (n_src + n_tgt) * world / elapsed, "train/padding": 1 - (n_src + n_tgt) / cells}
         # Attention cost grows with the padded lengths the kernels actually see.
-        flops = flops_per_token(
-            pl_module.net.config, self._src_cells / self._sentences, self._tgt_cells / self._sentences
-        )
+        flops = flops_per_token(pl_module.net, self._src_cells / self._sentences, self._tgt_cells / self._sentences)
         peak = device_peak_flops(trainer.strategy.root_device, self.peak_tflops)
         achieved = flops.training(n_src, n_tgt) / elapsed
         metrics["train/tflops"] = achieved / 1e12

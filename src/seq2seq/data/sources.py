@@ -1,4 +1,4 @@
-"""Reading parallel corpora into two aligned lists of strings.
+"""Corpus formats: one reader class per format, found by name in a registry (:data:`FORMATS`).
 
 Formats (:class:`CorpusFormat.format`):
 
@@ -18,6 +18,12 @@ Formats (:class:`CorpusFormat.format`):
     ``datasets.load_dataset(hf_path, hf_name, split=split, data_files=hf_data_files)`` with the same
     dotted field paths. Needs the ``datasets`` package.
 
+A reader (:class:`CorpusReader`) finds a split's files, says what it expected when they are
+missing, and opens them as a :class:`PairSource`: the split's pairs as a stream of chunks, never
+held whole in memory (``hf`` excepted: ``datasets`` holds it), with a content digest (what the
+token cache keys on) and a count. A new format is one class registered with
+:func:`register_format`; a one-file format of one record per line only writes :meth:`RecordFormat.pairs`.
+
 Text is kept exactly as in the file: only the line break (``\\n`` or ``\\r\\n``) and a UTF-8 byte
 order mark at the start of a file are removed. Leading and trailing spaces are left alone, so the
 text the metrics see is the reference as published; whitespace normalization belongs to the
@@ -35,22 +41,33 @@ import hashlib
 import json
 import logging
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from seq2seq.data.progress import Progress
 from seq2seq.errors import DataError
 
-__all__ = ["FORMATS", "CorpusFormat", "LinesPair", "PairChunk", "decode_lines", "find_split", "lines_files",
-           "read_aligned_lines", "read_split"]
+__all__ = ["FORMATS", "CorpusFormat", "CorpusReader", "LinesPair", "PairChunk", "PairSource", "RecordFormat",
+           "corpus_reader", "decode_lines", "find_split", "read_aligned_lines", "read_split", "register_format"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("lines", "tsv", "jsonl", "hf")
+FORMATS: dict[str, type[CorpusReader]] = {}
+
+
+def register_format(name: str) -> Callable[[type[CorpusReader]], type[CorpusReader]]:
+    """Class decorator: ``data.format=<name>`` reads corpora with the decorated :class:`CorpusReader`."""
+
+    def register(cls: type[CorpusReader]) -> type[CorpusReader]:
+        cls.name = name
+        FORMATS[name] = cls
+        return cls
+
+    return register
 
 
 @dataclass
@@ -69,7 +86,12 @@ class CorpusFormat:
     hf_data_files: dict | None = None
 
 
-# -- public API -----------------------------------------------------------------------------------
+def corpus_reader(root: str | Path, src_lang: str, tgt_lang: str, fmt: CorpusFormat) -> CorpusReader:
+    """The reader of ``fmt.format`` for the corpus under ``root``."""
+    cls = FORMATS.get(fmt.format)
+    if cls is None:
+        raise DataError(f"Unknown corpus format {fmt.format!r}; use one of: {', '.join(FORMATS)}.")
+    return cls(Path(root), src_lang, tgt_lang, fmt)
 
 
 def read_split(
@@ -79,79 +101,20 @@ def read_split(
     tgt_lang: str,
     fmt: CorpusFormat,
 ) -> tuple[list[str], list[str]]:
-    """Read one split as ``(sources, targets)``, two lists of equal, non-zero length.
+    """Read one split whole as ``(sources, targets)``, two lists of equal, non-zero length.
 
     ``split_files`` is a split base name (``"train"``, ``"test_2016_flickr"``); a list of base
     names, of which the first one present is read; or a mapping of explicit files, relative to
     ``root`` unless absolute: ``{"src": ..., "tgt": ...}`` for ``lines``, ``{"path": ...}`` for
     ``tsv``/``jsonl``, ``{"split": ...}`` for ``hf``.
     """
-    _check_format(fmt)
-    root = Path(root)
-    if isinstance(split_files, Mapping):
-        return _read_explicit(root, split_files, fmt)
-    if isinstance(split_files, str):
-        split = split_files
-    else:
-        candidates = [str(c) for c in split_files]
-        if not candidates:
-            raise DataError("No split names given: the list of split candidates is empty.")
-        found = find_split(root, candidates, src_lang, tgt_lang, fmt)
-        if found is None:
-            expected = "; ".join(_describe_expected(root, c, src_lang, tgt_lang, fmt) for c in candidates)
-            raise DataError(
-                f"None of the splits {candidates} was found. Expected one of: {expected}. "
-                "Put the files there or point data.root=DIR at the folder that holds them."
-            )
-        split = found
-
-    if fmt.format == "lines":
-        src_path = _resolve_lines_file(root, split, src_lang)
-        tgt_path = _resolve_lines_file(root, split, tgt_lang)
-        missing = [p for p in (src_path, tgt_path) if not p.is_file()]
-        if missing:
-            raise DataError(
-                f"Missing corpus file(s) for split '{split}': "
-                + ", ".join(f"{p} (or {p}.gz)" for p in missing)
-                + ". Put the files there or point data.root=DIR at the folder that holds them."
-            )
-        return _read_lines_pair(src_path, tgt_path)
-    if fmt.format == "hf":
-        return _read_hf(root, split, fmt)
-    path = root / f"{split}.{fmt.format}"
-    if not path.is_file():
-        raise DataError(
-            f"Missing corpus file for split '{split}': {path}. "
-            "Put the file there or point data.root=DIR at the folder that holds it."
-        )
-    return _read_tsv(path, fmt) if fmt.format == "tsv" else _read_jsonl(path, fmt)
+    return corpus_reader(root, src_lang, tgt_lang, fmt).source(split_files).texts()
 
 
-def find_split(
-    root: str | Path,
-    candidates: Sequence[str],
-    src_lang: str,
-    tgt_lang: str,
-    fmt: CorpusFormat,
-) -> str | None:
-    """Return the first split base name among ``candidates`` whose files exist, or ``None``.
-
-    For ``hf`` a split exists when it is a key of ``hf_data_files`` or, without data files, one of
-    the dataset's split names (which may need the network).
-    """
-    _check_format(fmt)
-    root = Path(root)
-    if fmt.format == "hf":
-        names = _hf_split_names(root, fmt)
-        return next((c for c in candidates if c in names), None)
-    for split in candidates:
-        if fmt.format == "lines":
-            paths = [_resolve_lines_file(root, split, lang) for lang in (src_lang, tgt_lang)]
-        else:
-            paths = [root / f"{split}.{fmt.format}"]
-        if all(p.is_file() for p in paths):
-            return split
-    return None
+def find_split(root: str | Path, candidates: Sequence[str], src_lang: str, tgt_lang: str,
+               fmt: CorpusFormat) -> str | None:
+    """Return the first split base name among ``candidates`` whose files exist, or ``None``."""
+    return corpus_reader(root, src_lang, tgt_lang, fmt).find(candidates)
 
 
 def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:
@@ -161,13 +124,10 @@ def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:
     A missing file, bad UTF-8 or another number of lines raises :class:`~seq2seq.errors.DataError`
     naming the file and both counts.
     """
-    path = Path(path)
-    gz = path.with_name(path.name + ".gz")
-    if not path.is_file() and gz.is_file():
-        path = gz
+    path = _plain_or_gz(Path(path))
     if not path.is_file():
         raise DataError(f"Missing file: {path} (one line per segment of {what}).")
-    lines = _read_text_lines(path)
+    lines = [line for _, line in _numbered_lines(path)]
     if len(lines) != count:
         raise DataError(
             f"{path} has {len(lines)} lines but {what} has {count} segments; it needs one line per "
@@ -176,63 +136,29 @@ def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:
     return lines
 
 
-# -- helpers shared by the formats ----------------------------------------------------------------
+# -- reading files as lines -------------------------------------------------------------------------
+
+_BOM = b"\xef\xbb\xbf"
+BLOCK_BYTES = 8 << 20  # a file is read this much at a time
+LINES_PER_BLOCK = 100_000  # lines of a line file decoded at a time
+# Records parsed at a time (a one-file format, and counting or reading any source through its
+# chunks): both sides of a pair are strings then, so fewer at once keeps the transient memory of a
+# streamed TSV or JSONL file at that of line files.
+RECORDS_PER_BLOCK = 10_000
 
 
-def _check_format(fmt: CorpusFormat) -> None:
-    if fmt.format not in FORMATS:
-        raise DataError(f"Unknown corpus format {fmt.format!r}; use one of: {', '.join(FORMATS)}.")
+def _plain_or_gz(path: Path) -> Path:
+    """``path``, or its ``.gz`` when only that exists."""
+    gz = path.with_name(path.name + ".gz")
+    return gz if not path.is_file() and gz.is_file() else path
 
 
-def _describe_expected(root: Path, split: str, src_lang: str, tgt_lang: str, fmt: CorpusFormat) -> str:
-    if fmt.format == "lines":
-        return " and ".join(f"{root / f'{split}.{lang}'}[.gz]" for lang in (src_lang, tgt_lang))
-    if fmt.format == "hf":
-        return f"split '{split}' of {fmt.hf_path}"
-    return str(root / f"{split}.{fmt.format}")
-
-
-def _resolve_lines_file(root: Path, split: str, lang: str) -> Path:
-    """``{split}.{lang}``, or its ``.gz`` when only that exists (the plain path when neither does)."""
-    plain = root / f"{split}.{lang}"
-    gz = plain.with_name(plain.name + ".gz")
-    if not plain.is_file() and gz.is_file():
-        return gz
-    return plain
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"Missing corpus file: {path}.") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.") from None
-    except OSError as e:
-        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
-
-
-def _read_text_lines(path: Path) -> list[str]:
-    """Return the lines of a UTF-8 file without their line breaks.
-
-    The whole file is decoded at once (fast); on failure the line number is recovered from the
-    error's byte offset, which is exact because ``\\n`` never occurs inside a UTF-8 sequence.
-    """
-    data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _utf8_error(path, data, e, 1) from None
-    text = text.removeprefix("\ufeff")
-    if not text:
-        return []
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final line break ends the last line; it does not start an empty one
-    return [line.removesuffix("\r") for line in lines]
+def _open_error(path: Path, e: Exception) -> DataError:
+    if isinstance(e, (gzip.BadGzipFile, EOFError, zlib.error)):
+        return DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.")
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"Missing corpus file: {path}.")
+    return DataError(f"Cannot read {path}: {getattr(e, 'strerror', None) or e}.")
 
 
 def _utf8_error(path: Path | str, data: bytes, e: UnicodeDecodeError, first_line: int) -> DataError:
@@ -253,41 +179,10 @@ def _empty_split(*paths: Path) -> DataError:
     )
 
 
-# -- lines ----------------------------------------------------------------------------------------
-
-
-def _line_count_error(src_path: Path, src_lines: int, tgt_path: Path, tgt_lines: int) -> DataError:
-    return DataError(
-        f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; line i of one file must "
-        "be the translation of line i of the other. Check that neither file is cut short or has "
-        "extra lines (a blank line at the end counts as a line)."
-    )
-
-
-def _read_lines_pair(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
-    src, tgt = _read_text_lines(src_path), _read_text_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise _line_count_error(src_path, len(src), tgt_path, len(tgt))
-    if not src:
-        raise _empty_split(src_path, tgt_path)
-    return src, tgt
-
-
-# -- lines, streamed --------------------------------------------------------------------------------
-
-_BOM = b"\xef\xbb\xbf"
-_BLOCK = 8 << 20
-
-
-def lines_files(root: str | Path, split: str, src_lang: str, tgt_lang: str) -> tuple[Path, Path]:
-    """The two files of a ``lines`` split (``{split}.{lang}``, or its ``.gz`` when only that exists)."""
-    return _resolve_lines_file(Path(root), split, src_lang), _resolve_lines_file(Path(root), split, tgt_lang)
-
-
 def decode_lines(data: bytes, path: Path | str = "?", first_line: int = 1) -> list[str]:
-    """The lines of ``data``, whole lines each ending with ``\\n`` (as :class:`LinesPair` reads
-    them), decoded as :func:`read_split` decodes a file: UTF-8, a final ``\\r`` dropped. Bad UTF-8
-    raises :class:`DataError` naming ``path`` and the line (``first_line`` is the first one's number)."""
+    """The lines of ``data``, whole lines each ending with ``\\n`` (as :class:`_LineReader` hands
+    them out), decoded: UTF-8, a final ``\\r`` dropped. Bad UTF-8 raises :class:`DataError` naming
+    ``path`` and the line (``first_line`` is the first one's number)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -299,38 +194,19 @@ def decode_lines(data: bytes, path: Path | str = "?", first_line: int = 1) -> li
     return lines
 
 
-@dataclass
-class PairChunk:
-    """Consecutive pairs of a split: raw bytes of whole lines (from :class:`LinesPair`) or strings.
-
-    ``first_line`` numbers the first pair's line in its files (from 1), for error messages.
-    """
-
-    src: bytes | list[str]
-    tgt: bytes | list[str]
-    first_line: int = 1
-    src_path: str = "?"
-    tgt_path: str = "?"
-
-    def texts(self) -> tuple[list[str], list[str]]:
-        src = self.src if isinstance(self.src, list) else decode_lines(self.src, self.src_path, self.first_line)
-        tgt = self.tgt if isinstance(self.tgt, list) else decode_lines(self.tgt, self.tgt_path, self.first_line)
-        return src, tgt
-
-
 class _LineReader:
     """A plain or gzipped file read in blocks and handed out as runs of whole lines (bytes).
 
     A UTF-8 byte order mark at the start is dropped and a last line without a line break gets one,
-    so every run ends with ``\\n`` and holds exactly the lines :func:`read_split` would give.
+    so every run ends with ``\\n``.
     """
 
-    def __init__(self, path: Path, block: int = _BLOCK):
-        self.path, self.block = path, block
+    def __init__(self, path: Path):
+        self.path, self.block = path, BLOCK_BYTES
         try:
             self.file = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
         except OSError as e:
-            raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
+            raise _open_error(path, e) from None
         self.buf = b""
         self.newlines = np.empty(0, dtype=np.int64)  # positions of b"\n" in buf
         self.next = 0  # index into newlines of the next line's end
@@ -338,16 +214,11 @@ class _LineReader:
         self.eof = False
         self.at_start = True
 
-    def _read(self) -> bytes:
-        try:
-            return self.file.read(self.block)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise DataError(f"{self.path} is not a complete gzip file ({e}); download or compress it again.") from None
-        except OSError as e:
-            raise DataError(f"Cannot read {self.path}: {e.strerror or e}.") from None
-
     def _fill(self) -> None:
-        data = self._read()
+        try:
+            data = self.file.read(self.block)
+        except (OSError, EOFError, zlib.error) as e:
+            raise _open_error(self.path, e) from None
         if self.at_start:
             data = data.removeprefix(_BOM)
             self.at_start = False
@@ -379,18 +250,37 @@ class _LineReader:
         self.file.close()
 
 
+def _line_blocks(path: Path, lines_per_block: int | None = None) -> Iterator[tuple[int, bytes, int]]:
+    """``(number of the first line, raw lines, how many)`` of a file, block by block."""
+    reader = _LineReader(path)
+    first = 1
+    try:
+        while True:
+            data, n = reader.take(lines_per_block or LINES_PER_BLOCK)
+            if not n:
+                return
+            yield first, data, n
+            first += n
+    finally:
+        reader.close()
+
+
+def _numbered_lines(path: Path, lines_per_block: int | None = None) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every line of a file, decoded."""
+    for first, data, _ in _line_blocks(path, lines_per_block):
+        yield from enumerate(decode_lines(data, path, first), first)
+
+
 def _blocks(path: Path, progress: Progress | None = None) -> Iterator[bytes]:
     """A file's content (decompressed for ``.gz``) in blocks; read errors as :class:`DataError`."""
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            while data := f.read(_BLOCK):
+            while data := f.read(BLOCK_BYTES):
                 yield data
                 if progress is not None:
                     progress.update(len(data))
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.") from None
-    except OSError as e:
-        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise _open_error(path, e) from None
 
 
 def _file_digest(path: Path, progress: Progress | None = None) -> str:
@@ -402,7 +292,7 @@ def _file_digest(path: Path, progress: Progress | None = None) -> str:
 
 
 def _file_lines(path: Path, progress: Progress | None = None) -> int:
-    """The number of lines :func:`read_split` gives for a file (counted with numpy, ~3 GB/s)."""
+    """The number of lines of a file (counted with numpy, ~3 GB/s)."""
     lines, last = 0, b"\n"
     for data in _blocks(path, progress):
         lines += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
@@ -410,70 +300,232 @@ def _file_lines(path: Path, progress: Progress | None = None) -> int:
     return lines + (last != b"\n")
 
 
-class LinesPair:
-    """A ``lines`` split read as a stream: two line-aligned files, never held whole in memory.
+# -- a split's pairs, streamed --------------------------------------------------------------------
 
-    :meth:`scan` hashes both files and counts their lines (checking that they match);
-    :meth:`chunks` gives the pairs in order as :class:`PairChunk` s of raw lines; :meth:`sentences`
-    decodes one side, or only the lines at given indices (a sample). Lines are what
-    :func:`read_split` gives for the same files (same BOM, ``\\r`` and last-line handling).
+
+@dataclass
+class PairChunk:
+    """Consecutive pairs of a split: raw bytes of whole lines (from :class:`LinesPair`) or strings.
+
+    ``first_line`` numbers the first pair's line in its files (from 1), for error messages.
     """
 
-    def __init__(self, src_path: str | Path, tgt_path: str | Path):
-        self.src_path, self.tgt_path = Path(src_path), Path(tgt_path)
-        self._digest: tuple[tuple, str] | None = None  # (stamp of the files, digest)
-        self._lines: tuple[tuple, int] | None = None
+    src: bytes | list[str]
+    tgt: bytes | list[str]
+    first_line: int = 1
+    src_path: str = "?"
+    tgt_path: str = "?"
 
-    @property
-    def paths(self) -> tuple[Path, Path]:
-        return self.src_path, self.tgt_path
+    def texts(self) -> tuple[list[str], list[str]]:
+        src = self.src if isinstance(self.src, list) else decode_lines(self.src, self.src_path, self.first_line)
+        tgt = self.tgt if isinstance(self.tgt, list) else decode_lines(self.tgt, self.tgt_path, self.first_line)
+        return src, tgt
+
+    def __len__(self) -> int:
+        return len(self.src) if isinstance(self.src, list) else self.src.count(b"\n")
+
+    def head(self, n: int) -> PairChunk:
+        """The first ``n`` pairs."""
+
+        def cut(side: bytes | list[str]) -> bytes | list[str]:
+            if isinstance(side, list):
+                return side[:n]
+            ends = np.flatnonzero(np.frombuffer(side, dtype=np.uint8) == 10)
+            return side[: int(ends[n - 1]) + 1] if n else b""
+
+        return PairChunk(cut(self.src), cut(self.tgt), self.first_line, self.src_path, self.tgt_path)
+
+
+class PairSource:
+    """A split's pairs as a stream: what tokenizing, sentencepiece sampling and references read.
+
+    Subclasses give :meth:`chunks`, :meth:`digest` and :meth:`side_key`; counting and reading
+    sentences go through the chunks unless a format has a faster way. ``where`` names the split in
+    messages.
+    """
+
+    where = "?"
+
+    def digest(self) -> str:
+        """The digest of the split's content (what the cache keys on)."""
+        raise NotImplementedError
+
+    def side_key(self, side: str) -> str:
+        """A digest of one side's text (``"src"`` or ``"tgt"``): equal for the same text in two corpora
+        (en-de and en-fr sharing their English), so sentencepiece sees it once."""
+        raise NotImplementedError
+
+    def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
+        """Every pair, in order, ``pairs_per_chunk`` at a time."""
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """The number of pairs (at least one)."""
+        return sum(len(chunk) for chunk in self.chunks(RECORDS_PER_BLOCK))
+
+    def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
+        """The decoded texts of one side (``"src"`` or ``"tgt"``): all, or those at sorted ``indices``."""
+        out: list[str] = []
+        base = 0
+        for chunk in self.chunks(RECORDS_PER_BLOCK):
+            texts = chunk.texts()[0 if side == "src" else 1]
+            if indices is None:
+                out.extend(texts)
+            else:
+                lo, hi = np.searchsorted(indices, [base, base + len(texts)])
+                out.extend(texts[i - base] for i in indices[lo:hi].tolist())
+            base += len(texts)
+            if progress is not None:
+                progress.update(len(texts))
+        return out
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        """Both sides whole (validation and test: they are the references)."""
+        src: list[str] = []
+        tgt: list[str] = []
+        for chunk in self.chunks(RECORDS_PER_BLOCK):
+            s, t = chunk.texts()
+            src.extend(s)
+            tgt.extend(t)
+        return src, tgt
+
+    def head(self, n: int) -> PairSource:
+        """The first ``n`` pairs (``data.max_train_pairs``)."""
+        return _Head(self, n)
+
+
+class _Head(PairSource):
+    def __init__(self, source: PairSource, n: int):
+        self.source, self.n, self.where = source, int(n), source.where
+
+    def digest(self) -> str:
+        return f"{self.source.digest()}|first={self.n}"
+
+    def side_key(self, side: str) -> str:
+        return f"{self.source.side_key(side)}|first={self.n}"
+
+    def count(self) -> int:
+        return min(self.n, self.source.count())
+
+    def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
+        left = self.n
+        for chunk in self.source.chunks(pairs_per_chunk):
+            if left <= 0:
+                return
+            k = len(chunk)
+            yield chunk if k <= left else chunk.head(left)
+            left -= k
+
+
+class TextPairs(PairSource):
+    """Pairs held in memory (a Hugging Face dataset, texts given by a caller)."""
+
+    def __init__(self, src: list[str], tgt: list[str], where: str = "?"):
+        self.src, self.tgt, self.where = src, tgt, where
+        self._digests: dict[str, str] = {}
+
+    def _hash(self, *sides: list[str]) -> str:
+        key = hashlib.sha256(b"texts\0")
+        for i, texts in enumerate(sides):
+            if i:
+                key.update(b"\x00\n")
+            for start in range(0, len(texts), 100_000):  # joined in batches: much faster than per line
+                key.update(("\n".join(texts[start : start + 100_000]) + "\n").encode("utf-8", "surrogatepass"))
+        return key.hexdigest()
+
+    def digest(self) -> str:
+        if "both" not in self._digests:
+            self._digests["both"] = self._hash(self.src, self.tgt)
+        return self._digests["both"]
+
+    def side_key(self, side: str) -> str:
+        if side not in self._digests:
+            self._digests[side] = self._hash(self.src if side == "src" else self.tgt)
+        return self._digests[side]
+
+    def count(self) -> int:
+        return len(self.src)
+
+    def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
+        for start in range(0, len(self.src), pairs_per_chunk):
+            end = start + pairs_per_chunk
+            yield PairChunk(self.src[start:end], self.tgt[start:end], start + 1)
+
+    def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
+        texts = self.src if side == "src" else self.tgt
+        return list(texts) if indices is None else [texts[i] for i in indices.tolist()]
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        return self.src, self.tgt
+
+
+class _StampedFiles(PairSource):
+    """A source over files whose digest and count are remembered while the files' size, times and
+    inode stay the same: a second call in the same process (``setup`` after ``prepare_data``)
+    does not read them again; another process does."""
+
+    def __init__(self, *paths: Path):
+        self.paths = tuple(Path(p) for p in paths)
+        self.where = str(self.paths[0])
+        self._remembered: dict[str, tuple[tuple, Any]] = {}
 
     def _stamp(self) -> tuple:
-        stats = [p.stat() for p in self.paths]
-        return tuple((str(p), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for p, s in zip(self.paths, stats))
-
-    def _checked_stamp(self) -> tuple:
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise DataError("Missing corpus file(s): " + ", ".join(str(p) for p in missing) + ".")
-        return self._stamp()
+        stats = [p.stat() for p in self.paths]
+        return tuple((str(p), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for p, s in zip(self.paths, stats))
+
+    def _remember(self, what: str, compute: Callable[[], Any]) -> Any:
+        stamp = self._stamp()
+        if what not in self._remembered or self._remembered[what][0] != stamp:
+            self._remembered[what] = stamp, compute()
+        return self._remembered[what][1]
 
     def _progress(self, what: str) -> Progress:
-        total = sum(p.stat().st_size for p in self.paths) if not any(p.suffix == ".gz" for p in self.paths) else None
-        return Progress(f"{what} {self.src_path.name} and {self.tgt_path.name}", total, unit="B")
+        total = None if any(p.suffix == ".gz" for p in self.paths) else sum(p.stat().st_size for p in self.paths)
+        return Progress(f"{what} {' and '.join(p.name for p in self.paths)}", total, unit="B")
 
-    def digest(self) -> str:
-        """The content digest of both files (what the cache keys on).
-
-        Remembered while the files' size, times and inode stay the same: a second call in the same
-        process (``setup`` after ``prepare_data``) does not read them again; another process does.
-        """
-        stamp = self._checked_stamp()
-        if self._digest is None or self._digest[0] != stamp:
+    def _file_digests(self) -> list[str]:
+        def compute() -> list[str]:
             with self._progress("Hashing") as progress:
-                src, tgt = (_file_digest(p, progress) for p in self.paths)
-            self._digest = stamp, hashlib.sha256(f"lines\0{src}\0{tgt}".encode()).hexdigest()
-        return self._digest[1]
+                return [_file_digest(p, progress) for p in self.paths]
+
+        return self._remember("files", compute)
 
     def count(self) -> int:
-        """The number of pairs; the two files must have the same number of lines, and some."""
-        stamp = self._checked_stamp()
-        if self._lines is None or self._lines[0] != stamp:
+        return self._remember("count", super().count)
+
+
+class LinesPair(_StampedFiles):
+    """A ``lines`` split: two line-aligned files, streamed (raw lines, decoded by the tokenizing
+    workers), counted with numpy, sampled by decoding only the picked lines."""
+
+    def __init__(self, src_path: str | Path, tgt_path: str | Path):
+        super().__init__(src_path, tgt_path)
+        self.src_path, self.tgt_path = self.paths
+        self.where = str(self.src_path.with_suffix("")) if self.src_path.suffix != ".gz" else str(self.src_path)
+
+    def digest(self) -> str:
+        src, tgt = self._file_digests()
+        return hashlib.sha256(f"lines\0{src}\0{tgt}".encode()).hexdigest()
+
+    def side_key(self, side: str) -> str:
+        return self._file_digests()[0 if side == "src" else 1]
+
+    def count(self) -> int:
+        def compute() -> int:
             with self._progress("Counting the lines of") as progress:
                 src_lines, tgt_lines = (_file_lines(p, progress) for p in self.paths)
             if src_lines != tgt_lines:
                 raise _line_count_error(self.src_path, src_lines, self.tgt_path, tgt_lines)
             if not src_lines:
                 raise _empty_split(self.src_path, self.tgt_path)
-            self._lines = stamp, src_lines
-        return self._lines[1]
+            return src_lines
 
-    def scan(self) -> tuple[str, int]:
-        """(content digest of both files, number of pairs): :meth:`digest` and :meth:`count`."""
-        return self.digest(), self.count()
+        return self._remember("count", compute)
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
-        """Every pair, in order, ``pairs_per_chunk`` at a time."""
         readers = [_LineReader(p) for p in self.paths]
         try:
             first = 1
@@ -491,34 +543,185 @@ class LinesPair:
             for r in readers:
                 r.close()
 
-    def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None,
-                  lines_per_block: int = 100_000) -> list[str]:
-        """The decoded lines of one side (``"src"`` or ``"tgt"``): all, or those at sorted ``indices``."""
+    def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
         path = self.src_path if side == "src" else self.tgt_path
-        reader = _LineReader(path)
         out: list[str] = []
-        base = 0
-        try:
-            while True:
-                data, n = reader.take(lines_per_block)
-                if not n:
-                    return out
-                if indices is None:
-                    out.extend(decode_lines(data, path, base + 1))
-                else:
-                    lo, hi = np.searchsorted(indices, [base, base + n])
-                    if hi > lo:
-                        lines = data.split(b"\n")
-                        for i in indices[lo:hi].tolist():
-                            out.extend(decode_lines(lines[i - base] + b"\n", path, i + 1))
-                base += n
-                if progress is not None:
-                    progress.update(n)
-        finally:
-            reader.close()
+        for first, data, n in _line_blocks(path):
+            base = first - 1
+            if indices is None:
+                out.extend(decode_lines(data, path, first))
+            else:
+                lo, hi = np.searchsorted(indices, [base, base + n])
+                if hi > lo:
+                    lines = data.split(b"\n")
+                    for i in indices[lo:hi].tolist():
+                        out.extend(decode_lines(lines[i - base] + b"\n", path, i + 1))
+            if progress is not None:
+                progress.update(n)
+        return out
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        src, tgt = self.sentences("src"), self.sentences("tgt")
+        if len(src) != len(tgt):
+            raise _line_count_error(self.src_path, len(src), self.tgt_path, len(tgt))
+        if not src:
+            raise _empty_split(self.src_path, self.tgt_path)
+        return src, tgt
 
 
-# -- tsv ------------------------------------------------------------------------------------------
+def _line_count_error(src_path: Path, src_lines: int, tgt_path: Path, tgt_lines: int) -> DataError:
+    return DataError(
+        f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; line i of one file must "
+        "be the translation of line i of the other. Check that neither file is cut short or has "
+        "extra lines (a blank line at the end counts as a line)."
+    )
+
+
+class RecordFile(_StampedFiles):
+    """A one-file split of one record per line (TSV, JSONL), streamed: its lines parsed into pairs
+    by the format (:meth:`RecordFormat.pairs`) chunk by chunk."""
+
+    def __init__(self, path: Path, fmt: RecordFormat):
+        super().__init__(path)
+        self.path, self.format = self.paths[0], fmt
+
+    def digest(self) -> str:
+        fields = f"{self.format.name}\0{self.format.fmt.src_field}\0{self.format.fmt.tgt_field}"
+        return hashlib.sha256(f"{fields}\0{self._file_digests()[0]}".encode()).hexdigest()
+
+    def side_key(self, side: str) -> str:
+        field = self.format.fmt.src_field if side == "src" else self.format.fmt.tgt_field
+        return f"{self.format.name}\0{field}\0{self._file_digests()[0]}"
+
+    def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
+        src: list[str] = []
+        tgt: list[str] = []
+        first = 1
+        for s, t in self.format.pairs(self.path, _numbered_lines(self.path, RECORDS_PER_BLOCK)):
+            src.append(s)
+            tgt.append(t)
+            if len(src) == pairs_per_chunk:
+                yield PairChunk(src, tgt, first)
+                first += len(src)
+                src, tgt = [], []
+        if src:
+            yield PairChunk(src, tgt, first)
+        elif first == 1:
+            raise _empty_split(self.path)
+
+
+# -- the readers ----------------------------------------------------------------------------------
+
+
+class CorpusReader:
+    """How one format stores a corpus under ``root``: a subclass, registered with
+    :func:`register_format`, gives :meth:`files` (a split's files) and :meth:`open` (them as a
+    :class:`PairSource`); ``explicit_keys`` are the keys of a split given as explicit files."""
+
+    name: ClassVar[str] = ""
+    explicit_keys: ClassVar[tuple[str, ...]] = ("path",)
+
+    def __init__(self, root: Path, src_lang: str, tgt_lang: str, fmt: CorpusFormat):
+        self.root, self.src_lang, self.tgt_lang, self.fmt = root, src_lang, tgt_lang, fmt
+
+    def files(self, split: str) -> list[Path]:
+        raise NotImplementedError
+
+    def open(self, files: list[Path]) -> PairSource:
+        raise NotImplementedError
+
+    def missing(self, path: Path) -> str:
+        """How a missing file is named in messages."""
+        return str(path)
+
+    def target_files(self, split: str) -> list[Path]:
+        """The files that hold the split's targets (its references): the last of :meth:`files`."""
+        return self.files(split)[-1:]
+
+    def exists(self, split: str) -> bool:
+        return all(p.is_file() for p in self.files(split))
+
+    def describe(self, split: str) -> str:
+        """What the split's files would be, for the message that none was found."""
+        return " and ".join(str(p) for p in self.files(split))
+
+    def find(self, candidates: Sequence[str]) -> str | None:
+        """The first of ``candidates`` whose files exist, or None."""
+        return next((c for c in candidates if self.exists(c)), None)
+
+    def _missing_error(self, paths: list[Path], where: str, what: str) -> DataError:
+        many = "(s)" if len(self.explicit_keys) > 1 else ""
+        named = [self.missing(p) if where else str(p) for p in paths]
+        return DataError(f"Missing corpus file{many}{where}: {', '.join(named)}. Put the file{many} there or {what}.")
+
+    def open_split(self, split: str) -> PairSource:
+        files = self.files(split)
+        missing = [p for p in files if not p.is_file()]
+        if missing:
+            raise self._missing_error(missing, f" for split '{split}'",
+                                      "point data.root=DIR at the folder that holds " + ("them" if len(files) > 1 else "it"))
+        return self.open(files)
+
+    def open_explicit(self, files: Mapping[str, Any]) -> PairSource:
+        paths = []
+        for key in self.explicit_keys:
+            if key not in files:
+                raise DataError(f"Split files {dict(files)} for format={self.name} need the key '{key}'.")
+            path = Path(str(files[key]))
+            paths.append(path if path.is_absolute() else self.root / path)
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise self._missing_error(missing, "", f"fix the split's file name{'s' if len(paths) > 1 else ''}")
+        return self.open(paths)
+
+    def source(self, split_files: str | Sequence[str] | Mapping[str, Any]) -> PairSource:
+        """The split named by ``split_files`` (see :func:`read_split`) as a :class:`PairSource`."""
+        if isinstance(split_files, Mapping):
+            return self.open_explicit(split_files)
+        if isinstance(split_files, str):
+            return self.open_split(split_files)
+        candidates = [str(c) for c in split_files]
+        if not candidates:
+            raise DataError("No split names given: the list of split candidates is empty.")
+        found = self.find(candidates)
+        if found is None:
+            expected = "; ".join(self.describe(c) for c in candidates)
+            raise DataError(f"None of the splits {candidates} was found. Expected one of: {expected}. "
+                            "Put the files there or point data.root=DIR at the folder that holds them.")
+        return self.open_split(found)
+
+
+@register_format("lines")
+class LinesFormat(CorpusReader):
+    explicit_keys = ("src", "tgt")
+
+    def files(self, split: str) -> list[Path]:
+        return [_plain_or_gz(self.root / f"{split}.{lang}") for lang in (self.src_lang, self.tgt_lang)]
+
+    def open(self, files: list[Path]) -> PairSource:
+        return LinesPair(*files)
+
+    def missing(self, path: Path) -> str:
+        return f"{path} (or {path}.gz)" if path.suffix != ".gz" else str(path)
+
+    def describe(self, split: str) -> str:
+        return " and ".join(f"{self.root / f'{split}.{lang}'}[.gz]" for lang in (self.src_lang, self.tgt_lang))
+
+
+class RecordFormat(CorpusReader):
+    """A format of one file per split, ``{root}/{split}.{name}``, one record per line: a subclass
+    writes :meth:`pairs`."""
+
+    def files(self, split: str) -> list[Path]:
+        return [self.root / f"{split}.{self.name}"]
+
+    def open(self, files: list[Path]) -> PairSource:
+        return RecordFile(files[0], self)
+
+    def pairs(self, path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[str, str]]:
+        """The ``(source, target)`` pairs of a file's ``(line number, text)`` lines, in order; bad
+        input raises :class:`DataError` naming ``path`` and the line."""
+        raise NotImplementedError
 
 
 def _as_index(field: Any) -> int | None:
@@ -531,55 +734,50 @@ def _as_index(field: Any) -> int | None:
     return None
 
 
-def _read_tsv(path: Path, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
-    lines = _read_text_lines(path)
-    while lines and lines[-1].strip() == "":
-        lines.pop()
-    if not lines:
-        raise _empty_split(path)
-    first = lines[0].split("\t")
-    n_cols = len(first)
-    src_f, tgt_f = fmt.src_field, fmt.tgt_field
-
-    if str(src_f) in first and str(tgt_f) in first:
-        src_col, tgt_col = first.index(str(src_f)), first.index(str(tgt_f))
-        first_data = 1
-    else:
-        if (src_f, tgt_f) == ("src", "tgt"):
-            src_col, tgt_col = 0, 1
-        else:
-            src_col, tgt_col = _as_index(src_f), _as_index(tgt_f)
-            if src_col is None or tgt_col is None:
-                raise DataError(
-                    f"{path}, line 1: the first row is not a header with columns '{src_f}' and "
-                    f"'{tgt_f}' (it has: {', '.join(repr(c) for c in first[:10])}). Set src_field and "
-                    "tgt_field to header names of this file or to 0-based column numbers."
-                )
-        first_data = 0
-        if max(src_col, tgt_col) >= n_cols:
+@register_format("tsv")
+class TsvFormat(RecordFormat):
+    def _columns(self, path: Path, first: list[str]) -> tuple[int, int, bool]:
+        """(source column, target column, whether the first row is a header)."""
+        src_f, tgt_f = self.fmt.src_field, self.fmt.tgt_field
+        if str(src_f) in first and str(tgt_f) in first:
+            return first.index(str(src_f)), first.index(str(tgt_f)), True
+        src_col, tgt_col = (0, 1) if (src_f, tgt_f) == ("src", "tgt") else (_as_index(src_f), _as_index(tgt_f))
+        if src_col is None or tgt_col is None:
             raise DataError(
-                f"{path}, line 1: has {n_cols} column(s) but columns {src_col} and {tgt_col} are "
+                f"{path}, line 1: the first row is not a header with columns '{src_f}' and "
+                f"'{tgt_f}' (it has: {', '.join(repr(c) for c in first[:10])}). Set src_field and "
+                "tgt_field to header names of this file or to 0-based column numbers."
+            )
+        if max(src_col, tgt_col) >= len(first):
+            raise DataError(
+                f"{path}, line 1: has {len(first)} column(s) but columns {src_col} and {tgt_col} are "
                 "needed. Separate the columns with TAB characters or set src_field/tgt_field."
             )
+        return src_col, tgt_col, False
 
-    src: list[str] = []
-    tgt: list[str] = []
-    for line_no, line in enumerate(lines[first_data:], start=first_data + 1):
-        cells = line.split("\t")
-        if len(cells) != n_cols:
-            raise DataError(
-                f"{path}, line {line_no}: {len(cells)} TAB-separated column(s), expected {n_cols} "
-                "like line 1. TSV files are read without quoting, so a TAB inside a segment must be "
-                "replaced (e.g. by a space)."
-            )
-        src.append(cells[src_col])
-        tgt.append(cells[tgt_col])
-    if not src:
-        raise _empty_split(path)
-    return src, tgt
-
-
-# -- jsonl / hf fields ----------------------------------------------------------------------------
+    def pairs(self, path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[str, str]]:
+        columns = None
+        blank: list[tuple[int, str]] = []  # blank lines at the end of a file are ignored, not inside it
+        for line_no, line in lines:
+            if columns is None:
+                first = line.split("\t")
+                src_col, tgt_col, header = self._columns(path, first)
+                columns = len(first)
+                if header:
+                    continue
+            if not line.strip():
+                blank.append((line_no, line))
+                continue
+            for number, text in [*blank, (line_no, line)]:
+                cells = text.split("\t")
+                if len(cells) != columns:
+                    raise DataError(
+                        f"{path}, line {number}: {len(cells)} TAB-separated column(s), expected {columns} "
+                        "like line 1. TSV files are read without quoting, so a TAB inside a segment must be "
+                        "replaced (e.g. by a space)."
+                    )
+                yield cells[src_col], cells[tgt_col]
+            blank = []
 
 
 def _get_field(obj: Any, path: str) -> str:
@@ -602,132 +800,102 @@ def _get_field(obj: Any, path: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
-    src: list[str] = []
-    tgt: list[str] = []
-    src_f, tgt_f = str(fmt.src_field), str(fmt.tgt_field)
-    for line_no, line in enumerate(_read_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}, line {line_no}: invalid JSON ({e.msg} at column {e.colno}). "
-                "Each line must be one complete JSON object."
-            ) from None
-        try:
-            src.append(_get_field(record, src_f))
-            tgt.append(_get_field(record, tgt_f))
-        except LookupError as e:
-            raise DataError(
-                f"{path}, line {line_no}: {e}. Set src_field/tgt_field to the paths of the source and "
-                "target text, e.g. 'translation.en'."
-            ) from None
-    if not src:
-        raise _empty_split(path)
-    return src, tgt
-
-
-# -- hf -------------------------------------------------------------------------------------------
-
-
-def _import_datasets() -> Any:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            "format=hf needs the Hugging Face `datasets` package: run `pip install datasets` "
-            "(or install this project with its `hf` extra)."
-        ) from None
-    return datasets
-
-
-def _hf_data_files(root: Path, fmt: CorpusFormat) -> dict | None:
-    """``hf_data_files`` with relative local paths taken relative to ``root``, like other formats."""
-    if fmt.hf_data_files is None:
-        return None
-
-    def resolve(p: Any) -> Any:
-        if isinstance(p, str) and "://" not in p and not Path(p).is_absolute():
-            return str(root / p)
-        if isinstance(p, Sequence) and not isinstance(p, str):
-            return [resolve(x) for x in p]
-        return p
-
-    return {str(k): resolve(v) for k, v in dict(fmt.hf_data_files).items()}
-
-
-def _hf_split_names(root: Path, fmt: CorpusFormat) -> list[str]:
-    data_files = _hf_data_files(root, fmt)
-    if data_files is not None:
-        return list(data_files)
-    datasets = _import_datasets()
-    try:
-        return list(datasets.get_dataset_split_names(fmt.hf_path, fmt.hf_name))
-    except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing config, ...)
-        raise DataError(f"Cannot list the splits of Hugging Face dataset {fmt.hf_path!r}: {e}") from None
-
-
-def _read_hf(root: Path, split: str, fmt: CorpusFormat) -> tuple[list[str], list[str]]:
-    if not fmt.hf_path:
-        raise DataError("format=hf needs hf_path (a Hub dataset name or a builder such as 'json').")
-    datasets = _import_datasets()
-    what = f"Hugging Face dataset {fmt.hf_path!r}" + (f" ({fmt.hf_name!r})" if fmt.hf_name else "")
-    try:
-        ds = datasets.load_dataset(
-            fmt.hf_path, fmt.hf_name, split=split, data_files=_hf_data_files(root, fmt)
-        )
-    except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing files, unknown split, ...)
-        raise DataError(f"Cannot load split '{split}' of {what}: {type(e).__name__}: {e}") from None
-
-    columns = list(ds.column_names)
-    out: list[list[str]] = []
-    for field in (str(fmt.src_field), str(fmt.tgt_field)):
-        top = field if field in columns else field.split(".", 1)[0]
-        if top not in columns:
-            raise DataError(
-                f"Split '{split}' of {what} has no field '{field}' (columns: {columns}). "
-                "Set src_field/tgt_field, e.g. 'translation.en'."
-            )
-        rest = field[len(top) + 1 :]
-        values: list[str] = []
-        # Column access is far faster than iterating rows; nested parts are walked per value.
-        for row, value in enumerate(ds[top]):
+@register_format("jsonl")
+class JsonlFormat(RecordFormat):
+    def pairs(self, path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[str, str]]:
+        src_f, tgt_f = str(self.fmt.src_field), str(self.fmt.tgt_field)
+        for line_no, line in lines:
+            if not line.strip():
+                continue
             try:
-                values.append(_get_field({top: value}, f"{top}.{rest}" if rest else top))
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {line_no}: invalid JSON ({e.msg} at column {e.colno}). "
+                                "Each line must be one complete JSON object.") from None
+            try:
+                yield _get_field(record, src_f), _get_field(record, tgt_f)
             except LookupError as e:
-                raise DataError(f"Split '{split}' of {what}, row {row}: {e}.") from None
-        out.append(values)
-    if not out[0]:
-        raise DataError(f"Split '{split}' of {what} is empty.")
-    return out[0], out[1]
+                raise DataError(f"{path}, line {line_no}: {e}. Set src_field/tgt_field to the paths of the source "
+                                "and target text, e.g. 'translation.en'.") from None
 
 
-def _read_explicit(root: Path, files: Mapping[str, Any], fmt: CorpusFormat) -> tuple[list[str], list[str]]:
-    """Read a split given as explicit files (see :func:`read_split`)."""
+@register_format("hf")
+class HfFormat(CorpusReader):
+    """A Hugging Face dataset: a split exists when it is a key of ``hf_data_files`` or, without data
+    files, one of the dataset's split names (which may need the network)."""
 
-    def path_of(key: str) -> Path:
-        if key not in files:
-            raise DataError(f"Split files {dict(files)} for format={fmt.format} need the key '{key}'.")
-        p = Path(str(files[key]))
-        return p if p.is_absolute() else root / p
+    explicit_keys = ("split",)
 
-    if fmt.format == "hf":
+    def _datasets(self) -> Any:
+        try:
+            import datasets
+        except ImportError:
+            raise DataError("format=hf needs the Hugging Face `datasets` package: run `pip install datasets` "
+                            "(or install this project with its `hf` extra).") from None
+        return datasets
+
+    def _data_files(self) -> dict | None:
+        """``hf_data_files`` with relative local paths taken relative to ``root``, like other formats."""
+        if self.fmt.hf_data_files is None:
+            return None
+
+        def resolve(p: Any) -> Any:
+            if isinstance(p, str) and "://" not in p and not Path(p).is_absolute():
+                return str(self.root / p)
+            if isinstance(p, Sequence) and not isinstance(p, str):
+                return [resolve(x) for x in p]
+            return p
+
+        return {str(k): resolve(v) for k, v in dict(self.fmt.hf_data_files).items()}
+
+    def find(self, candidates: Sequence[str]) -> str | None:
+        names = self._data_files()
+        if names is None:
+            try:
+                names = self._datasets().get_dataset_split_names(self.fmt.hf_path, self.fmt.hf_name)
+            except DataError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing config, ...)
+                raise DataError(f"Cannot list the splits of Hugging Face dataset {self.fmt.hf_path!r}: {e}") from None
+        return next((c for c in candidates if c in names), None)
+
+    def describe(self, split: str) -> str:
+        return f"split '{split}' of {self.fmt.hf_path}"
+
+    def target_files(self, split: str) -> list[Path]:
+        return []  # a Hub dataset: no file of its own
+
+    def open_explicit(self, files: Mapping[str, Any]) -> PairSource:
         if "split" not in files:
             raise DataError(f"Split files {dict(files)} for format=hf need the key 'split'.")
-        return _read_hf(root, str(files["split"]), fmt)
-    if fmt.format == "lines":
-        src_path, tgt_path = path_of("src"), path_of("tgt")
-        missing = [p for p in (src_path, tgt_path) if not p.is_file()]
-        if missing:
-            raise DataError(
-                "Missing corpus file(s): "
-                + ", ".join(str(p) for p in missing)
-                + ". Put the files there or fix the split's file names."
-            )
-        return _read_lines_pair(src_path, tgt_path)
-    path = path_of("path")
-    if not path.is_file():
-        raise DataError(f"Missing corpus file: {path}. Put the file there or fix the split's file name.")
-    return _read_tsv(path, fmt) if fmt.format == "tsv" else _read_jsonl(path, fmt)
+        return self.open_split(str(files["split"]))
+
+    def open_split(self, split: str) -> PairSource:
+        fmt = self.fmt
+        if not fmt.hf_path:
+            raise DataError("format=hf needs hf_path (a Hub dataset name or a builder such as 'json').")
+        datasets = self._datasets()
+        what = f"Hugging Face dataset {fmt.hf_path!r}" + (f" ({fmt.hf_name!r})" if fmt.hf_name else "")
+        try:
+            ds = datasets.load_dataset(fmt.hf_path, fmt.hf_name, split=split, data_files=self._data_files())
+        except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing files, unknown split, ...)
+            raise DataError(f"Cannot load split '{split}' of {what}: {type(e).__name__}: {e}") from None
+        columns = list(ds.column_names)
+        out: list[list[str]] = []
+        for field in (str(fmt.src_field), str(fmt.tgt_field)):
+            top = field if field in columns else field.split(".", 1)[0]
+            if top not in columns:
+                raise DataError(f"Split '{split}' of {what} has no field '{field}' (columns: {columns}). "
+                                "Set src_field/tgt_field, e.g. 'translation.en'.")
+            rest = field[len(top) + 1 :]
+            values: list[str] = []
+            # Column access is far faster than iterating rows; nested parts are walked per value.
+            for row, value in enumerate(ds[top]):
+                try:
+                    values.append(_get_field({top: value}, f"{top}.{rest}" if rest else top))
+                except LookupError as e:
+                    raise DataError(f"Split '{split}' of {what}, row {row}: {e}.") from None
+            out.append(values)
+        if not out[0]:
+            raise DataError(f"Split '{split}' of {what} is empty.")
+        return TextPairs(out[0], out[1], f"{fmt.hf_path}/{split}")

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from seq2seq.data.sources import PairChunk
+from seq2seq.data.progress import Progress
+from seq2seq.data.sources import PairChunk, PairSource
 from seq2seq.errors import ConfigError
 from seq2seq.utils.io import atomic_write_bytes
 
@@ -47,6 +48,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # change the tokenizer). 2M sentences of ~25 words: ~30 s and ~2 GB to train a 32k BPE vocabulary.
 SAMPLE_SENTENCES = 2_000_000
 SAMPLE_SEED = 1234
+SUBPROCESS_TRAINING_SENTENCES = 500_000  # sentencepiece trains in a child process on this many or more
 
 
 def language_tag(lang: str) -> str:
@@ -89,6 +91,78 @@ def sample_indices(population: int, size: int, seed: int = SAMPLE_SEED) -> np.nd
     """``size`` distinct indices of ``0 .. population - 1``, sorted, drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(population, size=size, replace=False))
+
+
+def truncate_source(ids, max_len: int | None):
+    """A source's ids (ending with EOS) cut to ``max_len`` ids, keeping the EOS; a list or an array."""
+    if max_len is None or len(ids) <= max_len:
+        return ids
+    if isinstance(ids, np.ndarray):
+        return np.concatenate([ids[: max_len - 1], np.asarray([EOS_ID], dtype=ids.dtype)])
+    return list(ids[: max_len - 1]) + [EOS_ID]
+
+
+class TrainingText:
+    """What sentencepiece trains on, from the training splits of one or more corpora.
+
+    One corpus: its two sides. Several (a multilingual model): each side's text once (en->de and
+    en->fr share their English), sources first. Every sentence up to :data:`SAMPLE_SENTENCES` of
+    them (both sides together for a joint vocabulary), read as a stream; above, a sample of that
+    many drawn with :data:`SAMPLE_SEED`, decoding only the picked lines, in a seeded random order
+    (what sentencepiece's ``shuffle_input_sentence`` does). :attr:`digest` keys the cache: the
+    content of what is sampled from and the sampling rule.
+    """
+
+    def __init__(self, sources: Sequence[PairSource], target_tags: Mapping[str, str] | None = None):
+        self.single = len(sources) == 1
+        sides = [(source, side) for side in ("src", "tgt") for source in sources]
+        if not self.single:  # the same text in two corpora counts once
+            keys = [(side, source.side_key(side)) for source, side in sides]
+            sides = [pair for i, pair in enumerate(sides) if keys[i] not in keys[:i]]
+        self.sides = sides
+        if self.single and not target_tags:
+            content = sources[0].digest()  # (the key a one-pair corpus always had)
+        else:
+            key = hashlib.sha256(b"corpora")
+            for source, side in sides:
+                key.update(f"\0{side}:{source.side_key(side)}".encode())
+            key.update(json.dumps(dict(target_tags or {})).encode())
+            content = key.hexdigest()
+        # Whether sentencepiece samples follows from the content and these constants, so they are
+        # part of the key rather than the sample size (the cached path never counts lines).
+        self.digest = f"{content}|sample={SAMPLE_SENTENCES},{SAMPLE_SEED}"
+
+    def population(self, joint: bool) -> int:
+        """How many sentences there are to train on (one side's for separate vocabularies)."""
+        counts = [source.count() for source, _ in self.sides]
+        return sum(counts) if joint else counts[0]
+
+    def in_subprocess(self, joint: bool) -> bool:
+        return min(self.population(joint), SAMPLE_SENTENCES) >= SUBPROCESS_TRAINING_SENTENCES
+
+    def texts(self, joint: bool) -> tuple[list[str], list[str]]:
+        """(source texts, target texts): a joint vocabulary trains on both together."""
+        counts = [source.count() for source, _ in self.sides]
+        where = self.sides[0][0].where + ("" if self.single else f" and {len(self.sides) - 1} more")
+        population = sum(counts) if joint else counts[0]
+        if population <= SAMPLE_SENTENCES:
+            with Progress(f"Reading {where} for sentencepiece", sum(counts), unit="lines") as progress:
+                texts = [source.sentences(side, None, progress) for source, side in self.sides]
+            return (texts[0], texts[1]) if self.single else ([t for side in texts for t in side], [])
+        picked = sample_indices(population, SAMPLE_SENTENCES, SAMPLE_SEED)
+        starts = np.cumsum([0, *counts]) if joint else np.zeros(len(counts) + 1, dtype=np.int64)
+        with Progress(f"Sampling {SAMPLE_SENTENCES:,} sentences of {where} for sentencepiece", sum(counts),
+                      unit="lines") as progress:
+            texts = [
+                source.sentences(side, picked[(picked >= lo) & (picked < (hi if joint else population))] - lo, progress)
+                for (source, side), lo, hi in zip(self.sides, starts[:-1], starts[1:])
+            ]
+        if not joint:
+            return texts[0], texts[1]
+        both = [t for side in texts for t in side]
+        del texts
+        order = np.random.default_rng(SAMPLE_SEED + 1).permutation(len(both))
+        return [both[i] for i in order.tolist()], []
 
 
 def _check_model(sp: spm.SentencePieceProcessor) -> None:
@@ -184,31 +258,10 @@ class Tokenizer:
         )
 
     @classmethod
-    def load_or_train(
-        cls, cache_dir: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str], vocab_size: int,
-        joint: bool = True, model_type: str = "unigram", target_tags: Mapping[str, str] | None = None,
-    ) -> Tokenizer:
-        """Reuse a tokenizer trained on the same texts with the same options, or train and cache one."""
-        key = hashlib.sha256()
-        key.update(f"{vocab_size}|{joint}|{model_type}|{spm.__version__}".encode())
-        if target_tags:  # (a model without tags keeps the key it always had)
-            key.update(f"|tags:{json.dumps(dict(target_tags))}".encode())
-        for text in (*src_texts, "\x00", *tgt_texts):
-            key.update(text.encode("utf-8", "surrogatepass"))
-            key.update(b"\n")
-        path = Path(cache_dir) / f"spm-{key.hexdigest()[:16]}"
-        cached = cls._load_cached(path, joint, target_tags)
-        if cached is not None:
-            return cached
-        tok = cls.train(src_texts, tgt_texts, vocab_size, joint, model_type, target_tags)
-        tok._save_cached(path)
-        return tok
-
-    @classmethod
     def cached_or_trained(
         cls, cache_dir: str | Path, digest: str, training_texts: Callable[[], tuple[Sequence[str], Sequence[str]]],
         vocab_size: int, joint: bool = True, model_type: str = "unigram",
-        in_subprocess: bool | Callable[[], bool] = False,
+        in_subprocess: bool | Callable[[], bool] = False, target_tags: Mapping[str, str] | None = None,
     ) -> Tokenizer:
         """The tokenizer cached for a training split whose content hashes to ``digest``, or one trained
         on ``training_texts()`` (called only then) and cached.
@@ -218,10 +271,13 @@ class Tokenizer:
         train in a forked process (where ``fork`` exists), so that the memory sentencepiece and the
         texts take (GBs for millions of sentences) goes back to the system when it ends instead of
         staying in this process. A cached model that cannot be loaded is trained again, with a warning.
+        ``target_tags`` (multilingual: ``{language: tag}``) become user-defined pieces of the source model.
         """
-        key = hashlib.sha256(f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{digest}".encode()).hexdigest()
-        path = Path(cache_dir) / f"spm-{key[:16]}"
-        cached = cls._load_cached(path, joint)
+        key = f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{digest}"
+        if target_tags:  # (a model without tags keeps the key it always had)
+            key += f"|tags:{json.dumps(dict(target_tags))}"
+        path = Path(cache_dir) / f"spm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        cached = cls._load_cached(path, joint, target_tags)
         if cached is not None:
             return cached
 
@@ -229,7 +285,7 @@ class Tokenizer:
             src_texts, tgt_texts = training_texts()
             log.info("Training a %s sentencepiece model (vocab_size=%d, %s) on %s sentences", model_type,
                      vocab_size, "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
-            return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type)
+            return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type, target_tags)
 
         if callable(in_subprocess):
             in_subprocess = in_subprocess()

@@ -30,10 +30,51 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from seq2seq.decoding.search import DecodingConfig, Hypothesis, _constrain, length_penalty, max_output_lengths
+from seq2seq.decoding.search import DecodingConfig, Hypothesis, beam_step, constrain, max_output_lengths
 from seq2seq.errors import ConfigError
 from seq2seq.models.transformer import KVCache, Seq2SeqTransformer, pad_dim
+
+
+class JoiningCache(KVCache):
+    """A :class:`KVCache` whose rows join and leave a running batch: what the continuous search needs
+    of a cache beyond reordering rows."""
+
+    def drop_front(self, n: int) -> None:
+        """Forget the first ``n`` self-attention positions of every row (no row attends to them any
+        more: rows that started after them)."""
+        if n <= 0:
+            return
+        for store in (self.self_k, self.self_v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    store[i] = t[:, :, n:]
+        self.length -= n
+
+    def keep_memory(self, width: int) -> None:
+        """Keep the first ``width`` source positions of the cross-attention keys/values (the rest is padding)."""
+        for store in (self.cross_k, self.cross_v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    store[i] = t[:, :, :width]
+
+    def extend(self, cross_k: list[Tensor], cross_v: list[Tensor]) -> None:
+        """Add rows whose cross-attention keys/values per layer are ``cross_k``/``cross_v``
+        (B', H, S', Dh) and whose self-attention positions are all empty (masked until they write
+        their own). The shorter source side is zero-padded (masked by the source mask)."""
+        for layer in range(len(self.cross_k)):
+            old_k, new_k = self.cross_k[layer], cross_k[layer]
+            if old_k is None:
+                self.cross_k[layer], self.cross_v[layer] = new_k, cross_v[layer]
+                continue
+            width = max(old_k.size(2), new_k.size(2))
+            self.cross_k[layer] = torch.cat([pad_dim(old_k, 2, width), pad_dim(new_k, 2, width)])
+            self.cross_v[layer] = torch.cat([pad_dim(self.cross_v[layer], 2, width), pad_dim(cross_v[layer], 2, width)])
+            for store in (self.self_k, self.self_v):
+                old = store[layer]
+                if old is not None:
+                    store[layer] = torch.cat([old, old.new_zeros(new_k.size(0), *old.shape[1:])])
 
 
 class ContinuousSearch:
@@ -64,7 +105,7 @@ class ContinuousSearch:
         self.steps: list[int] = []
         self.finished: list[list[Hypothesis]] = []
         # Per row (tensors): see the module docstring.
-        self.cache: KVCache | None = None
+        self.cache = JoiningCache(len(self.model.decoder.layers))
         self.scores = torch.zeros(0, self.k, device=self.device)  # (A, k) summed log-probabilities
         self.generated = torch.full((0, 1), self.mc.pad_id, dtype=torch.long, device=self.device)  # (R, W)
         self.start = torch.zeros(0, dtype=torch.long, device=self.device)  # (R,) first cache position
@@ -103,11 +144,7 @@ class ContinuousSearch:
         cross_k = [t.index_select(0, rows) for t in cross_k]
         cross_v = [t.index_select(0, rows) for t in cross_v]
         src, mask = src.index_select(0, rows), mask.index_select(0, rows)
-        if self.cache is None:
-            self.cache = self.model.decoder.new_cache()
-            self.cache.cross_k, self.cache.cross_v = cross_k, cross_v
-        else:
-            self.cache.extend(cross_k, cross_v)
+        self.cache.extend(cross_k, cross_v)
         s = max(self.src.size(1), src.size(1))
         self.src = torch.cat([pad_dim(self.src, 1, s, pad), pad_dim(src, 1, s, pad)])
         self.memory_mask = torch.cat([pad_dim(self.memory_mask, 2, s, True), pad_dim(mask, 2, s, True)])
@@ -134,7 +171,7 @@ class ContinuousSearch:
             self._join()
         if not self.tags:
             return []
-        cfg, mc, k, vocab = self.cfg, self.mc, self.k, self.mc.tgt_vocab_size
+        cfg, mc, k = self.cfg, self.mc, self.k
         n_active = len(self.tags)
         cache = self.cache
         row_steps = cache.length - self.start  # (R,) tokens each row has generated
@@ -145,55 +182,14 @@ class ContinuousSearch:
         hidden, attention, _ = self.model.decoder.states(tokens, None, self.memory_mask, self_attn_mask=blocked,
                                                          cache=cache, positions=row_steps)
         logprobs = self.model.head.log_probs(hidden[:, -1], attention[:, -1] if attention is not None else None, self.src)
-        logprobs = _constrain(logprobs.float(), self.generated, row_steps, cfg, mc)
-        candidates = (self.scores.unsqueeze(-1) + logprobs.view(n_active, k, vocab)).view(n_active, k * vocab)
-        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # (A, 2k), best first
-        cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
-        cand_token = cand_index % vocab
-        steps = [s + 1 for s in self.steps]
-        self.steps = steps
-        is_eos = cand_token == mc.eos_id
-        at_limit = torch.tensor([lim <= s for lim, s in zip(self.limits, steps)], device=self.device)
-        to_finish = (is_eos[:, :k] | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores[:, :k])
-        finishing = to_finish.nonzero().tolist()
-        if finishing:
-            rows_of = sorted({a for a, _ in finishing})
-            width = self.generated.size(1)
-            beams_of = self.generated.view(n_active, k, width)[rows_of].tolist()
-            prefixes = dict(zip(rows_of, beams_of))
-            eos_l, beam_l, token_l, score_l = (t[:, :k].tolist() for t in (is_eos, cand_beam, cand_token, cand_scores))
-            for a, j in finishing:
-                step = steps[a]
-                if len(self.finished[a]) >= k and self.limits[a] > step:
-                    continue
-                beam = prefixes[a][beam_l[a][j]]
-                tokens_out = beam[width - (step - 1):] if step > 1 else []
-                if not eos_l[a][j]:
-                    tokens_out = tokens_out + [token_l[a][j]]
-                total = score_l[a][j]
-                self.finished[a].append(Hypothesis(tokens_out, total / length_penalty(step, cfg.alpha), total, eos_l[a][j]))
-
-        done = [lim <= s or len(f) >= k for lim, s, f in zip(self.limits, steps, self.finished)]
-        positions = torch.arange(2 * k, device=self.device)
-        order = (positions + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).indices  # (A, k)
-        next_beam = cand_beam.gather(1, order)
-        next_token = cand_token.gather(1, order)
-        next_scores = cand_scores.gather(1, order)
-        results: list[tuple[Any, list[Hypothesis]]] = []
+        logprobs = constrain(logprobs.float(), self.generated, row_steps, cfg, mc)
+        self.steps = [s + 1 for s in self.steps]
+        next_beam, next_token, next_scores, done = beam_step(
+            self.scores, logprobs, self.generated, self.steps, self.limits, self.finished, k, cfg.alpha, mc.eos_id)
+        results = [(self.tags[a], sorted(self.finished[a], key=lambda h: -h.score)[: self.n_best[a]])
+                   for a in range(n_active) if done[a]]
+        sentence = torch.arange(n_active, device=self.device)
         if any(done):
-            for a in range(n_active):
-                if not done[a]:
-                    continue
-                if not self.finished[a]:
-                    # Nothing could finish (every extension blocked): return the best live beam.
-                    width, step = self.generated.size(1), steps[a]
-                    row = a * k + int(next_beam[a, 0])
-                    prefix = self.generated[row, width - (step - 1):].tolist() if step > 1 else []
-                    total = float(next_scores[a, 0])
-                    self.finished[a].append(
-                        Hypothesis(prefix + [int(next_token[a, 0])], total / length_penalty(step, cfg.alpha), total, False))
-                hyps = sorted(self.finished[a], key=lambda h: -h.score)[: self.n_best[a]]
-                results.append((self.tags[a], hyps))
             keep_l = [a for a, d in enumerate(done) if not d]
             for name in ("tags", "n_best", "limits", "steps", "finished"):
                 values = getattr(self, name)
@@ -201,11 +197,8 @@ class ContinuousSearch:
             if not keep_l:
                 self._reset()
                 return results
-            keep = torch.tensor(keep_l, dtype=torch.long, device=self.device)
-            next_beam, next_token, next_scores = next_beam[keep], next_token[keep], next_scores[keep]
-            sentence = keep
-        else:
-            sentence = torch.arange(n_active, device=self.device)
+            sentence = sentence[torch.tensor(keep_l, dtype=torch.long, device=self.device)]
+            next_beam, next_token, next_scores = next_beam[sentence], next_token[sentence], next_scores[sentence]
         rows = (sentence.unsqueeze(1) * k + next_beam).view(-1)
         cache.select(rows, self_only=not any(done))
         self.generated = torch.cat([self.generated.index_select(0, rows), next_token.view(-1, 1)], dim=1)

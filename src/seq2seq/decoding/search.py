@@ -35,7 +35,7 @@ their stepper from :func:`make_stepper`; :func:`sequence_scores` calls ``model(s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -193,7 +193,7 @@ def make_stepper(model, src: Tensor, use_cache: bool = True):
     return own(src, use_cache) if own is not None else DecoderStepper(model, src, use_cache)
 
 
-def _constrain(logprobs: Tensor, generated: Tensor, step: int | Tensor, cfg: DecodingConfig, model_cfg) -> Tensor:
+def constrain(logprobs: Tensor, generated: Tensor, step: int | Tensor, cfg: DecodingConfig, model_cfg) -> Tensor:
     """Block tokens that may not come next; logprobs (R, V), modified in place and returned.
 
     PAD and BOS are never targets in training (their logits are untrained), so they are always
@@ -285,7 +285,7 @@ def _greedy_or_sample(
         if step == 0 and copies > 1:
             prefix, logprobs = _extend_rows(stepper, prefix, logprobs, copies)
         # In place: constraints only set other tokens to -inf, the chosen token's value stays.
-        logprobs = _constrain(logprobs, prefix[:, 1:], step, cfg, mc)
+        logprobs = constrain(logprobs, prefix[:, 1:], step, cfg, mc)
         next_tokens = _sample(logprobs, cfg, generator) if sample else logprobs.argmax(dim=-1)
         step += 1
         out[active, step - 1] = next_tokens
@@ -317,26 +317,77 @@ def _greedy_or_sample(
     return [sorted(group, key=lambda h: -h.score) for group in grouped] if copies > 1 else grouped
 
 
+def beam_step(
+    scores: Tensor, logprobs: Tensor, outputs: Tensor, steps: Sequence[int], limits: Sequence[int],
+    finished: Sequence[list[Hypothesis]], k: int, alpha: float, eos_id: int,
+) -> tuple[Tensor, Tensor, Tensor, list[bool]]:
+    """One step of fairseq's beam search for A sentences, shared by :func:`beam_search` and the
+    continuous search (:mod:`seq2seq.decoding.continuous`).
+
+    ``scores`` (A, beams): the summed log-probabilities of the live beams; ``logprobs`` (A * beams,
+    V): their next tokens' (constrained); ``outputs`` (A * beams, W): each beam's output tokens so
+    far, right-aligned (sentence ``a`` holds ``steps[a] - 1`` of them in the last columns);
+    ``steps[a]``: its output length after this step, ``limits[a]`` its limit. The 2k best
+    (beam, token) extensions are ranked by their summed log-probability; EOS extensions among the
+    best k are appended to ``finished[a]``, scored with the length penalty; at its limit all k best
+    extensions finish as they are. A sentence is done once it has k finished hypotheses or reaches
+    its limit (with none finished, every extension blocked: its best live beam is returned). Returns
+    the k best non-EOS extensions, ``(beam, token, summed score)`` each (A, k), and which sentences are done.
+    """
+    n_active, beams = scores.shape
+    vocab = logprobs.size(-1)
+    candidates = (scores.unsqueeze(-1) + logprobs.view(n_active, beams, vocab)).view(n_active, beams * vocab)
+    cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # (A, 2k), best first
+    cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
+    cand_token = cand_index % vocab
+    is_eos = cand_token == eos_id
+    at_limit = torch.tensor([lim <= s for lim, s in zip(limits, steps)], device=scores.device)  # (A,)
+    # Only the k best extensions may finish (as in fairseq).
+    to_finish = (is_eos[:, :k] | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores[:, :k])
+    finishing = to_finish.nonzero().tolist()  # row-major: best first within a sentence
+    width = outputs.size(1)
+
+    def tokens(beam_row: list[int], step: int) -> list[int]:
+        return beam_row[width - (step - 1):] if step > 1 else []
+
+    if finishing:
+        # One conversion to Python per step, not one tensor read per finished hypothesis.
+        rows_of = sorted({a for a, _ in finishing})
+        prefixes = dict(zip(rows_of, outputs.view(n_active, beams, width)[rows_of].tolist()))
+        eos_l, beam_l, token_l, score_l = (t[:, :k].tolist() for t in (is_eos, cand_beam, cand_token, cand_scores))
+        for a, j in finishing:
+            if len(finished[a]) >= k and limits[a] > steps[a]:
+                continue
+            out = tokens(prefixes[a][beam_l[a][j]], steps[a]) + ([] if eos_l[a][j] else [token_l[a][j]])
+            total = score_l[a][j]
+            finished[a].append(Hypothesis(out, total / length_penalty(steps[a], alpha), total, eos_l[a][j]))
+    # The first k non-EOS candidates continue: sort positions with EOS pushed to the end.
+    positions = torch.arange(2 * k, device=scores.device)
+    order = (positions + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).indices  # (A, k)
+    next_beam, next_token, next_scores = (t.gather(1, order) for t in (cand_beam, cand_token, cand_scores))
+    done = [lim <= s or len(f) >= k for lim, s, f in zip(limits, steps, finished)]
+    for a in range(n_active):
+        if done[a] and not finished[a]:  # nothing could finish (every extension blocked): the best live beam
+            row = outputs[a * beams + int(next_beam[a, 0])].tolist()
+            total = float(next_scores[a, 0])
+            finished[a].append(Hypothesis(tokens(row, steps[a]) + [int(next_token[a, 0])],
+                                          total / length_penalty(steps[a], alpha), total, False))
+    return next_beam, next_token, next_scores, done
+
+
 @torch.inference_mode()
 def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> list[list[Hypothesis]]:
     """Batched beam search; returns, per source, ``n_best`` hypotheses sorted best first.
 
-    Follows fairseq's scheme: every step ranks the 2k best (hypothesis, token) extensions by their
-    summed log-probability; EOS extensions among the best k become finished hypotheses, scored
-    with the length penalty; the k best non-EOS extensions continue. A source is done once it has
-    k finished hypotheses, or when it reaches its length limit (then all k best extensions are
-    finished as they are). Done sources leave the batch. With ``beam_size=1`` the result is
-    exactly greedy decoding's.
-
-    Beam search is a heuristic: its best hypothesis usually, not provably, scores at least as
-    well as greedy's.
+    Every step is :func:`beam_step` (fairseq's scheme); done sources leave the batch. With
+    ``beam_size=1`` the result is exactly greedy decoding's. Beam search is a heuristic: its best
+    hypothesis usually, not provably, scores at least as well as greedy's.
     """
     mc = model.config
     device = src.device
     k = cfg.beam_size
-    vocab = mc.tgt_vocab_size
-    if 2 * k > vocab:
-        raise ConfigError(f"decoding.beam_size={k} is too large for a vocabulary of {vocab} tokens")
+    if 2 * k > mc.tgt_vocab_size:
+        raise ConfigError(f"decoding.beam_size={k} is too large for a vocabulary of {mc.tgt_vocab_size} tokens")
     batch = src.size(0)
     stepper = make_stepper(model, src, cfg.use_cache)
     limits = max_output_lengths(src, mc.pad_id, cfg.max_len_a, cfg.max_len_b, mc.max_positions).tolist()
@@ -346,63 +397,21 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
     # The first step runs one row per source (all beams would be equal); its candidates then
     # seed k beams. scores: summed log-probabilities of the live beams (A, beams).
     scores = torch.zeros(batch, 1, device=device)
-    positions = torch.arange(2 * k, device=device)
     step = 0
     while active:
-        n_active, beams = scores.shape
-        logprobs = stepper.step(prefix)
-        logprobs = _constrain(logprobs, prefix[:, 1:], step, cfg, mc)
-        candidates = (scores.unsqueeze(-1) + logprobs.view(n_active, beams, vocab)).view(
-            n_active, beams * vocab
-        )
-        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # (A, 2k), best first
-        cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
-        cand_token = cand_index % vocab
+        beams = scores.size(1)
+        logprobs = constrain(stepper.step(prefix), prefix[:, 1:], step, cfg, mc)
         step += 1
-        is_eos = cand_token == mc.eos_id
-        at_limit = torch.tensor([limits[b] <= step for b in active], device=device)  # (A,)
-        # Only the k best extensions may finish (as in fairseq).
-        to_finish = (is_eos[:, :k] | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores[:, :k])
-        finishing = to_finish.nonzero().tolist()  # row-major: best first within a sentence
-        if finishing:
-            # One conversion to Python per step, not one tensor read per finished hypothesis.
-            penalty = length_penalty(step, cfg.alpha)
-            rows_of = sorted({a for a, _ in finishing})
-            prefixes = dict(zip(rows_of, prefix[:, 1:].view(n_active, beams, step - 1)[rows_of].tolist()))
-            eos_l, beam_l, token_l, score_l = (t[:, :k].tolist() for t in (is_eos, cand_beam, cand_token, cand_scores))
-            for a, j in finishing:
-                src_index = active[a]
-                if len(finished[src_index]) >= k and limits[src_index] > step:
-                    continue
-                tokens = list(prefixes[a][beam_l[a][j]])
-                if not eos_l[a][j]:
-                    tokens.append(token_l[a][j])
-                total = score_l[a][j]
-                finished[src_index].append(Hypothesis(tokens, total / penalty, total, eos_l[a][j]))
-
-        done = [limits[b] <= step or len(finished[b]) >= k for b in active]
-        # The first k non-EOS candidates continue: sort positions with EOS pushed to the end.
-        order = (positions + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).indices  # (A, k)
-        next_beam = cand_beam.gather(1, order)
-        next_token = cand_token.gather(1, order)
-        next_scores = cand_scores.gather(1, order)
+        next_beam, next_token, next_scores, done = beam_step(
+            scores, logprobs, prefix[:, 1:], [step] * len(active), [limits[b] for b in active],
+            [finished[b] for b in active], k, cfg.alpha, mc.eos_id)
+        sentence = torch.arange(len(active), device=device)
         if any(done):
-            for a, src_index in enumerate(active):
-                if done[a] and not finished[src_index]:
-                    # Nothing could finish (every extension blocked): return the best live beam.
-                    tokens = prefix[a * beams + int(next_beam[a, 0]), 1:].tolist() + [int(next_token[a, 0])]
-                    total = float(next_scores[a, 0])
-                    finished[src_index].append(
-                        Hypothesis(tokens, total / length_penalty(step, cfg.alpha), total, False)
-                    )
-            keep = torch.tensor([a for a, d in enumerate(done) if not d], dtype=torch.long, device=device)
+            sentence = sentence[torch.tensor([not d for d in done], device=device)]
             active = [b for b, d in zip(active, done) if not d]
             if not active:
                 break
-            next_beam, next_token, next_scores = next_beam[keep], next_token[keep], next_scores[keep]
-            sentence = keep
-        else:
-            sentence = torch.arange(n_active, device=device)
+            next_beam, next_token, next_scores = next_beam[sentence], next_token[sentence], next_scores[sentence]
         rows = (sentence.unsqueeze(1) * beams + next_beam).view(-1)  # (A' * k,) rows of the old prefix
         # The beams of one sentence share its source: unless sentences left or beams were just
         # seeded, every row keeps its source and the cross-attention cache stays in place.

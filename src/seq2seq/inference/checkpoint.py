@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.ensemble import Ensemble, config_difference
-from seq2seq.errors import CheckpointError, ConfigError
+from seq2seq.errors import CheckpointError, ConfigError, one_line
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 from seq2seq.utils.io import atomic_open_binary
 
@@ -39,17 +39,12 @@ from seq2seq.utils.io import atomic_open_binary
 # seq2seq.callbacks.ema.)
 TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "native_amp_scaling_state",
                        "current_model_state", "averaging_state")
-# TransformerConfig fields that decide the parameters' shapes (dropout does not).
-ARCHITECTURE_KEYS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "max_positions",
-                     "pre_norm", "tie_output", "activation", "copy_attention")
-
-
-def one_line(err: BaseException, limit: int = 160) -> str:
-    """The first sentence of an exception message: torch's messages run on, a user error is one line."""
-    text = str(err).strip().splitlines()
-    first = text[0].split(". ")[0] if text else ""
-    first = first if len(first) <= limit else first[: limit - 3] + "..."
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+# TransformerConfig fields a fine-tuning run takes from its own model config; every other is the parent's.
+FINETUNE_KEYS = ("dropout", "attention_dropout")
+# The fields that decide the network (a new model variant's field included): all but those, and the
+# vocabulary, its special ids and whether embeddings are shared (all of which come with the tokenizer).
+ARCHITECTURE_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in (
+    *FINETUNE_KEYS, "src_vocab_size", "tgt_vocab_size", "share_embeddings", "pad_id", "bos_id", "eos_id"))
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -135,8 +130,8 @@ def network_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 def model_config(checkpoint: Mapping) -> TransformerConfig:
     """The network's config a checkpoint holds (fields a later version dropped are ignored)."""
-    fields = TransformerConfig.__dataclass_fields__
-    return TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in fields})
+    known = TransformerConfig.__dataclass_fields__
+    return TransformerConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in known})
 
 
 def build_model(
@@ -270,9 +265,6 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     return averaged
 
 
-# TransformerConfig fields a fine-tuning run takes from its own config; every other field (the
-# shapes, the vocabulary, the special ids) is the parent's.
-FINETUNE_KEYS = ("dropout", "attention_dropout")
 
 
 @dataclass

@@ -22,7 +22,8 @@ convention is set explicitly:
   decoder starts from our BOS and stops at our EOS. Our encoder sees each source followed by EOS:
   the model is written with ``add_source_eos``, so callers pass the plain pieces of a sentence.
 
-A copy-attention model (pointer-generator head) has no CTranslate2 counterpart and is refused.
+What has no CTranslate2 counterpart (a copy-attention head; any model variant's setting the export
+does not map) is refused, all of it in one message (:func:`check_exportable`).
 
 int8 weights (``quantization=int8*``) are rounded to 7 bits (``int8_weight_bits=7``, the default:
 integers in [-63, 63], one scale per output row) rather than CTranslate2's 8. CTranslate2 multiplies
@@ -47,6 +48,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,7 @@ from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import build_model, read_checkpoint
 from seq2seq.inference.model_card import model_card, run_folder
-from seq2seq.models.transformer import Seq2SeqTransformer, sinusoidal_positions
+from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig, sinusoidal_positions
 
 EXPORT_INFO = "seq2seq_export.json"
 JOINT_SPM, SOURCE_SPM, TARGET_SPM = "sentencepiece.model", "source.spm.model", "target.spm.model"
@@ -190,16 +192,29 @@ def vocabulary(processor, side: str, size: int) -> list[str]:
     return pieces
 
 
+# What the export maps of each TransformerConfig field: the values it can write (None: any).
+MAPPED = {"activation": ("relu", "gelu"), **dict.fromkeys((
+    "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
+    "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
+    "bos_id", "eos_id"))}
+# Why a setting cannot be exported, where there is more to say than its name.
+UNMAPPED = {"copy_attention": "copy attention (a pointer-generator head mixing the vocabulary softmax with copies "
+                              "of source tokens), which CTranslate2 has no layer for"}
+
+
 def check_exportable(net: Seq2SeqTransformer) -> None:
-    """Raise :class:`ConfigError` for a network CTranslate2 cannot run."""
-    cfg = net.config
-    if cfg.copy_attention:
-        raise ConfigError(
-            "this checkpoint has copy attention (a pointer-generator head mixing the vocabulary softmax with "
-            "copies of source tokens), which CTranslate2 has no layer for; it cannot be exported"
-        )
-    if cfg.activation not in ("relu", "gelu"):
-        raise ConfigError(f"activation={cfg.activation!r} has no CTranslate2 counterpart here (relu, gelu)")
+    """Raise one :class:`ConfigError` naming every setting of ``net`` CTranslate2 cannot run: a value
+    :data:`MAPPED` does not list, or a field it does not know (a model variant) set to anything but
+    its default (the paper's, which is what the export writes)."""
+    defaults = TransformerConfig()
+    refused = []
+    for f in fields(TransformerConfig):
+        value = getattr(net.config, f.name)
+        allowed = MAPPED.get(f.name, (getattr(defaults, f.name),))
+        if allowed is not None and value not in allowed:
+            refused.append(UNMAPPED.get(f.name, f"{f.name}={value!r} (the export maps {', '.join(map(repr, allowed))})"))
+    if refused:
+        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to CTranslate2")
 
 
 def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-# The metrics a task's runs log, as metrics.json names them ({split}/{name}).
-TASK_METRICS = {"translation": ("bleu", "chrf"), "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+from seq2seq.metrics.text_metrics import TASK_METRICS, signatures_by_metric
+
 EXAMPLES = {"en": "A man in a red shirt is riding a bike down the street.", "de": "Ein Mann fährt mit dem Fahrrad."}
 
 
@@ -55,14 +55,12 @@ def read_run(run: Path | None) -> tuple[dict, dict, list[str] | None]:
 
 def _signature(metrics: dict, name: str, split: str) -> str | None:
     """The signature of ``split``'s ``name`` (metrics.json's ``signatures``), else the run's one."""
-    family = name if name in ("bleu", "chrf") else "rouge"
+    family = "rouge" if name in TASK_METRICS["summarization"] else name
     by_split = ((metrics.get("signatures") or {}).get(split) or {}).get(family)
-    if by_split:
-        return by_split
-    signatures = metrics.get("sacrebleu_signature") if name in ("bleu", "chrf") else metrics.get("rouge_signature")
-    if isinstance(signatures, dict):
-        return signatures.get(name)
-    return signatures if isinstance(signatures, str) else None
+    run = {k: v for k, v in metrics.items() if k in ("sacrebleu_signature", "rouge_signature") and isinstance(v, dict | str)}
+    if isinstance(run.get("sacrebleu_signature"), str):  # one signature for both (runs of an older version)
+        run["sacrebleu_signature"] = dict.fromkeys(("bleu", "chrf"), run["sacrebleu_signature"])
+    return by_split or signatures_by_metric(run).get(family)
 
 
 def _table_cell(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.data.tokenizer import Tokenizer, truncate_source
 from seq2seq.decoding.ensemble import teacher_forced_nll
 from seq2seq.decoding.search import DecodingConfig, Hypothesis, generate, sequence_scores
 from seq2seq.errors import ConfigError
@@ -127,7 +127,7 @@ class Predictor:
             if len(ids) > limit:
                 if warn is not None:
                     warn(f"line {i + first_line}: {len(ids)} source tokens, more than {limit}; truncated to {limit}")
-                sources[j] = ids[: limit - 1] + [self.tokenizer.eos_id]
+                sources[j] = truncate_source(ids, limit)
         return sources
 
     def source_ids(self, lines: Sequence[str], *, max_src_len: int | None = None,

@@ -17,7 +17,7 @@ import functools
 import importlib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 from sacrebleu.metrics import BLEU, CHRF
 
@@ -329,15 +329,28 @@ def score(
     return {name: scores[name] for name in names}, {"sacrebleu_signature": signature}
 
 
-def score_by_group(task: str, groups: Mapping[str, Any]) -> tuple[dict[str, float], dict]:
+@dataclass
+class PairOutputs:
+    """One group's hypotheses (a corpus, or one language pair of a multilingual model) with their
+    reference streams, target language and BLEU tokenizer: what :func:`score_by_group` scores."""
+
+    hypotheses: list[str]
+    references: list[list[str]]
+    tgt_lang: str | None
+    bleu_tokenize: str | None
+
+
+def score_by_group(task: str, groups: Mapping[str | None, PairOutputs]) -> tuple[dict[str, float], dict]:
     """Score several groups of hypotheses alone (a multilingual model's language pairs) and average them.
 
-    ``groups``: ``{name: group}``, each with ``hypotheses``, ``references`` (streams),
-    ``tgt_lang`` and ``bleu_tokenize`` (:class:`seq2seq.data.multilingual.PairOutputs`). Returns
-    each group's metrics as ``<metric>/<name>`` (``bleu/en-de``) and their unweighted means under the
-    plain names (``bleu``: what picks the best checkpoint), with the signatures likewise: per group,
-    and for a mean the groups' common signature (``name: signature`` joined by ``; `` when they
-    differ, e.g. a ``zh`` pair beside ``13a`` ones)."""
+    ``groups``: ``{name: PairOutputs}``. Returns each group's metrics as ``<metric>/<name>``
+    (``bleu/en-de``) and their unweighted means under the plain names (``bleu``: what picks the best
+    checkpoint), with the signatures likewise: per group, and for a mean the groups' common signature
+    (``name: signature`` joined by ``; `` when they differ, e.g. a ``zh`` pair beside ``13a`` ones).
+    One group named None (one corpus) is :func:`score` d as it is."""
+    if list(groups) == [None]:
+        group = groups[None]
+        return score(task, group.hypotheses, group.references, group.tgt_lang, group.bleu_tokenize)
     metrics: dict[str, float] = {}
     signatures: dict[str, str] = {}
     values: dict[str, list[float]] = {}

@@ -16,7 +16,6 @@ give the gradient of one batch holding their union (see :meth:`Seq2SeqModule.on_
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -27,132 +26,27 @@ from torchmetrics import MaxMetric, MinMetric
 
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
-from seq2seq.errors import CheckpointError, ConfigError, TrainingError
+from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.inference.checkpoint import model_config
 from seq2seq.inference.predictor import Predictor
 from seq2seq.metrics.text_metrics import (
     DEFAULT_MONITOR,
+    PairOutputs,
     bleu_tokenizer,
     check_task,
-    score,
     score_by_group,
     signatures_by_metric,
 )
 from seq2seq.models.loss import sequence_loss, target_index
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
+from seq2seq.training.compile import compile_dynamic, resolve_compile
+from seq2seq.training.nonfinite import NonFiniteGuard
+from seq2seq.training.optimizer import build_optimizer
+from seq2seq.training.schedule import lr_schedule
 
 
 def _plain(cfg: Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-
-
-def inverse_sqrt_schedule(warmup_steps: int):
-    """Linear warmup to the peak learning rate, then decay with 1/sqrt(step) (Vaswani et al.)."""
-
-    def factor(step: int) -> float:
-        step = step + 1
-        if step < warmup_steps:
-            return step / warmup_steps
-        return math.sqrt(warmup_steps / step)
-
-    return factor
-
-
-def cooldown_factor(progress: float, cooldown: float) -> float:
-    """1 until the last ``cooldown`` fraction of the budget, then linearly down to 0 at its end.
-
-    The "warmup-stable-decay" shape (Hägele et al., 2024): a run that knows its budget anneals at
-    the end instead of stopping at a high learning rate, which a short (CPU) budget pays for most.
-    """
-    if cooldown <= 0.0:
-        return 1.0
-    return min(1.0, max(0.0, (1.0 - progress) / cooldown))
-
-
-def _timer(trainer: L.Trainer) -> L.pytorch.callbacks.Timer | None:
-    return next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
-
-
-def budget_progress(trainer: L.Trainer, step_budget: float) -> float:
-    """How much of the run's budget is spent, 0..1: the larger of steps over ``step_budget``
-    (``trainer.estimated_stepping_batches``: ``max_steps``, or ``max_epochs`` times the updates per
-    epoch) and time over ``max_time`` (Lightning's Timer, which keeps its clock across an exact resume)."""
-    progress = 0.0
-    if math.isfinite(step_budget) and step_budget > 0:
-        progress = trainer.global_step / step_budget
-    timer = _timer(trainer)
-    if timer is not None:
-        elapsed = timer.time_elapsed("train")
-        remaining = timer.time_remaining("train")
-        if remaining is not None and elapsed + remaining > 0:
-            spent = elapsed / (elapsed + remaining)
-            if getattr(trainer, "world_size", 1) > 1:
-                # Ranks read their clocks at slightly different moments: all take rank 0's, or the
-                # replicas' learning rates, hence their weights, would drift apart.
-                spent = float(trainer.strategy.broadcast(spent, src=0))
-            progress = max(progress, spent)
-    return min(1.0, progress)
-
-
-def resolve_compile(option: Any, device: torch.device) -> bool:
-    """``speed.compile``: ``auto`` compiles on CUDA only (on CPUs compiling costs minutes for little
-    gain, see benchmarks/train_throughput.py); ``true``/``false`` force it."""
-    if isinstance(option, str):
-        option = option.strip().lower()
-        if option == "auto":
-            return device.type == "cuda"
-        if option in ("true", "false"):
-            return option == "true"
-        raise ValueError(f"speed.compile must be auto, true or false, got {option!r}")
-    return bool(option)
-
-
-def compile_dynamic(fn):
-    """``torch.compile(fn, dynamic=True)`` that compiles once for every batch shape.
-
-    Without "duck sizing": by default two sizes that happen to be equal at the first call (a
-    batch of 32 sentences of 32 tokens) become one symbol, and the first batch where they differ
-    compiles again. Sizes 0 and 1 are still specialized (at most one more graph).
-    """
-    compiled = torch.compile(fn, dynamic=True)
-    try:
-        from torch.fx.experimental import _config as fx_config
-
-        fx_config.patch(use_duck_shape=False)
-    except (ImportError, AttributeError, TypeError):  # an older torch: duck sizing stays on
-        return compiled
-
-    def call(*args, **kwargs):
-        with fx_config.patch(use_duck_shape=False):
-            return compiled(*args, **kwargs)
-
-    return call
-
-
-def build_optimizer(named_parameters, opt: Any) -> torch.optim.AdamW:
-    """AdamW over ``named_parameters`` with ``opt`` (the optim config); no weight decay on biases
-    and norms. Fused (one kernel for all parameters) when every parameter is on CUDA, or on the
-    CPU where this torch has the fused CPU kernel (5x faster than foreach there); else foreach."""
-    decay, no_decay = [], []
-    for name, p in named_parameters:
-        if p.requires_grad:
-            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-    params = decay + no_decay
-    groups = [{"params": decay, "weight_decay": opt.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"lr": opt["lr"], "betas": tuple(opt.get("betas", (0.9, 0.98))), "eps": opt.get("eps", 1e-9)}
-    devices = {p.device.type for p in params}
-    if params and len(devices) == 1 and devices <= {"cuda", "cpu"} and all(p.is_floating_point() for p in params):
-        try:
-            optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, ValueError):  # no fused kernel for this device in this torch
-            pass
-        else:
-            # A fused AdamW tells GradScaler it unscales inside step(); Lightning then refuses gradient
-            # clipping under every mixed precision, bf16 included. Let the scaler unscale as for any
-            # optimizer (what clipping needs anyway); the update itself stays fused.
-            optimizer._step_supports_amp_scaling = False
-            return optimizer
-    return torch.optim.AdamW(groups, **kwargs)
 
 
 class Seq2SeqModule(L.LightningModule):
@@ -207,7 +101,10 @@ class Seq2SeqModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.net: Seq2SeqTransformer | None = None
         self._eval_outputs: list[tuple[int, str]] = []
+        self._predictor: Predictor | None = None  # validation's and test's, built per epoch
         self._step_sums: Tensor | None = None  # (smoothed loss, nll, target tokens) of this step's batches so far
+        self._compiled_loss = None  # speed.compile's training loss, set up in setup("fit")
+        self.nonfinite = NonFiniteGuard(self.hparams.optim.get("nonfinite", "stop"))
         self.eval_results: dict[str, dict] = {}  # last val/test scores, signatures and hypotheses
         if tokenizer is not None:
             self.build(tokenizer)
@@ -254,10 +151,9 @@ class Seq2SeqModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.task == "translation" and datamodule is not None:
             # A BLEU tokenizer that cannot run here (a missing MeCab extra) stops before training;
-            # a multilingual DataModule's pairs each have their own.
-            pairs = getattr(datamodule, "pairs", None)
-            for data in pairs.values() if pairs else [datamodule]:
-                bleu_tokenizer(data.tgt_lang, data.bleu_tokenize)
+            # every corpus (a multilingual DataModule's pairs) has its own.
+            for corpus in datamodule.corpora.values():
+                bleu_tokenizer(corpus.tgt_lang, corpus.bleu_tokenize)
         if stage == "fit":
             self._setup_fast_path()
 
@@ -281,16 +177,14 @@ class Seq2SeqModule(L.LightningModule):
 
             # Dynamic shapes: one graph for every batch size, length and token count.
             self._compiled_loss = compile_dynamic(loss)
-        # Reading the loss back every step would stall a GPU: in `stop` mode a CUDA run records the
-        # first non-finite step on the device and checks it every log interval (and before saving).
+        # Reading the loss back every step would stall a GPU: a CUDA run checks every log interval.
         every = self.hparams.optim.get("nonfinite_check_every", "auto")
         if every in (None, "auto"):
             every = self.trainer.log_every_n_steps if device.type == "cuda" and self._trainer is not None else 1
-        self._nonfinite_every = max(1, int(every))
-        self._first_nonfinite = None
+        self.nonfinite = NonFiniteGuard(self.nonfinite.mode, every)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self._raise_if_nonfinite()
+        self.nonfinite.raise_if_seen()
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
         checkpoint["model_config"] = dict(self.net.config.__dict__)
         checkpoint["best_scores"] = {self.monitor: float(self.best_monitor.compute())} if self.best_monitor.update_called else {}
@@ -328,7 +222,7 @@ class Seq2SeqModule(L.LightningModule):
         index, src_index = batch.get("tgt_index"), batch.get("src_index")
         eps = self.hparams.optim.get("label_smoothing", 0.0)
         unpad = bool(self.speed.get("unpad", True)) and src_index is not None
-        compiled = getattr(self, "_compiled_loss", None)
+        compiled = self._compiled_loss
         if compiled is not None and self.training and torch.is_grad_enabled():
             if index is None:
                 index = target_index(target, self.net.config.pad_id)
@@ -340,20 +234,6 @@ class Seq2SeqModule(L.LightningModule):
             )
         return smoothed, nll, (target != self.net.config.pad_id).sum()
 
-    def _nonfinite_error(self, value: float, step: int, where: str) -> TrainingError:
-        return TrainingError(
-            f"non-finite loss ({value}) at step {step} ({where}). Lower optim.lr, raise "
-            "optim.warmup_steps or check the data; optim.nonfinite=skip skips such batches instead."
-        )
-
-    def _raise_if_nonfinite(self) -> None:
-        """Raise if the deferred check (CUDA, see :meth:`_setup_fast_path`) recorded a non-finite loss."""
-        record = getattr(self, "_first_nonfinite", None)
-        if record is not None:
-            step, value = record.tolist()
-            if step >= 0:
-                raise self._nonfinite_error(value, int(step), "found by the periodic check")
-
     def _token_exact(self) -> bool:
         """Whether an optimizer step sums several batches' gradients (accumulation or DDP ranks), so that
         each batch's loss is normalized by the step's total token count (see on_before_optimizer_step)."""
@@ -364,28 +244,15 @@ class Seq2SeqModule(L.LightningModule):
         """The constant (1 / data.max_tokens, the same on every rank and batch) that each batch's summed
         loss is multiplied by before its backward pass when the step is token-exact: it keeps the
         gradients at about a per-token size (fp16's range) until on_before_optimizer_step fixes them."""
-        budget = getattr(getattr(self.trainer, "datamodule", None), "max_tokens", None)
-        return 1.0 / float(budget) if budget else 1.0
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return 1.0 / float(datamodule.batching.max_tokens) if datamodule is not None else 1.0
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         smoothed, nll, n_tokens = self._loss(batch)
         loss = smoothed / n_tokens
-        skip = self.hparams.optim.get("nonfinite", "stop") == "skip"
-        if getattr(self, "_nonfinite_every", 1) > 1 and not skip:
-            # No host-device sync: keep (first non-finite step, its loss) on the device.
-            here = torch.stack([torch.full_like(loss.detach(), self.global_step), loss.detach()])
-            if self._first_nonfinite is None:
-                self._first_nonfinite = torch.full_like(here, -1.0)
-            first = ~torch.isfinite(here[1]) & (self._first_nonfinite[0] < 0)
-            self._first_nonfinite = torch.where(first, here, self._first_nonfinite)
-            if (self.global_step + 1) % self._nonfinite_every == 0:
-                self._raise_if_nonfinite()
-        elif not torch.isfinite(loss):
-            # A NaN/inf loss would silently poison the weights: stop, or skip this batch.
-            if skip:
-                self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
-                return None
-            raise self._nonfinite_error(loss.item(), self.global_step, f"epoch {self.current_epoch}, batch {batch_idx}")
+        if self.nonfinite.skip(loss, self.global_step, f"epoch {self.current_epoch}, batch {batch_idx}"):
+            self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+            return None
         if self._token_exact():
             # The sum, not this batch's mean: on_before_optimizer_step divides by the step's total tokens
             # (and logs the step's per-token loss).
@@ -430,10 +297,10 @@ class Seq2SeqModule(L.LightningModule):
         self.log("train/nll", (nll / tokens).float())
 
     def on_validation_start(self) -> None:
-        self._raise_if_nonfinite()
+        self.nonfinite.raise_if_seen()
 
     def on_train_end(self) -> None:
-        self._raise_if_nonfinite()
+        self.nonfinite.raise_if_seen()
 
     def on_train_epoch_start(self) -> None:
         # Lightning sets the epoch on samplers, not on batch samplers: reshuffle ours per epoch.
@@ -457,44 +324,16 @@ class Seq2SeqModule(L.LightningModule):
         opt = self.hparams.optim
         # Lightning moves the module to its device before this hook: the fused AdamW kernel fits it.
         optimizer = build_optimizer(self.named_parameters(), opt)
-        warmup = inverse_sqrt_schedule(opt.get("warmup_steps", 4000))
-        cooldown = float(opt.get("cooldown", 0.0) or 0.0)
-        if not 0.0 <= cooldown <= 1.0:
-            raise ConfigError(f"optim.cooldown must be a fraction of the budget in [0, 1], got {cooldown}.")
-        step_budget = self._step_budget() if cooldown > 0.0 else math.inf
-
-        def factor(step: int) -> float:
-            # A plain function (not an object): LambdaLR would store an object's attributes,
-            # the trainer included, in every checkpoint.
-            trainer = self._trainer
-            progress = budget_progress(trainer, step_budget) if cooldown > 0.0 and trainer is not None else 0.0
-            return warmup(step) * cooldown_factor(progress, cooldown)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = lr_schedule(optimizer, opt.get("warmup_steps", 4000), opt.get("cooldown"), lambda: self._trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _step_budget(self) -> float:
-        """The run's budget in optimizer steps (inf without one); a run with neither a step nor a
-        time budget cannot anneal towards its end."""
-        trainer = self._trainer
-        if trainer is None:
-            return math.inf
-        steps = float(trainer.estimated_stepping_batches)
-        if (math.isfinite(steps) and steps > 0) or _timer(trainer) is not None:
-            return steps
-        raise ConfigError(
-            "optim.cooldown anneals the learning rate over the end of the budget, but the run has none: "
-            "set trainer.max_steps, trainer.max_epochs or trainer.max_time, or optim.cooldown=0."
-        )
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict, prefix: str) -> None:
         _, nll, n_tokens = self._loss(batch)
         # Summed over batches then divided, so the epoch loss is per token, not per batch.
         self.log(f"{prefix}/loss", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
-        pair_of_index = getattr(self.trainer.datamodule, "pair_of_index", None)
-        if pair_of_index is not None:  # several language pairs (data/multilingual.py): a batch holds one
-            pair = pair_of_index(prefix, int(batch["index"][0]))
+        pair = self.trainer.datamodule.pair_of_index(prefix, int(batch["index"][0]))
+        if pair is not None:  # several language pairs (data/multilingual.py): a batch holds one
             self.log(f"{prefix}/loss/{pair}", nll / n_tokens, batch_size=int(n_tokens), sync_dist=True)
         predictions = self._predictor.predict_batch(batch)
         texts = self._predictor.texts([nbest[0] for _, nbest in predictions])
@@ -514,13 +353,10 @@ class Seq2SeqModule(L.LightningModule):
 
     def _eval_epoch_end(self, prefix: str) -> dict:
         indices, hypotheses = self.gathered_hypotheses()
-        datamodule = self.trainer.datamodule
-        split_by_pair = getattr(datamodule, "split_by_pair", None)
-        if split_by_pair is not None:  # several language pairs (data/multilingual.py): each scored alone, and their means
-            metrics, signatures = score_by_group(self.task, split_by_pair(prefix, indices, hypotheses))
-        else:
-            references = [[stream[i] for i in indices] for stream in datamodule.reference_streams(prefix)]
-            metrics, signatures = score(self.task, hypotheses, references, datamodule.tgt_lang, datamodule.bleu_tokenize)
+        # Several language pairs (data/multilingual.py): each scored alone, and their means.
+        groups = {name: PairOutputs(hyps, refs, corpus.tgt_lang, corpus.bleu_tokenize)
+                  for name, (corpus, hyps, refs) in self.trainer.datamodule.by_corpus(prefix, indices, hypotheses).items()}
+        metrics, signatures = score_by_group(self.task, groups)
         # Every rank holds the same gathered corpus score, so no reduction is needed.
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value)

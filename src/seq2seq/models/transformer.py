@@ -280,39 +280,6 @@ class KVCache:
                 if t is not None:
                     store[i] = t.index_select(0, index)
 
-    def drop_front(self, n: int) -> None:
-        """Forget the first ``n`` self-attention positions of every row (no row attends to them any
-        more: rows of a continuous batch that started after them)."""
-        if n <= 0:
-            return
-        for store in (self.self_k, self.self_v):
-            for i, t in enumerate(store):
-                if t is not None:
-                    store[i] = t[:, :, n:]
-        self.length -= n
-
-    def keep_memory(self, width: int) -> None:
-        """Keep the first ``width`` source positions of the cross-attention keys/values (the rest is padding)."""
-        for store in (self.cross_k, self.cross_v):
-            for i, t in enumerate(store):
-                if t is not None:
-                    store[i] = t[:, :, :width]
-
-    def extend(self, cross_k: list[Tensor], cross_v: list[Tensor]) -> None:
-        """Add rows whose cross-attention keys/values per layer are ``cross_k``/``cross_v``
-        (B', H, S', Dh) and whose self-attention positions are all empty (to be masked until they
-        write their own): rows joining a running batch. The shorter source side is zero-padded
-        (those columns must be masked by the caller's source mask)."""
-        for layer in range(len(self.cross_k)):
-            old_k, new_k = self.cross_k[layer], cross_k[layer]
-            width = max(old_k.size(2), new_k.size(2))
-            self.cross_k[layer] = torch.cat([pad_dim(old_k, 2, width), pad_dim(new_k, 2, width)])
-            self.cross_v[layer] = torch.cat([pad_dim(self.cross_v[layer], 2, width), pad_dim(cross_v[layer], 2, width)])
-            for store in (self.self_k, self.self_v):
-                old = store[layer]
-                if old is not None:
-                    store[layer] = torch.cat([old, old.new_zeros(new_k.size(0), *old.shape[1:])])
-
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H, L, Dh) at the cache's current length; return the filled prefix."""
         start, end = self.length, self.length + k.size(2)
@@ -562,28 +529,22 @@ class CopyHead(VocabularyHead):
 class _Stack(nn.Module):
     """What the encoder and decoder stacks share: built either like the article,
     ``Stack(vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length=...)``,
-    or from a config, ``Stack.from_config(cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final LayerNorm."""
+    or from a config, ``Stack.from_config(cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final
+    LayerNorm. ``states`` returns what the rest of the project needs; ``forward`` is the article's."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        num_layers: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float,
-        max_sequence_length: int = 1024,
-        *,
-        config: TransformerConfig | None = None,
-        embedding: Embedding | None = None,
-    ):
+    def __init__(self, vocab_size: int | None = None, d_model: int = 512, num_layers: int = 6, num_heads: int = 8,
+                 d_ff: int = 2048, dropout: float = 0.1, max_sequence_length: int = 1024, *,
+                 config: TransformerConfig | None = None, embedding: Embedding | None = None):
         super().__init__()
-        cfg = config or TransformerConfig(
-            src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, d_model=d_model, num_heads=num_heads,
-            num_encoder_layers=num_layers, num_decoder_layers=num_layers, d_ff=d_ff, dropout=dropout,
-            max_positions=max_sequence_length,
-        )
-        self.config = cfg
+        if config is None:
+            if vocab_size is None:
+                raise TypeError("a stack needs vocab_size (the article's constructor) or config=")
+            config = TransformerConfig(
+                src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, d_model=d_model, num_heads=num_heads,
+                num_encoder_layers=num_layers, num_decoder_layers=num_layers, d_ff=d_ff, dropout=dropout,
+                max_positions=max_sequence_length,
+            )
+        cfg = self.config = config
         encoder = isinstance(self, TransformerEncoder)
         vocab = cfg.src_vocab_size if encoder else cfg.tgt_vocab_size
         self.embed = embedding or Embedding(vocab, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
@@ -593,18 +554,19 @@ class _Stack(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: TransformerConfig, embedding: Embedding | None = None):
-        return cls(0, 0, 0, 0, 0, 0.0, config=cfg, embedding=embedding)
+        return cls(config=cfg, embedding=embedding)
 
 
 class TransformerEncoder(_Stack):
     """The encoder stack (see :class:`_Stack` for the constructors)."""
 
-    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False,
-                layout: Padded | None = None):
-        """Encode ``tokens`` (B, S) into hidden states (B, S, D) (rows of ``layout`` when given).
+    def states(self, tokens: Tensor, padding_mask: Tensor | None = None, layout: Padded | None = None,
+               need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
+        """Encode ``tokens`` (B, S): ``(hidden states (B, S, D) or rows of ``layout``, the self-attention
+        weights (B, H, S, S) of every layer when ``need_weights``, else Nones)``.
 
         ``padding_mask``: non-zero = blocked, broadcastable to (B, H, S, S) (see the module docstring;
-        ``(B, 1, S)`` blocks padded keys). With ``need_weights`` returns ``(states, [weights per layer])``.
+        ``(B, 1, S)`` blocks padded keys).
         """
         keep = blocked_to_keep(padding_mask)
         layout = layout or Padded(*tokens.shape)
@@ -613,8 +575,11 @@ class TransformerEncoder(_Stack):
         for layer in self.layers:
             x, weights = layer(x, keep, layout, need_weights)
             all_weights.append(weights)
-        x = self.final_norm(x)
-        return (x, all_weights) if need_weights else x
+        return self.final_norm(x), all_weights
+
+    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None, layout: Padded | None = None) -> Tensor:
+        """Hidden states (B, S, D) of ``tokens`` (B, S) (see :meth:`states`)."""
+        return self.states(tokens, padding_mask, layout)[0]
 
 
 class TransformerDecoder(_Stack):
@@ -685,32 +650,17 @@ class TransformerDecoder(_Stack):
         attention = layout.rows(weights["cross"][-1].mean(dim=1)) if self.output.needs_attention else None
         return self.final_norm(x), attention, weights
 
-    def forward(
-        self,
-        tokens: Tensor,
-        self_attn_mask: Tensor | None,
-        memory: Tensor | None,
-        memory_mask: Tensor | None = None,
-        *,
-        source: Tensor | None = None,
-        cache: KVCache | None = None,
-        return_hidden: bool = False,
-        need_weights: bool = False,
-    ):
+    def forward(self, tokens: Tensor, self_attn_mask: Tensor | None, memory: Tensor | None,
+                memory_mask: Tensor | None = None, *, source: Tensor | None = None) -> Tensor:
         """Decode ``tokens`` (B, T) attending to ``memory`` (B, S, D); returns scores (B, T, V).
 
         Masks are non-zero = blocked: ``self_attn_mask`` broadcastable to (B, H, T, T) (``None`` =
         causal), ``memory_mask`` to (B, H, T, S) (``(B, 1, S)`` blocks padded source positions).
-        ``source`` (B, S): the source ids, which a :class:`CopyHead` copies from. ``return_hidden``
-        returns the final states (B, T, D) instead; ``need_weights`` also returns every layer's
-        attention weights (see :meth:`states`).
+        ``source`` (B, S): the source ids, which a :class:`CopyHead` copies from. The states and
+        attention weights themselves: :meth:`states`.
         """
-        hidden, attention, weights = self.states(
-            tokens, memory, memory_mask, self_attn_mask=self_attn_mask, cache=cache, need_weights=need_weights
-        )
-        source = source.unsqueeze(1) if source is not None else None
-        out = hidden if return_hidden else self.output.scores(hidden, attention, source)
-        return (out, weights) if need_weights else out
+        hidden, attention, _ = self.states(tokens, memory, memory_mask, self_attn_mask=self_attn_mask)
+        return self.output.scores(hidden, attention, source.unsqueeze(1) if source is not None else None)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -749,12 +699,11 @@ class Seq2SeqTransformer(nn.Module):
         mask = self.source_padding_mask(src)
         return self.encoder(src, mask), mask
 
-    def forward(self, src: Tensor, tgt_in: Tensor, return_hidden: bool = False) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src (B, S), tgt_in (B, T) -> scores (B, T, V) whose softmax is the output
-        distribution (the logits, or with a :class:`CopyHead` the mixture's log-probabilities);
-        ``return_hidden``: the final decoder states (B, T, D) instead."""
+        distribution (the logits, or with a :class:`CopyHead` the mixture's log-probabilities)."""
         memory, mask = self.encode(src)
-        return self.decoder(tgt_in, None, memory, mask, source=src, return_hidden=return_hidden)
+        return self.decoder(tgt_in, None, memory, mask, source=src)
 
     def target_states(
         self, src: Tensor, tgt_in: Tensor, tgt_index: Tensor, src_index: Tensor | None = None
@@ -794,8 +743,9 @@ class Seq2SeqTransformer(nn.Module):
         from an explicit softmax; ``forward`` keeps the fused SDPA kernels and computes none of this.
         """
         mask = self.source_padding_mask(src)
-        memory, encoder_weights = self.encoder(src, mask, need_weights=True)
-        logits, weights = self.decoder(tgt_in, None, memory, mask, source=src, need_weights=True)
+        memory, encoder_weights = self.encoder.states(src, mask, need_weights=True)
+        hidden, attention, weights = self.decoder.states(tgt_in, memory, mask, need_weights=True)
+        logits = self.head.scores(hidden, attention, src.unsqueeze(1))
         return {"logits": logits, "encoder": encoder_weights, "decoder": weights["self"], "cross": weights["cross"]}
 
     def num_parameters(self) -> int:

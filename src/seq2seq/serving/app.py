@@ -37,8 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from seq2seq.api import Translator
 from seq2seq.decoding.ensemble import Ensemble
-from seq2seq.errors import ConfigError, Seq2SeqError
-from seq2seq.inference.checkpoint import one_line
+from seq2seq.errors import ConfigError, Seq2SeqError, one_line
 from seq2seq.serving.batcher import Batcher, ContinuousBatcher
 from seq2seq.serving.schemas import (
     BadRequest,
@@ -73,10 +72,8 @@ def use_one_malloc_arena() -> bool:
 
     The model runs on the batcher's worker thread, and glibc gives a new thread an arena of its own,
     whose heaps are trimmed back to the system as tensors are freed: every decoding step's buffers
-    then come back as fresh pages, faulted in and zeroed again. Measured on a 2-core CPU (beam 5,
-    batches of 16 Multi30k sentences): 20-45 % slower than the same calls on the main thread; with
-    one arena, within a few percent. The server's other threads allocate little, so sharing the
-    arena costs them nothing measurable.
+    then come back as fresh pages, faulted in and zeroed again (docs/export-and-serve.md has the
+    measurement). The server's other threads allocate little, so sharing the arena costs them nothing.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -66,23 +66,21 @@ class _Job:
 _STOP = _Job(Future())
 
 
-class Batcher:
-    """Queue translation jobs and run them in batches on one worker thread; see the module docstring.
+class _Worker:
+    """What both batchers share: the job queue, the one worker thread that owns the model, other work
+    between batches (:meth:`call`), counters and closing. A batcher writes the worker loop (``_run``).
 
-    ``translate(texts, **options)`` returns one result per text (``Translator.translate``).
     ``setup`` runs first on the worker thread (e.g. ``torch.set_num_threads``).
     """
 
-    def __init__(self, translate: Callable[..., Sequence[Any]], *, max_batch: int = 32, max_wait_ms: float = 10.0,
-                 setup: Callable[[], None] | None = None):
+    def __init__(self, *, max_batch: int, max_wait_ms: float, setup: Callable[[], None] | None):
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms={max_wait_ms} must not be negative")
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
-        self._translate, self._setup = translate, setup
+        self._setup = setup
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._held: deque[_Job] = deque()  # taken from the queue, waiting for a batch with their options
         self._lock = threading.Lock()
         self._stats = {"requests": 0, "sentences": 0, "batches": 0, "largest_batch": 0, "calls": 0, "failed_batches": 0,
                        "compute_s": 0.0}
@@ -90,8 +88,15 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="seq2seq-batcher", daemon=True)
         self._closed = False
 
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _taken(self) -> int:
+        """Texts or jobs the worker has taken from the queue but not started."""
+        return 0
+
     # ---------------------------------------------------------------------------------- clients
-    def start(self) -> Batcher:
+    def start(self) -> _Worker:
         self._thread.start()
         return self
 
@@ -135,10 +140,41 @@ class Batcher:
         with self._lock:
             stats = dict(self._stats)
             stats["batch_sizes"] = {str(size): n for size, n in sorted(self._sizes.items())}
-        stats["waiting"] = self._queue.qsize() + len(self._held)
+        stats["waiting"] = self._queue.qsize() + self._taken()
         return stats
 
-    # ----------------------------------------------------------------------------------- worker
+    def _run_call(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = job.call()
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            error = err
+        else:
+            error = None
+        with self._lock:  # counted before the answer goes out (see Batcher._run_batch)
+            self._stats["calls"] += 1
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+
+
+class Batcher(_Worker):
+    """Queue translation jobs and run them in batches on one worker thread; see the module docstring.
+
+    ``translate(texts, **options)`` returns one result per text (``Translator.translate``).
+    """
+
+    def __init__(self, translate: Callable[..., Sequence[Any]], *, max_batch: int = 32, max_wait_ms: float = 10.0,
+                 setup: Callable[[], None] | None = None):
+        super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, setup=setup)
+        self._translate = translate
+        self._held: deque[_Job] = deque()  # taken from the queue, waiting for a batch with their options
+
+    def _taken(self) -> int:
+        return len(self._held)
+
     def _run(self) -> None:
         if self._setup is not None:
             self._setup()
@@ -199,8 +235,7 @@ class Batcher:
             for job in batch:
                 job.future.set_exception(err)
             return
-        # Counted before the answers go out: a client that asks /stats after its answer sees its request.
-        with self._lock:
+        with self._lock:  # counted before the answers go out: a client that has its answer sees it in /stats
             self._stats["requests"] += len(batch)
             self._stats["sentences"] += len(texts)
             self._stats["batches"] += 1
@@ -212,34 +247,15 @@ class Batcher:
             job.future.set_result(list(results[start:start + len(job.texts)]))
             start += len(job.texts)
 
-    def _run_call(self, job: _Job) -> None:
-        if not job.future.set_running_or_notify_cancel():
-            return
-        try:
-            result = job.call()
-        except Exception as err:  # noqa: BLE001 - handed to the caller
-            error = err
-        else:
-            error = None
-        with self._lock:  # counted before the answer goes out (see _run_batch)
-            self._stats["calls"] += 1
-        if error is None:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(error)
-
 
 # Sentences join a running search in groups of at least 1/JOIN_FRACTION of the sentences in flight
 # (or once the first has waited JOIN_WAIT_STEPS decoder steps): each join is an encoder call and a
-# copy of the cache, which cost as much for one sentence as for several. Measured in-process on Multi30k
-# (small model, beam 5, 16 sentences kept in flight, 2 threads): joining each sentence as soon as a
-# slot was free decoded 0.73x as fast as offline length-sorted batches of 16; joining at least 4 at
-# a time, 1.03x (docs/results/serve_load_cpu_continuous).
+# copy of the cache, which cost as much for one sentence as for several (docs/results/serve_load_cpu_continuous).
 JOIN_FRACTION = 4
 JOIN_WAIT_STEPS = 4
 
 
-class ContinuousBatcher(Batcher):
+class ContinuousBatcher(_Worker):
     """Continuous batching over one network's :class:`~seq2seq.decoding.continuous.ContinuousSearch`;
     see the module docstring. ``predictor`` encodes texts and decodes hypotheses (its network,
     decoding settings and default ``n_best``); ``max_batch``: sentences in flight at most;
@@ -254,20 +270,14 @@ class ContinuousBatcher(Batcher):
     def __init__(self, predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0,
                  setup: Callable[[], None] | None = None, max_src_len: int | None = None,
                  warn: Callable[[str], None] | None = None):
-        super().__init__(self._not_used, max_batch=max_batch, max_wait_ms=max_wait_ms, setup=setup)
+        super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, setup=setup)
         self._predictor, self._max_src_len, self._warn = predictor, max_src_len, warn
         self._waiting: deque[tuple[_Job, int, list[int]]] = deque()  # sentences not admitted yet
         self._stats.update(steps=0, step_sentences=0)
         self._stopping = False
 
-    @staticmethod
-    def _not_used(texts, **options):  # pragma: no cover - the continuous worker never calls it
-        raise AssertionError("ContinuousBatcher decodes step by step")
-
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
-        stats["waiting"] += len(self._waiting)
-        return stats
+    def _taken(self) -> int:
+        return len(self._waiting)
 
     # ----------------------------------------------------------------------------------- worker
     def _run(self) -> None:
