@@ -58,7 +58,9 @@ renamed into place once complete, with the model card of :mod:`seq2seq.inference
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,10 @@ from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import build_model, read_checkpoint
 from seq2seq.inference.ct2_export import EXPORT_INFO, check_output_dir, staged_folder
-from seq2seq.inference.model_card import model_card, run_folder
+from seq2seq.inference.model_card import model_card, read_run, run_folder
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
 SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB = "source.spm", "target.spm", "vocab.json", "target_vocab.json"
-TOKENIZER_CLASS = "MarianTokenizer"
 # The output length (tokens, EOS included) at which length_penalty matches GNMT's alpha: a typical
 # sentence of a translation corpus in subwords (WMT14 en-de averages ~28 with a 32k vocabulary).
 TYPICAL_OUTPUT_LENGTH = 20
@@ -324,12 +325,27 @@ def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, 
     (folder / VOCAB).write_text(json.dumps(vocabulary(tokenizer.src), ensure_ascii=False, indent=1))
     if separate:
         (folder / TARGET_VOCAB).write_text(json.dumps(vocabulary(tokenizer.tgt), ensure_ascii=False, indent=1))
-    hf_tokenizer = transformers.MarianTokenizer(
-        source_spm=str(folder / SOURCE_SPM), target_spm=str(folder / TARGET_SPM), vocab=str(folder / VOCAB),
-        target_vocab_file=str(folder / TARGET_VOCAB) if separate else None, separate_vocabs=separate,
-        source_lang=languages[0], target_lang=languages[1], model_max_length=cfg.max_positions,
-    )
+    with warnings.catch_warnings():  # its advice to install sacremoses: not used for tokenizing
+        warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+        hf_tokenizer = transformers.MarianTokenizer(
+            source_spm=str(folder / SOURCE_SPM), target_spm=str(folder / TARGET_SPM), vocab=str(folder / VOCAB),
+            target_vocab_file=str(folder / TARGET_VOCAB) if separate else None, separate_vocabs=separate,
+            source_lang=languages[0], target_lang=languages[1], model_max_length=cfg.max_positions,
+        )
     hf_tokenizer.save_pretrained(str(folder))
+
+
+@contextlib.contextmanager
+def quiet_progress(transformers):
+    """No progress bars from transformers while writing (a command prints its result, not bars)."""
+    logging = transformers.utils.logging
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def check_tokenizer(tokenizer: Tokenizer, cfg: TransformerConfig) -> None:
@@ -361,8 +377,8 @@ def export_transformers(
 
     ``force`` replaces a non-empty ``output_dir``; ``license`` goes into the model card (``other``
     when not given); ``decoding`` (a :class:`DecodingConfig` or the ``decoding`` config group; default
-    beam search with our defaults) becomes ``generation_config.json``. User errors raise :class:`~seq2seq.errors.Seq2SeqError` before anything is
-    written.
+    beam search with our defaults) becomes ``generation_config.json``. User errors raise
+    :class:`~seq2seq.errors.Seq2SeqError` before anything is written.
     """
     transformers = require_transformers()
     if not isinstance(decoding, DecodingConfig):
@@ -371,10 +387,8 @@ def export_transformers(
     output = check_output_dir(output_dir, force)
     checkpoint = read_checkpoint(ckpt_path)
     net, tokenizer = build_model(checkpoint, ckpt_path)
-    cfg = net.config
-    check_exportable(cfg)
-    check_tokenizer(tokenizer, cfg)
-    model = build_transformers_model(net, decoding)
+    model = build_transformers_model(net, decoding)  # (refuses what no class represents)
+    check_tokenizer(tokenizer, net.config)
     run = run_folder(ckpt_path)
     info = {
         "name": output.name,
@@ -392,17 +406,15 @@ def export_transformers(
         "residual_order": "transformers' dimension i is ours residual_order(d_model)[i] (sines, then cosines)",
         "decoding": dict(decoding.__dict__),
         "generation_config": model.generation_config.to_diff_dict(),
-        # Our beam defaults in transformers' terms: what the card's example passes to generate().
+        # Our default alpha in transformers' terms (the card explains the mapping with it).
         "length_penalty_mapping": {"alpha": DecodingConfig.alpha, "typical_length": TYPICAL_OUTPUT_LENGTH,
                                    "length_penalty": length_penalty(DecodingConfig.alpha)},
-        "beam_example": {"num_beams": DecodingConfig.beam_size, "early_stopping": True,
-                         "length_penalty": length_penalty(DecodingConfig.alpha)},
     }
     card = model_card(info, run, license=license)
     languages = _languages(run)
-    with staged_folder(output) as tmp:
+    with staged_folder(output) as tmp, quiet_progress(transformers):
         model.save_pretrained(str(tmp))
-        write_tokenizer(tmp, tokenizer, cfg, languages)
+        write_tokenizer(tmp, tokenizer, net.config, languages)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(card)
     return output
@@ -410,8 +422,6 @@ def export_transformers(
 
 def _languages(run: Path | None) -> tuple[str | None, str | None]:
     """The run's (source, target) languages, for the tokenizer's config; (None, None) without a run."""
-    from seq2seq.inference.model_card import read_run
-
     _, config, _ = read_run(run)
     data = config.get("data") or {}
     return data.get("src_lang"), data.get("tgt_lang")

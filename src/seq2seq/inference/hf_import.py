@@ -43,7 +43,7 @@ import torch
 
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from seq2seq.errors import CheckpointError, Seq2SeqError
-from seq2seq.inference.hf_export import ACTIVATIONS, from_transformers, require_transformers
+from seq2seq.inference.hf_export import ACTIVATIONS, from_transformers, quiet_progress, require_transformers
 from seq2seq.models.transformer import TransformerConfig
 
 # Added to our pad entry's output bias when the model's decoder starts from its pad token (see the
@@ -167,7 +167,8 @@ def read_transformers_folder(path: str | Path) -> dict[str, Any]:
     transformers = require_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(folder), local_files_only=True).float()
+        with quiet_progress(transformers):
+            model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(folder), local_files_only=True).float()
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"init_from={folder}: transformers cannot read it ({type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
