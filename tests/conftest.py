@@ -10,6 +10,27 @@ import pytest
 from helpers import SHORT_TRAINING_OVERRIDES, compose_train, shared_corpus
 
 
+def _inductor_cache_per_cpu_capability() -> None:
+    """Compiled-graph cache of this torch and this ATen CPU capability only.
+
+    torch.compile's cache in /tmp is keyed without ``ATEN_CPU_CAPABILITY``: a graph compiled under
+    ``ATEN_CPU_CAPABILITY=avx2`` (how the suite emulates an AVX2-only CPU) and loaded by a run at
+    the CPU's own capability writes out of bounds (``malloc(): unaligned tcache chunk``, an abort
+    in tests/test_speed_paths.py). A user's TORCHINDUCTOR_CACHE_DIR is kept."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    import tempfile
+
+    import torch
+
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "default")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(
+        Path(tempfile.gettempdir()) / f"seq2seq-tests-inductor-{torch.__version__}-{capability}")
+
+
+_inductor_cache_per_cpu_capability()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """A tiny model trained briefly through the real train() path; returns its metrics.json content."""

@@ -125,3 +125,42 @@ def test_the_model_card_shows_each_splits_signature():
     assert rows == {"test": "nrefs:2|tok:13a", "val": "nrefs:1|tok:13a"}
     del metrics["signatures"]  # a run written before signatures per split
     assert {r["signature"] for r in scores(metrics, "translation") if r["metric"] == "bleu"} == {"nrefs:1|tok:13a"}
+
+
+# ---------------------------------------------------------------------------------- bleu_tok_lc
+def test_moses_lowercase_tokenizes_as_the_moses_scripts_do():
+    from seq2seq.metrics.text_metrics import moses_lowercase
+
+    assert moses_lowercase(['Ein Mann, der "Hallo" sagt.'], "de") == ['ein mann , der " hallo " sagt .']
+    # English rules split the clitic off ('s); German ones split at the apostrophe.
+    assert moses_lowercase(["A man's dog"], "en") == ["a man 's dog"]
+    assert moses_lowercase(["A man's dog"], "de") == ["a man ' s dog"]
+
+
+def test_tokenized_lowercased_bleu_of_a_known_example():
+    """Hand-counted n-grams of 'two dogs play in the snow .' against 'two dogs are playing in the snow .'."""
+    import math
+
+    scores, signatures = score("translation", ["Two dogs play in the snow."], ["two dogs are playing in the snow ."],
+                               tgt_lang="en")
+    # Matches: 6 of 7 unigrams, 4 of 6 bigrams, 2 of 5 trigrams, 1 of 4 4-grams; 7 tokens against 8.
+    expected = 100 * math.exp(1 - 8 / 7) * (6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25
+    assert scores["bleu_tok_lc"] == pytest.approx(expected, abs=1e-9)
+    assert round(scores["bleu_tok_lc"], 2) == 42.38
+    # The detokenized, cased figure stays as it was and is another number ('Two' against 'two').
+    assert scores["bleu"] == pytest.approx(BLEU().corpus_score(["Two dogs play in the snow."],
+                                                               [["two dogs are playing in the snow ."]]).score)
+    assert round(scores["bleu"], 2) == 37.68
+    signature = signatures["sacrebleu_signature"]["bleu_tok_lc"]
+    assert signature.startswith("Moses-tokenized, lowercased (sacremoses ") and "lang:en" in signature
+    assert "|case:lc|" in signature and "|tok:none|" in signature
+    assert "|tok:13a|" in signatures["sacrebleu_signature"]["bleu"]
+
+
+def test_tokenized_lowercased_bleu_counts_every_reference():
+    _, sig_one = score("translation", [CANDIDATE], [REF1])
+    both, sig_two = score("translation", [CANDIDATE], [[REF1], [REF3]])
+    one = score("translation", [CANDIDATE], [REF1])[0]
+    assert both["bleu_tok_lc"] > one["bleu_tok_lc"]
+    assert "nrefs:2" in sig_two["sacrebleu_signature"]["bleu_tok_lc"]
+    assert "nrefs:1" in sig_one["sacrebleu_signature"]["bleu_tok_lc"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seq2seq.errors import ConfigError
 from seq2seq.decoding.search import DecoderStepper, DecodingConfig, generate, greedy_search
 from seq2seq.models.loss import sequence_loss
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
@@ -125,5 +126,5 @@ def test_copy_gate_gets_gradients():
 
 
 def test_copy_attention_needs_a_joint_vocabulary():
-    with pytest.raises(ValueError, match="joint vocabulary"):
+    with pytest.raises(ConfigError, match="one vocabulary for both sides"):
         TransformerConfig(src_vocab_size=40, tgt_vocab_size=50, share_embeddings=False, copy_attention=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.config import user_error_message, user_errors_exit
-from seq2seq.errors import ConfigError, DataError
+from seq2seq.config import user_errors_exit
+from seq2seq.errors import ConfigError, DataError, user_error_message
 from seq2seq.utils.io import (
     TextLines,
     atomic_open_binary,

@@ -59,6 +59,8 @@ def test_nan_loss_can_skip_the_batch(tmp_path, monkeypatch):
 def test_resume_with_other_data_is_refused(tmp_path, tiny_checkpoint):
     # The checkpoint's model (so that only the data differs: another model is refused before that).
     model = [o for o in SHORT_TRAINING_OVERRIDES if o.startswith("model.")]
-    cfg = compose_train(tmp_path, QUICK + model + ["data.vocab_size=300", f"ckpt_path={tiny_checkpoint}"])
+    # A budget above the checkpoint's progress: a spent budget is refused before the data is read.
+    cfg = compose_train(tmp_path, QUICK + model + ["trainer.max_epochs=50", "data.vocab_size=300",
+                                                   f"ckpt_path={tiny_checkpoint}"])
     with pytest.raises(CheckpointError, match="tokenizer differs"):
         train(cfg)

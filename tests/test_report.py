@@ -5,36 +5,14 @@ import json
 import os
 from pathlib import Path
 
-import yaml
+import pytest
 
+from helpers import make_job
 from helpers.forked_commands import run_command
-from seq2seq.analysis.sweep import read_job, report, split_overrides
+from seq2seq.analysis.sweep import columns_of, read_job, report, split_overrides
 from seq2seq.report import main
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
-
-
-def make_job(sweep: Path, num: int, overrides: list[str], d_model: int, metrics: dict | None,
-             tokens_per_s: list[float] = ()) -> Path:
-    """A job folder as Hydra and train leave it (metrics None: the job failed)."""
-    job = sweep / str(num)
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    config = {
-        "model": {"d_model": d_model, "num_encoder_layers": 2, "num_decoder_layers": 2},
-        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"},
-    }
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"model/size": "tiny"}}}}))
-    if tokens_per_s:
-        (job / "csv").mkdir()
-        with (job / "csv" / "metrics.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "train/loss", "train/tokens_per_s"])
-            writer.writerows([[i, 1.0, ""] for i in range(2)] + [[i, "", v] for i, v in enumerate(tokens_per_s)])
-    if metrics is not None:
-        (job / "metrics.json").write_text(json.dumps(metrics))
-    return job
 
 
 def fake_sweep(root: Path) -> Path:
@@ -71,16 +49,22 @@ def test_report_rows_table_csv_and_plot(tmp_path):
     assert "test/rouge1" in result["columns"]
 
     markdown = (sweep / "results.md").read_text()
-    assert "Overrides of every job: `experiment=toy trainer.max_steps=10`" in markdown
+    assert "Overrides of every row: `experiment=toy trainer.max_steps=10`" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 3  # header, rule, one row per job
-    assert "| 2 | failed |" in table[-1] and "model.d_model=128" in table[-1]
-    assert "nrefs:1\\|case:mixed" in table[2]  # the signature's | does not split cells
+    assert len(table) == 2 + 3  # header, rule, one row per setting (here: per job)
+    # row 3 holds job 2: no finished job, one failed, listed below the table with its reason.
+    assert table[-1].startswith("| 3 | 2 | 0 | 1 |") and "model.d_model=128" in table[-1]
+    assert "- row 3, job 2: no metrics.json: killed, interrupted or still running" in markdown
+    assert f"- BLEU: `{SIGNATURE}`" in markdown  # signatures below the table
+    with (sweep / "jobs.csv").open() as f:
+        job_rows = list(csv.DictReader(f))
+    assert [r["status"] for r in job_rows] == ["ok", "ok", "failed"]
+    assert float(job_rows[1]["test/bleu"]) == 19.0 and job_rows[2]["test/bleu"] == ""
+    assert "experiment=toy" in job_rows[0]["overrides"]  # the CSV keeps every override
     with (sweep / "results.csv").open() as f:
         csv_rows = list(csv.DictReader(f))
-    assert [r["status"] for r in csv_rows] == ["ok", "ok", "failed"]
-    assert float(csv_rows[1]["test/bleu"]) == 19.0 and csv_rows[2]["test/bleu"] == ""
-    assert "experiment=toy" in csv_rows[0]["overrides"]  # the CSV keeps every override
+    assert [(r["n"], r["failed"]) for r in csv_rows] == [("1", "0"), ("1", "0"), ("0", "1")]
+    assert float(csv_rows[1]["test/bleu"]) == 19.0 and csv_rows[1]["test/bleu_std"] == ""
     png = (sweep / "bleu_vs_params.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
 
@@ -104,8 +88,8 @@ def test_split_overrides_single_job_keeps_everything():
 def test_out_folder_and_cli(tmp_path, capsys):
     sweep = fake_sweep(tmp_path)
     assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
-    assert "| 1 | ok |" in capsys.readouterr().out
-    for name in ("results.md", "results.csv", "bleu_vs_params.png"):
+    assert "| 2 | 1 | 1 | 0 |" in capsys.readouterr().out
+    for name in ("results.md", "results.tex", "results.csv", "jobs.csv", "bleu_vs_params.png"):
         assert (tmp_path / "out" / name).is_file()
 
 
@@ -160,5 +144,120 @@ def test_rouge_columns_carry_their_signature(tmp_path):
     })
     result = report(job.parent)
     assert result["rows"][0]["selected by"] == "val/rougeLsum (max)"
-    assert result["columns"].index("rouge_signature") == result["columns"].index("sacrebleu_signature") + 1
+    columns = columns_of(result["rows"])
+    assert columns.index("rouge_signature") == columns.index("sacrebleu_signature") + 1
     assert "val/rouge1" in result["columns"] and "torchmetrics.ROUGEScore" in result["markdown"]
+
+
+# ---------------------------------------------------------------------------------- seeds, formats
+def seed_sweep(root: Path) -> Path:
+    """Two sizes x three seeds; seed 3 of d64 failed (its failure.json says why)."""
+    sweep = root / "seeds"
+    bleu = {(32, 1): 10.0, (32, 2): 12.0, (32, 3): 14.0, (64, 1): 20.0, (64, 2): 21.0}
+    for num, ((d_model, seed), value) in enumerate(sorted(bleu.items())):
+        make_job(sweep, num, ["experiment=toy", f"model.d_model={d_model}", f"seed={seed}"], d_model, {
+            "val/bleu": value, "val/bleu_tok_lc": value + 5, "num_parameters": d_model * 1000,
+            "sacrebleu_signature": {"bleu": SIGNATURE}, "wall_time_s": 60.0 * seed, "device": "cpu"})
+    failed = make_job(sweep, 5, ["experiment=toy", "model.d_model=64", "seed=3"], 64, None)
+    (failed / "failure.json").write_text(json.dumps({"status": "failed", "error": "TrainingError: non-finite loss"}))
+    return sweep
+
+
+def test_seeds_of_one_setting_form_one_row_with_mean_std_and_range(tmp_path):
+    result = report(seed_sweep(tmp_path))
+    small, large = result["groups"]
+    assert small.key == ("experiment=toy", "model.d_model=32") and [j["seed"] for j in small.jobs] == [1, 2, 3]
+    bleu = small.summaries["val/bleu"]
+    assert (bleu.mean, bleu.std, bleu.n, bleu.min, bleu.max) == (12.0, 2.0, 3, 10.0, 14.0)  # sample std (n - 1)
+    assert large.summaries["val/bleu"].std == pytest.approx(0.7071, abs=1e-4) and len(large.failed) == 1
+    assert small.summaries["wall_time_s"].mean == 120.0
+
+    table = [line for line in result["markdown"].splitlines() if line.startswith("| ")]
+    assert table[1].startswith("| 1 | 0, 1, 2 | 3 | 0 |") and "12.00 ± 2.00" in table[1] and "17.00 ± 2.00" in table[1]
+    assert table[2].startswith("| 2 | 3, 4, 5 | 2 | 1 |") and "20.50 ± 0.71" in table[2]
+    assert "- row 2, job 5 (seed=3): TrainingError: non-finite loss" in result["markdown"]
+    with (result["csv_file"]).open() as f:
+        rows = list(csv.DictReader(f))
+    assert (rows[0]["val/bleu_min"], rows[0]["val/bleu_max"], rows[0]["val/bleu_n"]) == ("10.0", "14.0", "3")
+    assert rows[0]["seeds"] == "1 2 3" and rows[1]["errors"] == "job 5: TrainingError: non-finite loss"
+
+
+def test_group_by_chooses_the_keys_of_a_row(tmp_path):
+    sweep = seed_sweep(tmp_path)
+    by_seed = report(sweep, group_by=["seed"])["groups"]  # an override
+    assert [g.key for g in by_seed] == [("seed=1",), ("seed=2",), ("seed=3",)]
+    assert by_seed[0].summaries["val/bleu"].mean == 15.0
+    by_width = report(sweep, group_by=["model.d_model"])["groups"]  # a config path
+    assert [len(g.jobs) for g in by_width] == [3, 3]
+    per_job = report(sweep, group_by=["job"])["groups"]
+    assert len(per_job) == 6
+    assert [g.key for g in report(sweep, metrics=["val/bleu"])["groups"]] == [g.key for g in report(sweep)["groups"]]
+    assert report(sweep, metrics=["val/bleu"])["columns"] == ["val/bleu"]
+
+
+def test_format_option_prints_each_format(tmp_path, capsys):
+    sweep = seed_sweep(tmp_path)
+    assert main([str(sweep), "--format", "latex", "--metrics", "val/*"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("% seq2seq-report --format latex") and r"\toprule" in out and r"$12.00 \pm 2.00$" in out
+    assert main([str(sweep), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("row,label,jobs,seeds,n,failed") and "6 jobs (1 failed) in 2 rows" in captured.err
+    assert main([str(sweep), "--metrics", "nothing*"]) == 2
+    assert "--metrics nothing* matches no metric" in capsys.readouterr().err
+    assert main([str(sweep), "--baseline", "7"]) == 2
+    assert "--baseline 7: there are rows 1 to 2" in capsys.readouterr().err
+
+
+def _latex_document(table: str) -> str:
+    return "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + table + "\\end{document}\n"
+
+
+def test_latex_table_is_well_formed(tmp_path):
+    """Without TeX: every row has as many cells as the header, braces balance, booktabs rules in order."""
+    latex = report(seed_sweep(tmp_path))["latex"]
+    lines = [line.strip() for line in latex.splitlines()]
+    start, end = lines.index(r"\toprule"), lines.index(r"\bottomrule")
+    assert lines[start + 2] == r"\midrule"
+    rows = [lines[start + 1], *lines[start + 3:end]]
+    columns = latex.split(r"\begin{tabular}{")[1].split("}")[0]
+    assert all(row.endswith(r"\\") and row.count(" & ") == len(columns) - 1 for row in rows)
+    assert latex.count("{") == latex.count("}") + latex.count(r"\{") - latex.count(r"\}")
+    assert r"\_" in latex  # model.d\_model: TeX specials escaped
+
+
+def test_latex_table_compiles_with_pdflatex(tmp_path):
+    """The table as written compiles in a document that loads booktabs (pdflatex from Debian's
+    texlive-latex-base + texlive-latex-recommended; .ci/run installs them; skipped without, except under CI)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pdflatex is missing; CI=true, where .ci/run installs it")
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    sweep = seed_sweep(tmp_path)
+    result = report(sweep)
+    doc = tmp_path / "table.tex"
+    doc.write_text(_latex_document(result["latex_file"].read_text()))
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (tmp_path / "table.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_eval_runs_inside_a_job_are_columns_of_their_own(tmp_path):
+    """`seq2seq-eval ... hydra.run.dir=<job>/eval_beam5` beside training's greedy validation: both summarized."""
+    sweep = seed_sweep(tmp_path)
+    for num, beam in ((0, 11.0), (1, 13.5), (2, 15.0)):
+        folder = sweep / str(num) / "eval_beam5"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"val/bleu": beam, "val/loss": 2.0, "split": "val",
+                                                         "decoding": {"strategy": "beam", "beam_size": 5}}))
+    result = report(sweep, metrics=["val/bleu", "eval_beam5/val/*"])
+    assert result["columns"] == ["val/bleu", "eval_beam5/val/bleu"]  # loss is no column
+    small = result["groups"][0]
+    assert small.summaries["eval_beam5/val/bleu"].mean == pytest.approx(13.1667, abs=1e-4)
+    assert small.summaries["eval_beam5/val/bleu"].n == 3 and "eval_beam5/val/bleu" not in result["groups"][1].summaries
+    assert "eval\\_beam5 val BLEU" in result["latex"]

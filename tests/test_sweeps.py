@@ -7,6 +7,8 @@ SEQ2SEQ_ROOT pointing at tmp_path and wandb offline.
 import itertools
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from helpers import QUICK, REPO, TINY_OVERRIDES, compose_train, run_train
+from helpers import QUICK, REPO, TINY_OVERRIDES, command_env, compose_train, run_train
 from seq2seq.analysis.sweep import report
 from seq2seq.config import config_dir
 
@@ -158,3 +160,108 @@ def test_every_experiment_runs_fast_dev_run_on_local_fixture_data(experiment, tm
                  "debug=fast_dev_run"]
     metrics = train(compose_train(tmp_path, overrides))
     assert "val/loss" in metrics
+
+
+# ---------------------------------------------------------------------------------- sweeps that survive
+# In these sweeps model.d_model=30 is impossible (not divisible by the 4 heads): that job fails as soon
+# as its model is built.
+
+
+def test_seed_sweep_with_an_impossible_job_finishes_groups_and_reports(tmp_path):
+    """A real 3 x 2 sweep (two sizes and an impossible one, two seeds each): the impossible jobs are
+    recorded as failed, the others run; the report has one row per size, mean ± std over the seeds."""
+    sweep = tmp_path / "sweep"
+    quick = [o for o in QUICK if not o.startswith("model.d_model=")]
+    result = run_train(["-m", *quick, "model.d_model=32,30,64", "seed=1,2", "logger=csv",
+                        f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 job(s) of the sweep failed" in result.stderr and "job 2: ValueError: d_model=30" in result.stderr
+    failed = sorted(p.parent.name for p in sweep.glob("*/failure.json"))
+    assert failed == ["2", "3"] and all((sweep / str(n) / "metrics.json").is_file() for n in (0, 1, 4, 5))
+    assert json.loads((sweep / "2" / "failure.json").read_text())["error"] == (
+        "ValueError: d_model=30 is not divisible by num_heads=4")
+
+    out = report(sweep, baseline="model.d_model=32", resamples=100)
+    small, impossible, large = out["groups"]
+    assert [[o for o in g.key if o.startswith("model.d_model=")] for g in out["groups"]] == [
+        ["model.d_model=32"], ["model.d_model=30"], ["model.d_model=64"]]
+    assert [(len(g.finished), len(g.failed)) for g in out["groups"]] == [(2, 0), (0, 2), (2, 0)]
+    assert [j["seed"] for j in small.jobs] == [1, 2]
+    values = [j["val/chrf"] for j in small.jobs]
+    assert small.summaries["val/chrf"].mean == pytest.approx(sum(values) / 2)
+    assert small.summaries["val/chrf"].std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    # Each seed of row 3 against the same seed of row 1, on the hypotheses the jobs kept.
+    assert [(b, j) for b, j, _ in large.comparisons["val/chrf"].pairs] == [("0", "4"), ("1", "5")]
+    assert "- row 2, job 2 (seed=1): ValueError: d_model=30 is not divisible by num_heads=4" in out["markdown"]
+    assert r"\begin{tabular}" in out["latex"] and (sweep / "results.tex").is_file()
+
+
+def test_joblib_launcher_goes_on_after_a_failing_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    quick = [o for o in QUICK if not o.startswith("model.d_model=")]
+    result = run_train(["-m", "hydra/launcher=local_parallel", *quick, "model.d_model=32,30",
+                        "logger=csv", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
+    assert "not divisible" in json.loads((sweep / "1" / "failure.json").read_text())["error"]
+    rows = report(sweep)["rows"]
+    assert [r["status"] for r in rows] == ["ok", "failed"] and "not divisible" in rows[1]["error"]
+
+
+def _optuna_command(sweep: Path, storage: Path, n_trials: int) -> list[str]:
+    # num_heads 3 does not divide d_model 32: those trials fail; TPE's seeded start draws both values.
+    return [sys.executable, "-m", "seq2seq.train", "hparams_search=optuna", f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweeper.storage=sqlite:///{storage}", f"hydra.sweep.dir={sweep}", "test=false",
+            *(o for o in QUICK if not o.startswith("model.num_heads=")),  # a fixed value would win over the choice
+            "callbacks.periodic_checkpoint=null", "model.num_heads=choice(3,4)"]
+
+
+def _trials(storage: Path) -> list:
+    import optuna
+
+    return optuna.load_study(study_name="train_search", storage=f"sqlite:///{storage}").trials
+
+
+def test_optuna_study_survives_failing_trials_and_resumes_after_a_kill(tmp_path):
+    """Trials whose job raises are FAIL in the study and the study goes on; a sweep killed during a
+    trial, run again with the same command, marks that trial failed and runs only what is left."""
+    import os
+    import signal
+    import time
+
+    import optuna
+
+    sweep, storage = tmp_path / "search", tmp_path / "optuna.db"
+    command = _optuna_command(sweep, storage, n_trials=4)
+    env = command_env(tmp_path)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (sweep / "1" / ".hydra" / "config.yaml").exists():  # trial 1 has started
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "trial 1 never started"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    states = [t.state for t in _trials(storage)]
+    assert states[1] == optuna.trial.TrialState.RUNNING  # what a killed sweep leaves in the study
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = _trials(storage)
+    # Trial 1 (interrupted) is failed and does not count: 4 ended trials besides it, numbered on.
+    assert len(trials) == 5 and trials[1].state == optuna.trial.TrialState.FAIL
+    assert trials[1].user_attrs.get("interrupted") is True
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3", "4"]
+    failed = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("interrupted")]
+    complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert failed and complete and sorted(failed + complete + [1]) == [0, 1, 2, 3, 4]
+    for number in failed:  # the failing trials' reasons, in their folders
+        assert "not divisible by num_heads=3" in json.loads((sweep / str(number) / "failure.json").read_text())["error"]
+        assert trials[number].params["model.num_heads"] == 3
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["model.num_heads"] == 4

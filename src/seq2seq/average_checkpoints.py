@@ -29,8 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from seq2seq.config import user_error_message
-from seq2seq.errors import ConfigError
+from seq2seq.errors import ConfigError, user_error_message
 from seq2seq.inference.checkpoint import average_checkpoints, last_checkpoints, save_checkpoint
 
 

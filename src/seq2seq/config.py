@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.errors import ConfigError, Seq2SeqError
+from seq2seq.errors import ConfigError, user_error_message
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task
 
 
@@ -64,42 +63,6 @@ def check_budget(trainer: DictConfig | dict | None) -> None:
         raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: use a whole number of at least 1")
 
 
-# What to do about the operating-system errors a user can fix, by errno.
-_OS_ERROR_ADVICE = {
-    errno.ENOSPC: "free space on that disk, or write somewhere else (e.g. hydra.run.dir=..., output_dir=...)",
-    errno.EDQUOT: "your disk quota is used up: free space, or write somewhere else",
-    errno.EFBIG: "the file is larger than the file system or the file-size limit (ulimit -f) allows: "
-                 "raise the limit, or write somewhere else",
-    errno.EACCES: "you may not write or read there: choose another path, or change its permissions",
-    errno.EPERM: "you may not write or read there: choose another path, or change its permissions",
-    errno.EROFS: "that file system is read-only: write somewhere else",
-    errno.ENOENT: "no such file or folder: check the path (and that its folders exist)",
-    errno.ENOTDIR: "a part of that path is a file, not a folder: correct the path",
-    errno.EISDIR: "that path is a folder: give a file name",
-}
-
-
-def user_error_message(err: BaseException) -> str | None:
-    """The one-line message of a user error, or None for a bug (which keeps its traceback).
-
-    User errors are a :class:`Seq2SeqError` (also wrapped by Hydra's ``instantiate``, which re-raises
-    what a constructor raises with the original as its cause) and the operating-system errors a user
-    can fix (a full disk, a read-only or forbidden folder, a missing path), named by path.
-    """
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, Seq2SeqError):
-            return str(err)
-        if isinstance(err, OSError) and err.errno in _OS_ERROR_ADVICE:
-            where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
-            reason = err.strerror or os.strerror(err.errno)
-            return f"{where}: {reason}: {_OS_ERROR_ADVICE[err.errno]}" if where else \
-                f"{reason}: {_OS_ERROR_ADVICE[err.errno]}"
-        seen.add(id(err))
-        err = err.__cause__
-    return None
-
-
 def user_errors_exit(fn):
     """Turn a user error (see :func:`user_error_message`) into one message on stderr and exit status 2."""
 
@@ -149,3 +112,50 @@ class CheckRunFolder(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._check(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``, a sweeper, a launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def register_sweepers() -> None:
+    """Make this package's Hydra sweepers (``hydra_plugins.seq2seq_sweepers``) known to Hydra: its plugin
+    scan finds them in an installed wheel, not in an editable install (src/ is not on its path)."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.seq2seq_sweepers import SWEEPERS
+    except ImportError:
+        return
+    for sweeper in SWEEPERS:
+        Plugins.instance().register(sweeper)
+
+
+class SweepMonitor(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_monitor``) of a multirun: registers this package's
+    sweepers before Hydra instantiates the sweeper, and when the sweep ends lists the jobs that failed
+    (their ``failure.json``: a job that raises is recorded and the sweep goes on, see
+    :func:`seq2seq.run_summary.record_failure`)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        register_sweepers()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        import json
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        failures = []
+        for record in sorted(sweep_dir.glob("*/failure.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+            if (record.parent / "metrics.json").is_file():
+                continue  # failed once, finished when the sweep was run again
+            try:
+                failures.append(f"job {record.parent.name}: {json.loads(record.read_text()).get('error')}")
+            except (OSError, ValueError):
+                failures.append(f"job {record.parent.name}: (unreadable {record})")
+        if failures:
+            print(f"{len(failures)} job(s) of the sweep failed (the others ran; seq2seq-report {sweep_dir} lists them):\n  "
+                  + "\n  ".join(failures), file=sys.stderr, flush=True)

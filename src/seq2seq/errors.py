@@ -2,8 +2,15 @@
 
 A :class:`Seq2SeqError` is a mistake the user can fix (a bad corpus, config or checkpoint). Its
 message names the file, line or key and says what to do. Entry points catch it, print the message
-alone (no traceback) and exit with status 2.
+alone (no traceback) and exit with status 2. So do they for the operating-system errors a user can
+fix (a full disk, a read-only or forbidden folder, a missing path): :func:`user_error_message` says
+which errors are the user's and gives their one line.
 """
+
+from __future__ import annotations
+
+import errno
+import os
 
 
 class Seq2SeqError(Exception):
@@ -24,3 +31,39 @@ class CheckpointError(Seq2SeqError):
 
 class TrainingError(Seq2SeqError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+# What to do about the operating-system errors a user can fix, by errno.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free space on that disk, or write somewhere else (e.g. hydra.run.dir=..., output_dir=...)",
+    errno.EDQUOT: "your disk quota is used up: free space, or write somewhere else",
+    errno.EFBIG: "the file is larger than the file system or the file-size limit (ulimit -f) allows: "
+                 "raise the limit, or write somewhere else",
+    errno.EACCES: "you may not write or read there: choose another path, or change its permissions",
+    errno.EPERM: "you may not write or read there: choose another path, or change its permissions",
+    errno.EROFS: "that file system is read-only: write somewhere else",
+    errno.ENOENT: "no such file or folder: check the path (and that its folders exist)",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: correct the path",
+    errno.EISDIR: "that path is a folder: give a file name",
+}
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of a user error, or None for a bug (which keeps its traceback).
+
+    User errors are a :class:`Seq2SeqError` (also wrapped by Hydra's ``instantiate``, which re-raises
+    what a constructor raises with the original as its cause) and the operating-system errors a user
+    can fix (a full disk, a read-only or forbidden folder, a missing path), named by path.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Seq2SeqError):
+            return str(err)
+        if isinstance(err, OSError) and err.errno in _OS_ERROR_ADVICE:
+            where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+            reason = err.strerror or os.strerror(err.errno)
+            return f"{where}: {reason}: {_OS_ERROR_ADVICE[err.errno]}" if where else \
+                f"{reason}: {_OS_ERROR_ADVICE[err.errno]}"
+        seen.add(id(err))
+        err = err.__cause__
+    return None

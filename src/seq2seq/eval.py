@@ -5,14 +5,15 @@ hypotheses (another system's, or an earlier run's) exactly as our own are scored
 Loads a checkpoint (model and tokenizer come from the checkpoint alone), decodes a split of a data
 config with the ``decoding`` group (greedy, beam or sampling), and writes into its run folder:
 
-* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf`` (summarization: ``{split}/rouge1``,
-  ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature), ``{split}/loss`` and
-  ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures (``sacrebleu_signature``,
-  and ``signatures: {split: {bleu, chrf}}`` as training writes them), ``num_parameters``, ``ckpt_path``, the
-  decoding options, the corpus, timings and the device;
-* ``hypotheses.{split}.txt``: the best hypothesis of every source, one line each, in corpus order
-  (and ``hypotheses.{split}.nbest.txt``, ``index<TAB>rank<TAB>score<TAB>text`` lines as
-  ``seq2seq.translate`` writes them, when ``n_best > 1``).
+* ``metrics.json``: ``{split}/bleu``, ``{split}/chrf``, ``{split}/bleu_tok_lc`` (tokenized, lowercased;
+  summarization: ``{split}/rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum`` and the ROUGE signature),
+  ``{split}/loss`` and ``{split}/ppl`` (per target token, teacher-forced), the sacreBLEU signatures
+  (``sacrebleu_signature``, and ``signatures: {split: {bleu, chrf, bleu_tok_lc}}`` as training writes
+  them), ``num_parameters``, ``ckpt_path``, the decoding options, the corpus, timings and the device;
+* ``hypotheses.{split}.txt``: the best hypothesis of every source, one line each, in corpus order,
+  with its record ``hypotheses.{split}.json`` (the references' files and digest, the decoding
+  settings, the checkpoint: :mod:`seq2seq.analysis.hypotheses`); and ``hypotheses.{split}.nbest.txt``,
+  ``index<TAB>rank<TAB>score<TAB>text`` lines as ``seq2seq.translate`` writes them, when ``n_best > 1``.
 
 The task (``task=translation|summarization``) defaults to the training run's. Without
 ``data=...`` the data config is the one of the run the checkpoint comes from (its
@@ -56,6 +57,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seq2seq.analysis import hypotheses as hypothesis_files
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.data.datamodule import Seq2SeqDataModule
 from seq2seq.data.sources import read_aligned_lines
@@ -125,7 +127,12 @@ def evaluate(cfg: DictConfig) -> dict:
         nll, n_tokens, num_sentences = nll + pair_nll, n_tokens + pair_tokens, num_sentences + len(hypotheses)
         suffix = f".{name}" if name else ""
         hyp_file = output_dir / f"hypotheses.{split}{suffix}.txt"
-        atomic_write_text(hyp_file, "".join(f"{h}\n" for h in hypotheses))
+        if name:
+            atomic_write_text(hyp_file, "".join(f"{h}\n" for h in hypotheses))
+        else:  # with its record (references, decoding, checkpoint): what `report --baseline` compares
+            hypothesis_files.write(output_dir, split, hypotheses, data.reference_streams(split), datamodule=data,
+                                   decoding=decoding_options, task=task, checkpoint=", ".join(str(p) for p in paths),
+                                   bleu_tokenize=cfg.get("bleu_tokenize") or data.bleu_tokenize)
         hyp_files.append(str(hyp_file))
         if decoding.n_best > 1:
             lines = [

@@ -9,6 +9,8 @@ tokenizer. A SIGTERM, SIGUSR1 or SIGUSR2 during training writes ``last.ckpt`` an
 with exit status 75 (:mod:`seq2seq.callbacks.preemption`).
 Returns the best value of the monitored metric (``monitor.metric``, by default the task's:
 ``val/bleu``, or ``val/rougeLsum`` for ``task=summarization``) so that Hydra sweepers can optimize it.
+A job of a multirun that raises writes ``failure.json`` into its folder and returns a
+:class:`~seq2seq.run_summary.FailedJob`: the sweep goes on (an Optuna trial is marked failed).
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from seq2seq.analysis.final_scores import check_final, final_scores
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, finished_run, resume_checkpoint
 from seq2seq.callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
-from seq2seq.config import check_budget, config_dir, resolve_monitor, user_errors_exit
+from seq2seq.config import check_budget, config_dir, in_multirun, resolve_monitor, user_errors_exit
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import fine_tuned_tokenizer, load_parent, read_checkpoint
 from seq2seq.models.lit_module import Seq2SeqModule
 from seq2seq.models.transformer import TransformerConfig
-from seq2seq.run_summary import finish_run, scalar_metrics
+from seq2seq.run_summary import FAILURE_FILE, finish_run, record_failure, scalar_metrics
 from seq2seq.utils.run_info import log_run_info, run_info
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,8 @@ def requested_checkpoint(cfg: DictConfig) -> str | None:
 def resume_hint(output_dir: Path) -> str:
     """How to continue this run: the same command with ``ckpt_path=auto`` and its folder."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         return (f"rerun the same multirun (-m) with ckpt_path=auto hydra.sweep.dir={HydraConfig.get().sweep.dir}: "
                 "finished jobs are skipped, this one continues")
     return f"run the same command with ckpt_path=auto hydra.run.dir={output_dir}"
@@ -121,6 +123,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("ckpt_path=auto: %s holds a finished run (metrics.json); nothing to do", output_dir)
         print(f"Run folder: {output_dir} (finished earlier; not trained again)")
         return _stored_metrics(stored)
+    (output_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier failure of this job, run again
     L.seed_everything(cfg.seed, workers=True)
     # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
     ckpt_path = resume_checkpoint(requested, output_dir, cfg.model, cfg.trainer)
@@ -142,6 +145,7 @@ def train(cfg: DictConfig) -> dict:
             f"{', '.join(tokenizer.target_languages)}): train it with a multilingual data config, e.g. "
             "data=multi30k_multilingual (en-de alone: '~data.pairs.en-fr' '~data.pairs.en-cs')"
         )
+    check_final(cfg.get("final"), datamodule)
     module = Seq2SeqModule(
         model=cfg.model, optim=cfg.optim, decoding=cfg.decoding, task=cfg.get("task", "translation"),
         monitor=monitor, monitor_mode=monitor_mode, speed=cfg.get("speed"), init_from=lineage,
@@ -164,6 +168,7 @@ def train(cfg: DictConfig) -> dict:
         # Noise from library internals that a user cannot act on.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+        final: dict = {}
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             metrics = scalar_metrics(trainer.callback_metrics)
@@ -173,6 +178,11 @@ def train(cfg: DictConfig) -> dict:
                 metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
             elif cfg.get("test"):
                 log.warning("No test split under %s: trained and validated only.", datamodule.root)
+            if cfg.get("final") and trainer.is_global_zero and not trainer.fast_dev_run:  # decoded as papers do
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                final = final_scores(cfg.final, output_dir, datamodule, module.task, cfg.decoding, best or None,
+                                     trainer.strategy.root_device)
+                metrics.update({k: v for k, v in final.items() if k != "final"})
         except SIGTERMException:  # Lightning's own handler (testing, or callbacks.preemption=null): no new checkpoint
             raise _report_preemption(Preempted("SIGTERM", None, trainer.global_step, trainer.current_epoch),
                                      trainer, output_dir) from None
@@ -199,7 +209,8 @@ def train(cfg: DictConfig) -> dict:
             monitor={"metric": monitor, "mode": monitor_mode},
             data_filter=data_filter, num_parameters=num_parameters, git_commit=info["git_commit"],
             checkpoints=checkpoints, wall_time_s=round(time.time() - started, 1), device=str(trainer.strategy.root_device),
-            **({"init_from": lineage} if lineage else {}), status="finished",
+            **({"init_from": lineage} if lineage else {}), **({"final": final["final"]} if final else {}),
+            status="finished",
         )
     return metrics
 
@@ -237,6 +248,12 @@ def main(cfg: DictConfig) -> float:
         # SystemExit, not an error: it passes through Hydra's job runner, so a preempted local
         # multirun stops as a whole (rerun it with ckpt_path=auto).
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    except Exception as err:
+        if not in_multirun():
+            raise
+        # One job of a sweep that raises (an impossible config, a non-finite loss, out of memory) is
+        # recorded in its folder and the sweep goes on with the others (basic, joblib, Optuna).
+        return record_failure(cfg.paths.output_dir, err)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -226,3 +227,26 @@ def kill_and_resume(tmp_path: Path, overrides: list[str], timeout: int = 600) ->
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert uninterrupted.wait(timeout=timeout) == 0, (tmp_path / "a.log").read_text()[-3000:]
     return a, b
+
+
+def make_job(sweep: Path, num: int, overrides: list[str], d_model: int, metrics: dict | None,
+             tokens_per_s: list[float] = ()) -> Path:
+    """A job folder as Hydra and train leave it (metrics None: the job failed)."""
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    config = {
+        "model": {"d_model": d_model, "num_encoder_layers": 2, "num_decoder_layers": 2},
+        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"},
+    }
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"model/size": "tiny"}}}}))
+    if tokens_per_s:
+        (job / "csv").mkdir()
+        with (job / "csv" / "metrics.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "train/loss", "train/tokens_per_s"])
+            writer.writerows([[i, 1.0, ""] for i in range(2)] + [[i, "", v] for i, v in enumerate(tokens_per_s)])
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return job

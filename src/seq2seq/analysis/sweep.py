@@ -2,32 +2,40 @@
 
 A Hydra multirun folder holds one folder per job, ``<sweep>/<N>/``, each with
 ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``.hydra/hydra.yaml``, ``metrics.json`` and
-``csv/metrics.csv``. The report reads them into one row per job:
+``csv/metrics.csv``. The report reads each job (:func:`read_job`):
 
-===============  =============================================================================
-size             the ``model/size`` choice and the model's shape (d_model, layers)
-parameters       ``num_parameters`` of metrics.json
-val/*, test/*    every validation and test metric (BLEU, chrF, ROUGE), one rule for all: the val/*
-                 values of the validation that chose best.ckpt (the best ``monitor`` value in
-                 csv/metrics.csv; without the curve, ``<monitor>_best``), and test/* of best.ckpt
-selected by      the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
-tokens/s         mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
-wall time        ``wall_time_s`` of metrics.json, else the job folder's timestamps
-device           metrics.json's ``device``, else the trainer config (accelerator, devices, precision)
-signature        the sacreBLEU BLEU signature; ``rouge_signature`` beside ROUGE figures
-overrides        the job's command-line overrides (in Markdown: those that differ between jobs;
-                 the ones common to every job are listed above the table)
-===============  =============================================================================
+=================  ===========================================================================
+size               the ``model/size`` choice and the model's shape (d_model, layers)
+parameters         ``num_parameters`` of metrics.json
+val/*, test/*      every validation and test metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule
+                   for all: the val/* values of the validation that chose best.ckpt (the best
+                   ``monitor`` value in csv/metrics.csv; without the curve, ``<monitor>_best``),
+                   and test/* of best.ckpt
+final/*            the run's final scores (``final:`` in conf/train.yaml: e.g. the average of its
+                   last checkpoints, decoded with beam search)
+<folder>/*         the val/* and test/* of every subfolder with a metrics.json of its own: a
+                   ``seq2seq-eval`` run written into the job (``hydra.run.dir=<job>/eval_beam5``)
+selected by        the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
+seed               the job's ``seed`` (override, else config)
+tokens/s           mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
+wall time          ``wall_time_s`` of metrics.json, else the job folder's timestamps
+device             metrics.json's ``device``, else the trainer config (accelerator, devices, precision)
+signatures         sacreBLEU's BLEU, the tokenized lowercased BLEU's, ROUGE's
+overrides          the job's command-line overrides
+=================  ===========================================================================
 
-A job folder without metrics.json (a failed, killed or still running job) gives a row whose
-status is ``failed``. It writes ``results.md``, ``results.csv`` and ``bleu_vs_params.png`` (BLEU
-against parameters; test BLEU when the jobs have it, else validation BLEU) into ``--out``
-(default: the sweep folder) and prints the Markdown table.
+A job folder without a finished metrics.json (a failed, killed or still running job) is
+``failed``, with the one-line reason of its ``failure.json`` (a job that raised in a multirun) or
+what its folder shows. Jobs are then grouped into rows, seeds of one setting together, summarized as
+mean ± standard deviation, and optionally tested against a baseline row
+(:mod:`seq2seq.analysis.groups`); :mod:`seq2seq.analysis.tables` writes them as Markdown, LaTeX
+and CSV. :func:`report` writes every file into ``--out`` (default: the sweep folder).
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import re
@@ -37,11 +45,26 @@ from typing import Any
 
 import yaml
 
-from seq2seq.errors import DataError
+from seq2seq.analysis import tables
+from seq2seq.analysis.groups import (
+    SEED_KEY,
+    Group,
+    check_comparable,
+    compare,
+    find_group,
+    group_jobs,
+    metric_columns,
+)
+from seq2seq.analysis.significance import RESAMPLES, SEED
+from seq2seq.analysis.tables import varying_labels
+from seq2seq.errors import ConfigError, DataError
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR
 from seq2seq.utils.io import atomic_path, atomic_write_text
 
 TOKENS_PER_S = "train/tokens_per_s"
+FINAL_PREFIX = "final/"
+# Written by a job that raised inside a multirun (seq2seq.run_summary.record_failure).
+FAILURE_FILE = "failure.json"
 
 # (column, how to format it in Markdown); ROUGE columns are inserted after chrF when present.
 BASE_COLUMNS = [
@@ -133,27 +156,63 @@ def _device(config: dict | None, metrics: dict | None) -> str:
     return f"{trainer.get('accelerator', '?')} x{count} {trainer.get('precision', '')}".strip()
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def failure_reason(job: Path) -> str:
+    """Why a job has no finished metrics.json: the one line its failure record holds
+    (``failure.json``, written by a job that raised inside a multirun), else what the folder shows."""
+    record = _read_json(job / FAILURE_FILE)
+    if record and record.get("error"):
+        return str(record["error"])
+    if not (job / ".hydra").is_dir():
+        return "no .hydra folder: the job never started"
+    logs = sorted(job.glob("*.log"))
+    where = f" (see {logs[0]})" if logs else ""
+    return f"no metrics.json: killed, interrupted or still running{where}"
+
+
+def eval_folders(job: Path) -> list[Path]:
+    """The job's subfolders holding a metrics.json of their own: ``seq2seq-eval`` runs written into it
+    (``hydra.run.dir=<job>/eval_beam5``) and ``final/``."""
+    return sorted(p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "metrics.json").is_file())
+
+
+def _scores(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The val/* and test/* numbers of a metrics.json (without their best-so-far), under ``prefix``."""
+    return {f"{prefix}{key}": float(value) for key, value in metrics.items()
+            if key.startswith(("val/", "test/")) and not key.endswith("_best")
+            and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def read_job(job: Path) -> dict[str, Any]:
-    """One job folder as a row (column -> value); see the module docstring."""
-    overrides = _load_yaml(job / ".hydra" / "overrides.yaml") or []
+    """One job folder as a row (column -> value); see the module docstring. Keys starting with ``_``
+    hold what grouping and tests need (the folder, the config, the overrides as a list)."""
+    overrides = [str(o) for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []]
     config = _load_yaml(job / ".hydra" / "config.yaml")
     hydra_cfg = _load_yaml(job / ".hydra" / "hydra.yaml")
-    metrics = None
-    metrics_file = job / "metrics.json"
-    if metrics_file.is_file():
-        try:
-            metrics = json.loads(metrics_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            metrics = None
+    metrics = _read_json(job / "metrics.json")
+    finished = metrics is not None and metrics.get("status", "finished") == "finished"
     row: dict[str, Any] = {
         "job": job.name,
-        "status": "ok" if isinstance(metrics, dict) else "failed",
+        "status": "ok" if finished else "failed",
         "size": _size(config, hydra_cfg),
         "device": _device(config, metrics),
-        "overrides": " ".join(str(o) for o in overrides),
+        "overrides": " ".join(overrides),
         "wall_time_s": _wall_time(job, metrics),
+        "seed": _seed(overrides, config),
+        "_folder": job,
+        "_overrides": overrides,
+        "_config": config or {},
+        "_choices": _get(hydra_cfg, "hydra.runtime.choices", {}) or {},
     }
-    if not isinstance(metrics, dict):
+    if not finished:
+        row["error"] = failure_reason(job)
         return row
     row["parameters"] = metrics.get("num_parameters")
     task = metrics.get("task") if metrics.get("task") in DEFAULT_MONITOR else "translation"
@@ -163,9 +222,11 @@ def read_job(job: Path) -> dict[str, Any]:
     # One rule for every val/* column: its value at the validation that chose best.ckpt (the one
     # test/* is measured with). Without the curve, the best monitored value and the others as logged.
     at_best = best_validation(curve, monitor["metric"], monitor["mode"])
-    for key, value in metrics.items():
-        if key.startswith(("val/", "test/")) and not key.endswith("_best") and isinstance(value, (int, float)):
-            row[key] = value
+    row.update(_scores(metrics))
+    # final/ scores (the run's metrics.json repeats them as final/...) and eval runs inside the job.
+    row.update({k: v for k, v in metrics.items() if k.startswith(FINAL_PREFIX) and isinstance(v, (int, float))})
+    for folder in eval_folders(job):
+        row.update(_scores(_read_json(folder / "metrics.json") or {}, f"{folder.name}/"))
     if at_best:
         row.update(at_best)
     elif f"{monitor['metric']}_best" in metrics:
@@ -176,8 +237,18 @@ def read_job(job: Path) -> dict[str, Any]:
     row["tokens/s"] = tokens if tokens is not None else metrics.get(TOKENS_PER_S)
     signature = metrics.get("sacrebleu_signature")
     row["sacrebleu_signature"] = signature.get("bleu") if isinstance(signature, dict) else signature
+    row["bleu_tok_lc_signature"] = signature.get("bleu_tok_lc") if isinstance(signature, dict) else None
     row["rouge_signature"] = metrics.get("rouge_signature")
     return row
+
+
+def _seed(overrides: Sequence[str], config: dict | None) -> int | str | None:
+    """The job's ``seed``: its override, else the resolved config's."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == SEED_KEY:
+            return int(value) if value.lstrip("-").isdigit() else value
+    return _get(config, SEED_KEY)
 
 
 def columns_of(rows: Sequence[dict]) -> list[str]:
@@ -192,15 +263,8 @@ def _fmt(column: str, value: Any) -> str:
     """A cell for the Markdown table (the CSV keeps raw values)."""
     if value is None or value == "":
         return ""
-    if column == "parameters":
-        return f"{value / 1e6:.2f}M"
-    if column == "wall_time_s":
-        minutes, seconds = divmod(float(value), 60)
-        return f"{int(minutes)}m{seconds:04.1f}s" if minutes else f"{seconds:.1f}s"
-    if column == "tokens/s":
-        return f"{value:,.0f}"
-    if isinstance(value, float):
-        return f"{value:.2f}"
+    if isinstance(value, float) or (column in ("parameters", "wall_time_s", "tokens/s") and isinstance(value, int)):
+        return tables.format_number(column, value)
     return str(value).replace("|", "\\|")  # signatures hold |, which would split Markdown cells
 
 
@@ -233,35 +297,38 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return out.getvalue()
 
 
-def plot(rows: Sequence[dict], path: Path, title: str = "") -> Path:
-    """BLEU (test when every finished job has it, else validation) against parameters, as a PNG."""
+def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
+    """BLEU (test when every finished row has it, else validation; ROUGE-Lsum for summarization)
+    against parameters, as a PNG: one point per row, its mean, with the standard deviation over its
+    seeds as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write files only
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
 
-    _, varying = split_overrides(rows)
-    done = [(r, v) for r, v in zip(rows, varying) if r["status"] == "ok" and r.get("parameters")]
-    key = "test/bleu" if done and all(r.get("test/bleu") is not None for r, _ in done) else "val/bleu"
-    # Each point is labelled with its job number and what sets it apart from the other jobs.
-    points = [(r["parameters"], r[key], f"{r['job']}: {v}"[:40].rstrip(": ")) for r, v in done if r.get(key) is not None]
+    _, varying = varying_labels(groups)
+    done = [(g, v) for g, v in zip(groups, varying) if g.finished and "parameters" in g.summaries]
+    candidates = ("test/bleu", "val/bleu", "test/rougeLsum", "val/rougeLsum")
+    key = next((k for k in candidates if done and all(k in g.summaries for g, _ in done)), "val/bleu")
+    points = [(g.summaries["parameters"].mean, g.summaries[key].mean, g.summaries[key].std or 0.0,
+               f"{g.number}: {v}"[:40].rstrip(": ")) for g, v in done if key in g.summaries]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if points:
-        xs, ys, _ = zip(*points)
-        ax.scatter(xs, ys)
-        for x, y, label in points:
+        xs, ys, errors, _ = zip(*points)
+        ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3)
+        for x, y, _, label in points:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if max(xs) > 10 * min(xs):
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter())
-        ax.set_ylim(bottom=0, top=max(1.0, max(ys) * 1.15))
+        ax.set_ylim(bottom=0, top=max(1.0, max(y + e for y, e in zip(ys, errors)) * 1.15))
     else:
         ax.text(0.5, 0.5, "no finished job", ha="center", va="center", transform=ax.transAxes)
-    failed = sum(r["status"] != "ok" for r in rows)
+    failed = sum(len(g.failed) for g in groups)
     ax.set_xlabel("parameters")
-    ax.set_ylabel(f"{key} (sacreBLEU)")
-    ax.set_title(f"{title} ({len(points)} jobs{f', {failed} failed' if failed else ''})", fontsize=9)
+    ax.set_ylabel(f"{key} (mean ± std over seeds)")
+    ax.set_title(f"{title} ({len(points)} rows{f', {failed} failed jobs' if failed else ''})", fontsize=9)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -270,8 +337,29 @@ def plot(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     return path
 
 
-def report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Write results.md, results.csv and bleu_vs_params.png for ``sweep_dir``; returns rows and paths."""
+FORMATS = ("markdown", "latex", "csv")
+
+
+def select_columns(rows: Sequence[dict], patterns: Sequence[str] | None) -> list[str]:
+    """The metric columns of ``rows`` that match one of ``patterns`` (shell-style, e.g.
+    ``val/bleu*``, ``eval_beam5/*``), in the report's order; all of them without patterns."""
+    columns = metric_columns(rows)
+    if not patterns:
+        return columns
+    chosen = [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    if not chosen:
+        raise ConfigError(f"--metrics {','.join(patterns)} matches no metric; the jobs have: {', '.join(columns) or 'none'}")
+    return chosen
+
+
+def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Sequence[str] | None = None,
+           baseline: str | None = None, metrics: Sequence[str] | None = None, resamples: int = RESAMPLES,
+           seed: int = SEED, caption: str | None = None) -> dict[str, Any]:
+    """Read the jobs of ``sweep_dir``, group them (:func:`seq2seq.analysis.groups.group_jobs`), test
+    them against the ``baseline`` row if given, and write into ``out`` (default: ``sweep_dir``)
+    ``results.md``, ``results.tex``, ``results.csv``, ``jobs.csv`` (one line per job),
+    ``significance.csv`` (with a baseline) and ``bleu_vs_params.png``. Returns the rows, groups,
+    texts and paths."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"sweep folder {sweep_dir} does not exist")
@@ -279,14 +367,27 @@ def report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, An
     if not jobs:
         raise DataError(f"no job folders (0/, 1/, ...) in {sweep_dir}: is it a multirun's folder?")
     rows = [read_job(job) for job in jobs]
-    columns = columns_of(rows)
+    columns = select_columns(rows, metrics)
+    groups = group_jobs(rows, group_by, columns)
+    base = find_group(groups, str(baseline)) if baseline is not None else None
+    if base is not None:
+        check_comparable(groups, base)
+        compare(groups, base, columns, resamples=resamples, seed=seed)
     out = Path(out) if out else sweep_dir
-    markdown = to_markdown(rows, columns)
-    return {
-        "rows": rows,
-        "columns": columns,
-        "markdown": markdown,
-        "markdown_file": atomic_write_text(out / "results.md", markdown),
-        "csv_file": atomic_write_text(out / "results.csv", to_csv(rows, columns)),
-        "plot_file": plot(rows, out / "bleu_vs_params.png", title=sweep_dir.name),
+    texts = {
+        "markdown": tables.markdown(groups, columns, base, resamples, seed),
+        "latex": tables.latex(groups, columns, base, resamples, seed, caption if caption is not None else sweep_dir.name),
+        "csv": tables.csv_text(groups, columns),
     }
+    job_columns = columns_of(rows)
+    result = {
+        "rows": rows, "groups": groups, "columns": columns, "baseline": base, **texts,
+        "markdown_file": atomic_write_text(out / "results.md", texts["markdown"]),
+        "latex_file": atomic_write_text(out / "results.tex", texts["latex"]),
+        "csv_file": atomic_write_text(out / "results.csv", texts["csv"]),
+        "jobs_file": atomic_write_text(out / "jobs.csv", to_csv(rows, [*job_columns[:2], "seed", *job_columns[2:], "error"])),
+        "plot_file": plot(groups, out / "bleu_vs_params.png", title=sweep_dir.name),
+    }
+    if base is not None:
+        result["significance_file"] = atomic_write_text(out / "significance.csv", tables.significance_csv(groups))
+    return result

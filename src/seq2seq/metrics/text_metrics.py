@@ -4,7 +4,8 @@ sacreBLEU is the reference implementation papers cite; its signature records the
 references, the tokenizer, smoothing and casing so that a number can be reproduced. BLEU's
 tokenizer follows the target language as sacreBLEU prescribes (:func:`bleu_tokenizer`: ``13a``,
 ``zh`` for Chinese, ``ja-mecab`` for Japanese, ``ko-mecab`` for Korean; or one chosen, such as
-``flores200``). ROUGE follows Google's ``rouge-score`` (see :func:`rouge_scores`).
+``flores200``); beside it ``bleu_tok_lc``, the tokenized lowercased BLEU that papers on pre-tokenized
+corpora report (:func:`tokenized_lowercased_bleu`). ROUGE follows Google's ``rouge-score`` (see :func:`rouge_scores`).
 
 References come one per hypothesis (a list of strings) or as several reference *streams*, sacreBLEU's
 layout: a list of lists, the k-th holding the k-th reference of every hypothesis.
@@ -105,23 +106,81 @@ def reference_streams(references: Sequence[str] | Sequence[Sequence[str]], count
 
 
 def translation_scores(
-    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], tokenize: str = DEFAULT_BLEU_TOKENIZER
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    tokenize: str = DEFAULT_BLEU_TOKENIZER,
+    lang: str | None = None,
 ) -> dict[str, float | str]:
-    """Corpus BLEU (with sacreBLEU's ``tokenize`` tokenizer) and chrF of hypotheses against their
-    references (one per hypothesis, or several streams).
+    """Corpus BLEU (with sacreBLEU's ``tokenize`` tokenizer), chrF and the paper-comparable
+    tokenized lowercased BLEU (:func:`tokenized_lowercased_bleu`, Moses rules of ``lang``) of
+    hypotheses against their references (one per hypothesis, or several streams).
 
-    Returns ``{"bleu": float, "chrf": float, "bleu_signature": str, "chrf_signature": str}``.
+    Returns ``{"bleu", "chrf", "bleu_tok_lc": float, "bleu_signature", "chrf_signature",
+    "bleu_tok_lc_signature": str}``.
     """
     refs = reference_streams(references, len(hypotheses))
     bleu, chrf = _bleu(tokenize), CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), refs)
     chrf_score = chrf.corpus_score(list(hypotheses), refs)
+    tok_lc, tok_lc_signature = tokenized_lowercased_bleu(hypotheses, refs, lang)
     return {
         "bleu": float(bleu_score.score),
         "chrf": float(chrf_score.score),
+        "bleu_tok_lc": tok_lc,
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
+        "bleu_tok_lc_signature": tok_lc_signature,
     }
+
+
+# ---------------------------------------------------------------------------------- paper-comparable BLEU
+#
+# Papers on Multi30k, IWSLT and other pre-tokenized corpora report BLEU on *tokenized, lowercased*
+# text (multi-bleu.perl, or fairseq's scorer, on the corpus as preprocessed: lowercased,
+# punctuation-normalized and tokenized by the Moses scripts, as Multi30k's own tokenized release
+# is). That number is not sacreBLEU's detokenized one (usually a few points higher), so it has its
+# own name, ``bleu_tok_lc``, and its own signature, and never replaces ``bleu``: hypotheses and
+# references are lowercased, punctuation-normalized and tokenized with sacremoses (the Python port
+# of the Moses scripts, rules of the target language; no escaping of & < > ' ", which changes no
+# token boundary), then scored by sacreBLEU with ``tokenize="none"``.
+
+
+@functools.cache
+def _moses(lang: str):
+    from sacremoses import MosesPunctNormalizer, MosesTokenizer
+
+    return MosesPunctNormalizer(lang=lang), MosesTokenizer(lang=lang)
+
+
+def moses_lowercase(texts: Sequence[str], lang: str | None = None) -> list[str]:
+    """``texts`` lowercased, punctuation-normalized and Moses-tokenized (the rules of ``lang``,
+    English's when unknown), tokens joined by single spaces: what tokenized-corpus papers score."""
+    normalizer, tokenizer = _moses(_moses_language(lang))
+    return [tokenizer.tokenize(normalizer.normalize(text.lower()), escape=False, return_str=True) for text in texts]
+
+
+def _moses_language(lang: str | None) -> str:
+    base = re.split(r"[-_]", str(lang or "en").lower())[0]
+    return base or "en"
+
+
+def tokenized_lowercased_signature(lang: str | None, bleu_signature: str) -> str:
+    """The ``bleu_tok_lc`` signature: how the text was tokenized, then sacreBLEU's own signature."""
+    from sacremoses import __version__ as sacremoses_version
+
+    return (f"Moses-tokenized, lowercased (sacremoses {sacremoses_version}, lang:{_moses_language(lang)}, "
+            f"punctuation normalized)|{bleu_signature}")
+
+
+def tokenized_lowercased_bleu(
+    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], lang: str | None = None
+) -> tuple[float, str]:
+    """``(BLEU, signature)`` on lowercased, Moses-tokenized hypotheses and references (sacreBLEU,
+    ``tokenize="none"``): the figure tokenized-corpus papers report, e.g. Multi30k's. See above."""
+    refs = reference_streams(references, len(hypotheses))
+    bleu = BLEU(tokenize="none", lowercase=True, force=True)
+    score = bleu.corpus_score(moses_lowercase(hypotheses, lang), [moses_lowercase(stream, lang) for stream in refs])
+    return float(score.score), tokenized_lowercased_signature(lang, str(bleu.get_signature()))
 
 
 # ---------------------------------------------------------------------------------- summarization
@@ -233,7 +292,8 @@ def rouge_scores(
 # ---------------------------------------------------------------------------------- per task
 # The corpus metrics of each task (logged as {split}/<name>) and the one that picks the best
 # checkpoint unless the config's `monitor` says otherwise.
-TASK_METRICS = {"translation": ("bleu", "chrf"), "summarization": ROUGE_KEYS}
+# bleu_tok_lc: the paper-comparable tokenized lowercased BLEU, beside (never instead of) bleu.
+TASK_METRICS = {"translation": ("bleu", "chrf", "bleu_tok_lc"), "summarization": ROUGE_KEYS}
 DEFAULT_MONITOR = {"translation": "val/bleu", "summarization": "val/rougeLsum"}
 
 
@@ -251,20 +311,22 @@ def score(
     tgt_lang: str | None = None,
     bleu_tokenize: str | None = None,
 ) -> tuple[dict[str, float], dict]:
-    """The task's corpus metrics and their signatures: ``({"bleu": .., "chrf": ..}, {"sacrebleu_signature":
-    {"bleu": .., "chrf": ..}})`` for translation, ``({"rouge1": .., ...}, {"rouge_signature": ..})`` for
+    """The task's corpus metrics and their signatures: ``({"bleu": .., "chrf": .., "bleu_tok_lc": ..},
+    {"sacrebleu_signature": {"bleu": .., "chrf": .., "bleu_tok_lc": ..}})`` for translation, ``({"rouge1": .., ...}, {"rouge_signature": ..})`` for
     summarization. What validation, ``eval`` and the baselines report, and what metrics.json stores.
 
     ``references``: one per hypothesis, or several streams (see :func:`reference_streams`). BLEU's
-    tokenizer is ``bleu_tokenizer(tgt_lang, bleu_tokenize)`` (``13a`` when neither is given)."""
+    tokenizer is ``bleu_tokenizer(tgt_lang, bleu_tokenize)`` (``13a`` when neither is given); ``bleu_tok_lc``
+    tokenizes with the Moses rules of ``tgt_lang``."""
     streams = reference_streams(references, len(hypotheses))
     references = streams[0] if len(streams) == 1 else streams  # one reference each: a plain list
     if check_task(task) == "summarization":
         scores = rouge_scores(hypotheses, references)
         return {k: scores[k] for k in ROUGE_KEYS}, {"rouge_signature": scores["rouge_signature"]}
-    scores = translation_scores(hypotheses, references, bleu_tokenizer(tgt_lang, bleu_tokenize))
-    signature = {"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]}
-    return {"bleu": scores["bleu"], "chrf": scores["chrf"]}, {"sacrebleu_signature": signature}
+    scores = translation_scores(hypotheses, references, bleu_tokenizer(tgt_lang, bleu_tokenize), tgt_lang)
+    names = TASK_METRICS["translation"]
+    signature = {name: scores[f"{name}_signature"] for name in names}
+    return {name: scores[name] for name in names}, {"sacrebleu_signature": signature}
 
 
 def score_by_group(task: str, groups: Mapping[str, Any]) -> tuple[dict[str, float], dict]:

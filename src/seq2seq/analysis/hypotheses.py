@@ -1,0 +1,134 @@
+"""The hypotheses a run scored, kept beside its numbers, so that two runs can be compared sentence by sentence.
+
+Training (the validation that chose ``best.ckpt``, and the test of it), ``final`` scoring and
+``seq2seq-eval`` write, into the folder whose ``metrics.json`` holds the scores:
+
+* ``hypotheses.<split>.txt``: the detokenized hypothesis of every scored source, one per line, in
+  corpus order;
+* ``hypotheses.<split>.json``, the record: the split, how many lines, the references (their files,
+  where to read them again, and a SHA-256 of the text that was scored), the decoding settings, the
+  checkpoint, the task, the target language and BLEU's tokenizer, and ``indices`` (the corpus
+  lines scored) when only part of the split was (``trainer.limit_val_batches``).
+
+:func:`load` reads both back and :func:`references_of` the references, checked against the SHA-256:
+what ``seq2seq-report --baseline`` tests (:mod:`seq2seq.analysis.significance`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from seq2seq.data.sources import CorpusFormat, find_split, lines_files, read_aligned_lines, read_split
+from seq2seq.errors import DataError
+from seq2seq.utils.io import atomic_write_text
+
+RECORD_VERSION = 1
+
+
+def file_names(split: str) -> tuple[str, str]:
+    """``(hypotheses file, record file)`` of ``split``: ``hypotheses.<split>.txt`` and ``.json``."""
+    return f"hypotheses.{split}.txt", f"hypotheses.{split}.json"
+
+
+def references_digest(streams: Sequence[Sequence[str]]) -> str:
+    """SHA-256 of reference streams (each line, then a separator per stream): the same text, the same digest."""
+    key = hashlib.sha256()
+    for stream in streams:
+        for line in stream:
+            key.update(line.encode("utf-8", "surrogatepass") + b"\n")
+        key.update(b"\x00")
+    return key.hexdigest()
+
+
+def reference_source(datamodule, split: str) -> dict[str, Any]:
+    """Where ``split``'s references are read from: the corpus (root, split name, languages,
+    format) and the files (the target side's, then ``data.extra_references``'s)."""
+    names = getattr(datamodule.splits, split)
+    candidates = [names] if isinstance(names, str) else [str(n) for n in names or ()]
+    # The format the corpus was read with: a Hub dataset whose files are under root is read locally.
+    resolved = getattr(datamodule, "_corpus_format", None)
+    fmt = resolved() if callable(resolved) else datamodule.format
+    try:
+        found = find_split(datamodule.root, candidates, datamodule.src_lang, datamodule.tgt_lang, fmt)
+    except DataError:  # a Hub dataset that cannot be listed now: it was read, so its first name is the one
+        found = None
+    name = found or (candidates[0] if candidates else split)
+    if fmt.format == "lines":
+        files = [str(lines_files(datamodule.root, name, datamodule.src_lang, datamodule.tgt_lang)[1])]
+    elif fmt.format in ("tsv", "jsonl"):
+        files = [str(Path(datamodule.root) / f"{name}.{fmt.format}")]
+    else:
+        files = []  # a Hugging Face Hub dataset: no file of its own
+    extra = [str(Path(f) if Path(f).is_absolute() else Path(datamodule.root) / f)
+             for f in datamodule.extra_references.get(split, ())]
+    return {"root": str(datamodule.root), "split": name, "src_lang": datamodule.src_lang,
+            "tgt_lang": datamodule.tgt_lang, "format": dataclasses.asdict(fmt), "files": files + extra,
+            "extra_references": extra}
+
+
+def write(folder: str | Path, split: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]], *,
+          datamodule, decoding: Mapping[str, Any], task: str, checkpoint: str | None = None,
+          bleu_tokenize: str | None = None, indices: Sequence[int] | None = None) -> Path:
+    """Write ``hypotheses.<split>.txt`` and its record into ``folder``; returns the text file's path.
+
+    ``references``: the streams the hypotheses were scored against (for the digest); ``indices``:
+    the corpus lines scored, when not the whole split (None: all of it, in order)."""
+    folder = Path(folder)
+    text_name, record_name = file_names(split)
+    # One line per hypothesis: a line break inside one would shift every later line.
+    path = atomic_write_text(folder / text_name, "".join(f"{' '.join(h.splitlines())}\n" for h in hypotheses))
+    record = {
+        "version": RECORD_VERSION,
+        "split": split,
+        "hypotheses": text_name,
+        "num_sentences": len(hypotheses),
+        "indices": list(indices) if indices is not None else None,
+        "references": {**reference_source(datamodule, split), "sha256": references_digest(references),
+                       "streams": len(references)},
+        "decoding": dict(decoding),
+        "checkpoint": checkpoint,
+        "task": task,
+        "tgt_lang": datamodule.tgt_lang,
+        "bleu_tokenize": bleu_tokenize,
+    }
+    atomic_write_text(folder / record_name, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def load(folder: str | Path, split: str) -> tuple[dict, list[str]] | None:
+    """``(record, hypotheses)`` written by :func:`write` into ``folder`` for ``split``; None if absent."""
+    text_name, record_name = file_names(split)
+    record_file, text_file = Path(folder) / record_name, Path(folder) / text_name
+    if not record_file.is_file() or not text_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{record_file} cannot be read ({err}): rerun the evaluation that wrote it") from None
+    hypotheses = read_aligned_lines(text_file, int(record["num_sentences"]), f"its record {record_file}")
+    return record, hypotheses
+
+
+def references_of(record: Mapping[str, Any]) -> list[list[str]]:
+    """The reference streams ``record``'s hypotheses were scored against, read again from the corpus
+    (only the scored lines) and checked: another text than the one scored is a :class:`DataError`."""
+    source = record["references"]
+    fmt = CorpusFormat(**source["format"])
+    _, targets = read_split(source["root"], source["split"], source["src_lang"], source["tgt_lang"], fmt)
+    streams = [targets] + [read_aligned_lines(f, len(targets), f"the {record['split']} split")
+                           for f in source.get("extra_references") or ()]
+    indices = record.get("indices")
+    if indices is not None:
+        streams = [[stream[i] for i in indices] for stream in streams]
+    if references_digest(streams) != source["sha256"]:
+        where = ", ".join(source.get("files") or [source["root"]])
+        raise DataError(
+            f"the references under {where} are not the ones its hypotheses ({record['hypotheses']}, "
+            f"{record['split']}) were scored against (their SHA-256 differs): the corpus changed since"
+        )
+    return streams
