@@ -34,7 +34,7 @@ MODEL = {"d_model": 64, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_la
 OVERRIDES = ["model.max_positions=128", "model.activation=swish", "model.output_bias=true", "data.joint_vocab=false"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (session: skips before the session's training fixtures)
 def hf():
     return transformers_or_skip()
 
@@ -198,28 +198,42 @@ def validation_loss(net, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> 
     return float(nll) / int((tgt_out != 0).sum())
 
 
-def test_fine_tuning_a_marian_folder_through_train_lowers_the_loss(opus_folder, tmp_path):
-    """`python -m seq2seq.train init_from=FOLDER` with the Marian's architecture: the run trains the imported
-    network with its tokenizer (no sentencepiece training) and the validation loss falls."""
+@pytest.fixture(scope="module")
+def fine_tuned(opus_folder, tmp_path_factory) -> dict:
+    """`python -m seq2seq.train init_from=FOLDER` with the Marian's architecture, 60 steps: the run folder
+    and its arguments."""
+    tmp = tmp_path_factory.mktemp("fine_tuned")
     args = [*TINY_OVERRIDES, *OVERRIDES, f"init_from={opus_folder}", "trainer.max_steps=60", "optim.lr=3e-3",
             "optim.warmup_steps=10", "hydra.run.dir=run"]
-    result = run_train(args, tmp_path)
+    result = run_train(args, tmp)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    return {"cwd": tmp, "run": tmp / "run", "args": args}
+
+
+def test_fine_tuning_a_marian_folder_through_train_lowers_the_loss(opus_folder, fine_tuned):
+    """The run trains the imported network with its tokenizer (no sentencepiece training), records its
+    parent, and the validation loss falls."""
+    run = fine_tuned["run"]
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["init_from"]["path"] == str(opus_folder.resolve()) and metrics["init_from"]["global_step"] == 0
     parent = load_parent(opus_folder, MODEL, {"joint_vocab": False})
-    child, child_tokenizer = load_model(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    child, child_tokenizer = load_model(run / "checkpoints" / "best.ckpt")
     assert child_tokenizer.difference(parent.tokenizer) is None
-    [data] = {p.parent for p in tmp_path.rglob("val.en")}
+    [data] = {p.parent for p in fine_tuned["cwd"].rglob("val.en")}
     val = list(zip((data / "val.en").read_text().splitlines(), (data / "val.de").read_text().splitlines()))
     before, after = validation_loss(parent.net, parent.tokenizer, val), validation_loss(child, child_tokenizer, val)
     print(f"\nfine-tuning the imported Marian for 60 steps: validation NLL per token {before:.3f} -> {after:.3f}")
     assert after < before - 0.5
 
-    # Resuming the child keeps the Marian's shared embeddings (two segmenters, one vocabulary).
-    args = [a for a in args if not a.startswith(("init_from=", "trainer.max_steps="))]
-    resumed = run_train([*args, "ckpt_path=last", "trainer.max_steps=70"], tmp_path)
+
+def test_resuming_a_run_fine_tuned_from_a_marian_keeps_its_shared_embeddings(opus_folder, fine_tuned):
+    """ckpt_path=last resumes the child to step 70 with the Marian's shared embeddings (two segmenters, one
+    vocabulary) and keeps its parent in metrics.json."""
+    args = [a for a in fine_tuned["args"] if not a.startswith(("init_from=", "trainer.max_steps="))]
+    resumed = run_train([*args, "ckpt_path=last", "trainer.max_steps=70"], fine_tuned["cwd"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    last, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    last, _ = load_model(fine_tuned["run"] / "checkpoints" / "last.ckpt")
     assert last.config.share_embeddings and last.encoder.embed is last.decoder.embed
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["init_from"]["path"] == str(opus_folder.resolve())
+    metrics = json.loads((fine_tuned["run"] / "metrics.json").read_text())
+    assert metrics["init_from"]["path"] == str(opus_folder.resolve())
+    assert torch.load(fine_tuned["run"] / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 70
