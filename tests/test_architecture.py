@@ -37,6 +37,9 @@ ALLOWED = {
     "seq2seq.inference.ct2_export": {"seq2seq.data", "seq2seq.models"},
     "seq2seq.inference.model_card": {"seq2seq.metrics"},
     "seq2seq.inference.ct2_predictor": {"seq2seq.data", "seq2seq.decoding"},
+    # Hugging Face transformers: the export (with its model card) and the import of a Marian folder.
+    "seq2seq.inference.hf_export": {"seq2seq.data", "seq2seq.models", "seq2seq.decoding"},
+    "seq2seq.inference.hf_import": {"seq2seq.data", "seq2seq.models"},
     "seq2seq.analysis": {"seq2seq.utils", "seq2seq.metrics", "seq2seq.data", "seq2seq.models", "seq2seq.decoding",
                          "seq2seq.inference"},
     # Optimizer, schedule and budget, compile, non-finite guard: torch and Lightning only.

@@ -20,13 +20,13 @@ from omegaconf import OmegaConf
 
 from helpers import REPO, SHORT_TRAINING_OVERRIDES, command_env, compose_train
 from helpers.forked_commands import run_command
-from seq2seq.data import toy
+from helpers.random_models import random_checkpoint, toy_tokenizers
+from helpers.random_models import toy_pairs as toy_corpus
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import load_model
 from seq2seq.inference.predictor import Predictor
-from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
 
 def _ctranslate2():
@@ -68,28 +68,12 @@ def padded(tokenizer: Tokenizer, lines: list[str]) -> torch.Tensor:
 # ------------------------------------------------------------------------ random-weight models
 @pytest.fixture(scope="module")
 def toy_pairs() -> list[tuple[str, str]]:
-    return toy.generate(seed=7, sizes={"train": 400})["train"]
+    return toy_corpus()
 
 
 @pytest.fixture(scope="module")
-def tokenizers(toy_pairs) -> dict[str, Tokenizer]:
-    en, de = [p[0] for p in toy_pairs], [p[1] for p in toy_pairs]
-    return {"joint": Tokenizer.train(en, de, 150), "separate": Tokenizer.train(en, de, 120, joint=False)}
-
-
-def random_checkpoint(path: Path, tokenizer: Tokenizer, **model) -> Path:
-    """A checkpoint of a random network whose every weight (norms and biases too) is perturbed."""
-    cfg = TransformerConfig(src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
-                            d_model=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=64,
-                            dropout=0.0, max_positions=96, **model)
-    torch.manual_seed(0)
-    net = Seq2SeqTransformer(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "model_config": dict(cfg.__dict__), "tokenizer": tokenizer.state_dict()}, path)
-    return path
+def tokenizers() -> dict[str, Tokenizer]:
+    return toy_tokenizers()
 
 
 LAYOUTS = {
@@ -99,6 +83,7 @@ LAYOUTS = {
     "post-LN gelu, separate vocabularies, tied": ("separate", {"share_embeddings": False, "activation": "gelu"}),
     "pre-LN, separate vocabularies, untied": ("separate", {"share_embeddings": False, "tie_output": False,
                                                            "pre_norm": True}),
+    "post-LN swish, output bias (OPUS-MT's)": ("joint", {"activation": "swish", "output_bias": True}),
 }
 
 

@@ -28,11 +28,14 @@ PAD, BOS, EOS = 0, 2, 3
 VOCAB = 53
 
 
-def tiny_net(dtype=torch.float64, vocab=VOCAB) -> Seq2SeqTransformer:
+def tiny_net(dtype=torch.float64, vocab=VOCAB, **config) -> Seq2SeqTransformer:
     torch.manual_seed(0)
     cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=16, num_heads=2,
-                            num_encoder_layers=1, num_decoder_layers=1, d_ff=32, dropout=0.0)
-    return Seq2SeqTransformer(cfg).to(dtype)
+                            num_encoder_layers=1, num_decoder_layers=1, d_ff=32, dropout=0.0, **config)
+    net = Seq2SeqTransformer(cfg).to(dtype)
+    if net.decoder.output.bias is not None:  # a bias that matters (it starts at 0)
+        torch.nn.init.normal_(net.decoder.output.bias)
+    return net
 
 
 def padded_batch(src_lens=(7, 3, 5, 1, 6), tgt_lens=(4, 6, 2, 5, 1), vocab=VOCAB, seed=1) -> dict:
@@ -48,8 +51,9 @@ def grads(net) -> dict:
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("fused", [True, False])
-def test_pad_skipping_loss_equals_label_smoothed_cross_entropy(eps, fused):
-    net, b = tiny_net(), padded_batch()
+@pytest.mark.parametrize("output_bias", [False, True])
+def test_pad_skipping_loss_equals_label_smoothed_cross_entropy(eps, fused, output_bias):
+    net, b = tiny_net(output_bias=output_bias, activation="swish" if output_bias else "relu"), padded_batch()
     assert (b["tgt_out"] == PAD).any()  # the batch has padding to skip
     ref, ref_nll = plain_sequence_loss(net, b["src"], b["tgt_in"], b["tgt_out"], eps)
     ref.backward()
@@ -140,17 +144,20 @@ def test_per_token_loss_equals_cross_entropy(eps):
     assert abs(total.item() - ref_sum.item()) <= 1e-5 * ref_sum.item()
 
 
-def test_fused_loss_chunks_agree_in_fp32_and_keep_only_one_backward():
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_loss_chunks_agree_in_fp32_and_keep_only_one_backward(with_bias):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)
     weight = torch.randn(VOCAB, 16, requires_grad=True)
+    bias = torch.randn(VOCAB, requires_grad=True) if with_bias else None
     target = torch.randint(0, VOCAB, (37,))
-    ref = F.cross_entropy(hidden @ weight.t(), target, label_smoothing=0.1, reduction="sum")
-    ref_grads = torch.autograd.grad(ref, (hidden, weight))
+    inputs = (hidden, weight, bias) if with_bias else (hidden, weight)
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), target, label_smoothing=0.1, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, inputs)
     for chunk in (1, 5, 37, 1000, None):
-        loss, _ = fused_linear_label_smoothed_ce(hidden, weight, target, 0.1, chunk)
+        loss, _ = fused_linear_label_smoothed_ce(hidden, weight, target, 0.1, chunk, bias=bias)
         assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-        for g, r in zip(torch.autograd.grad(loss * 2, (hidden, weight)), ref_grads):
+        for g, r in zip(torch.autograd.grad(loss * 2, inputs), ref_grads):
             assert torch.allclose(g, 2 * r, atol=1e-4, rtol=1e-4)
     loss, _ = fused_linear_label_smoothed_ce(hidden, weight, target, 0.1)
     loss.backward(retain_graph=True)

@@ -1,8 +1,11 @@
-"""Small random-weight models and random sources, for the decoding and ensemble tests."""
+"""Small random-weight models and random sources, for the decoding and ensemble tests, and random-weight
+checkpoints (with a real tokenizer) for the export tests."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -58,3 +61,35 @@ def make_sources(lengths=LENGTHS, seed: int = 0) -> torch.Tensor:
         src[i, : n - 1] = torch.randint(4, VOCAB, (n - 1,), generator=g)
         src[i, n - 1] = EOS
     return src
+
+
+@functools.cache
+def toy_pairs() -> list[tuple[str, str]]:
+    """400 pairs of the toy grammar (seed 7): what the export tests' tokenizers are trained on."""
+    from seq2seq.data import toy
+
+    return toy.generate(seed=7, sizes={"train": 400})["train"]
+
+
+@functools.cache
+def toy_tokenizers() -> dict:
+    """Tokenizers of :func:`toy_pairs`: ``joint`` (150 pieces) and ``separate`` (120 per side)."""
+    from seq2seq.data.tokenizer import Tokenizer
+
+    en, de = [p[0] for p in toy_pairs()], [p[1] for p in toy_pairs()]
+    return {"joint": Tokenizer.train(en, de, 150), "separate": Tokenizer.train(en, de, 120, joint=False)}
+
+
+def random_checkpoint(path: Path, tokenizer, **model) -> Path:
+    """A checkpoint of a random network whose every weight (norms and biases too) is perturbed."""
+    cfg = TransformerConfig(src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+                            d_model=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=64,
+                            dropout=0.0, max_positions=96, **model)
+    torch.manual_seed(0)
+    net = Seq2SeqTransformer(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "model_config": dict(cfg.__dict__), "tokenizer": tokenizer.state_dict()}, path)
+    return path

@@ -233,6 +233,17 @@ class Tokenizer:
         return self._tgt_bytes is None
 
     @property
+    def one_vocabulary(self) -> bool:
+        """Whether both sides have one vocabulary (so embeddings can be shared): a joint model, or two
+        models with the same pieces, id for id (a Marian model's source and target segmenters over its
+        one vocabulary, :mod:`seq2seq.inference.hf_import`)."""
+        if self.joint:
+            return True
+        size = self.src.get_piece_size()
+        return size == self.tgt.get_piece_size() and all(
+            self.src.id_to_piece(i) == self.tgt.id_to_piece(i) for i in range(size))
+
+    @property
     def src_vocab_size(self) -> int:
         return self.src.get_piece_size()
 

@@ -106,7 +106,8 @@ def architecture_difference(checkpoint: Mapping, model: Mapping) -> list[tuple[s
     saved = checkpoint["model_config"]
     wanted = {k: model[k] for k in ARCHITECTURE_KEYS if k in model and k in saved}
     if "share_embeddings" in model and "share_embeddings" in saved:
-        joint = checkpoint["tokenizer"].get("tgt_model") is None
+        # One vocabulary: a joint tokenizer, or (a Marian import) two segmenters over the same pieces.
+        joint = checkpoint["tokenizer"].get("tgt_model") is None or saved["share_embeddings"]
         wanted["share_embeddings"] = bool(model["share_embeddings"]) and joint
     return [(k, saved[k], v) for k, v in wanted.items() if saved[k] != v]
 
@@ -293,8 +294,19 @@ class Parent:
                 "run_metrics": run_metrics}
 
 
+def read_parent(path: str | Path | None) -> dict[str, Any]:
+    """A fine-tuning run's parent as checkpoint content: a training checkpoint (:func:`read_checkpoint`),
+    or a Hugging Face transformers Marian folder (:mod:`seq2seq.inference.hf_import`)."""
+    from seq2seq.inference import hf_import  # transformers only when a folder is given
+
+    if hf_import.is_transformers_folder(path):
+        return hf_import.read_transformers_folder(path)
+    return read_checkpoint(path)
+
+
 def load_parent(path: str | Path | None, model: Mapping, data: Mapping | None = None) -> Parent:
-    """Read ``path`` (a training checkpoint) as the start of a fine-tuning run, checked against the run's
+    """Read ``path`` (a training checkpoint, or a transformers Marian folder: :func:`read_parent`) as the
+    start of a fine-tuning run, checked against the run's
     ``model`` config (and ``data``, the data config) with one :class:`CheckpointError` naming every key
     that differs and the value to use.
 
@@ -306,7 +318,7 @@ def load_parent(path: str | Path | None, model: Mapping, data: Mapping | None = 
     """
     if isinstance(path, (str, Path)):
         path = Path(path).expanduser()
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_parent(path)
     differ = [(f"model.{k}", theirs, ours) for k, theirs, ours in architecture_difference(checkpoint, model)]
     joint = checkpoint["tokenizer"].get("tgt_model") is None
     if data is not None and data.get("joint_vocab") is not None and bool(data["joint_vocab"]) != joint:

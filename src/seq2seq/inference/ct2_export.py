@@ -10,8 +10,8 @@ convention is set explicitly:
 * attention: our fused self-attention QKV projection is CTranslate2's fused ``linear[0]``, the
   cross-attention's query and fused key/value projections its ``linear[0]`` and ``linear[1]``;
   scores are scaled by 1/sqrt(head size) in both;
-* feed-forward: ReLU, or GELU in its exact (erf) form, which is what ``F.gelu`` computes
-  (``Activation.GELU``; ``GELUTanh`` is the approximation);
+* feed-forward: ReLU, GELU in its exact (erf) form, which is what ``F.gelu`` computes
+  (``Activation.GELU``; ``GELUTanh`` is the approximation), or swish (``Activation.SWISH``);
 * embeddings: scaled by sqrt(d_model) in both; the position table is ours, written into the model
   (CTranslate2's built-in sinusoids put sines and cosines in halves and start at position 1; ours
   interleave them and start at 0), so the model accepts ``max_positions`` positions, as ours does;
@@ -193,7 +193,7 @@ def vocabulary(processor, side: str, size: int) -> list[str]:
 
 
 # What the export maps of each TransformerConfig field: the values it can write (None: any).
-MAPPED = {"activation": ("relu", "gelu"), **dict.fromkeys((
+MAPPED = {"activation": ("relu", "gelu", "swish"), **dict.fromkeys((
     "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
     "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
     "bos_id", "eos_id"))}
@@ -224,7 +224,8 @@ def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
 
     check_exportable(net)
     cfg = net.config
-    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}[cfg.activation]
+    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+                  "swish": common_spec.Activation.SWISH}[cfg.activation]
     encoder = transformer_spec.TransformerEncoderSpec(
         cfg.num_encoder_layers, cfg.num_heads, pre_norm=cfg.pre_norm, activation=activation
     )
@@ -242,7 +243,7 @@ def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
         _self_attention(layer_spec.self_attention, layer.self_block, layer.self_attn)
         _cross_attention(layer_spec.attention, layer.cross_block, layer.cross_attn)
         _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
-    _linear(decoder.projection, net.decoder.output)  # the tied (or own) output matrix, no bias
+    _linear(decoder.projection, net.decoder.output)  # the tied (or own) output matrix, and its bias if any
 
     special = special_pieces(tokenizer, net)
     spec.register_source_vocabulary(vocabulary(tokenizer.src, "source", cfg.src_vocab_size))

@@ -1,7 +1,8 @@
 """The model card (``README.md``) of an exported model, with Hugging Face Hub metadata.
 
-What the card says comes from the export (:mod:`seq2seq.inference.ct2_export`: the model config,
-parameter count, tokenizer files) and, when the checkpoint sits in a run folder
+What the card says comes from the export (:mod:`seq2seq.inference.ct2_export` or
+:mod:`seq2seq.inference.hf_export`, ``info["format"]``: the model config, parameter count, tokenizer
+files; the usage code and file list are the format's) and, when the checkpoint sits in a run folder
 (``RUN/checkpoints/*.ckpt``), from that run: ``metrics.json`` (scores and their sacreBLEU or ROUGE
 signatures), ``.hydra/config.yaml`` (languages, corpus, tags) and ``.hydra/overrides.yaml`` (the
 training command). Nothing is invented: without a run folder the card says the scores are unknown.
@@ -98,7 +99,9 @@ def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> di
     data = config.get("data") or {}
     languages = [lang for lang in (data.get("src_lang"), data.get("tgt_lang")) if lang]
     dataset = dataset_name(config)
-    tags = ["ctranslate2", "seq2seq", "transformer", task]
+    transformers = info.get("format") == "transformers"
+    tags = ["transformers", info["model_type"]] if transformers else ["ctranslate2"]
+    tags += ["seq2seq", "transformer", task]
     tags += [str(t) for t in config.get("tags") or [] if str(t) not in tags]
     if info.get("quantization"):
         tags.append(f"{info['quantization']}")
@@ -106,7 +109,7 @@ def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> di
     if languages:
         meta["language"] = list(dict.fromkeys(languages))
     meta["license"] = license or "other"
-    meta["library_name"] = "ctranslate2"
+    meta["library_name"] = "transformers" if transformers else "ctranslate2"
     meta["pipeline_tag"] = task
     meta["tags"] = tags
     if dataset:
@@ -161,6 +164,25 @@ def usage_snippet(info: dict, languages: list[str]) -> str:
     ])
 
 
+def transformers_usage(info: dict, languages: list[str]) -> str:
+    """The card's code for a transformers export: tokenizer, generate() with the folder's generation
+    config, and the pipeline where transformers still has it (4.x)."""
+    example = EXAMPLES.get(languages[0] if languages else "", "Your sentence here.")
+    return "\n".join([
+        "```python",
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+        "",
+        f'model_dir = "{info.get("name") or "."}"  # this folder, or its Hub repository',
+        "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
+        "model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)",
+        f"batch = tokenizer([{example!r}], return_tensors=\"pt\", padding=True)",
+        "output = model.generate(**batch)  # as generation_config.json says; num_beams=1 for greedy",
+        "print(tokenizer.batch_decode(output, skip_special_tokens=True))",
+        "# transformers 4.x: pipeline(\"translation\", model=model_dir)(lines, num_beams=...) (its default: 4 beams)",
+        "```",
+    ])
+
+
 def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
     """The card's text: YAML metadata, then the model, its scores, training and usage."""
     metrics, config, overrides = read_run(run)
@@ -170,12 +192,15 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
     languages = meta.get("language", [])
     title = f"seq2seq Transformer {'→'.join(languages)}".strip() if languages else "seq2seq Transformer"
     weights = info.get("quantization") or "float32"
+    transformers = info.get("format") == "transformers"
     parts = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
         f"# {title}",
         f"An encoder–decoder Transformer (Vaswani et al. 2017) trained with the seq2seq template ({task}), exported to "
-        f"[CTranslate2](https://github.com/OpenNMT/CTranslate2) {info.get('ctranslate2_version', '')} with "
-        f"{weights} weights from `{Path(info['checkpoint']).name}`"
+        + (f"Hugging Face [transformers](https://github.com/huggingface/transformers) {info.get('transformers_version', '')}"
+           f" as `{info.get('model_class')}`" if transformers else
+           f"[CTranslate2](https://github.com/OpenNMT/CTranslate2) {info.get('ctranslate2_version', '')}")
+        + f" with {weights} weights from `{Path(info['checkpoint']).name}`"
         + (f" (step {info['global_step']})" if info.get("global_step") is not None else "") + ".",
         "## Model",
         "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in [
@@ -224,6 +249,10 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
         parts.append(f"Training took {metrics['wall_time_s']:.0f} s on {metrics.get('device', 'an unknown device')}"
                      + (f" (commit {metrics['git_commit'][:10]})" if metrics.get("git_commit") else "") + ".")
     parts.append("## Usage")
+    if transformers:
+        parts.append(transformers_usage(info, languages))
+        parts.extend(transformers_notes(info))
+        return "\n\n".join(parts) + "\n"
     parts.append(usage_snippet(info, languages))
     parts.append(
         "CTranslate2's beam search ranks finished hypotheses by `score / length ** length_penalty`; the "
@@ -240,3 +269,26 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
         "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, special tokens)",
     ]))
     return "\n\n".join(parts) + "\n"
+
+
+def transformers_notes(info: dict) -> list[str]:
+    """The card's decoding notes and file list for a transformers export (see
+    :mod:`seq2seq.inference.hf_export`)."""
+    spm_files = list(dict.fromkeys([info["tokenizer"]["source"], info["tokenizer"]["target"]]))
+    mapping = info["length_penalty_mapping"]
+    return [
+        "`generation_config.json` holds the training run's decoding settings. The seq2seq beam search ranks "
+        "finished hypotheses by the GNMT penalty `log_prob / ((5 + n) / 6) ** alpha`, transformers by "
+        "`log_prob / n ** length_penalty`; `length_penalty = alpha * n / (n + 5)` matches it at outputs of n "
+        f"tokens ({mapping['length_penalty']} for alpha {mapping['alpha']} at n = {mapping['typical_length']}; exact at 0), with `early_stopping=True` (a sentence is done at "
+        "`num_beams` finished hypotheses, as in seq2seq). seq2seq limits each output to `1.2 * source_tokens + 10` "
+        "tokens; transformers has one limit per batch (`max_new_tokens`).",
+        "## Files\n" + "\n".join([
+            f"- `config.json`, `model.safetensors`, `generation_config.json`: the {info.get('model_class')} model "
+            "(dimensions in transformers' order: sines then cosines of the position table, see "
+            "`seq2seq.inference.hf_export`)",
+            f"- {', '.join(f'`{name}`' for name in spm_files)}, `vocab.json`, `tokenizer_config.json`: the "
+            "MarianTokenizer (the seq2seq sentencepiece model" + ("" if len(spm_files) == 1 else "s") + ")",
+            "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, decoding settings)",
+        ]),
+    ]

@@ -118,7 +118,7 @@ class Seq2SeqModule(L.LightningModule):
         if config is None:
             fields = dict(self.hparams.model)
             TransformerConfig.check_settings(fields)
-            fields["share_embeddings"] = fields.get("share_embeddings", True) and tokenizer.joint
+            fields["share_embeddings"] = fields.get("share_embeddings", True) and tokenizer.one_vocabulary
             if fields.get("copy_attention") and not tokenizer.joint:
                 raise ConfigError(
                     "model.copy_attention=true copies source tokens into the output and needs one vocabulary "

@@ -79,11 +79,14 @@ class _FusedLinearLabelSmoothedCE(torch.autograd.Function):
     """Forward computes the loss and the input gradients chunk by chunk; backward scales them."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, chunk: int):
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, chunk: int,
+                bias: Tensor | None = None):
         n, vocab = hidden.size(0), weight.size(0)
         dtype = _compute_dtype(hidden)
         w = weight.to(dtype)
         acc = _loss_dtype(dtype)
+        b = bias.to(acc) if bias is not None else None
+        grad_b = torch.zeros(vocab, dtype=acc, device=hidden.device) if ctx.needs_input_grad[5] else None
         smoothed = torch.zeros((), dtype=acc, device=hidden.device)
         nll = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -93,6 +96,8 @@ class _FusedLinearLabelSmoothedCE(torch.autograd.Function):
                 h = hidden[start : start + chunk].to(dtype)
                 t = target[start : start + chunk].unsqueeze(1)
                 z = (h @ w.t()).to(acc)  # (c, V), the only chunk-sized buffer
+                if b is not None:
+                    z += b
                 lse = torch.logsumexp(z, dim=-1, keepdim=True)
                 nll_tok = lse - z.gather(1, t)
                 nll += nll_tok.sum()
@@ -106,6 +111,8 @@ class _FusedLinearLabelSmoothedCE(torch.autograd.Function):
                 if epsilon:
                     g.sub_(epsilon / vocab)
                 g.scatter_add_(1, t, torch.full(t.shape, epsilon - 1.0, dtype=g.dtype, device=g.device))
+                if grad_b is not None:
+                    grad_b += g.sum(dim=0)
                 g = g.to(dtype)
                 if grad_h is not None:
                     grad_h[start : start + chunk] = g @ w
@@ -117,7 +124,9 @@ class _FusedLinearLabelSmoothedCE(torch.autograd.Function):
                         grad_w += part
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
-        ctx.grads = (grad_h, grad_w)
+        if grad_b is not None:
+            grad_b = grad_b.to(bias.dtype)
+        ctx.grads = (grad_h, grad_w, grad_b)
         ctx.mark_non_differentiable(nll)
         return smoothed, nll
 
@@ -125,29 +134,27 @@ class _FusedLinearLabelSmoothedCE(torch.autograd.Function):
     def backward(ctx, grad_smoothed: Tensor, grad_nll: Tensor):
         if ctx.grads is None:
             raise RuntimeError("the fused loss's gradients were already used: it supports one backward pass")
-        grad_h, grad_w = ctx.grads
+        grads = ctx.grads
         ctx.grads = None
-        if grad_h is not None:
-            grad_h = grad_h.mul_(grad_smoothed.to(grad_h.dtype))
-        if grad_w is not None:
-            grad_w = grad_w.mul_(grad_smoothed.to(grad_w.dtype))
-        return grad_h, grad_w, None, None, None
+        grad_h, grad_w, grad_b = (g.mul_(grad_smoothed.to(g.dtype)) if g is not None else None for g in grads)
+        return grad_h, grad_w, None, None, None, grad_b
 
 
 def fused_linear_label_smoothed_ce(
-    hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float = 0.0, chunk: int | None = None
+    hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float = 0.0, chunk: int | None = None,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Summed (smoothed, nll) of the logits ``hidden @ weight.T`` without keeping them.
+    """Summed (smoothed, nll) of the logits ``hidden @ weight.T (+ bias)`` without keeping them.
 
-    ``hidden`` (N, D) states of real target tokens, ``weight`` (V, D) the output matrix (no bias),
-    ``target`` (N,). ``chunk``: tokens projected at once (default from :data:`CHUNK_ELEMENTS`).
+    ``hidden`` (N, D) states of real target tokens, ``weight`` (V, D) the output matrix, ``bias`` (V,)
+    its bias if it has one, ``target`` (N,). ``chunk``: tokens projected at once (default from :data:`CHUNK_ELEMENTS`).
     The gradients are computed in the forward pass, so call it only when a backward pass follows
     (training); it supports one backward pass.
     """
     if chunk is None:
         budget = CHUNK_ELEMENTS.get(hidden.device.type, CHUNK_ELEMENTS["cuda"])
         chunk = max(1, budget // weight.size(0))
-    return _FusedLinearLabelSmoothedCE.apply(hidden, weight, target, float(epsilon), max(1, int(chunk)))
+    return _FusedLinearLabelSmoothedCE.apply(hidden, weight, target, float(epsilon), max(1, int(chunk)), bias)
 
 
 def source_index(src: Tensor, pad_id: int) -> Tensor:

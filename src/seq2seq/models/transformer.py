@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from seq2seq.errors import ConfigError
 from seq2seq.models.loss import fused_linear_label_smoothed_ce, label_smoothed_nll
 
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "swish")
 
 
 @dataclass
@@ -60,11 +60,12 @@ class TransformerConfig:
     d_ff: int = 2048
     dropout: float = 0.1
     attention_dropout: float = 0.0
-    activation: str = "relu"  # "relu" (the paper) or "gelu"
+    activation: str = "relu"  # "relu" (the paper), "gelu" or "swish" (x * sigmoid(x): Marian's, OPUS-MT's)
     max_positions: int = 1024
     pre_norm: bool = False  # the paper is post-LN; pre-LN trains more stably without warmup tuning
     share_embeddings: bool = True  # one embedding table for source and target (needs a joint vocabulary)
     tie_output: bool = True  # output projection shares the target embedding matrix
+    output_bias: bool = False  # a learned bias on the output logits (Marian's; the paper has none)
     # Copy attention (pointer-generator, See et al. 2017): the output distribution mixes the
     # vocabulary softmax with the last decoder layer's cross-attention (heads averaged) scattered onto
     # the source token ids, weighted by a learned gate. For summarization, where outputs reuse
@@ -391,7 +392,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff)
         self.fc2 = nn.Linear(d_ff, d_model)
-        self.act = {"relu": F.relu, "gelu": F.gelu}[activation]
+        self.act = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}[activation]
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
@@ -463,13 +464,16 @@ class DecoderLayer(nn.Module):
 
 
 class VocabularyHead(nn.Linear):
-    """Final decoder states (..., D) -> the target vocabulary (..., V), without bias; its weight is the
-    target embedding matrix when ``tie_output``. ``attention``/``source`` are unused (see :class:`CopyHead`)."""
+    """Final decoder states (..., D) -> the target vocabulary (..., V), with a bias only when
+    ``output_bias`` (initialized to 0); its weight is the target embedding matrix when ``tie_output``.
+    ``attention``/``source`` are unused (see :class:`CopyHead`)."""
 
     needs_attention = False
 
     def __init__(self, cfg: TransformerConfig, embedding: Embedding):
-        super().__init__(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        super().__init__(cfg.d_model, cfg.tgt_vocab_size, bias=cfg.output_bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
         if cfg.tie_output:
             self.weight = embedding.tokens.weight
         else:
@@ -492,7 +496,7 @@ class VocabularyHead(nn.Linear):
         if fused is None:
             fused = torch.is_grad_enabled() and hidden.requires_grad
         if fused:
-            return fused_linear_label_smoothed_ce(hidden, self.weight, target, label_smoothing, chunk)
+            return fused_linear_label_smoothed_ce(hidden, self.weight, target, label_smoothing, chunk, bias=self.bias)
         return label_smoothed_nll(self(hidden), target, label_smoothing)
 
 
