@@ -196,7 +196,7 @@ def vocabulary(processor, side: str, size: int) -> list[str]:
 MAPPED = {"activation": ("relu", "gelu", "swish"), **dict.fromkeys((
     "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
     "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
-    "bos_id", "eos_id"))}
+    "bos_id", "eos_id", "output_bias"))}
 # Why a setting cannot be exported, where there is more to say than its name.
 UNMAPPED = {"copy_attention": "copy attention (a pointer-generator head mixing the vocabulary softmax with copies "
                               "of source tokens), which CTranslate2 has no layer for"}
