@@ -9,12 +9,16 @@ lines) as a user would, lines in and detokenized text out, with
 
 * ``ours``: :class:`seq2seq.inference.predictor.Predictor` (``translate``: tokenization, length-sorted
   batches of ``--batch-sizes``, our cached greedy / beam search in float32, detokenization);
-* ``ct2_fp32`` and ``ct2_int8``: the checkpoint exported by ``seq2seq-export`` with float32 and int8
-  weights, through :class:`seq2seq.inference.ct2_predictor.CT2Predictor`: the same tokenization,
-  the same batches, the same decoding settings (greedy, beam ``--beam`` with the GNMT length penalty
-  alpha ``--alpha``, length limit ``1.2 * n + 10`` per sentence), CTranslate2 doing the search.
-  One ``translate_batch`` call per batch, with the batch's largest limit (``--exact-limits``: one
-  call per distinct limit, exactly ours; only sentences that reach their limit can differ).
+* ``ct2_fp32`` and ``ct2_int8``, the speed peers: the checkpoint exported by ``seq2seq-export`` with
+  float32 and int8 weights, called as CTranslate2's users call it (``CT2Predictor(...,
+  engine_defaults=True)``): ``translate_batch(batch, beam_size=B, max_decoding_length=limit)``, its own
+  length penalty, one hypothesis, no token suppression; the same tokenization and batches as ours;
+* ``ct2_fp32_exact``, the parity check: the float32 export set up to reproduce our search token for
+  token (``num_hypotheses=B``, a neutral length penalty and our GNMT re-ranking, PAD/BOS
+  suppressed), which costs CTranslate2 work ours does not do, so it is not a speed peer.
+  Every CTranslate2 system: one ``translate_batch`` call per batch, with the batch's largest limit
+  (``--exact-limits``: one call per distinct limit, exactly ours; only sentences that reach their
+  limit can differ). Rows name their call (``ct2_call``); the summary describes both.
 
 torch and CTranslate2 get the same number of threads (``--threads``: ``torch.set_num_threads`` and
 CTranslate2's ``intra_threads``; one translation at a time). Each system runs in a process of its
@@ -64,7 +68,10 @@ from seq2seq.inference.predictor import Predictor
 from seq2seq.metrics.text_metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("ours", "ct2_fp32", "ct2_int8")
+SYSTEMS = ("ours", "ct2_fp32", "ct2_int8", "ct2_fp32_exact")
+# How each CTranslate2 system calls translate_batch: "default" is the engine as its users run it (the speed
+# peer); "token_exact" is set up to reproduce our search token for token (a parity check).
+CT2_CALL = {"ct2_fp32": "default", "ct2_int8": "default", "ct2_fp32_exact": "token_exact"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,8 +150,10 @@ def worker(args) -> None:
         if name == "ours":
             predictor = Predictor(net, tokenizer, decoding)
         else:
+            exact = CT2_CALL[name] == "token_exact"
             predictor = CT2Predictor(model, decoding, device=args.device, compute_type="default",
-                                     threads=args.threads, exact_limits=args.exact_limits)
+                                     threads=args.threads, exact_limits=args.exact_limits,
+                                     suppress_special=exact, engine_defaults=not exact)
         generate = predictor.generate
 
         def counted(src):  # target tokens (EOS included) of the best hypotheses
@@ -208,9 +217,11 @@ def main(argv=None) -> None:
     ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
     if not args.ckpt:
         argv += ["--ckpt", str(ckpt)]
-    quantization = {"ct2_fp32": None, "ct2_int8": "int8"}
-    models = {name: ckpt if name == "ours" else export_ctranslate2(ckpt, out / name, quantization[name], force=True)
-              for name in systems}
+    exports = {"ct2_fp32": None, "ct2_int8": "int8"}  # export folder -> quantization
+    exports = {folder: export_ctranslate2(ckpt, out / folder, quantization, force=True)
+               for folder, quantization in exports.items()
+               if any(s.startswith(folder) for s in systems)}
+    models = {name: ckpt if name == "ours" else exports[name.removesuffix("_exact")] for name in systems}
     net, _ = load_model(ckpt)
     strategies = strategies_of(args)
     workers = start_workers(args, models, argv)
@@ -232,7 +243,7 @@ def main(argv=None) -> None:
                     metrics, signatures = score("translation", outputs[name], refs)
                     median = statistics.median(seconds[name])
                     row = {
-                        "system": name, "strategy": label, "batch_size": batch_size, "device": args.device,
+                        "system": name, "ct2_call": CT2_CALL.get(name), "strategy": label, "batch_size": batch_size, "device": args.device,
                         "threads": args.threads,
                         "process": "own", "sentences": len(lines), "seconds": round(median, 3),
                         "seconds_rounds": [round(t, 3) for t in seconds[name]],
@@ -252,6 +263,11 @@ def main(argv=None) -> None:
     summary = {"summary": True, "checkpoint": str(ckpt), "split": f"{args.data}/{args.split}",
                "sentences": len(lines), "device": args.device, "threads": args.threads,
                "exact_limits": args.exact_limits,
+               "ct2_calls": {
+                   "default": "translate_batch(batch, beam_size=B, max_decoding_length=limit): CTranslate2's own "
+                              "length penalty, one hypothesis, nothing suppressed (the speed peer)",
+                   "token_exact": "beam_size=B, num_hypotheses=B, a neutral length penalty and our GNMT re-ranking, "
+                                  "PAD/BOS suppressed (a parity check, not a speed peer)"},
                "num_parameters": net.num_parameters(), "torch": torch.__version__,
                "ctranslate2": ctranslate2.__version__, "python": platform.python_version(),
                "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"}

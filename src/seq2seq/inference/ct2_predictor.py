@@ -73,7 +73,7 @@ class CT2Predictor(Predictor):
 
     def __init__(self, model_dir: str | Path, decoding: DecodingConfig | None = None, *, device: str = "cpu",
                  compute_type: str = "default", threads: int = 0, exact_limits: bool = True,
-                 suppress_special: bool = True):
+                 suppress_special: bool = True, engine_defaults: bool = False):
         ctranslate2 = require_ctranslate2()
         self.tokenizer, self.info = load_exported_tokenizer(model_dir)
         self.decoding = (decoding or DecodingConfig()).validate()
@@ -82,6 +82,7 @@ class CT2Predictor(Predictor):
         config = self.info["model_config"]
         self._max_positions, self._pad_id = int(config["max_positions"]), int(config["pad_id"])
         self.exact_limits, self.suppress_special = exact_limits, suppress_special
+        self.engine_defaults = engine_defaults
         self.net, self.device = None, "cpu"
         self.translator = ctranslate2.Translator(str(model_dir), device=device, compute_type=compute_type,
                                                  intra_threads=threads, inter_threads=1)
@@ -98,9 +99,16 @@ class CT2Predictor(Predictor):
         raise NotImplementedError("predict_loader scores references with the PyTorch model; use Predictor")
 
     def options(self, limit: int) -> dict:
-        """``translate_batch`` keywords for outputs of at most ``limit`` tokens."""
+        """``translate_batch`` keywords for outputs of at most ``limit`` tokens.
+
+        With ``engine_defaults``: CTranslate2 as its users call it, ``beam_size`` and
+        ``max_decoding_length`` only (its own length penalty, one hypothesis, nothing suppressed), so
+        outputs can differ from ours; a speed peer rather than a parity check."""
         cfg = self.decoding
         beam = cfg.strategy == "beam"
+        if self.engine_defaults:
+            return dict(beam_size=cfg.beam_size if beam else 1, max_decoding_length=limit, return_scores=True,
+                        return_end_token=True)
         options = dict(
             beam_size=cfg.beam_size if beam else 1, num_hypotheses=cfg.beam_size if beam else 1,
             length_penalty=NEUTRAL_LENGTH_PENALTY if beam else 0.0, return_scores=True, return_end_token=True,
