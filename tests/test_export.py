@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import sys
@@ -18,7 +17,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from helpers import REPO, SHORT_TRAINING_OVERRIDES, command_env, compose_train
+from helpers import REPO, SHORT_TRAINING_OVERRIDES, command_env, compose_train, optional_module
 from helpers.forked_commands import run_command
 from helpers.random_models import random_checkpoint, toy_tokenizers
 from helpers.random_models import toy_pairs as toy_corpus
@@ -30,13 +29,7 @@ from seq2seq.inference.predictor import Predictor
 
 
 def _ctranslate2():
-    try:
-        import ctranslate2
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("ctranslate2 is not installed; CI installs the dev extra, which has it")
-        pytest.skip("ctranslate2 is not installed (pip install 'seq2seq[export]')")
-    return ctranslate2
+    return optional_module("ctranslate2", "export")
 
 
 @pytest.fixture(scope="module")

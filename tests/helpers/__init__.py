@@ -84,6 +84,19 @@ def compose_train(tmp_path: Path, overrides: list[str] = (), config_name: str = 
     return cfg
 
 
+def optional_module(name: str, extra: str):
+    """Import the optional dependency ``name``: skipped without it, failed under CI=true (where the dev
+    extra, which has it, is installed)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed; CI installs the dev extra, which has it")
+        pytest.skip(f"{name} is not installed (pip install 'seq2seq[{extra}]')")
+
+
 def shared_corpus(name: str) -> Path:
     """``../shared/data/<name>``; a test without it skips, except under ``CI=true`` (CI has the corpora)."""
     folder = SHARED_DATA / name

@@ -3,9 +3,7 @@ layouts of our network that export, with the class that represents each."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
+from helpers import optional_module
 
 LAYOUTS = {  # name: (tokenizer, model settings, transformers class)
     "post-LN relu, shared + tied": ("joint", {}, "MarianMTModel"),
@@ -24,12 +22,7 @@ LAYOUTS = {  # name: (tokenizer, model settings, transformers class)
 
 def transformers_or_skip():
     """The transformers module, quiet (no progress bars or info logs); skips without it, fails under CI=true."""
-    try:
-        import transformers
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("transformers is not installed; CI installs the dev extra, which has it")
-        pytest.skip("transformers is not installed (pip install 'seq2seq[transformers]')")
+    transformers = optional_module("transformers", "transformers")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
