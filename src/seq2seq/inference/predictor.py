@@ -133,7 +133,7 @@ class Predictor:
     def source_ids(self, lines: Sequence[str], *, max_src_len: int | None = None,
                    warn: Callable[[str], None] | None = None) -> list[list[int]]:
         """Source ids of non-blank ``lines`` as :meth:`translate` encodes them (cut to ``max_src_len``
-        with a warning); for decoders fed sentence by sentence (:mod:`seq2seq.decoding.continuous`)."""
+        with a warning)."""
         return self._sources(lines, list(range(len(lines))), max_src_len, warn, 1)
 
     def n_best_pairs(self, hypotheses: Sequence[Hypothesis], n_best: int) -> list[tuple[str, float]]:

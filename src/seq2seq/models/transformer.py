@@ -156,10 +156,8 @@ class Padded:
     def tokens(self, ids: Tensor) -> Tensor:
         return ids
 
-    def positions(self, table: Tensor, offset: int | Tensor) -> Tensor:
-        """Position vectors (L, D) from ``offset`` on; a tensor of per-row offsets (B,) gives (B, L, D)."""
-        if isinstance(offset, Tensor):
-            return table[offset.unsqueeze(1) + torch.arange(self.length, device=offset.device)]
+    def positions(self, table: Tensor, offset: int) -> Tensor:
+        """Position vectors (L, D) from ``offset`` on."""
         return table[offset : offset + self.length]
 
     def heads(self, x: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:
@@ -241,14 +239,11 @@ class Embedding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = Dropout(dropout)
 
-    def forward(self, tokens: Tensor, offset: int | Tensor = 0, layout: Padded | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, offset: int = 0, layout: Padded | None = None) -> Tensor:
         """tokens (B, L) -> (B, L, D), or (N, D) in a :class:`Packed` layout; ``offset`` is the
-        position of the first token (incremental decoding), or a tensor (B,) of one per row (rows
-        that joined a running batch at different steps)."""
+        position of the first token (incremental decoding)."""
         length = tokens.size(1)
-        # Per-row offsets are not checked here (a device sync per step): their caller keeps each
-        # row within its output limit, which is below max_positions.
-        if not isinstance(offset, Tensor) and offset + length > self.positions.size(0):
+        if offset + length > self.positions.size(0):
             raise ValueError(
                 f"sequence of length {offset + length} exceeds max_positions={self.positions.size(0)}"
             )
@@ -602,12 +597,6 @@ class TransformerDecoder(_Stack):
     def new_cache(self) -> KVCache:
         return KVCache(len(self.layers))
 
-    def memory_keys_values(self, memory: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Every layer's cross-attention keys and values (B, H, S, Dh) of encoder states ``memory``
-        (B, S, D): what a cache holds after the first step (for rows that join a running batch)."""
-        pairs = [layer.cross_attn.memory_keys_values(memory) for layer in self.layers]
-        return [k for k, _ in pairs], [v for _, v in pairs]
-
     def project(self, hidden: Tensor) -> Tensor:
         """Decoder states (..., D) -> vocabulary logits (..., V) (before any copy mixing)."""
         return self.output(hidden)
@@ -622,7 +611,6 @@ class TransformerDecoder(_Stack):
         layout: Padded | None = None,
         memory_layout: Padded | None = None,
         cache: KVCache | None = None,
-        positions: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, dict[str, list]]:
         """Run the stack: ``(hidden, attention, weights)``.
@@ -631,11 +619,9 @@ class TransformerDecoder(_Stack):
         layer's cross-attention averaged over heads, rows of ``layout`` with S columns, when the
         head needs it (else None). ``weights``: ``{"self": [...], "cross": [...]}`` per layer when
         ``need_weights`` (Nones otherwise). With a ``cache``, ``tokens`` are the new positions only
-        and the cache advances; ``memory`` may then be None after the first step. ``positions`` (B,):
-        the position of each row's first token, where rows are at different positions (a continuous
-        batch; the default is the cache's length, or 0); such rows pass a ``self_attn_mask`` too.
+        and the cache advances; ``memory`` may then be None after the first step.
         """
-        offset = positions if positions is not None else cache.length if cache is not None else 0
+        offset = cache.length if cache is not None else 0
         is_causal = self_attn_mask is None
         self_keep, memory_keep = blocked_to_keep(self_attn_mask), blocked_to_keep(memory_mask)
         layout = layout or Padded(*tokens.shape)
