@@ -65,7 +65,7 @@ def serve(cfg: DictConfig) -> None:
         ckpt_path = list(ckpt_path)
     translator = Translator.from_checkpoint(ckpt_path, cfg.get("device"), decoding=decoding,
                                             batch_size=batching.max_batch, max_src_len=cfg.get("max_src_len"),
-                                            tgt_lang=cfg.get("tgt_lang"))
+                                            tgt_lang=cfg.get("tgt_lang"), quantize=cfg.get("quantize"))
     translator.source_tokenizer()  # a multilingual checkpoint serves one target language: tgt_lang, checked now
     app = create_app(translator, model_info(translator, ckpt_path), limits=limits, batching=batching,
                      threads=torch.get_num_threads())

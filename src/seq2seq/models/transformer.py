@@ -270,8 +270,17 @@ class KVCache:
     def select(self, index: Tensor, self_only: bool = False) -> None:
         """Keep batch rows ``index`` (B') in that order, for every layer's buffers (``self_only``:
         the self-attention buffers only, when every row keeps its source)."""
-        stores = (self.self_k, self.self_v) if self_only else (self.self_k, self.self_v, self.cross_k, self.cross_v)
-        for store in stores:
+        for store in (self.self_k, self.self_v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    # Only the filled positions are copied (beam search reorders at every step);
+                    # the new buffer keeps the old one's capacity for the steps to come.
+                    kept = t.new_empty(index.numel(), *t.shape[1:])
+                    torch.index_select(t[:, :, : self.length], 0, index, out=kept[:, :, : self.length])
+                    store[i] = kept
+        if self_only:
+            return
+        for store in (self.cross_k, self.cross_v):
             for i, t in enumerate(store):
                 if t is not None:
                     store[i] = t.index_select(0, index)
@@ -473,10 +482,15 @@ class VocabularyHead(nn.Linear):
             self.weight = embedding.tokens.weight
         else:
             nn.init.normal_(self.weight, std=cfg.d_model**-0.5)
+        self.projection: nn.Module | None = None  # an int8 copy for inference (inference.quantize)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Decoder states (..., D) -> logits (..., V), through the int8 copy when there is one."""
+        return self(hidden) if self.projection is None else self.projection(hidden)
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Unnormalized scores whose softmax is the output distribution: here the logits."""
-        return self(hidden)
+        return self.logits(hidden)
 
     def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities in float32."""
@@ -509,7 +523,7 @@ class CopyHead(VocabularyHead):
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities (float32) of the mixed distribution: their softmax is the distribution itself."""
-        logits = self(hidden).float()
+        logits = self.logits(hidden).float()
         gate = torch.sigmoid(self.gate(hidden).float())
         attention = attention.float()
         copy = torch.zeros_like(logits).scatter_add_(-1, source.expand_as(attention), attention)
