@@ -303,15 +303,6 @@ class KVCache:
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
-def pad_dim(t: Tensor, dim: int, size: int, value=0) -> Tensor:
-    """``t`` padded with ``value`` at the end of ``dim`` to ``size`` (as it is when not shorter)."""
-    if t.size(dim) >= size:
-        return t
-    shape = list(t.shape)
-    shape[dim] = size - t.size(dim)
-    return torch.cat([t, t.new_full(shape, value)], dim=dim)
-
-
 class MultiHeadAttention(nn.Module):
     """Multi-head attention over SDPA; self-attention uses one fused QKV projection."""
 
