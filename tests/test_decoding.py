@@ -15,6 +15,7 @@ from seq2seq.decoding.search import (
     greedy_search,
     length_penalty,
     max_output_lengths,
+    rerank,
     sequence_scores,
 )
 from seq2seq.errors import ConfigError
@@ -249,6 +250,7 @@ def test_config_from_mapping_ignores_unknown_keys():
         {"strategy": "sampling", "temperature": 0.0},
         {"strategy": "sampling", "top_p": 0.0},
         {"beam_size": 0},
+        {"strategy": "beam", "length_penalty": "wu"},
     ],
 )
 def test_bad_config_is_a_user_error(bad):
@@ -259,3 +261,22 @@ def test_bad_config_is_a_user_error(bad):
 def test_beam_larger_than_vocabulary_is_a_user_error():
     with pytest.raises(ConfigError):
         beam_search(make_model(), make_sources([3]), DecodingConfig(strategy="beam", beam_size=VOCAB))
+
+
+@pytest.mark.parametrize("kind,alpha", [("average", 1.0), ("average", 0.5), ("gnmt", 1.0), ("gnmt", 0.0)])
+def test_another_length_penalty_is_a_reranking_of_one_beam_search(kind, alpha):
+    """The search keeps the same finished hypotheses whatever the penalty: reranking the n-best of
+    one search (GNMT 0.6) gives exactly what a search with the other penalty returns, scores included."""
+    model, src = make_model(eos_bias=1.0), make_sources(seed=5)
+    base = generate(model, src, DecodingConfig(strategy="beam", beam_size=4, n_best=4))
+    other = generate(model, src, DecodingConfig(strategy="beam", beam_size=4, n_best=4, alpha=alpha, length_penalty=kind))
+    for group, expected in zip(base, other):
+        got = rerank(group, alpha, kind)
+        assert [(h.tokens, h.eos) for h in got] == [(h.tokens, h.eos) for h in expected]
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-6)
+    if kind == "average" and alpha == 1.0:  # the average log-probability per scored token
+        assert all(h.score == pytest.approx(h.log_prob / h.num_scored) for group in other for h in group)
+        # forced decoding reports the same scores
+        outputs = [group[0].tokens for group in other]
+        scored = sequence_scores(model, src, outputs, [group[0].eos for group in other], alpha, kind)
+        assert [s for s, _ in scored] == pytest.approx([group[0].score for group in other], abs=1e-4)

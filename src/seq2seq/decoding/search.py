@@ -14,9 +14,13 @@ or B * samples), V target vocabulary.
 
 Scores. Every :class:`Hypothesis` carries ``log_prob``, the sum of the model's log-probabilities of
 its scored tokens (its tokens, plus the EOS when it ended with one), and ``score`` = ``log_prob /
-lp`` with the GNMT length penalty ``lp = ((5 + n) / 6) ** alpha`` (Wu et al., 2016), n the number
-of scored tokens. Constraints (``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove
-candidates; they never renormalize the log-probabilities of the others, so
+lp``, n the number of scored tokens, with ``length_penalty="gnmt"`` (the default) the GNMT penalty
+``lp = ((5 + n) / 6) ** alpha`` (Wu et al., 2016), with ``"average"`` ``lp = n ** alpha`` (fairseq's
+``--lenpen``, CTranslate2's and transformers' ``length_penalty``; alpha 1 ranks by the average
+log-probability per token). The beam search keeps the same finished hypotheses whatever the penalty
+(it ranks extensions by their summed log-probabilities): the penalty only orders them, so
+:func:`rerank` gives another penalty's choice from the n-best of one search. Constraints
+(``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove candidates; they never renormalize the log-probabilities of the others, so
 :func:`sequence_scores` (teacher forcing) reproduces the scores the searches report.
 
 Length limits: a source of ``n`` tokens (EOS included) gets at most ``int(max_len_a * n +
@@ -46,6 +50,7 @@ from seq2seq.errors import ConfigError
 from seq2seq.models.transformer import Seq2SeqTransformer
 
 STRATEGIES = ("greedy", "beam", "sampling")
+LENGTH_PENALTIES = ("gnmt", "average")
 
 
 @dataclass
@@ -57,7 +62,8 @@ class DecodingConfig:
     max_len_b: int = 10
     min_len: int = 0  # EOS is blocked for the first min_len output tokens
     beam_size: int = 5
-    alpha: float = 0.6  # GNMT length penalty exponent; 0 ranks by the plain sum of log-probabilities
+    alpha: float = 0.6  # length penalty exponent; 0 ranks by the plain sum of log-probabilities
+    length_penalty: str = "gnmt"  # "gnmt": ((5 + n) / 6) ** alpha; "average": n ** alpha (see the module docstring)
     n_best: int = 1  # hypotheses returned per source (beam: <= beam_size; sampling: independent samples)
     no_repeat_ngram_size: int = 0  # 0 = off; n > 0 forbids repeating any n-gram of the output
     temperature: float = 1.0  # sampling only
@@ -76,6 +82,8 @@ class DecodingConfig:
         """Raise :class:`~seq2seq.errors.ConfigError` for values no search can use; return self."""
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"decoding.strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.length_penalty not in LENGTH_PENALTIES:
+            raise ConfigError(f"decoding.length_penalty={self.length_penalty!r}: use one of {', '.join(LENGTH_PENALTIES)}")
         if self.beam_size < 1:
             raise ConfigError(f"decoding.beam_size={self.beam_size} must be at least 1")
         if self.n_best < 1:
@@ -110,9 +118,17 @@ class Hypothesis:
         return len(self.tokens) + int(self.eos)
 
 
-def length_penalty(length: float | Tensor, alpha: float):
-    """GNMT length penalty ``((5 + length) / 6) ** alpha``."""
-    return ((5.0 + length) / 6.0) ** alpha
+def length_penalty(length: float | Tensor, alpha: float, kind: str = "gnmt"):
+    """The divisor of a hypothesis' log-probability: GNMT's ``((5 + length) / 6) ** alpha``, or
+    ``length ** alpha`` (``kind="average"``)."""
+    return ((5.0 + length) / 6.0) ** alpha if kind == "gnmt" else length ** alpha
+
+
+def rerank(hypotheses: Sequence[Hypothesis], alpha: float, kind: str = "gnmt") -> list[Hypothesis]:
+    """``hypotheses`` rescored with another length penalty, best first (ties keep their order)."""
+    rescored = [Hypothesis(h.tokens, h.log_prob / length_penalty(max(h.num_scored, 1), alpha, kind), h.log_prob, h.eos)
+                for h in hypotheses]
+    return sorted(rescored, key=lambda h: -h.score)
 
 
 def max_output_lengths(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> Tensor:
@@ -304,7 +320,7 @@ def _greedy_or_sample(
     for row in range(rows):
         n = len_l[row]
         tokens = out_l[row][: n - 1 if eos_l[row] else n]
-        score = lp_l[row] / length_penalty(n, cfg.alpha)
+        score = lp_l[row] / length_penalty(n, cfg.alpha, cfg.length_penalty)
         hyps.append(Hypothesis(tokens, score, lp_l[row], eos_l[row]))
     grouped = [hyps[i * copies : (i + 1) * copies] for i in range(src.size(0))]
     return [sorted(group, key=lambda h: -h.score) for group in grouped] if copies > 1 else grouped
@@ -312,7 +328,7 @@ def _greedy_or_sample(
 
 def beam_step(
     scores: Tensor, logprobs: Tensor, outputs: Tensor, step: int, limits: Sequence[int],
-    finished: Sequence[list[Hypothesis]], k: int, alpha: float, eos_id: int,
+    finished: Sequence[list[Hypothesis]], cfg: DecodingConfig, eos_id: int,
 ) -> tuple[Tensor, Tensor, Tensor, list[bool]]:
     """One step of fairseq's beam search for A sentences (:func:`beam_search`).
 
@@ -326,7 +342,8 @@ def beam_step(
     the k best non-EOS extensions, ``(beam, token, summed score)`` each (A, k), and which sentences are done.
     """
     n_active, beams = scores.shape
-    vocab = logprobs.size(-1)
+    vocab, k = logprobs.size(-1), cfg.beam_size
+    penalty = length_penalty(step, cfg.alpha, cfg.length_penalty)  # every hypothesis finishing now has step tokens
     candidates = (scores.unsqueeze(-1) + logprobs.view(n_active, beams, vocab)).view(n_active, beams * vocab)
     cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # (A, 2k), best first
     cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
@@ -347,7 +364,7 @@ def beam_step(
                 continue
             out = prefixes[a][beam_l[a][j]] + ([] if eos_l[a][j] else [token_l[a][j]])
             total = score_l[a][j]
-            finished[a].append(Hypothesis(out, total / length_penalty(step, alpha), total, eos_l[a][j]))
+            finished[a].append(Hypothesis(out, total / penalty, total, eos_l[a][j]))
     # The first k non-EOS candidates continue: sort positions with EOS pushed to the end.
     positions = torch.arange(2 * k, device=scores.device)
     order = (positions + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).indices  # (A, k)
@@ -358,7 +375,7 @@ def beam_step(
             row = outputs[a * beams + int(next_beam[a, 0])].tolist()
             total = float(next_scores[a, 0])
             finished[a].append(Hypothesis(row + [int(next_token[a, 0])],
-                                          total / length_penalty(step, alpha), total, False))
+                                          total / penalty, total, False))
     return next_beam, next_token, next_scores, done
 
 
@@ -391,7 +408,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         step += 1
         next_beam, next_token, next_scores, done = beam_step(
             scores, logprobs, prefix[:, 1:], step, [limits[b] for b in active],
-            [finished[b] for b in active], k, cfg.alpha, mc.eos_id)
+            [finished[b] for b in active], cfg, mc.eos_id)
         sentence = torch.arange(len(active), device=device)
         if any(done):
             sentence = sentence[torch.tensor([not d for d in done], device=device)]
@@ -446,6 +463,7 @@ def sequence_scores(
     outputs: list[list[int]],
     eos: list[bool] | bool = True,
     alpha: float = 0.6,
+    kind: str = "gnmt",
 ) -> list[tuple[float, float]]:
     """Teacher-forced ``(score, log_prob)`` of given outputs, as the searches compute them.
 
@@ -465,5 +483,5 @@ def sequence_scores(
     results = []
     for i, t in enumerate(targets):
         total = float(token_lp[i, : len(t)].sum())
-        results.append((total / length_penalty(len(t), alpha), total))
+        results.append((total / length_penalty(len(t), alpha, kind), total))
     return results

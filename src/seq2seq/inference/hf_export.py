@@ -240,10 +240,13 @@ def from_transformers(state: dict[str, torch.Tensor], cfg: TransformerConfig) ->
 
 
 # ----------------------------------------------------------------------- config and decoding
-def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH) -> float:
-    """transformers' ``length_penalty`` closest to our GNMT ``alpha`` around outputs of
-    ``typical_length`` tokens (EOS included): the exponent whose penalty changes with the length as
-    fast, in ``log n``, as ``((5 + n) / 6) ** alpha`` does there, ``alpha * n / (n + 5)``. Exact at 0."""
+def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH, kind: str = "gnmt") -> float:
+    """transformers' ``length_penalty`` for ours: ``alpha`` itself with ``kind="average"`` (the same
+    ``n ** alpha``); for GNMT's ``alpha`` the closest around outputs of ``typical_length`` tokens (EOS
+    included): the exponent whose penalty changes with the length as fast, in ``log n``, as
+    ``((5 + n) / 6) ** alpha`` does there, ``alpha * n / (n + 5)``. Exact at 0."""
+    if kind == "average":
+        return alpha
     return round(alpha * typical_length / (typical_length + 5.0), 4)
 
 
@@ -278,7 +281,7 @@ def generation_settings(cfg: TransformerConfig, decoding: DecodingConfig) -> dic
         "max_length": cfg.max_positions,
     }
     if beam:  # (transformers refuses beam settings without beams)
-        settings.update(num_beams=decoding.beam_size, early_stopping=True, length_penalty=length_penalty(decoding.alpha))
+        settings.update(num_beams=decoding.beam_size, early_stopping=True, length_penalty=length_penalty(decoding.alpha, kind=decoding.length_penalty))
     if decoding.min_len:
         settings["min_new_tokens"] = decoding.min_len
     if decoding.no_repeat_ngram_size:

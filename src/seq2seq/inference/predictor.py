@@ -197,7 +197,7 @@ class Predictor:
         """Force-decode ``targets[i]`` given ``sources[i]``: one :class:`PairScore` per pair, in input order.
 
         The target is scored with its EOS, as the searches score a hypothesis that ended with EOS
-        (:func:`~seq2seq.decoding.search.sequence_scores`, length penalty ``decoding.alpha``), so a
+        (:func:`~seq2seq.decoding.search.sequence_scores`, ``decoding.length_penalty`` with ``decoding.alpha``), so a
         search's output scores what the search reported. A blank target is the empty output (EOS
         alone). A pair with a blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
         gives a blank line score 0.0 (with a warning when its target is not blank). Sources are cut
@@ -227,13 +227,13 @@ class Predictor:
                 tgt_ids[j], eos[j] = ids[:positions], False
         done = len(sources) - len(todo)
         lengths = [max(len(s), len(t) + 1) for s, t in zip(src_ids, tgt_ids)]
-        alpha = self.decoding.alpha
+        alpha, kind = self.decoding.alpha, self.decoding.length_penalty
         was_training = self.net.training
         self.net.eval()
         try:
             for batch in make_batches(lengths, batch_size, max_tokens):
                 src = self._padded([src_ids[j] for j in batch]).to(self.device)
-                scored = sequence_scores(self.net, src, [tgt_ids[j] for j in batch], [eos[j] for j in batch], alpha)
+                scored = sequence_scores(self.net, src, [tgt_ids[j] for j in batch], [eos[j] for j in batch], alpha, kind)
                 for j, (score, log_prob) in zip(batch, scored):
                     results[todo[j]] = PairScore(log_prob, len(tgt_ids[j]) + int(eos[j]), score)
                 done += len(batch)
