@@ -107,6 +107,14 @@ def family(cfg: TransformerConfig) -> str:
     return "pegasus" if cfg.pre_norm else "marian"
 
 
+# What the export maps of each TransformerConfig field: the values it can write (None: any); any
+# other field (a model variant) must keep its default.
+MAPPED = {"activation": tuple(ACTIVATIONS), **dict.fromkeys((
+    "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
+    "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
+    "bos_id", "eos_id", "output_bias"))}
+
+
 def check_exportable(cfg: TransformerConfig) -> None:
     """Raise :class:`ConfigError` for a network no transformers class computes."""
     if cfg.copy_attention:
@@ -114,9 +122,10 @@ def check_exportable(cfg: TransformerConfig) -> None:
             "this checkpoint has copy attention (a pointer-generator head mixing the vocabulary softmax with "
             "copies of source tokens), which no transformers model class has; it cannot be exported to transformers"
         )
-    if cfg.activation not in ACTIVATIONS:
-        raise ConfigError(f"activation={cfg.activation!r} has no transformers counterpart here "
-                          f"({', '.join(ACTIVATIONS)})")
+    refused = [f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})"
+               for name, value, allowed in cfg.settings_outside(MAPPED)]
+    if refused:
+        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to transformers")
     if cfg.pre_norm and not cfg.share_embeddings:
         raise ConfigError(
             "this pre-LN checkpoint has separate source and target vocabularies; transformers' pre-LN "

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -107,6 +107,18 @@ class TransformerConfig:
         if self.copy_attention and self.src_vocab_size != self.tgt_vocab_size:
             raise ConfigError("model.copy_attention=true needs one vocabulary for both sides (src_vocab_size == "
                               "tgt_vocab_size): set data.joint_vocab=true or model.copy_attention=false")
+
+    def settings_outside(self, mapped: Mapping[str, tuple | None]) -> list[tuple[str, Any, tuple]]:
+        """``(field, value, allowed values)`` of every setting a consumer (an export) cannot represent:
+        ``mapped[field]`` lists the values it maps (None: any); a field it does not name must keep its
+        default, so a model variant added later is refused until the consumer maps it."""
+        defaults = TransformerConfig()
+        outside = []
+        for f in fields(self):
+            value, allowed = getattr(self, f.name), mapped.get(f.name, (getattr(defaults, f.name),))
+            if allowed is not None and value not in allowed:
+                outside.append((f.name, value, allowed))
+        return outside
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
