@@ -9,7 +9,7 @@ import pytest
 
 from helpers import make_job
 from helpers.forked_commands import run_command
-from seq2seq.analysis.sweep import columns_of, read_job, report
+from seq2seq.analysis.sweep import columns_of, read_job, report, split_overrides
 from seq2seq.report import main
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
@@ -78,6 +78,11 @@ def test_wall_time_from_folder_timestamps(tmp_path):
         if other.name != "config.yaml":
             os.utime(other, (start + 1, start + 1))
     assert read_job(job)["wall_time_s"] == 90
+
+
+def test_split_overrides_single_job_keeps_everything():
+    common, varying = split_overrides([{"overrides": "a=1 b=2"}])
+    assert common == [] and varying == ["a=1 b=2"]
 
 
 def test_out_folder_and_cli(tmp_path, capsys):

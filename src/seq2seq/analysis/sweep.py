@@ -268,6 +268,26 @@ def _fmt(column: str, value: Any) -> str:
     return str(value).replace("|", "\\|")  # signatures hold |, which would split Markdown cells
 
 
+def split_overrides(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """(overrides common to every job, each job's other overrides joined): what tells jobs apart."""
+    per_job = [str(row.get("overrides") or "").split() for row in rows]
+    common = [o for o in per_job[0] if all(o in job for job in per_job[1:])] if len(per_job) > 1 else []
+    return common, [" ".join(o for o in job if o not in common) for job in per_job]
+
+
+def to_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A Markdown table; the overrides column shows what differs between jobs, the rest goes above."""
+    common, varying = split_overrides(rows)
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = [
+        "| " + " | ".join(_fmt(c, vary if c == "overrides" else row.get(c)) for c in columns) + " |"
+        for row, vary in zip(rows, varying)
+    ]
+    intro = [f"Overrides of every job: `{' '.join(common)}`", ""] if common else []
+    return "\n".join([*intro, header, rule, *body]) + "\n"
+
+
 def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
