@@ -77,7 +77,7 @@ def child_prepare(options: dict) -> dict:
     dm.prepare_data()
     seconds = time.perf_counter() - start
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    tok = dm.tokenizer or dm._tokenizer()
+    tok = dm.training_tokenizer()  # from the cache prepare_data just filled
     return {"seconds": seconds, "cpu_s": _cpu_s() - cpu, "steps": dm.prepare_times,
             "maxrss_self_mb": me.ru_maxrss / 1024, "maxrss_children_mb": kids.ru_maxrss / 1024,
             "vocab_size": tok.src_vocab_size}

@@ -16,10 +16,7 @@ Phases, one after the other (never at the same time):
    warm-up of two requests per client. Reports requests/s and served sentences/s (one sentence per
    request: the same number), latency p50/p95/p99/mean/max in ms (successful requests), errors
    (a non-200 status, a body without a translation, a broken connection), and the server's
-   batches over the phase (``GET /stats``: how many, their mean size, the histogram). With continuous
-   batching (the server's default; ``--set continuous_batching=false`` for batch at a time) a batch
-   is a group of requests that joined the running search together, and the report adds decoder
-   ``steps`` and ``mean_in_flight`` (sentences per step).
+   batches over the phase (``GET /stats``: how many, their mean size, the histogram).
 2. **offline**: the server stopped (when this script started it), the sentences it served are
    translated again in this process with :meth:`seq2seq.api.Translator.translate`: the checkpoint,
    decoding settings, device and torch threads the server reported in ``GET /info``, in batches of
@@ -132,10 +129,6 @@ def load_phase(url: str, sentences: list[str], args) -> tuple[dict, list[str]]:
         "compute_share": round((after["compute_s"] - before["compute_s"]) / wall, 3),
         "first_errors": result["first_errors"],
     }
-    if "steps" in after:  # continuous batching: decoder steps, and sentences in flight per step
-        steps = after["steps"] - before["steps"]
-        report["steps"] = steps
-        report["mean_in_flight"] = round((after["step_sentences"] - before["step_sentences"]) / steps, 2) if steps else None
     return report, served
 
 
@@ -214,8 +207,7 @@ def main(argv: list[str] | None = None) -> None:
           "offline_sentences_per_s": offline[0]["sentences_per_s"],
           "ratio": round(load["sentences_per_s"] / offline[0]["sentences_per_s"], 3),
           "ratio_input_order": round(load["sentences_per_s"] / offline[1]["sentences_per_s"], 3),
-          "errors": load["errors"], "p95_ms": load["latency_ms"]["p95"], "mean_batch": load["mean_batch"],
-          "continuous": info["batching"].get("continuous", False), "mean_in_flight": load.get("mean_in_flight")})
+          "errors": load["errors"], "p95_ms": load["latency_ms"]["p95"], "mean_batch": load["mean_batch"]})
 
 
 if __name__ == "__main__":

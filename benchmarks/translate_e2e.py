@@ -9,6 +9,8 @@ lines) as a user would, lines in and detokenized text out, with
 
 * ``ours``: :class:`seq2seq.inference.predictor.Predictor` (``translate``: tokenization, length-sorted
   batches of ``--batch-sizes``, our cached greedy / beam search in float32, detokenization);
+* ``ours_int8``: the same with ``quantize="int8"`` (:mod:`seq2seq.inference.quantize`: every linear
+  layer in int8), CPU only; compared with ``ct2_int8``;
 * ``ct2_fp32`` and ``ct2_int8``, the speed peers: the checkpoint exported by ``seq2seq-export`` with
   float32 and int8 weights, called as CTranslate2's users call it (``CT2Predictor(...,
   engine_defaults=True)``): ``translate_batch(batch, beam_size=B, max_decoding_length=limit)``, its own
@@ -30,8 +32,8 @@ are the median of ``--rounds`` timed passes over the whole split, timed inside t
 systems' passes are interleaved, the order rotating every round, so background load slows them
 alike. ``bleu`` / ``chrf`` are sacreBLEU's against the references (with the signature),
 ``identical_to_ours`` the fraction of lines whose output equals ours. The last line is a summary
-with the ratios ``{strategy}_b{batch}_ours/ct2_fp32`` and ``{strategy}_b{batch}_ct2_int8/ours``
-of sentences per second.
+with the ratios ``{strategy}_b{batch}_ours/ct2_fp32``, ``{strategy}_b{batch}_ct2_int8/ours`` and
+``{strategy}_b{batch}_ours_int8/ct2_int8`` of sentences per second.
 
 Without ``--ckpt`` a small Multi30k en-de model is trained first for ``--train-minutes``
 (``python -m seq2seq.train experiment=multi30k_en_de data.root=--data model/size=--size``) into
@@ -65,10 +67,11 @@ from seq2seq.inference.checkpoint import load_model
 from seq2seq.inference.ct2_export import export_ctranslate2, require_ctranslate2
 from seq2seq.inference.ct2_predictor import CT2Predictor
 from seq2seq.inference.predictor import Predictor
+from seq2seq.inference.quantize import quantize
 from seq2seq.metrics.text_metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("ours", "ct2_fp32", "ct2_int8", "ct2_fp32_exact")
+SYSTEMS = ("ours", "ours_int8", "ct2_fp32", "ct2_int8", "ct2_fp32_exact")
 # How each CTranslate2 system calls translate_batch: "default" is the engine as its users run it (the speed
 # peer); "token_exact" is set up to reproduce our search token for token (a parity check).
 CT2_CALL = {"ct2_fp32": "default", "ct2_int8": "default", "ct2_fp32_exact": "token_exact"}
@@ -141,13 +144,14 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     name, model = args.worker, Path(args.worker_model)
     lines, _ = read_split(args)
-    if name == "ours":
+    if name.startswith("ours"):
         net, tokenizer = load_model(model, args.device)
+        net = quantize(net, "int8" if name == "ours_int8" else None, torch.device(args.device))
     tokens = 0
 
     def build(decoding):
         nonlocal tokens
-        if name == "ours":
+        if name.startswith("ours"):
             predictor = Predictor(net, tokenizer, decoding)
         else:
             exact = CT2_CALL[name] == "token_exact"
@@ -212,6 +216,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: --device cuda, but ctranslate2 {ctranslate2.__version__} has no CUDA support here "
                          "(get_cuda_device_count() == 0)")
     systems = tuple(s for s in SYSTEMS if s == "ours" or s in args.systems)
+    if args.device == "cuda":
+        systems = tuple(s for s in systems if s != "ours_int8")  # torch's int8 kernels are the CPU's
     out = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="translate_e2e-"))
     lines, refs = read_split(args)
     ckpt = Path(args.ckpt) if args.ckpt else train(args, out)
@@ -221,7 +227,7 @@ def main(argv=None) -> None:
     exports = {folder: export_ctranslate2(ckpt, out / folder, quantization, force=True)
                for folder, quantization in exports.items()
                if any(s.startswith(folder) for s in systems)}
-    models = {name: ckpt if name == "ours" else exports[name.removesuffix("_exact")] for name in systems}
+    models = {name: ckpt if name.startswith("ours") else exports[name.removesuffix("_exact")] for name in systems}
     net, _ = load_model(ckpt)
     strategies = strategies_of(args)
     workers = start_workers(args, models, argv)
@@ -279,6 +285,9 @@ def main(argv=None) -> None:
                 summary[f"{label}_b{batch_size}_ours/ct2_fp32"] = round(ours / rate["ct2_fp32", label, batch_size], 3)
             if "ct2_int8" in systems:
                 summary[f"{label}_b{batch_size}_ct2_int8/ours"] = round(rate["ct2_int8", label, batch_size] / ours, 3)
+            if "ct2_int8" in systems and "ours_int8" in systems:
+                summary[f"{label}_b{batch_size}_ours_int8/ct2_int8"] = round(
+                    rate["ours_int8", label, batch_size] / rate["ct2_int8", label, batch_size], 3)
     print(json.dumps(summary), flush=True)
 
 

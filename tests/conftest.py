@@ -31,6 +31,22 @@ def _inductor_cache_per_cpu_capability() -> None:
 _inductor_cache_per_cpu_capability()
 
 
+def _one_thread_per_xdist_worker() -> None:
+    """Under pytest-xdist (``make test`` runs two workers) each worker, and the commands its tests
+    start, use one torch thread unless a test asks for more: two workers of two threads each on two
+    cores spin against each other in OpenMP's barriers and run several times slower than one thread."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    import torch
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_one_thread_per_xdist_worker()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """A tiny model trained briefly through the real train() path; returns its metrics.json content."""

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from helpers.random_models import LENGTHS, PAD, VOCAB, make_model, make_sources
-from seq2seq.decoding.continuous import ContinuousSearch
 from seq2seq.decoding.search import (
     DecoderStepper,
     DecodingConfig,
@@ -16,6 +15,7 @@ from seq2seq.decoding.search import (
     greedy_search,
     length_penalty,
     max_output_lengths,
+    rerank,
     sequence_scores,
 )
 from seq2seq.errors import ConfigError
@@ -250,6 +250,7 @@ def test_config_from_mapping_ignores_unknown_keys():
         {"strategy": "sampling", "temperature": 0.0},
         {"strategy": "sampling", "top_p": 0.0},
         {"beam_size": 0},
+        {"strategy": "beam", "length_penalty": "wu"},
     ],
 )
 def test_bad_config_is_a_user_error(bad):
@@ -262,66 +263,20 @@ def test_beam_larger_than_vocabulary_is_a_user_error():
         beam_search(make_model(), make_sources([3]), DecodingConfig(strategy="beam", beam_size=VOCAB))
 
 
-# --------------------------------------------------------------------- continuous batching
-def continuous(model, cfg, rows, schedule, n_best=None):
-    """Decode ``rows`` (source id lists) with a ContinuousSearch; ``schedule[i]``: the step before which
-    sentence i joins. Returns the n-best lists in input order and how many sentences each step held."""
-    search = ContinuousSearch(model, cfg)
-    results, held, step = {}, [], 0
-    while len(results) < len(rows):
-        joining = [i for i, s in enumerate(schedule) if s == step]
-        if joining:
-            search.add([rows[i] for i in joining], joining, [n_best or cfg.n_best] * len(joining))
-        held.append(search.size)
-        results.update(search.step())
-        step += 1
-    return [results[i] for i in range(len(rows))], held
-
-
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        DecodingConfig(strategy="greedy"),
-        DecodingConfig(strategy="beam", beam_size=4, n_best=3),
-        DecodingConfig(strategy="beam", beam_size=3, min_len=3, no_repeat_ngram_size=2, max_len_a=0.0, max_len_b=12),
-    ],
-    ids=["greedy", "beam4-nbest3", "beam3-minlen-norepeat"],
-)
-@pytest.mark.parametrize("copy", [False, True], ids=["plain", "copy-head"])
-def test_continuous_search_equals_the_batch_search_whenever_sentences_join(cfg, copy):
-    """Sentences that join a running search at different steps (so rows sit at different positions,
-    with different sources padded together, and leave one by one) get the batch search's outputs."""
-    lengths = [5, 9, 3, 12, 7, 1, 2, 20, 4, 6, 15, 8]
-    model = make_model(eos_bias=1.5, copy_attention=copy)
-    src = make_sources(lengths, seed=3)
-    rows = [[t for t in row if t != PAD] for row in src.tolist()]
-    expected = generate(model, src, cfg)
-    for schedule in ([0] * len(rows), list(range(len(rows))), [0, 0, 1, 3, 3, 4, 9, 9, 10, 16, 17, 30]):
-        got, held = continuous(model, cfg, rows, schedule)
-        for i, (a, b) in enumerate(zip(got, expected)):
-            assert [(h.tokens, h.eos) for h in a] == [(h.tokens, h.eos) for h in b], f"sentence {i}, schedule {schedule}"
-            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
-            assert [h.log_prob for h in a] == pytest.approx([h.log_prob for h in b], abs=1e-4)
-        if schedule[1] == 1:  # one sentence per step: several were in flight at once, and some left early
-            assert max(held) > 2 and held[-1] < max(held)
-    assert len({len(h.tokens) for group in expected for h in group}) >= 2  # sentences end at different steps
-
-
-def test_continuous_search_gives_each_sentence_its_n_best_and_frees_its_rows():
-    model, src = make_model(eos_bias=1.0), make_sources()
-    rows = [[t for t in row if t != PAD] for row in src.tolist()]
-    cfg = DecodingConfig(strategy="beam", beam_size=4)
-    expected = generate(model, src, DecodingConfig(strategy="beam", beam_size=4, n_best=4))
-    search = ContinuousSearch(model, cfg)
-    search.add(rows, [f"s{i}" for i in range(len(rows))], [1 + i % 4 for i in range(len(rows))])
-    got = {}
-    while search.size:
-        got.update(search.step())
-    for i in range(len(rows)):
-        assert [h.tokens for h in got[f"s{i}"]] == [h.tokens for h in expected[i][: 1 + i % 4]]
-    # Everything left with the last sentence: the next one starts from an empty cache at position 0.
-    assert search.cache.length == 0 and search.cache.cross_k[0] is None and search.generated.size(0) == 0
-    with pytest.raises(ConfigError, match="n_best=5"):
-        search.add([rows[0]], ["x"], [5])
-    with pytest.raises(ConfigError, match="strategy=sampling"):
-        ContinuousSearch(model, DecodingConfig(strategy="sampling"))
+@pytest.mark.parametrize("kind,alpha", [("average", 1.0), ("average", 0.5), ("gnmt", 1.0), ("gnmt", 0.0)])
+def test_another_length_penalty_is_a_reranking_of_one_beam_search(kind, alpha):
+    """The search keeps the same finished hypotheses whatever the penalty: reranking the n-best of
+    one search (GNMT 0.6) gives exactly what a search with the other penalty returns, scores included."""
+    model, src = make_model(eos_bias=1.0), make_sources(seed=5)
+    base = generate(model, src, DecodingConfig(strategy="beam", beam_size=4, n_best=4))
+    other = generate(model, src, DecodingConfig(strategy="beam", beam_size=4, n_best=4, alpha=alpha, length_penalty=kind))
+    for group, expected in zip(base, other):
+        got = rerank(group, alpha, kind)
+        assert [(h.tokens, h.eos) for h in got] == [(h.tokens, h.eos) for h in expected]
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-6)
+    if kind == "average" and alpha == 1.0:  # the average log-probability per scored token
+        assert all(h.score == pytest.approx(h.log_prob / h.num_scored) for group in other for h in group)
+        # forced decoding reports the same scores
+        outputs = [group[0].tokens for group in other]
+        scored = sequence_scores(model, src, outputs, [group[0].eos for group in other], alpha, kind)
+        assert [s for s, _ in scored] == pytest.approx([group[0].score for group in other], abs=1e-4)

@@ -109,6 +109,23 @@ def test_eval_uses_the_runs_data_config_val_split_and_beam(run_folder, tiny_run,
     assert float(nbest[0][2]) >= float(nbest[1][2])  # best first
 
 
+def test_eval_scores_other_length_penalties_from_one_search(run_folder, tmp_path):
+    """length_penalties=[...]: each penalty's choice among the same beam search's hypotheses is scored,
+    and equals an eval run decoding with that penalty; the default ranking's row equals val/bleu."""
+    ckpt = run_folder / "checkpoints" / "best.ckpt"
+    common = [f"ckpt_path={ckpt}", "split=val", "decoding=beam", "decoding.beam_size=3"]
+    swept = evaluate(eval_config(tmp_path / "swept", [*common, "length_penalties=[gnmt:0.6,average:1.0,gnmt:0]"]))
+    average = evaluate(eval_config(tmp_path / "average", [*common, "decoding.length_penalty=average", "decoding.alpha=1.0"]))
+    assert swept["val/length_penalty/gnmt_0.6/bleu"] == swept["val/bleu"]
+    assert swept["val/length_penalty/average_1/bleu"] == average["val/bleu"]
+    assert swept["val/length_penalty/average_1/chrf"] == average["val/chrf"] and "val/length_penalty/gnmt_0/bleu" in swept
+    assert swept["decoding"]["n_best"] == 1 and not (tmp_path / "swept" / "run" / "hypotheses.val.nbest.txt").exists()
+    with pytest.raises(ConfigError, match="KIND:ALPHA"):
+        evaluate(eval_config(tmp_path / "bad", [*common, "length_penalties=[wu:1]"]))
+    with pytest.raises(ConfigError, match="use decoding=beam"):
+        evaluate(eval_config(tmp_path / "greedy", [f"ckpt_path={ckpt}", "split=val", "length_penalties=[gnmt:1]"]))
+
+
 def test_missing_test_split_is_a_data_error(tiny_run, tiny_checkpoint, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

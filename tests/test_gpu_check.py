@@ -36,7 +36,9 @@ def test_dry_run_reports_every_part_and_the_goals(tmp_path):
         if part["status"] == "skipped":
             assert part["reason"], name
         else:
-            assert part["seconds"] <= part["limit_s"] + 15 and (tmp_path / "check" / f"{name}.log").exists(), name
+            logs = [f"{name}_eager.log"] if name.startswith("throughput") else [f"{name}.log"]
+            assert part["seconds"] <= part["limit_s"] + 15, name
+            assert all((tmp_path / "check" / log).exists() for log in logs), name
     # Every part runs on a CPU (the GPU tests are collected and skip), with its figures.
     parts = report["parts"]
     if not HAS_CT2:  # skipped with its reason, not failed
@@ -44,10 +46,12 @@ def test_dry_run_reports_every_part_and_the_goals(tmp_path):
         assert ct2["status"] == "skipped" and "ctranslate2 is not importable" in ct2["reason"]
     assert all(p["status"] == "ok" for p in parts.values()), {n: p.get("reason") for n, p in parts.items()}
     assert parts["gpu_tests"]["figures"]["skipped"] == parts["gpu_tests"]["figures"]["total"] > 0
-    for name in ("throughput_base", "throughput_big"):
+    for name in ("throughput_base", "throughput_big"):  # the dry run: every system eager, no compiled run
         figures = parts[name]["figures"]
-        assert figures["ours_tok_s"] > 0 and figures["torch_tok_s"] > 0 and figures["speedup_vs_best_peer"] > 0
-        assert 0 < figures["ours_mfu"]  # the dry run passes a nominal peak, so the MFU path runs too
+        assert figures["ours_tok_s_eager"] > 0 and figures["torch_tok_s_eager"] > 0
+        assert figures["speedup_vs_best_peer_eager"] > 0 and not any(k.endswith("_compiled") for k in figures)
+        assert 0 < figures["ours_mfu_eager"]  # the dry run passes a nominal peak, so the MFU path runs too
+        assert list(parts[name]["runs"]) == ["eager"] and "--compile off" in " ".join(parts[name]["runs"]["eager"]["command"])
     assert parts["decode"]["figures"]["ours_cached_tok_s"] > 0
     assert "ctranslate2" not in parts["decode"].get("skipped", {})  # measured in decode_ct2 now
     assert {"val_bleu_best", "train_budget_s"} <= set(parts["multi30k"]["figures"])
@@ -100,9 +104,35 @@ def test_probe_reasons(gpu_check, monkeypatch):
     assert not answer["ok"] and "no CUDA support" in answer["reason"] and "get_cuda_device_count() == 0" in answer["reason"]
 
 
+def test_throughput_runs_every_system_eager_then_compiled_and_judges_both_ratios(gpu_check, tmp_path, monkeypatch):
+    """On the GPU each throughput part runs train_throughput.py with every system eager, then every
+    system compiled (like with like); the goal's value is the lower ratio, and its note gives both."""
+    speeds = {"off": {"ours": 300.0, "torch": 100.0, "hf": 120.0}, "all": {"ours": 500.0, "torch": 250.0, "hf": 150.0}}
+    runs = []
+
+    def fake_run(name, command, limit_s, env=None):
+        mode = command[command.index("--compile") + 1]
+        runs.append((name, mode, limit_s))
+        rows = [json.dumps({"system": s, "tok_s": v, "mfu": 0.4 if mode == "all" else 0.3}) for s, v in speeds[mode].items()]
+        part = {"status": "ok", "limit_s": limit_s, "seconds": 10.0, "command": command, "log": f"{name}.log", "figures": {}}
+        return part, gpu_check.Outcome(0, 10.0, "\n".join(rows))
+
+    check = gpu_check.Check(gpu_check.GPU, tmp_path / "report.json", ["throughput_base"], None, 540.0, 8.0, ("off", "all"))
+    monkeypatch.setattr(check, "_run", fake_run)
+    monkeypatch.setattr(gpu_check, "has_transformers", lambda: True)
+    part = check.throughput("throughput_base")
+    limit = gpu_check.GPU.limits["throughput_base"]
+    assert runs == [("throughput_base_eager", "off", limit * gpu_check.EAGER_SHARE), ("throughput_base_compiled", "all", limit - 10.0)]
+    figures = part["figures"]
+    assert figures["speedup_vs_best_peer_eager"] == 2.5 and figures["speedup_vs_best_peer_compiled"] == 2.0
+    assert figures["speedup_vs_torch_compiled"] == 2.0 and part["status"] == "ok" and part["seconds"] == 20.0
+    goal = next(g for g in gpu_check.evaluate_goals({"throughput_base": part}) if g["figure"].startswith("throughput_base"))
+    assert goal["value"] == 2.0 and goal["status"] == "not met" and "eager 2.5x, compiled 2x" in goal["note"]
+
+
 def make_check(gpu_check, tmp_path, device="cuda", **multi30k):
     profile = dataclasses.replace(gpu_check.DRY, ct2=["--device", device, *gpu_check.DRY.ct2[2:]])
-    check = gpu_check.Check(profile, tmp_path / "report.json", list(gpu_check.PARTS), None, 1000.0, 0.5, "off")
+    check = gpu_check.Check(profile, tmp_path / "report.json", list(gpu_check.PARTS), None, 1000.0, 0.5, ("off",))
     data = tmp_path / "data"
     data.mkdir()
     (data / "val.en").write_text("a\n")

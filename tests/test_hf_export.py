@@ -24,6 +24,7 @@ from seq2seq.decoding.search import DecodingConfig, max_output_lengths
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import load_model
 from seq2seq.inference.predictor import Predictor
+from seq2seq.models.transformer import TransformerConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 
@@ -105,6 +106,24 @@ def test_what_no_class_represents_is_refused_in_one_line(hf, tmp_path, capsys):
     plain = random_checkpoint(tmp_path / "plain.ckpt", tokenizers["joint"])
     assert "quantization" in run(plain, quantization="int8")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_setting_no_export_maps_is_refused_until_it_is_mapped():
+    """Both exports take what they map from TransformerConfig.settings_outside: a field an export does
+    not list (a model variant added later) must keep its default, and both say which and why."""
+    from seq2seq.inference import ct2_export, hf_export
+
+    cfg = TransformerConfig(copy_attention=True, pre_norm=True, activation="gelu")
+    assert cfg.settings_outside({}) == [("activation", "gelu", ("relu",)), ("pre_norm", True, (False,)),
+                                        ("copy_attention", True, (False,))]
+    assert cfg.settings_outside({"activation": None, "pre_norm": (False, True)}) == [("copy_attention", True, (False,))]
+    for mapped in (ct2_export.MAPPED, hf_export.MAPPED):  # every field but copy attention is mapped today
+        assert [name for name, _, _ in cfg.settings_outside(mapped)] == ["copy_attention"]
+    without_bias = {k: v for k, v in hf_export.MAPPED.items() if k != "output_bias"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf_export, "MAPPED", without_bias)
+        with pytest.raises(ConfigError, match=r"output_bias=True \(the export maps False\)"):
+            hf_export.check_exportable(TransformerConfig(output_bias=True))
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):

@@ -24,9 +24,8 @@ import yaml
 from helpers import REPO, TOY_SENTENCES, assert_one_line_error, command_env
 from helpers.forked_commands import run_command
 from seq2seq.api import Translator
-from seq2seq.decoding.continuous import ContinuousSearch
 from seq2seq.decoding.search import DecodingConfig
-from seq2seq.serving.batcher import Batcher, ContinuousBatcher
+from seq2seq.serving.batcher import Batcher
 from seq2seq.serving.process import Client, ServerProcess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,7 +51,7 @@ def served_checkpoint(tiny_run, tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(served_checkpoint, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("serve_cwd")
-    with ServerProcess([f"ckpt_path={served_checkpoint}", *SETTINGS, "continuous_batching=true"],
+    with ServerProcess([f"ckpt_path={served_checkpoint}", *SETTINGS],
                        env=command_env(cwd, threads=1), cwd=cwd, timeout=300) as process:
         yield process
 
@@ -115,7 +114,7 @@ def test_info_describes_the_model_its_run_and_the_settings(client, tiny_run, tra
     assert info["bleu"]["signature"] == trained["sacrebleu_signature"]["bleu"].strip() != ""
     assert info["decoding"]["strategy"] == "beam" and info["decoding"]["beam_size"] == 4
     assert info["limits"] == {"max_text_chars": MAX_CHARS, "max_texts": MAX_TEXTS, "max_n_best": 10}
-    assert info["batching"] == {"max_batch": 32, "max_wait_ms": 50.0, "continuous": True} and info["threads"] == 1
+    assert info["batching"] == {"max_batch": 32, "max_wait_ms": 50.0} and info["threads"] == 1
 
 
 def test_translations_equal_the_python_api(client, translator):
@@ -149,24 +148,22 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, cl
     assert max(grew) > 1, (before, after)
 
 
-def test_batch_at_a_time_server_answers_as_the_api(served_checkpoint, translator, tmp_path):
-    """The default batching (continuous_batching=false): concurrent requests share model calls of up
-    to max_batch texts, never mixing n_best, and each gets the API's answer."""
+def test_concurrent_requests_share_model_calls_and_each_gets_the_api_answer(server, translator):
+    """Concurrent requests share model calls of up to max_batch texts, never mixing n_best, and each
+    gets the API's answer."""
     bodies = [{"text": s} for s in TOY_SENTENCES] + [{"text": s, "n_best": 2} for s in TOY_SENTENCES[:2]]
     bodies.append({"texts": [*TOY_SENTENCES[:3], ""], "n_best": 3})
-    with ServerProcess([f"ckpt_path={served_checkpoint}", *SETTINGS], env=command_env(tmp_path, threads=1),
-                       cwd=tmp_path, timeout=300) as process:
-        info = Client(process.url).get("/info")[1]
-        assert info["batching"] == {"max_batch": 32, "max_wait_ms": 50.0, "continuous": False}
-        answers = post_all_at_once(process.url, bodies)
-        stats = Client(process.url).get("/stats")[1]
+    before = Client(server.url).get("/stats")[1]
+    answers = post_all_at_once(server.url, bodies)
+    after = Client(server.url).get("/stats")[1]
     for body, (status, answer) in zip(bodies, answers):
         assert status == 200, answer
         texts = body.get("texts", [body.get("text")])
         expected = as_json(translator.translate(texts, n_best=body.get("n_best", 1)))
         assert_same_translations(answer.get("translations", [answer.get("translation")]), expected)
-    assert stats["requests"] == len(bodies) and "steps" not in stats
-    assert stats["batches"] < len(bodies) and stats["largest_batch"] > 1, stats
+    batches = after["batches"] - before["batches"]
+    assert after["requests"] - before["requests"] == len(bodies) and batches < len(bodies), (before, after)
+    assert after["largest_batch"] > 1
 
 
 def test_attention_equals_the_python_api(client, translator):
@@ -312,24 +309,20 @@ def fake_translate(calls: list):
     return translate
 
 
-def test_a_request_is_counted_before_its_answer_goes_out(tiny_checkpoint):
-    """/stats after an answer counts that request: both batchers update their counters before they set
-    a result (a callback on the future runs when the result is set, as the answer leaves)."""
-    predictor = Translator.from_checkpoint(tiny_checkpoint, device="cpu").predictor()
-    for batcher in (Batcher(fake_translate([]), max_batch=4, max_wait_ms=0),
-                    ContinuousBatcher(predictor, max_batch=4, max_wait_ms=0)):
-        seen = []
-        batcher.start()
-        try:
-            future = batcher.submit([TOY_SENTENCES[0]], {})
-            future.add_done_callback(lambda _, b=batcher, seen=seen: seen.append((b.stats()["requests"], b.stats()["sentences"])))
-            future.result(60)
-            call = batcher.call(lambda: "attention")
-            call.add_done_callback(lambda _, b=batcher, seen=seen: seen.append(b.stats()["calls"]))
-            call.result(60)
-        finally:
-            batcher.close()
-        assert seen == [(1, 1), 1], type(batcher).__name__
+def test_a_request_is_counted_before_its_answer_goes_out():
+    """/stats after an answer counts that request: the batcher updates its counters before it sets a
+    result (a callback on the future runs when the result is set, as the answer leaves)."""
+    batcher, seen = Batcher(fake_translate([]), max_batch=4, max_wait_ms=0).start(), []
+    try:
+        future = batcher.submit([TOY_SENTENCES[0]], {})
+        future.add_done_callback(lambda _: seen.append((batcher.stats()["requests"], batcher.stats()["sentences"])))
+        future.result(60)
+        call = batcher.call(lambda: "attention")
+        call.add_done_callback(lambda _: seen.append(batcher.stats()["calls"]))
+        call.result(60)
+    finally:
+        batcher.close()
+    assert seen == [(1, 1), 1]
 
 
 def test_batcher_merges_jobs_with_equal_options_only_and_answers_each():
@@ -355,50 +348,6 @@ def test_batcher_merges_jobs_with_equal_options_only_and_answers_each():
     assert not batcher.alive
     with pytest.raises(RuntimeError, match="shutting down"):
         batcher.submit(["late"]).result(10)
-
-
-def test_continuous_batcher_answers_as_the_api_with_sentences_in_flight_together(tiny_checkpoint, monkeypatch):
-    """Jobs from many threads (blank texts, n_best 1-3, several texts per job) join one running search
-    of at most max_batch sentences: each gets the Python API's answer; a failing step fails the jobs
-    in flight only, and the worker goes on."""
-    translator = Translator.from_checkpoint(tiny_checkpoint, device="cpu", decoding=DecodingConfig(strategy="beam", beam_size=4))
-    batcher = ContinuousBatcher(translator.predictor(), max_batch=3, max_wait_ms=20).start()
-    jobs = [([TOY_SENTENCES[i % len(TOY_SENTENCES)]], {"n_best": 1 + i % 3} if i % 3 else {}) for i in range(10)]
-    jobs += [([TOY_SENTENCES[1], "", TOY_SENTENCES[2], TOY_SENTENCES[3]], {}), (["", " "], {"n_best": 2})]
-    with ThreadPoolExecutor(6) as pool:
-        futures = list(pool.map(lambda job: batcher.submit(*job), jobs))
-        results = [f.result(60) for f in futures]
-    for (texts, options), got in zip(jobs, results):
-        expected = translator.translate(texts, **options)
-        if options.get("n_best", 1) == 1:
-            assert got == expected
-        else:
-            assert_same_translations(as_json(got), as_json(expected))
-    stats = batcher.stats()
-    assert stats["requests"] == len(jobs) and stats["sentences"] == 13 and stats["failed_batches"] == 0
-    # Sentences were in flight together (never more than max_batch) and joined in groups.
-    assert stats["largest_batch"] == 3 and stats["step_sentences"] > stats["steps"] > 0
-    assert sum(int(size) * n for size, n in stats["batch_sizes"].items()) == 13 and stats["waiting"] == 0
-
-    real_step, calls = ContinuousSearch.step, []
-
-    def failing_step(self):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("step failed")
-        return real_step(self)
-
-    monkeypatch.setattr(ContinuousSearch, "step", failing_step)
-    failed = batcher.submit([TOY_SENTENCES[0]])
-    with pytest.raises(RuntimeError, match="step failed"):
-        failed.result(60)
-    assert batcher.submit([TOY_SENTENCES[0]]).result(60) == [translator.translate(TOY_SENTENCES[0])]
-    with pytest.raises(ValueError, match="n_best=5"):
-        batcher.submit(["a"], {"n_best": 5}).result(60)
-    assert batcher.call(lambda: "between steps").result(10) == "between steps"
-    assert batcher.stats()["failed_batches"] == 1
-    batcher.close()
-    assert not batcher.alive
 
 
 ARENAS = """

@@ -28,6 +28,7 @@ from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import load_models, resolve_device
 from seq2seq.inference.predictor import PairScore, Predictor
+from seq2seq.inference.quantize import quantize as quantize_linear_layers
 from seq2seq.models.transformer import Seq2SeqTransformer
 
 if TYPE_CHECKING:
@@ -103,10 +104,13 @@ class Translator:
         max_tokens: int | None = None,
         max_src_len: int | None = None,
         tgt_lang: str | None = None,
+        quantize: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
-        # Each call runs the network in eval mode and restores its mode after.
-        self.net, self.tokenizer = net.to(self.device), tokenizer
+        self.num_parameters = net.num_parameters()  # before any quantization, which packs the weights
+        self.quantize = quantize
+        # Each call runs the network in eval mode and restores its mode after (a quantized one stays in eval).
+        self.net, self.tokenizer = quantize_linear_layers(net.to(self.device), quantize, self.device), tokenizer
         self._decoding = with_options(decoding or DecodingConfig(), {})
         self._batching = {"batch_size": batch_size, "max_tokens": max_tokens, "max_src_len": max_src_len}
         if tgt_lang is not None:
@@ -124,17 +128,19 @@ class Translator:
         max_src_len: int | None = None,
         decoding: DecodingConfig | None = None,
         tgt_lang: str | None = None,
+        quantize: str | None = None,
         **options: Any,
     ) -> Translator:
         """Read a training checkpoint (``best.ckpt``, ``last.ckpt``, an average) onto ``device``
         (``auto``: CUDA when available); ``options`` are default decoding settings, ``tgt_lang`` the
         default target language of a multilingual checkpoint. A list of checkpoints that share one
-        tokenizer decodes as their ensemble (:mod:`seq2seq.decoding.ensemble`)."""
+        tokenizer decodes as their ensemble (:mod:`seq2seq.decoding.ensemble`). ``quantize="int8"``:
+        int8 linear layers on the CPU (:mod:`seq2seq.inference.quantize`)."""
         device = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
         defaults = with_options(decoding or DecodingConfig(), options)
         net, tokenizer = load_models(path, device)
         return cls(net, tokenizer, defaults, device=device, batch_size=batch_size, max_tokens=max_tokens,
-                   max_src_len=max_src_len, tgt_lang=tgt_lang)
+                   max_src_len=max_src_len, tgt_lang=tgt_lang, quantize=quantize)
 
     @property
     def decoding(self) -> DecodingConfig:

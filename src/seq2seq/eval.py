@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -28,7 +29,7 @@ from seq2seq.data.corpus import Corpus
 from seq2seq.data.datamodule import LEGACY_TARGETS, Seq2SeqDataModule
 from seq2seq.data.sources import read_aligned_lines
 from seq2seq.data.tokenizer import Tokenizer
-from seq2seq.decoding.search import DecodingConfig
+from seq2seq.decoding.search import LENGTH_PENALTIES, DecodingConfig, rerank
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import checkpoint_paths, load_models, resolve_device
 from seq2seq.inference.predictor import Predictor
@@ -72,6 +73,8 @@ def evaluate(cfg: DictConfig) -> dict:
     split = _split(cfg)
     decoding_options = {**OmegaConf.to_container(cfg.decoding, resolve=True), "n_best": int(cfg.get("n_best", 1))}
     decoding = DecodingConfig.from_mapping(decoding_options)
+    penalties = length_penalties(cfg.get("length_penalties"), decoding)
+    search = replace(decoding, n_best=max(decoding.n_best, decoding.beam_size)) if penalties else decoding
     device = resolve_device(cfg.get("device", "auto"))
     output_dir = Path(cfg.paths.output_dir)
 
@@ -84,11 +87,16 @@ def evaluate(cfg: DictConfig) -> dict:
             bleu_tokenizer(data.tgt_lang, cfg.get("bleu_tokenize") or data.bleu_tokenize)
 
     metrics, groups, hyp_files, nll, n_tokens, decode_time, num_sentences = {}, {}, [], 0.0, 0, 0.0, 0
+    reranked: dict[str, dict] = {setting: {} for setting in penalties}
     for name, data, source_tokenizer in jobs:
         loader = datamodule.eval_dataloader(split, source_tokenizer, cfg.get("max_tokens"), corpus=name)
         decode_start = time.perf_counter()
-        nbest, pair_nll, pair_tokens = Predictor(net, source_tokenizer, decoding, device).predict_loader(loader)
+        nbest, pair_nll, pair_tokens = Predictor(net, source_tokenizer, search, device).predict_loader(loader)
         decode_time += time.perf_counter() - decode_start
+        for setting, (kind, alpha) in penalties.items():  # one search, each penalty's choice among its n-best
+            best = [rerank(hyps, alpha, kind)[0].tokens for hyps in nbest]
+            reranked[setting][name] = (tokenizer.decode_target(best), data)
+        nbest = [hyps[: decoding.n_best] for hyps in nbest]
         hypotheses = tokenizer.decode_target([hyps[0].tokens for hyps in nbest])
         nll, n_tokens, num_sentences = nll + pair_nll, n_tokens + pair_tokens, num_sentences + len(hypotheses)
         suffix = f".{name}" if name else ""
@@ -112,6 +120,9 @@ def evaluate(cfg: DictConfig) -> dict:
             loss = pair_nll / max(pair_tokens, 1)
             metrics.update({f"{split}/loss/{name}": loss, f"{split}/ppl/{name}": math.exp(min(loss, 50.0))})
     scores, signatures = _score_groups(cfg, task, groups, split)
+    for setting, setting_groups in reranked.items():
+        setting_scores, _ = _score_groups(cfg, task, setting_groups, split)
+        scores.update({f"length_penalty/{setting}/{k}": v for k, v in setting_scores.items() if "/" not in k})
     loss = nll / max(n_tokens, 1)
     metrics = {**{f"{split}/{k}": v for k, v in scores.items()}, f"{split}/loss": loss, f"{split}/ppl": math.exp(min(loss, 50.0)),
                **metrics}
@@ -127,6 +138,26 @@ def evaluate(cfg: DictConfig) -> dict:
         wall_time_s=time.perf_counter() - start, device=str(device), git_commit=git_commit(),
         **({"tgt_lang": cfg.get("tgt_lang")} if cfg.get("tgt_lang") else {}),
     )
+
+
+def length_penalties(settings, decoding: DecodingConfig) -> dict[str, tuple[str, float]]:
+    """``length_penalties=[gnmt:0.6,average:1.0]`` as ``{"gnmt_0.6": ("gnmt", 0.6), ...}`` (beam search only)."""
+    if not settings:
+        return {}
+    if decoding.strategy != "beam":
+        raise ConfigError(f"length_penalties compares the rankings of one beam search: use decoding=beam "
+                          f"(decoding.strategy is {decoding.strategy})")
+    parsed = {}
+    for setting in settings:
+        kind, _, alpha = str(setting).partition(":")
+        try:
+            parsed[f"{kind}_{float(alpha):g}"] = (kind, float(alpha))
+        except ValueError:
+            kind = "?"
+        if kind not in LENGTH_PENALTIES:
+            raise ConfigError(f"length_penalties: {setting!r} is not KIND:ALPHA with KIND one of "
+                              f"{', '.join(LENGTH_PENALTIES)} (e.g. gnmt:0.6, average:1.0)")
+    return parsed
 
 
 def _jobs(cfg: DictConfig, datamodule: Seq2SeqDataModule, tokenizer: Tokenizer) -> list[tuple[str | None, Corpus, Tokenizer]]:

@@ -4,7 +4,7 @@
     seq2seq-serve ckpt_path=RUN/checkpoints/best.ckpt port=8000 decoding=greedy threads=2
 
 Configuration: ``conf/serve.yaml`` (``host``, ``port``, ``device``, ``threads``, ``max_batch``,
-``max_wait_ms``, ``continuous_batching``, ``max_text_chars``, ``max_texts``, ``max_n_best``, ``max_src_len``,
+``max_wait_ms``, ``max_text_chars``, ``max_texts``, ``max_n_best``, ``max_src_len``,
 ``log_requests``) and the ``decoding`` group, beam search by default as for ``seq2seq-translate``.
 Needs ``pip install 'seq2seq[serve]'`` (FastAPI and uvicorn).
 
@@ -45,7 +45,7 @@ def serve(cfg: DictConfig) -> None:
     use_one_malloc_arena()  # before any thread starts; see its docstring
     decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True)).validate()
     limits = Limits(int(cfg.max_text_chars), int(cfg.max_texts), int(cfg.max_n_best))
-    batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms), bool(cfg.get("continuous_batching", False)))
+    batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms))
     for name, value in [*vars(limits).items(), ("max_batch", batching.max_batch)]:
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1")
@@ -65,7 +65,7 @@ def serve(cfg: DictConfig) -> None:
         ckpt_path = list(ckpt_path)
     translator = Translator.from_checkpoint(ckpt_path, cfg.get("device"), decoding=decoding,
                                             batch_size=batching.max_batch, max_src_len=cfg.get("max_src_len"),
-                                            tgt_lang=cfg.get("tgt_lang"))
+                                            tgt_lang=cfg.get("tgt_lang"), quantize=cfg.get("quantize"))
     translator.source_tokenizer()  # a multilingual checkpoint serves one target language: tgt_lang, checked now
     app = create_app(translator, model_info(translator, ckpt_path), limits=limits, batching=batching,
                      threads=torch.get_num_threads())

@@ -112,6 +112,7 @@ def translate(cfg: DictConfig) -> None:
         max_tokens=cfg.get("max_tokens"),
         max_src_len=cfg.get("max_src_len"),
         tgt_lang=cfg.get("tgt_lang"),
+        quantize=cfg.get("quantize"),
     )
     translator.source_tokenizer()  # a multilingual checkpoint without tgt_lang stops here, before reading input
     show = bool(cfg.get("progress", True)) and not interactive

@@ -324,8 +324,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return tokenizer.for_target(corpus.tgt_lang) if self.multilingual else tokenizer
 
     # ------------------------------------------------------------------ preparation
-    def _tokenizer(self) -> Tokenizer:
-        """The one tokenizer over every corpus's training split (see :class:`TrainingText`)."""
+    def training_tokenizer(self) -> Tokenizer:
+        """The tokenizer every corpus is encoded with: the one handed over, else the one trained on
+        every corpus's training split (:class:`TrainingText`), from the cache once trained."""
         if self.tokenizer is not None:  # handed over (fine-tuning): never retrained
             return self.tokenizer
         start = time.perf_counter()
@@ -354,7 +355,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         try:
             for corpus in self.corpora.values():
                 corpus.materialize()
-            tokenizer = self._tokenizer()
+            tokenizer = self.training_tokenizer()
             for corpus in self.corpora.values():
                 corpus.prepare(self._tokenizer_of(corpus, tokenizer))
         finally:
@@ -366,7 +367,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             return
         try:
             if self.tokenizer is None:
-                self.tokenizer = self._tokenizer()
+                self.tokenizer = self.training_tokenizer()
             for corpus in self.corpora.values():
                 corpus.setup(self._tokenizer_of(corpus, self.tokenizer), self._given_tokenizer)
         finally:

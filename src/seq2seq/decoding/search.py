@@ -14,9 +14,13 @@ or B * samples), V target vocabulary.
 
 Scores. Every :class:`Hypothesis` carries ``log_prob``, the sum of the model's log-probabilities of
 its scored tokens (its tokens, plus the EOS when it ended with one), and ``score`` = ``log_prob /
-lp`` with the GNMT length penalty ``lp = ((5 + n) / 6) ** alpha`` (Wu et al., 2016), n the number
-of scored tokens. Constraints (``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove
-candidates; they never renormalize the log-probabilities of the others, so
+lp``, n the number of scored tokens, with ``length_penalty="gnmt"`` (the default) the GNMT penalty
+``lp = ((5 + n) / 6) ** alpha`` (Wu et al., 2016), with ``"average"`` ``lp = n ** alpha`` (fairseq's
+``--lenpen``, CTranslate2's and transformers' ``length_penalty``; alpha 1 ranks by the average
+log-probability per token). The beam search keeps the same finished hypotheses whatever the penalty
+(it ranks extensions by their summed log-probabilities): the penalty only orders them, so
+:func:`rerank` gives another penalty's choice from the n-best of one search. Constraints
+(``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove candidates; they never renormalize the log-probabilities of the others, so
 :func:`sequence_scores` (teacher forcing) reproduces the scores the searches report.
 
 Length limits: a source of ``n`` tokens (EOS included) gets at most ``int(max_len_a * n +
@@ -46,6 +50,7 @@ from seq2seq.errors import ConfigError
 from seq2seq.models.transformer import Seq2SeqTransformer
 
 STRATEGIES = ("greedy", "beam", "sampling")
+LENGTH_PENALTIES = ("gnmt", "average")
 
 
 @dataclass
@@ -57,7 +62,8 @@ class DecodingConfig:
     max_len_b: int = 10
     min_len: int = 0  # EOS is blocked for the first min_len output tokens
     beam_size: int = 5
-    alpha: float = 0.6  # GNMT length penalty exponent; 0 ranks by the plain sum of log-probabilities
+    alpha: float = 0.6  # length penalty exponent; 0 ranks by the plain sum of log-probabilities
+    length_penalty: str = "gnmt"  # "gnmt": ((5 + n) / 6) ** alpha; "average": n ** alpha (see the module docstring)
     n_best: int = 1  # hypotheses returned per source (beam: <= beam_size; sampling: independent samples)
     no_repeat_ngram_size: int = 0  # 0 = off; n > 0 forbids repeating any n-gram of the output
     temperature: float = 1.0  # sampling only
@@ -76,6 +82,8 @@ class DecodingConfig:
         """Raise :class:`~seq2seq.errors.ConfigError` for values no search can use; return self."""
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"decoding.strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.length_penalty not in LENGTH_PENALTIES:
+            raise ConfigError(f"decoding.length_penalty={self.length_penalty!r}: use one of {', '.join(LENGTH_PENALTIES)}")
         if self.beam_size < 1:
             raise ConfigError(f"decoding.beam_size={self.beam_size} must be at least 1")
         if self.n_best < 1:
@@ -110,9 +118,17 @@ class Hypothesis:
         return len(self.tokens) + int(self.eos)
 
 
-def length_penalty(length: float | Tensor, alpha: float):
-    """GNMT length penalty ``((5 + length) / 6) ** alpha``."""
-    return ((5.0 + length) / 6.0) ** alpha
+def length_penalty(length: float | Tensor, alpha: float, kind: str = "gnmt"):
+    """The divisor of a hypothesis' log-probability: GNMT's ``((5 + length) / 6) ** alpha``, or
+    ``length ** alpha`` (``kind="average"``)."""
+    return ((5.0 + length) / 6.0) ** alpha if kind == "gnmt" else length ** alpha
+
+
+def rerank(hypotheses: Sequence[Hypothesis], alpha: float, kind: str = "gnmt") -> list[Hypothesis]:
+    """``hypotheses`` rescored with another length penalty, best first (ties keep their order)."""
+    rescored = [Hypothesis(h.tokens, h.log_prob / length_penalty(max(h.num_scored, 1), alpha, kind), h.log_prob, h.eos)
+                for h in hypotheses]
+    return sorted(rescored, key=lambda h: -h.score)
 
 
 def max_output_lengths(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> Tensor:
@@ -193,32 +209,25 @@ def make_stepper(model, src: Tensor, use_cache: bool = True):
     return own(src, use_cache) if own is not None else DecoderStepper(model, src, use_cache)
 
 
-def constrain(logprobs: Tensor, generated: Tensor, step: int | Tensor, cfg: DecodingConfig, model_cfg) -> Tensor:
+def constrain(logprobs: Tensor, generated: Tensor, step: int, cfg: DecodingConfig, model_cfg) -> Tensor:
     """Block tokens that may not come next; logprobs (R, V), modified in place and returned.
 
     PAD and BOS are never targets in training (their logits are untrained), so they are always
     blocked; EOS before ``min_len``; and tokens that would repeat an n-gram.
-    ``generated`` (R, W) holds the output tokens so far (no BOS), the latest in the last column;
-    ``step``: how many there are, the same for every row (then W = step), or per row (R,) with
-    the rows' earlier columns PAD (a continuous batch, :mod:`seq2seq.decoding.continuous`).
+    ``generated`` (R, step) holds the output tokens so far (no BOS), the latest in the last column.
     """
     logprobs[:, model_cfg.pad_id] = float("-inf")
     logprobs[:, model_cfg.bos_id] = float("-inf")
-    per_row = isinstance(step, Tensor)
-    if per_row:
-        logprobs[:, model_cfg.eos_id].masked_fill_(step < cfg.min_len, float("-inf"))
-    elif step < cfg.min_len:
+    if step < cfg.min_len:
         logprobs[:, model_cfg.eos_id] = float("-inf")
     n = cfg.no_repeat_ngram_size
     width = generated.size(1)
-    if n > 0 and width >= n and (not per_row or bool((step >= n).any())):
+    if n > 0 and width >= n:
         # Every earlier n-gram whose first n-1 tokens equal the last n-1 generated tokens bans
         # its n-th token. unfold gives all n-grams at once: (R, W - n + 1, n).
         grams = generated.unfold(1, n, 1)
         suffix = generated[:, width - n + 1 :].unsqueeze(1)  # (R, 1, n-1)
         match = (grams[:, :, :-1] == suffix).all(dim=-1)  # (R, W - n + 1)
-        if per_row:
-            match &= (step >= n).unsqueeze(1)  # as for one step: no ban before n tokens
         # scatter_add is safe with repeated indices (a plain scatter of booleans is not).
         penalty = torch.zeros_like(logprobs).scatter_add_(
             1,
@@ -311,23 +320,21 @@ def _greedy_or_sample(
     for row in range(rows):
         n = len_l[row]
         tokens = out_l[row][: n - 1 if eos_l[row] else n]
-        score = lp_l[row] / length_penalty(n, cfg.alpha)
+        score = lp_l[row] / length_penalty(n, cfg.alpha, cfg.length_penalty)
         hyps.append(Hypothesis(tokens, score, lp_l[row], eos_l[row]))
     grouped = [hyps[i * copies : (i + 1) * copies] for i in range(src.size(0))]
     return [sorted(group, key=lambda h: -h.score) for group in grouped] if copies > 1 else grouped
 
 
 def beam_step(
-    scores: Tensor, logprobs: Tensor, outputs: Tensor, steps: Sequence[int], limits: Sequence[int],
-    finished: Sequence[list[Hypothesis]], k: int, alpha: float, eos_id: int,
+    scores: Tensor, logprobs: Tensor, outputs: Tensor, step: int, limits: Sequence[int],
+    finished: Sequence[list[Hypothesis]], cfg: DecodingConfig, eos_id: int,
 ) -> tuple[Tensor, Tensor, Tensor, list[bool]]:
-    """One step of fairseq's beam search for A sentences, shared by :func:`beam_search` and the
-    continuous search (:mod:`seq2seq.decoding.continuous`).
+    """One step of fairseq's beam search for A sentences (:func:`beam_search`).
 
     ``scores`` (A, beams): the summed log-probabilities of the live beams; ``logprobs`` (A * beams,
-    V): their next tokens' (constrained); ``outputs`` (A * beams, W): each beam's output tokens so
-    far, right-aligned (sentence ``a`` holds ``steps[a] - 1`` of them in the last columns);
-    ``steps[a]``: its output length after this step, ``limits[a]`` its limit. The 2k best
+    V): their next tokens' (constrained); ``outputs`` (A * beams, step - 1): each beam's output
+    tokens so far; ``step``: the output length after this step, ``limits[a]`` sentence a's limit. The 2k best
     (beam, token) extensions are ranked by their summed log-probability; EOS extensions among the
     best k are appended to ``finished[a]``, scored with the length penalty; at its limit all k best
     extensions finish as they are. A sentence is done once it has k finished hypotheses or reaches
@@ -335,43 +342,40 @@ def beam_step(
     the k best non-EOS extensions, ``(beam, token, summed score)`` each (A, k), and which sentences are done.
     """
     n_active, beams = scores.shape
-    vocab = logprobs.size(-1)
+    vocab, k = logprobs.size(-1), cfg.beam_size
+    penalty = length_penalty(step, cfg.alpha, cfg.length_penalty)  # every hypothesis finishing now has step tokens
     candidates = (scores.unsqueeze(-1) + logprobs.view(n_active, beams, vocab)).view(n_active, beams * vocab)
     cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # (A, 2k), best first
     cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
     cand_token = cand_index % vocab
     is_eos = cand_token == eos_id
-    at_limit = torch.tensor([lim <= s for lim, s in zip(limits, steps)], device=scores.device)  # (A,)
+    at_limit = torch.tensor([lim <= step for lim in limits], device=scores.device)  # (A,)
     # Only the k best extensions may finish (as in fairseq).
     to_finish = (is_eos[:, :k] | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores[:, :k])
     finishing = to_finish.nonzero().tolist()  # row-major: best first within a sentence
     width = outputs.size(1)
-
-    def tokens(beam_row: list[int], step: int) -> list[int]:
-        return beam_row[width - (step - 1):] if step > 1 else []
-
     if finishing:
         # One conversion to Python per step, not one tensor read per finished hypothesis.
         rows_of = sorted({a for a, _ in finishing})
         prefixes = dict(zip(rows_of, outputs.view(n_active, beams, width)[rows_of].tolist()))
         eos_l, beam_l, token_l, score_l = (t[:, :k].tolist() for t in (is_eos, cand_beam, cand_token, cand_scores))
         for a, j in finishing:
-            if len(finished[a]) >= k and limits[a] > steps[a]:
+            if len(finished[a]) >= k and limits[a] > step:
                 continue
-            out = tokens(prefixes[a][beam_l[a][j]], steps[a]) + ([] if eos_l[a][j] else [token_l[a][j]])
+            out = prefixes[a][beam_l[a][j]] + ([] if eos_l[a][j] else [token_l[a][j]])
             total = score_l[a][j]
-            finished[a].append(Hypothesis(out, total / length_penalty(steps[a], alpha), total, eos_l[a][j]))
+            finished[a].append(Hypothesis(out, total / penalty, total, eos_l[a][j]))
     # The first k non-EOS candidates continue: sort positions with EOS pushed to the end.
     positions = torch.arange(2 * k, device=scores.device)
     order = (positions + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).indices  # (A, k)
     next_beam, next_token, next_scores = (t.gather(1, order) for t in (cand_beam, cand_token, cand_scores))
-    done = [lim <= s or len(f) >= k for lim, s, f in zip(limits, steps, finished)]
+    done = [lim <= step or len(f) >= k for lim, f in zip(limits, finished)]
     for a in range(n_active):
         if done[a] and not finished[a]:  # nothing could finish (every extension blocked): the best live beam
             row = outputs[a * beams + int(next_beam[a, 0])].tolist()
             total = float(next_scores[a, 0])
-            finished[a].append(Hypothesis(tokens(row, steps[a]) + [int(next_token[a, 0])],
-                                          total / length_penalty(steps[a], alpha), total, False))
+            finished[a].append(Hypothesis(row + [int(next_token[a, 0])],
+                                          total / penalty, total, False))
     return next_beam, next_token, next_scores, done
 
 
@@ -403,8 +407,8 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> 
         logprobs = constrain(stepper.step(prefix), prefix[:, 1:], step, cfg, mc)
         step += 1
         next_beam, next_token, next_scores, done = beam_step(
-            scores, logprobs, prefix[:, 1:], [step] * len(active), [limits[b] for b in active],
-            [finished[b] for b in active], k, cfg.alpha, mc.eos_id)
+            scores, logprobs, prefix[:, 1:], step, [limits[b] for b in active],
+            [finished[b] for b in active], cfg, mc.eos_id)
         sentence = torch.arange(len(active), device=device)
         if any(done):
             sentence = sentence[torch.tensor([not d for d in done], device=device)]
@@ -459,6 +463,7 @@ def sequence_scores(
     outputs: list[list[int]],
     eos: list[bool] | bool = True,
     alpha: float = 0.6,
+    kind: str = "gnmt",
 ) -> list[tuple[float, float]]:
     """Teacher-forced ``(score, log_prob)`` of given outputs, as the searches compute them.
 
@@ -478,5 +483,5 @@ def sequence_scores(
     results = []
     for i, t in enumerate(targets):
         total = float(token_lp[i, : len(t)].sum())
-        results.append((total / length_penalty(len(t), alpha), total))
+        results.append((total / length_penalty(len(t), alpha, kind), total))
     return results

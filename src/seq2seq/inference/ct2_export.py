@@ -48,7 +48,6 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import build_model, read_checkpoint
 from seq2seq.inference.model_card import model_card, run_folder
-from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig, sinusoidal_positions
+from seq2seq.models.transformer import Seq2SeqTransformer, sinusoidal_positions
 
 EXPORT_INFO = "seq2seq_export.json"
 JOINT_SPM, SOURCE_SPM, TARGET_SPM = "sentencepiece.model", "source.spm.model", "target.spm.model"
@@ -206,13 +205,8 @@ def check_exportable(net: Seq2SeqTransformer) -> None:
     """Raise one :class:`ConfigError` naming every setting of ``net`` CTranslate2 cannot run: a value
     :data:`MAPPED` does not list, or a field it does not know (a model variant) set to anything but
     its default (the paper's, which is what the export writes)."""
-    defaults = TransformerConfig()
-    refused = []
-    for f in fields(TransformerConfig):
-        value = getattr(net.config, f.name)
-        allowed = MAPPED.get(f.name, (getattr(defaults, f.name),))
-        if allowed is not None and value not in allowed:
-            refused.append(UNMAPPED.get(f.name, f"{f.name}={value!r} (the export maps {', '.join(map(repr, allowed))})"))
+    refused = [UNMAPPED.get(name, f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})")
+               for name, value, allowed in net.config.settings_outside(MAPPED)]
     if refused:
         raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to CTranslate2")
 

@@ -132,7 +132,7 @@ class CT2Predictor(Predictor):
                 ids = [tgt.piece_to_id(p) for p in tokens]
                 ended = bool(ids) and ids[-1] == eos
                 n = len(ids)  # scored tokens, EOS included
-                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / length_penalty(n, self.decoding.alpha),
+                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / length_penalty(n, self.decoding.alpha, self.decoding.length_penalty),
                                        total, ended))
             nbest.append(sorted(hyps, key=lambda h: -h.score)[: self.decoding.n_best])
         return nbest

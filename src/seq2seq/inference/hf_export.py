@@ -107,6 +107,14 @@ def family(cfg: TransformerConfig) -> str:
     return "pegasus" if cfg.pre_norm else "marian"
 
 
+# What the export maps of each TransformerConfig field: the values it can write (None: any); any
+# other field (a model variant) must keep its default.
+MAPPED = {"activation": tuple(ACTIVATIONS), **dict.fromkeys((
+    "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
+    "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
+    "bos_id", "eos_id", "output_bias"))}
+
+
 def check_exportable(cfg: TransformerConfig) -> None:
     """Raise :class:`ConfigError` for a network no transformers class computes."""
     if cfg.copy_attention:
@@ -114,9 +122,10 @@ def check_exportable(cfg: TransformerConfig) -> None:
             "this checkpoint has copy attention (a pointer-generator head mixing the vocabulary softmax with "
             "copies of source tokens), which no transformers model class has; it cannot be exported to transformers"
         )
-    if cfg.activation not in ACTIVATIONS:
-        raise ConfigError(f"activation={cfg.activation!r} has no transformers counterpart here "
-                          f"({', '.join(ACTIVATIONS)})")
+    refused = [f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})"
+               for name, value, allowed in cfg.settings_outside(MAPPED)]
+    if refused:
+        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to transformers")
     if cfg.pre_norm and not cfg.share_embeddings:
         raise ConfigError(
             "this pre-LN checkpoint has separate source and target vocabularies; transformers' pre-LN "
@@ -240,10 +249,13 @@ def from_transformers(state: dict[str, torch.Tensor], cfg: TransformerConfig) ->
 
 
 # ----------------------------------------------------------------------- config and decoding
-def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH) -> float:
-    """transformers' ``length_penalty`` closest to our GNMT ``alpha`` around outputs of
-    ``typical_length`` tokens (EOS included): the exponent whose penalty changes with the length as
-    fast, in ``log n``, as ``((5 + n) / 6) ** alpha`` does there, ``alpha * n / (n + 5)``. Exact at 0."""
+def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH, kind: str = "gnmt") -> float:
+    """transformers' ``length_penalty`` for ours: ``alpha`` itself with ``kind="average"`` (the same
+    ``n ** alpha``); for GNMT's ``alpha`` the closest around outputs of ``typical_length`` tokens (EOS
+    included): the exponent whose penalty changes with the length as fast, in ``log n``, as
+    ``((5 + n) / 6) ** alpha`` does there, ``alpha * n / (n + 5)``. Exact at 0."""
+    if kind == "average":
+        return alpha
     return round(alpha * typical_length / (typical_length + 5.0), 4)
 
 
@@ -278,7 +290,7 @@ def generation_settings(cfg: TransformerConfig, decoding: DecodingConfig) -> dic
         "max_length": cfg.max_positions,
     }
     if beam:  # (transformers refuses beam settings without beams)
-        settings.update(num_beams=decoding.beam_size, early_stopping=True, length_penalty=length_penalty(decoding.alpha))
+        settings.update(num_beams=decoding.beam_size, early_stopping=True, length_penalty=length_penalty(decoding.alpha, kind=decoding.length_penalty))
     if decoding.min_len:
         settings["min_new_tokens"] = decoding.min_len
     if decoding.no_repeat_ngram_size:

@@ -133,7 +133,7 @@ class Predictor:
     def source_ids(self, lines: Sequence[str], *, max_src_len: int | None = None,
                    warn: Callable[[str], None] | None = None) -> list[list[int]]:
         """Source ids of non-blank ``lines`` as :meth:`translate` encodes them (cut to ``max_src_len``
-        with a warning); for decoders fed sentence by sentence (:mod:`seq2seq.decoding.continuous`)."""
+        with a warning)."""
         return self._sources(lines, list(range(len(lines))), max_src_len, warn, 1)
 
     def n_best_pairs(self, hypotheses: Sequence[Hypothesis], n_best: int) -> list[tuple[str, float]]:
@@ -197,7 +197,7 @@ class Predictor:
         """Force-decode ``targets[i]`` given ``sources[i]``: one :class:`PairScore` per pair, in input order.
 
         The target is scored with its EOS, as the searches score a hypothesis that ended with EOS
-        (:func:`~seq2seq.decoding.search.sequence_scores`, length penalty ``decoding.alpha``), so a
+        (:func:`~seq2seq.decoding.search.sequence_scores`, ``decoding.length_penalty`` with ``decoding.alpha``), so a
         search's output scores what the search reported. A blank target is the empty output (EOS
         alone). A pair with a blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
         gives a blank line score 0.0 (with a warning when its target is not blank). Sources are cut
@@ -227,13 +227,13 @@ class Predictor:
                 tgt_ids[j], eos[j] = ids[:positions], False
         done = len(sources) - len(todo)
         lengths = [max(len(s), len(t) + 1) for s, t in zip(src_ids, tgt_ids)]
-        alpha = self.decoding.alpha
+        alpha, kind = self.decoding.alpha, self.decoding.length_penalty
         was_training = self.net.training
         self.net.eval()
         try:
             for batch in make_batches(lengths, batch_size, max_tokens):
                 src = self._padded([src_ids[j] for j in batch]).to(self.device)
-                scored = sequence_scores(self.net, src, [tgt_ids[j] for j in batch], [eos[j] for j in batch], alpha)
+                scored = sequence_scores(self.net, src, [tgt_ids[j] for j in batch], [eos[j] for j in batch], alpha, kind)
                 for j, (score, log_prob) in zip(batch, scored):
                     results[todo[j]] = PairScore(log_prob, len(tgt_ids[j]) + int(eos[j]), score)
                 done += len(batch)

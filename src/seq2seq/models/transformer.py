@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -108,6 +108,18 @@ class TransformerConfig:
             raise ConfigError("model.copy_attention=true needs one vocabulary for both sides (src_vocab_size == "
                               "tgt_vocab_size): set data.joint_vocab=true or model.copy_attention=false")
 
+    def settings_outside(self, mapped: Mapping[str, tuple | None]) -> list[tuple[str, Any, tuple]]:
+        """``(field, value, allowed values)`` of every setting a consumer (an export) cannot represent:
+        ``mapped[field]`` lists the values it maps (None: any); a field it does not name must keep its
+        default, so a model variant added later is refused until the consumer maps it."""
+        defaults = TransformerConfig()
+        outside = []
+        for f in fields(self):
+            value, allowed = getattr(self, f.name), mapped.get(f.name, (getattr(defaults, f.name),))
+            if allowed is not None and value not in allowed:
+                outside.append((f.name, value, allowed))
+        return outside
+
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
         """Check the ``model`` config group before any data is read: unknown keys and impossible shapes
@@ -156,10 +168,8 @@ class Padded:
     def tokens(self, ids: Tensor) -> Tensor:
         return ids
 
-    def positions(self, table: Tensor, offset: int | Tensor) -> Tensor:
-        """Position vectors (L, D) from ``offset`` on; a tensor of per-row offsets (B,) gives (B, L, D)."""
-        if isinstance(offset, Tensor):
-            return table[offset.unsqueeze(1) + torch.arange(self.length, device=offset.device)]
+    def positions(self, table: Tensor, offset: int) -> Tensor:
+        """Position vectors (L, D) from ``offset`` on."""
         return table[offset : offset + self.length]
 
     def heads(self, x: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:
@@ -241,14 +251,11 @@ class Embedding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = Dropout(dropout)
 
-    def forward(self, tokens: Tensor, offset: int | Tensor = 0, layout: Padded | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, offset: int = 0, layout: Padded | None = None) -> Tensor:
         """tokens (B, L) -> (B, L, D), or (N, D) in a :class:`Packed` layout; ``offset`` is the
-        position of the first token (incremental decoding), or a tensor (B,) of one per row (rows
-        that joined a running batch at different steps)."""
+        position of the first token (incremental decoding)."""
         length = tokens.size(1)
-        # Per-row offsets are not checked here (a device sync per step): their caller keeps each
-        # row within its output limit, which is below max_positions.
-        if not isinstance(offset, Tensor) and offset + length > self.positions.size(0):
+        if offset + length > self.positions.size(0):
             raise ValueError(
                 f"sequence of length {offset + length} exceeds max_positions={self.positions.size(0)}"
             )
@@ -275,8 +282,17 @@ class KVCache:
     def select(self, index: Tensor, self_only: bool = False) -> None:
         """Keep batch rows ``index`` (B') in that order, for every layer's buffers (``self_only``:
         the self-attention buffers only, when every row keeps its source)."""
-        stores = (self.self_k, self.self_v) if self_only else (self.self_k, self.self_v, self.cross_k, self.cross_v)
-        for store in stores:
+        for store in (self.self_k, self.self_v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    # Only the filled positions are copied (beam search reorders at every step);
+                    # the new buffer keeps the old one's capacity for the steps to come.
+                    kept = t.new_empty(index.numel(), *t.shape[1:])
+                    torch.index_select(t[:, :, : self.length], 0, index, out=kept[:, :, : self.length])
+                    store[i] = kept
+        if self_only:
+            return
+        for store in (self.cross_k, self.cross_v):
             for i, t in enumerate(store):
                 if t is not None:
                     store[i] = t.index_select(0, index)
@@ -297,15 +313,6 @@ class KVCache:
         buf_k[:, :, start:end] = k
         buf_v[:, :, start:end] = v
         return buf_k[:, :, :end], buf_v[:, :, :end]
-
-
-def pad_dim(t: Tensor, dim: int, size: int, value=0) -> Tensor:
-    """``t`` padded with ``value`` at the end of ``dim`` to ``size`` (as it is when not shorter)."""
-    if t.size(dim) >= size:
-        return t
-    shape = list(t.shape)
-    shape[dim] = size - t.size(dim)
-    return torch.cat([t, t.new_full(shape, value)], dim=dim)
 
 
 class MultiHeadAttention(nn.Module):
@@ -478,10 +485,15 @@ class VocabularyHead(nn.Linear):
             self.weight = embedding.tokens.weight
         else:
             nn.init.normal_(self.weight, std=cfg.d_model**-0.5)
+        self.projection: nn.Module | None = None  # an int8 copy for inference (inference.quantize)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Decoder states (..., D) -> logits (..., V), through the int8 copy when there is one."""
+        return self(hidden) if self.projection is None else self.projection(hidden)
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Unnormalized scores whose softmax is the output distribution: here the logits."""
-        return self(hidden)
+        return self.logits(hidden)
 
     def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities in float32."""
@@ -514,7 +526,7 @@ class CopyHead(VocabularyHead):
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities (float32) of the mixed distribution: their softmax is the distribution itself."""
-        logits = self(hidden).float()
+        logits = self.logits(hidden).float()
         gate = torch.sigmoid(self.gate(hidden).float())
         attention = attention.float()
         copy = torch.zeros_like(logits).scatter_add_(-1, source.expand_as(attention), attention)
@@ -602,12 +614,6 @@ class TransformerDecoder(_Stack):
     def new_cache(self) -> KVCache:
         return KVCache(len(self.layers))
 
-    def memory_keys_values(self, memory: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Every layer's cross-attention keys and values (B, H, S, Dh) of encoder states ``memory``
-        (B, S, D): what a cache holds after the first step (for rows that join a running batch)."""
-        pairs = [layer.cross_attn.memory_keys_values(memory) for layer in self.layers]
-        return [k for k, _ in pairs], [v for _, v in pairs]
-
     def project(self, hidden: Tensor) -> Tensor:
         """Decoder states (..., D) -> vocabulary logits (..., V) (before any copy mixing)."""
         return self.output(hidden)
@@ -622,7 +628,6 @@ class TransformerDecoder(_Stack):
         layout: Padded | None = None,
         memory_layout: Padded | None = None,
         cache: KVCache | None = None,
-        positions: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, dict[str, list]]:
         """Run the stack: ``(hidden, attention, weights)``.
@@ -631,11 +636,9 @@ class TransformerDecoder(_Stack):
         layer's cross-attention averaged over heads, rows of ``layout`` with S columns, when the
         head needs it (else None). ``weights``: ``{"self": [...], "cross": [...]}`` per layer when
         ``need_weights`` (Nones otherwise). With a ``cache``, ``tokens`` are the new positions only
-        and the cache advances; ``memory`` may then be None after the first step. ``positions`` (B,):
-        the position of each row's first token, where rows are at different positions (a continuous
-        batch; the default is the cache's length, or 0); such rows pass a ``self_attn_mask`` too.
+        and the cache advances; ``memory`` may then be None after the first step.
         """
-        offset = positions if positions is not None else cache.length if cache is not None else 0
+        offset = cache.length if cache is not None else 0
         is_causal = self_attn_mask is None
         self_keep, memory_keep = blocked_to_keep(self_attn_mask), blocked_to_keep(memory_mask)
         layout = layout or Padded(*tokens.shape)

@@ -24,7 +24,7 @@ import errno
 import logging
 import socket
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
@@ -36,9 +36,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from seq2seq.api import Translator
-from seq2seq.decoding.ensemble import Ensemble
 from seq2seq.errors import ConfigError, Seq2SeqError, one_line
-from seq2seq.serving.batcher import Batcher, ContinuousBatcher
+from seq2seq.serving.batcher import Batcher
 from seq2seq.serving.schemas import (
     BadRequest,
     Limits,
@@ -55,15 +54,11 @@ ENDPOINTS = "GET /, POST /translate, POST /attention, GET /health, GET /info, GE
 
 @dataclass(frozen=True)
 class Batching:
-    """Server-side batching (:mod:`.batcher`): batch at a time, at most ``max_batch`` texts per model
-    call, collected for at most ``max_wait_ms`` after the worker takes the first; or ``continuous``
-    (one network, greedy or beam search): sentences join and leave a running search between decoder
-    steps, at most ``max_batch`` in flight. An idle worker waits ``max_wait_ms`` for more requests
-    either way."""
+    """Server-side batching (:mod:`.batcher`): at most ``max_batch`` texts per model call, collected
+    for at most ``max_wait_ms`` after the worker takes the first."""
 
     max_batch: int = 32
     max_wait_ms: float = 10.0
-    continuous: bool = False
 
 
 def use_one_malloc_arena() -> bool:
@@ -124,15 +119,7 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
         if threads:
             torch.set_num_threads(threads)
 
-    continuous = (batching.continuous and decoding.strategy in ("greedy", "beam")
-                  and not isinstance(translator.net, Ensemble))
-    batching = replace(batching, continuous=continuous)  # what /info reports: the mode in use
-    if continuous:
-        batcher = ContinuousBatcher(translator.predictor(), max_batch=batching.max_batch,
-                                    max_wait_ms=batching.max_wait_ms, setup=setup,
-                                    max_src_len=translator.max_src_len, warn=warn)
-    else:
-        batcher = Batcher(translate, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms, setup=setup)
+    batcher = Batcher(translate, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms, setup=setup)
     page = demo_page()
 
     @contextlib.asynccontextmanager
