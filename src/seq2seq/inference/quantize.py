@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from seq2seq.errors import ConfigError
+from seq2seq.models.transformer import VocabularyHead
 
 QUANTIZATIONS = ("int8",)
 
@@ -37,7 +38,7 @@ def quantize(net: nn.Module, mode: str | None, device: torch.device) -> nn.Modul
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         quantize_dynamic(net.eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-        for head in (m for m in net.modules() if hasattr(m, "projection")):
+        for head in (m for m in net.modules() if isinstance(m, VocabularyHead)):
             # The vocabulary head subclasses nn.Linear (its weight may be the embedding matrix), which
             # quantize_dynamic leaves alone: its int8 copy goes beside it.
             plain = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
