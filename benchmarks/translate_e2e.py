@@ -8,7 +8,8 @@ Translates a corpus split (default: the Multi30k validation set, ``val.en`` -> `
 lines) as a user would, lines in and detokenized text out, with
 
 * ``ours``: :class:`seq2seq.inference.predictor.Predictor` (``translate``: tokenization, length-sorted
-  batches of ``--batch-sizes``, our cached greedy / beam search in float32, detokenization);
+  batches of ``--batch-sizes``, our cached greedy / beam search in float32 with the linear layers
+  packed for oneDNN as ``seq2seq-translate`` loads them, detokenization);
 * ``ours_int8``: the same with ``quantize="int8"`` (:mod:`seq2seq.inference.quantize`: every linear
   layer in int8), CPU only; compared with ``ct2_int8``;
 * ``ct2_fp32`` and ``ct2_int8``, the speed peers: the checkpoint exported by ``seq2seq-export`` with
@@ -67,7 +68,7 @@ from seq2seq.inference.checkpoint import load_model
 from seq2seq.inference.ct2_export import export_ctranslate2, require_ctranslate2
 from seq2seq.inference.ct2_predictor import CT2Predictor
 from seq2seq.inference.predictor import Predictor
-from seq2seq.inference.quantize import quantize
+from seq2seq.inference.quantize import for_inference
 from seq2seq.metrics.text_metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def worker(args) -> None:
     lines, _ = read_split(args)
     if name.startswith("ours"):
         net, tokenizer = load_model(model, args.device)
-        net = quantize(net, "int8" if name == "ours_int8" else None, torch.device(args.device))
+        net = for_inference(net, "int8" if name == "ours_int8" else None, torch.device(args.device))
     tokens = 0
 
     def build(decoding):

@@ -1,5 +1,6 @@
-"""int8 inference on the CPU (quantize=int8): every linear layer in int8, outputs close to float32,
-through the API and the translate command; refusals as one-line user errors."""
+"""The linear layers of a loaded network on the CPU: float32 packed for oneDNN by default (outputs
+as the plain network's), int8 with quantize=int8 (outputs close to float32), through the API and the
+translate command; refusals as one-line user errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from helpers import TOY_SENTENCES, assert_one_line_error, command_env, run_comma
 from seq2seq.api import Translator
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import load_model
-from seq2seq.inference.quantize import quantize
+from seq2seq.inference.quantize import PackedLinear, pack_linear_layers, quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,6 +36,28 @@ def test_int8_translator_quantizes_every_linear_layer_and_stays_close_to_float32
     assert scores_fp32 != scores_int8  # int8 did run
     same = sum(a == b for a, b in zip(outputs, int8.translate(TOY_SENTENCES)))
     assert same >= 0.7 * len(TOY_SENTENCES), same
+
+
+def test_translator_packs_float32_linear_layers_and_decodes_as_the_plain_network(tiny_checkpoint):
+    packed = Translator.from_checkpoint(tiny_checkpoint, device="cpu", strategy="greedy")
+    plain = Translator(*load_model(tiny_checkpoint, "cpu"), packed.decoding, device="cpu")
+    config = plain.net.config
+    layers = config.num_encoder_layers * 4 + config.num_decoder_layers * 7
+    assert len([m for m in packed.net.modules() if isinstance(m, PackedLinear)]) == layers + 1  # + vocabulary
+    assert isinstance(packed.net.decoder.output.projection, PackedLinear)
+    assert not [m for m in packed.net.modules() if type(m) is torch.nn.Linear]
+    assert plain.net.decoder.output.projection is None and type(plain.net.decoder.layers[0].ffn.fc1) is torch.nn.Linear
+    assert packed.num_parameters == plain.num_parameters
+    for strategy in ("greedy", "beam"):
+        assert packed.translate(TOY_SENTENCES, strategy=strategy) == plain.translate(TOY_SENTENCES, strategy=strategy)
+    outputs = plain.translate(TOY_SENTENCES)
+    differences = [abs(a.log_prob - b.log_prob)
+                   for a, b in zip(packed.score(TOY_SENTENCES, outputs), plain.score(TOY_SENTENCES, outputs))]
+    assert max(differences) < 1e-3, differences
+    # Nothing to pack on a GPU, nor in a network that is not float32.
+    half, _ = load_model(tiny_checkpoint, "cpu")
+    assert pack_linear_layers(half.bfloat16(), torch.device("cpu")).decoder.output.projection is None
+    assert pack_linear_layers(plain.net, torch.device("cuda")) is plain.net and plain.net.decoder.output.projection is None
 
 
 def test_quantize_refusals(tiny_checkpoint):

@@ -28,6 +28,7 @@ from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import load_models, resolve_device
 from seq2seq.inference.predictor import PairScore, Predictor
+from seq2seq.inference.quantize import pack_linear_layers
 from seq2seq.inference.quantize import quantize as quantize_linear_layers
 from seq2seq.models.transformer import Seq2SeqTransformer
 
@@ -135,10 +136,13 @@ class Translator:
         (``auto``: CUDA when available); ``options`` are default decoding settings, ``tgt_lang`` the
         default target language of a multilingual checkpoint. A list of checkpoints that share one
         tokenizer decodes as their ensemble (:mod:`seq2seq.decoding.ensemble`). ``quantize="int8"``:
-        int8 linear layers on the CPU (:mod:`seq2seq.inference.quantize`)."""
+        int8 linear layers on the CPU; otherwise, on the CPU, float32 linear layers packed for oneDNN
+        (:mod:`seq2seq.inference.quantize`)."""
         device = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
         defaults = with_options(decoding or DecodingConfig(), options)
         net, tokenizer = load_models(path, device)
+        if quantize is None:  # this network is the Translator's own, so its layers may be repacked
+            net = pack_linear_layers(net, device)
         return cls(net, tokenizer, defaults, device=device, batch_size=batch_size, max_tokens=max_tokens,
                    max_src_len=max_src_len, tgt_lang=tgt_lang, quantize=quantize)
 

@@ -33,6 +33,7 @@ from seq2seq.decoding.search import LENGTH_PENALTIES, DecodingConfig, rerank
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import checkpoint_paths, load_models, resolve_device
 from seq2seq.inference.predictor import Predictor
+from seq2seq.inference.quantize import pack_linear_layers
 from seq2seq.metrics.text_metrics import (
     PairOutputs,
     bleu_tokenizer,
@@ -80,6 +81,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     paths = [Path(p) for p in checkpoint_paths(cfg.ckpt_path)]
     net, tokenizer = load_models(paths, device)
+    net = pack_linear_layers(net, device)
     task, datamodule, about = _data_of(cfg, paths[0])
     jobs = _jobs(cfg, datamodule, tokenizer)
     if task == "translation":  # every pair's BLEU tokenizer, before anything is decoded

@@ -1,4 +1,13 @@
-"""int8 inference on the CPU: dynamic quantization of a trained network's linear layers.
+"""The linear layers of a network loaded for CPU inference: float32 in oneDNN's layout, or int8.
+
+Float32 (the default of ``seq2seq-translate``, ``seq2seq-eval``, ``seq2seq-serve`` and
+``Translator.from_checkpoint`` on the CPU): :func:`pack_linear_layers` reorders every linear
+layer's weight once into oneDNN's blocked layout (:class:`PackedLinear`). The weights and the
+arithmetic stay float32; a decoding step then reads its weights in the order the kernel wants
+instead of repacking them at every call, which is what bounds a small model's decoding at batches
+of a few dozen rows (``docs/results/translate_e2e_cpu/``).
+
+int8:
 
 ``quantize="int8"`` (``seq2seq-translate quantize=int8``, ``Translator.from_checkpoint(...,
 quantize="int8")``, ``seq2seq-serve quantize=int8``) rounds the weights of every linear layer —
@@ -20,6 +29,55 @@ from seq2seq.errors import ConfigError
 from seq2seq.models.transformer import VocabularyHead
 
 QUANTIZATIONS = ("int8",)
+
+
+class PackedLinear(nn.Module):
+    """A float32 linear layer for CPU inference, its weight reordered once for oneDNN's kernels.
+
+    ``x`` (..., in_features) -> (..., out_features), equal to ``linear`` up to float rounding; no
+    gradients (inference only). ``weight`` and ``bias`` stay the layer's parameters (the state dict,
+    parameter count and exports see the network as it was loaded); the packed copy beside them
+    costs the weights' memory once more.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, bias, "none", [], "")
+
+
+def can_pack(net: nn.Module, device: torch.device) -> bool:
+    """Whether :func:`pack_linear_layers` changes ``net``: float32 weights on a CPU with oneDNN."""
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and all(p.dtype == torch.float32 for p in net.parameters()))
+
+
+def pack_linear_layers(net: nn.Module, device: torch.device) -> nn.Module:
+    """``net`` (eval mode, for inference only: it is changed in place) with every ``nn.Linear`` a
+    :class:`PackedLinear` and each vocabulary head's projection packed beside its (possibly tied)
+    weight; unchanged where :func:`can_pack` says no."""
+    if not can_pack(net, device):
+        return net
+    net.eval()
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:  # not the vocabulary head, which subclasses it
+                setattr(module, name, PackedLinear(child))
+    for head in (m for m in net.modules() if isinstance(m, VocabularyHead)):
+        head.projection = PackedLinear(head)
+    return net
+
+
+def for_inference(net: nn.Module, mode: str | None, device: torch.device) -> nn.Module:
+    """The layers ``seq2seq`` decodes a loaded checkpoint with: int8 (``mode="int8"``, :func:`quantize`)
+    or float32 packed for the CPU (``mode=None``, :func:`pack_linear_layers`; as it is on a GPU)."""
+    return quantize(net, mode, device) if mode is not None else pack_linear_layers(net, device)
 
 
 def quantize(net: nn.Module, mode: str | None, device: torch.device) -> nn.Module:

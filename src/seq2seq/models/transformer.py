@@ -485,10 +485,10 @@ class VocabularyHead(nn.Linear):
             self.weight = embedding.tokens.weight
         else:
             nn.init.normal_(self.weight, std=cfg.d_model**-0.5)
-        self.projection: nn.Module | None = None  # an int8 copy for inference (inference.quantize)
+        self.projection: nn.Module | None = None  # an int8 or packed copy for inference (inference.quantize)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """Decoder states (..., D) -> logits (..., V), through the int8 copy when there is one."""
+        """Decoder states (..., D) -> logits (..., V), through the inference copy when there is one."""
         return self(hidden) if self.projection is None else self.projection(hidden)
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
