@@ -281,7 +281,11 @@ def model_config(cfg: TransformerConfig):
 
 def generation_settings(cfg: TransformerConfig, decoding: DecodingConfig) -> dict[str, Any]:
     """``generation_config.json``'s settings for a network of ``cfg`` decoded as ``decoding`` says
-    (see the module docstring for what maps and how)."""
+    (see the module docstring for what maps and how). A strategy with no counterpart here is refused
+    rather than exported as greedy decoding."""
+    if decoding.strategy not in ("greedy", "beam", "sampling"):
+        raise ConfigError(f"decoding.strategy={decoding.strategy}: the transformers export maps greedy, beam "
+                          "and sampling (inference/hf_export.generation_settings); export with one of them")
     beam = decoding.strategy == "beam"
     settings: dict[str, Any] = {
         "decoder_start_token_id": cfg.bos_id, "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id,
