@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tgt-lang", default="de")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty of beam search")
+    p.add_argument("--alpha", type=float, default=DecodingConfig.alpha, help="GNMT length penalty of beam search")
     p.add_argument("--strategies", nargs="+", default=["greedy", "beam"], choices=["greedy", "beam"])
     p.add_argument("--threads", type=int, default=2, help="torch threads = CTranslate2 intra_threads")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],

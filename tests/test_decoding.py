@@ -149,7 +149,7 @@ def test_n_best_returns_k_sorted_distinct_hypotheses():
         assert scores == sorted(scores, reverse=True)
         assert len({tuple(h.tokens) for h in group}) == 4
         for h in group:
-            assert h.score == pytest.approx(h.log_prob / length_penalty(h.num_scored, 0.6))
+            assert h.score == pytest.approx(h.log_prob / length_penalty(h.num_scored, DecodingConfig.alpha))
 
 
 # ----------------------------------------------------------------------------- constraints

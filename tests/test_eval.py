@@ -114,9 +114,9 @@ def test_eval_scores_other_length_penalties_from_one_search(run_folder, tmp_path
     and equals an eval run decoding with that penalty; the default ranking's row equals val/bleu."""
     ckpt = run_folder / "checkpoints" / "best.ckpt"
     common = [f"ckpt_path={ckpt}", "split=val", "decoding=beam", "decoding.beam_size=3"]
-    swept = evaluate(eval_config(tmp_path / "swept", [*common, "length_penalties=[gnmt:0.6,average:1.0,gnmt:0]"]))
+    swept = evaluate(eval_config(tmp_path / "swept", [*common, "length_penalties=[gnmt:1.0,average:1.0,gnmt:0]"]))
     average = evaluate(eval_config(tmp_path / "average", [*common, "decoding.length_penalty=average", "decoding.alpha=1.0"]))
-    assert swept["val/length_penalty/gnmt_0.6/bleu"] == swept["val/bleu"]
+    assert swept["val/length_penalty/gnmt_1/bleu"] == swept["val/bleu"]  # beam.yaml: gnmt, alpha 1.0
     assert swept["val/length_penalty/average_1/bleu"] == average["val/bleu"]
     assert swept["val/length_penalty/average_1/chrf"] == average["val/chrf"] and "val/length_penalty/gnmt_0/bleu" in swept
     assert swept["decoding"]["n_best"] == 1 and not (tmp_path / "swept" / "run" / "hypotheses.val.nbest.txt").exists()

@@ -309,4 +309,4 @@ def test_model_card_snippet_translates(hf, tiny_checkpoint, tmp_path, monkeypatc
     printed = eval(capsys.readouterr().out)
     assert len(printed) == 1 and printed[0].strip()
     settings = json.loads((out / "generation_config.json").read_text())
-    assert (settings["num_beams"], settings["early_stopping"], settings["length_penalty"]) == (5, True, 0.48)
+    assert (settings["num_beams"], settings["early_stopping"], settings["length_penalty"]) == (5, True, 0.8)  # alpha 1.0 at 20 tokens

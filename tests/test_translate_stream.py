@@ -146,7 +146,7 @@ def test_failure_part_way_leaves_no_output_file(tiny_checkpoint, tmp_path):
 
 def test_score_reference(tiny_checkpoint, tmp_path):
     net, tokenizer = load_model(tiny_checkpoint)
-    predictor = Predictor(net, tokenizer, DecodingConfig(strategy="greedy", alpha=0.6))
+    predictor = Predictor(net, tokenizer, DecodingConfig(strategy="greedy"))
     hyps = [predictor.generate(torch.tensor([ids]))[0][0] for ids in tokenizer.encode_source(SENTENCES)]
     texts = predictor.texts(hyps)
     sources = [*SENTENCES, "", "  ", SENTENCES[0]]

@@ -62,7 +62,7 @@ class DecodingConfig:
     max_len_b: int = 10
     min_len: int = 0  # EOS is blocked for the first min_len output tokens
     beam_size: int = 5
-    alpha: float = 0.6  # length penalty exponent; 0 ranks by the plain sum of log-probabilities
+    alpha: float = 1.0  # length penalty exponent; 0 ranks by the plain sum of log-probabilities
     length_penalty: str = "gnmt"  # "gnmt": ((5 + n) / 6) ** alpha; "average": n ** alpha (see the module docstring)
     n_best: int = 1  # hypotheses returned per source (beam: <= beam_size; sampling: independent samples)
     no_repeat_ngram_size: int = 0  # 0 = off; n > 0 forbids repeating any n-gram of the output
