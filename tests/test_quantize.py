@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from helpers import TOY_SENTENCES, assert_one_line_error, command_env, run_command
 from seq2seq.api import Translator
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import load_model
-from seq2seq.inference.quantize import PackedLinear, pack_linear_layers, quantize
+from seq2seq.inference.quantize import Int8Linear, PackedLinear, pack_linear_layers, quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +20,7 @@ def test_int8_translator_quantizes_every_linear_layer_and_stays_close_to_float32
     fp32 = Translator.from_checkpoint(tiny_checkpoint, device="cpu", strategy="greedy")
     int8 = Translator.from_checkpoint(tiny_checkpoint, device="cpu", strategy="greedy", quantize="int8")
     linear = [m for m in int8.net.modules() if type(m) is torch.nn.Linear]
-    dynamic = [m for m in int8.net.modules() if isinstance(m, DynamicLinear)]
+    dynamic = [m for m in int8.net.modules() if isinstance(m, Int8Linear)]
     # Encoder layer: qkv, out, fc1, fc2; decoder layer: those and cross-attention's q, kv, out.
     layers = fp32.net.config.num_encoder_layers * 4 + fp32.net.config.num_decoder_layers * 7
     assert not linear and len(dynamic) == layers + 1  # + the vocabulary projection
@@ -58,6 +57,23 @@ def test_translator_packs_float32_linear_layers_and_decodes_as_the_plain_network
     half, _ = load_model(tiny_checkpoint, "cpu")
     assert pack_linear_layers(half.bfloat16(), torch.device("cpu")).decoder.output.projection is None
     assert pack_linear_layers(plain.net, torch.device("cuda")) is plain.net and plain.net.decoder.output.projection is None
+
+
+def test_int8_linear_rounds_each_row_on_its_own():
+    """Per-row (token) input scales: a row's output is the same in any batch, and close to float32."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    int8 = Int8Linear(linear)
+    rows = torch.randn(40, 64)
+    rows[7] *= 50.0  # one row with large values: with one scale per batch it would coarsen every row
+    batched = int8(rows)
+    alone = torch.cat([int8(rows[i : i + 1]) for i in range(40)])
+    assert torch.equal(batched, alone)
+    assert int8(rows.view(5, 8, 64)).shape == (5, 8, 48)
+    exact = linear(rows).detach()
+    error = (batched - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)
+    assert error.max() < 0.03, error.max()
+    assert not torch.equal(batched, exact)
 
 
 def test_quantize_refusals(tiny_checkpoint):
