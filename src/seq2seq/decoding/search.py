@@ -462,7 +462,7 @@ def sequence_scores(
     src: Tensor,
     outputs: list[list[int]],
     eos: list[bool] | bool = True,
-    alpha: float = 0.6,
+    alpha: float = DecodingConfig.alpha,
     kind: str = "gnmt",
 ) -> list[tuple[float, float]]:
     """Teacher-forced ``(score, log_prob)`` of given outputs, as the searches compute them.
