@@ -87,16 +87,7 @@ def pack_linear_layers(net: nn.Module, device: torch.device) -> nn.Module:
     """``net`` (eval mode, for inference only: it is changed in place) with every ``nn.Linear`` a
     :class:`PackedLinear` and each vocabulary head's projection packed beside its (possibly tied)
     weight; unchanged where :func:`can_pack` says no."""
-    if not can_pack(net, device):
-        return net
-    net.eval()
-    for module in list(net.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:  # not the vocabulary head, which subclasses it
-                setattr(module, name, PackedLinear(child))
-    for head in (m for m in net.modules() if isinstance(m, VocabularyHead)):
-        head.projection = PackedLinear(head)
-    return net
+    return replace_linear_layers(net, PackedLinear) if can_pack(net, device) else net
 
 
 def for_inference(net: nn.Module, mode: str | None, device: torch.device) -> nn.Module:
@@ -113,12 +104,18 @@ def quantize(net: nn.Module, mode: str | None, device: torch.device) -> nn.Modul
         raise ConfigError(f"quantize={mode!r}: use int8, or null for float32")
     if device.type != "cpu":
         raise ConfigError(f"quantize={mode} runs on the CPU (device={device}): pass device=cpu, or quantize=null")
+    return replace_linear_layers(net, Int8Linear)
+
+
+def replace_linear_layers(net: nn.Module, layer: type[nn.Module]) -> nn.Module:
+    """``net`` in eval mode, changed in place: every ``nn.Linear`` becomes ``layer(linear)``, and each
+    vocabulary head gets ``layer(head)`` as its projection beside its weight, which may be the
+    embedding matrix (the embeddings keep it as it is)."""
     net.eval()
     for module in list(net.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:  # not the vocabulary head, which subclasses it
-                setattr(module, name, Int8Linear(child))
+                setattr(module, name, layer(child))
     for head in (m for m in net.modules() if isinstance(m, VocabularyHead)):
-        # The head's weight may be the embedding matrix, which stays float32: its int8 copy goes beside it.
-        head.projection = Int8Linear(head)
+        head.projection = layer(head)
     return net
