@@ -4,8 +4,7 @@ Float32 (the default of ``seq2seq-translate``, ``seq2seq-eval``, ``seq2seq-serve
 ``Translator.from_checkpoint`` on the CPU): :func:`pack_linear_layers` reorders every linear
 layer's weight once into oneDNN's blocked layout (:class:`PackedLinear`). The weights and the
 arithmetic stay float32; a decoding step then reads its weights in the order the kernel wants
-instead of repacking them at every call, which is what bounds a small model's decoding at batches
-of a few dozen rows (``docs/results/translate_e2e_cpu/``).
+instead of repacking them at every call, which otherwise dominates a small model's decoding steps.
 
 int8 (``quantize="int8"``: ``seq2seq-translate quantize=int8``, ``Translator.from_checkpoint(...,
 quantize="int8")``, ``seq2seq-serve quantize=int8``): :class:`Int8Linear` rounds the weights of every
@@ -13,8 +12,8 @@ linear layer — attention projections, feed-forward layers and the vocabulary p
 one scale per output row, and each input row (token) to int8 with a scale of its own at run time,
 as CTranslate2 does; the product runs in torch's int8 matrix multiply (``torch._int_mm``) with int32
 sums. Nothing is calibrated, and a row's result does not depend on the other rows of its batch
-(per-tensor activation scales, torch's dynamic quantization, made beam search at batch 64 lose more
-BLEU than at 16). Embeddings, layer norms and the softmax stay in float32.
+(one scale per batch would coarsen every row by its largest). Embeddings, layer norms and the
+softmax stay in float32.
 ``benchmarks/translate_e2e.py`` (system ``ours_int8``) measures its accuracy and speed against
 float32 and CTranslate2 int8.
 """
@@ -44,10 +43,10 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.packed_bias = None if linear.bias is None else linear.bias.detach()  # shares its storage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.packed_bias, "none", [], "")
 
 
 class Int8Linear(nn.Module):
