@@ -126,7 +126,6 @@ def test_a_setting_no_export_maps_is_refused_until_it_is_mapped():
             hf_export.check_exportable(TransformerConfig(output_bias=True))
 
 
-
 def test_a_decoding_strategy_the_export_does_not_map_is_refused():
     """A strategy added later (decoding.STRATEGIES) is refused by the transformers export until
     generation_settings maps it, instead of being written as greedy decoding."""
@@ -137,6 +136,7 @@ def test_a_decoding_strategy_the_export_does_not_map_is_refused():
     assert "do_sample" not in generation_settings(cfg, DecodingConfig(strategy="greedy"))
     with pytest.raises(ConfigError, match="decoding.strategy=epsilon: the transformers export maps greedy"):
         generation_settings(cfg, DecodingConfig(strategy="epsilon"))
+
 
 def test_missing_transformers_names_the_extra(monkeypatch):
     from seq2seq.inference.hf_export import require_transformers

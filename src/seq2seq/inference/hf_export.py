@@ -78,6 +78,8 @@ SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB = "source.spm", "target.spm", "vocab
 # The output length (tokens, EOS included) at which length_penalty matches GNMT's alpha: a typical
 # sentence of a translation corpus in subwords (WMT14 en-de averages ~28 with a 32k vocabulary).
 TYPICAL_OUTPUT_LENGTH = 20
+# The decoding strategies generation_config.json can express (the others are refused).
+MAPPED_STRATEGIES = ("greedy", "beam", "sampling")
 # Ours -> transformers' ACT2FN name (gelu: the exact erf form in both; swish: x * sigmoid(x)).
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish"}
 
@@ -283,9 +285,10 @@ def generation_settings(cfg: TransformerConfig, decoding: DecodingConfig) -> dic
     """``generation_config.json``'s settings for a network of ``cfg`` decoded as ``decoding`` says
     (see the module docstring for what maps and how). A strategy with no counterpart here is refused
     rather than exported as greedy decoding."""
-    if decoding.strategy not in ("greedy", "beam", "sampling"):
-        raise ConfigError(f"decoding.strategy={decoding.strategy}: the transformers export maps greedy, beam "
-                          "and sampling (inference/hf_export.generation_settings); export with one of them")
+    if decoding.strategy not in MAPPED_STRATEGIES:
+        raise ConfigError(f"decoding.strategy={decoding.strategy}: the transformers export maps "
+                          f"{', '.join(MAPPED_STRATEGIES[:-1])} and {MAPPED_STRATEGIES[-1]} "
+                          "(inference/hf_export.generation_settings); export with one of them")
     beam = decoding.strategy == "beam"
     settings: dict[str, Any] = {
         "decoder_start_token_id": cfg.bos_id, "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id,
