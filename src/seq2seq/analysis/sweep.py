@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,11 @@ from seq2seq.analysis import tables
 from seq2seq.analysis.groups import (
     SEED_KEY,
     Group,
-    check_comparable,
     compare,
+    dotted,
     find_group,
     group_jobs,
+    job_value,
     metric_columns,
 )
 from seq2seq.analysis.significance import RESAMPLES, SEED
@@ -73,19 +73,17 @@ BASE_COLUMNS = [
 ]
 
 
-def _load_yaml(path: Path) -> Any:
+def _load(path: Path, parse: Callable[[str], Any] = json.loads) -> Any:
+    """``path`` parsed (JSON, or ``yaml.safe_load``); None when missing or unreadable."""
     try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
+        return parse(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError, yaml.YAMLError):
         return None
 
 
-def _get(tree: Any, dotted: str, default: Any = None) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return default
-        tree = tree[part]
-    return tree
+def _read_json(path: Path) -> dict | None:
+    value = _load(path)
+    return value if isinstance(value, dict) else None
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -105,11 +103,6 @@ def _csv_rows(path: Path) -> list[dict[str, float]]:
         return []
     number = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
     return [{k: float(v) for k, v in row.items() if v and number.fullmatch(v)} for row in rows]
-
-
-def _mean(rows: Sequence[dict], key: str) -> float | None:
-    values = [row[key] for row in rows if key in row]
-    return sum(values) / len(values) if values else None
 
 
 def best_validation(rows: Sequence[dict], monitor: str, mode: str = "max") -> dict[str, float]:
@@ -135,9 +128,9 @@ def _wall_time(job: Path, metrics: dict | None) -> float | None:
 
 
 def _size(config: dict | None, hydra_cfg: dict | None) -> str:
-    choice = _get(hydra_cfg, "hydra.runtime.choices", {}) or {}
+    choice = dotted(hydra_cfg, "hydra.runtime.choices", {}) or {}
     name = choice.get("model/size") or ""
-    model = _get(config, "model") or {}
+    model = dotted(config, "model") or {}
     if not model.get("d_model"):
         return name or "?"
     shape = f"d{model['d_model']} L{model.get('num_encoder_layers', '?')}+{model.get('num_decoder_layers', '?')}"
@@ -147,21 +140,13 @@ def _size(config: dict | None, hydra_cfg: dict | None) -> str:
 def _device(config: dict | None, metrics: dict | None) -> str:
     if metrics and metrics.get("device"):
         return str(metrics["device"])
-    trainer = _get(config, "trainer") or {}
+    trainer = dotted(config, "trainer") or {}
     if not trainer:
         return ""
     nodes = trainer.get("num_nodes") or 1
     devices = trainer.get("devices", 1)
     count = f"{nodes}x{devices}" if nodes != 1 else f"{devices}"
     return f"{trainer.get('accelerator', '?')} x{count} {trainer.get('precision', '')}".strip()
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def failure_reason(job: Path) -> str:
@@ -193,9 +178,9 @@ def _scores(metrics: dict, prefix: str = "") -> dict[str, float]:
 def read_job(job: Path) -> dict[str, Any]:
     """One job folder as a row (column -> value); see the module docstring. Keys starting with ``_``
     hold what grouping and tests need (the folder, the config, the overrides as a list)."""
-    overrides = [str(o) for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []]
-    config = _load_yaml(job / ".hydra" / "config.yaml")
-    hydra_cfg = _load_yaml(job / ".hydra" / "hydra.yaml")
+    overrides = [str(o) for o in _load(job / ".hydra" / "overrides.yaml", yaml.safe_load) or []]
+    config = _load(job / ".hydra" / "config.yaml", yaml.safe_load)
+    hydra_cfg = _load(job / ".hydra" / "hydra.yaml", yaml.safe_load)
     metrics = _read_json(job / "metrics.json")
     finished = metrics is not None and metrics.get("status", "finished") == "finished"
     row: dict[str, Any] = {
@@ -205,12 +190,13 @@ def read_job(job: Path) -> dict[str, Any]:
         "device": _device(config, metrics),
         "overrides": " ".join(overrides),
         "wall_time_s": _wall_time(job, metrics),
-        "seed": _seed(overrides, config),
         "_folder": job,
         "_overrides": overrides,
         "_config": config or {},
-        "_choices": _get(hydra_cfg, "hydra.runtime.choices", {}) or {},
+        "_choices": dotted(hydra_cfg, "hydra.runtime.choices", {}) or {},
     }
+    seed = job_value(row, SEED_KEY)  # its override (a string), else the config's
+    row["seed"] = int(seed) if isinstance(seed, str) and seed.lstrip("-").isdigit() else seed
     if not finished:
         row["error"] = failure_reason(job)
         return row
@@ -233,22 +219,13 @@ def read_job(job: Path) -> dict[str, Any]:
         row[monitor["metric"]] = metrics[f"{monitor['metric']}_best"]
     for key in [k for k in row if k.endswith(("/loss", "/ppl"))]:
         del row[key]
-    tokens = _mean(curve, TOKENS_PER_S)
-    row["tokens/s"] = tokens if tokens is not None else metrics.get(TOKENS_PER_S)
+    tokens = [line[TOKENS_PER_S] for line in curve if TOKENS_PER_S in line]
+    row["tokens/s"] = sum(tokens) / len(tokens) if tokens else metrics.get(TOKENS_PER_S)
     signature = metrics.get("sacrebleu_signature")
     row["sacrebleu_signature"] = signature.get("bleu") if isinstance(signature, dict) else signature
     row["bleu_tok_lc_signature"] = signature.get("bleu_tok_lc") if isinstance(signature, dict) else None
     row["rouge_signature"] = metrics.get("rouge_signature")
     return row
-
-
-def _seed(overrides: Sequence[str], config: dict | None) -> int | str | None:
-    """The job's ``seed``: its override, else the resolved config's."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key == SEED_KEY:
-            return int(value) if value.lstrip("-").isdigit() else value
-    return _get(config, SEED_KEY)
 
 
 def columns_of(rows: Sequence[dict]) -> list[str]:
@@ -265,36 +242,21 @@ def _fmt(column: str, value: Any) -> str:
         return ""
     if isinstance(value, float) or (column in ("parameters", "wall_time_s", "tokens/s") and isinstance(value, int)):
         return tables.format_number(column, value)
-    return str(value).replace("|", "\\|")  # signatures hold |, which would split Markdown cells
+    return str(value)
 
 
 def split_overrides(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
     """(overrides common to every job, each job's other overrides joined): what tells jobs apart."""
     per_job = [str(row.get("overrides") or "").split() for row in rows]
-    common = [o for o in per_job[0] if all(o in job for job in per_job[1:])] if len(per_job) > 1 else []
-    return common, [" ".join(o for o in job if o not in common) for job in per_job]
+    return tables.split_common(per_job) if len(per_job) > 1 else ([], [" ".join(job) for job in per_job])
 
 
 def to_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A Markdown table; the overrides column shows what differs between jobs, the rest goes above."""
     common, varying = split_overrides(rows)
-    header = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = [
-        "| " + " | ".join(_fmt(c, vary if c == "overrides" else row.get(c)) for c in columns) + " |"
-        for row, vary in zip(rows, varying)
-    ]
+    body = [[_fmt(c, vary if c == "overrides" else row.get(c)) for c in columns] for row, vary in zip(rows, varying)]
     intro = [f"Overrides of every job: `{' '.join(common)}`", ""] if common else []
-    return "\n".join([*intro, header, rule, *body]) + "\n"
-
-
-def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
-    return out.getvalue()
+    return "\n".join([*intro, *tables.markdown_table(columns, body)]) + "\n"
 
 
 def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
@@ -371,7 +333,6 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Se
     groups = group_jobs(rows, group_by, columns)
     base = find_group(groups, str(baseline)) if baseline is not None else None
     if base is not None:
-        check_comparable(groups, base)
         compare(groups, base, columns, resamples=resamples, seed=seed)
     out = Path(out) if out else sweep_dir
     texts = {
@@ -385,7 +346,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Se
         "markdown_file": atomic_write_text(out / "results.md", texts["markdown"]),
         "latex_file": atomic_write_text(out / "results.tex", texts["latex"]),
         "csv_file": atomic_write_text(out / "results.csv", texts["csv"]),
-        "jobs_file": atomic_write_text(out / "jobs.csv", to_csv(rows, [*job_columns[:2], "seed", *job_columns[2:], "error"])),
+        "jobs_file": atomic_write_text(out / "jobs.csv", tables.write_csv([*job_columns[:2], "seed", *job_columns[2:], "error"], rows)),
         "plot_file": plot(groups, out / "bleu_vs_params.png", title=sweep_dir.name),
     }
     if base is not None:
