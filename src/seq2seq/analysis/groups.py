@@ -116,7 +116,7 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
     """Every metric column of the jobs, ordered: the run's own (val, then test), ``final/``, then each
     eval folder's; within one, BLEU, tokenized lowercased BLEU, chrF, ROUGE, then the rest."""
     order = ("bleu", "bleu_tok_lc", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
-    found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and _split_of(k)}
+    found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and _parts(k)}
 
     def rank(column: str) -> tuple:
         prefix, split, metric = _parts(column)
@@ -126,15 +126,11 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
     return sorted((c for c in found if not c.endswith(("/loss", "/ppl")) and "/loss/" not in c), key=rank)
 
 
-def _parts(column: str) -> tuple[str, str, str]:
-    """``[prefix/]split/metric`` -> (prefix, split, metric)."""
+def _parts(column: str) -> tuple[str, str, str] | None:
+    """``[prefix/]split/metric`` -> (prefix, split, metric); None for a column without a split."""
     parts = column.split("/")
-    at = next(i for i, part in enumerate(parts) if part in SPLITS)
-    return "/".join(parts[:at]), parts[at], "/".join(parts[at + 1:])
-
-
-def _split_of(column: str) -> str | None:
-    return next((part for part in column.split("/")[:-1] if part in SPLITS), None)
+    at = next((i for i, part in enumerate(parts[:-1]) if part in SPLITS), None)
+    return None if at is None else ("/".join(parts[:at]), parts[at], "/".join(parts[at + 1:]))
 
 
 def dotted(tree: Any, path: str, default: Any = None) -> Any:

@@ -1,35 +1,29 @@
 """Results table and plot of a sweep (the library behind ``python -m seq2seq.report SWEEP_DIR``).
 
-A Hydra multirun folder holds one folder per job, ``<sweep>/<N>/``, each with
-``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``.hydra/hydra.yaml``, ``metrics.json`` and
-``csv/metrics.csv``. The report reads each job (:func:`read_job`):
+A Hydra multirun folder holds one folder per job (``<sweep>/<N>/`` with ``.hydra/``,
+``metrics.json`` and ``csv/metrics.csv``); :func:`read_job` makes each a row:
 
 =================  ===========================================================================
 size               the ``model/size`` choice and the model's shape (d_model, layers)
 parameters         ``num_parameters`` of metrics.json
-val/*, test/*      every validation and test metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule
-                   for all: the val/* values of the validation that chose best.ckpt (the best
-                   ``monitor`` value in csv/metrics.csv; without the curve, ``<monitor>_best``),
-                   and test/* of best.ckpt
-final/*            the run's final scores (``final:`` in conf/train.yaml: e.g. the average of its
-                   last checkpoints, decoded with beam search)
-<folder>/*         the val/* and test/* of every subfolder with a metrics.json of its own: a
-                   ``seq2seq-eval`` run written into the job (``hydra.run.dir=<job>/eval_beam5``)
+val/*, test/*      every metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule for all: val/* at
+                   the validation that chose best.ckpt (the best ``monitor`` value in
+                   csv/metrics.csv; without the curve, ``<monitor>_best``), test/* of best.ckpt
+final/*            the run's final scores (``final:`` in conf/train.yaml)
+<folder>/*         val/* and test/* of each subfolder with a metrics.json of its own (a
+                   ``seq2seq-eval`` run written into the job: ``hydra.run.dir=<job>/eval_beam5``)
 selected by        the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
 seed               the job's ``seed`` (override, else config)
 tokens/s           mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
 wall time          ``wall_time_s`` of metrics.json, else the job folder's timestamps
-device             metrics.json's ``device``, else the trainer config (accelerator, devices, precision)
+device             metrics.json's ``device``, else the trainer config
 signatures         sacreBLEU's BLEU, the tokenized lowercased BLEU's, ROUGE's
 overrides          the job's command-line overrides
 =================  ===========================================================================
 
-A job folder without a finished metrics.json (a failed, killed or still running job) is
-``failed``, with the one-line reason of its ``failure.json`` (a job that raised in a multirun) or
-what its folder shows. Jobs are then grouped into rows, seeds of one setting together, summarized as
-mean ± standard deviation, and optionally tested against a baseline row
-(:mod:`seq2seq.analysis.groups`); :mod:`seq2seq.analysis.tables` writes them as Markdown, LaTeX
-and CSV. :func:`report` writes every file into ``--out`` (default: the sweep folder).
+A job without a finished metrics.json is ``failed``, with the reason its ``failure.json`` or its
+folder gives. :mod:`seq2seq.analysis.groups` groups, summarizes and tests the rows,
+:mod:`seq2seq.analysis.tables` writes them, :func:`report` writes every file into ``--out``.
 """
 
 from __future__ import annotations
@@ -127,9 +121,8 @@ def _wall_time(job: Path, metrics: dict | None) -> float | None:
     return max(times) - start_file.stat().st_mtime if times else None
 
 
-def _size(config: dict | None, hydra_cfg: dict | None) -> str:
-    choice = dotted(hydra_cfg, "hydra.runtime.choices", {}) or {}
-    name = choice.get("model/size") or ""
+def _size(config: dict | None, choices: dict) -> str:
+    name = choices.get("model/size") or ""
     model = dotted(config, "model") or {}
     if not model.get("d_model"):
         return name or "?"
@@ -162,12 +155,6 @@ def failure_reason(job: Path) -> str:
     return f"no metrics.json: killed, interrupted or still running{where}"
 
 
-def eval_folders(job: Path) -> list[Path]:
-    """The job's subfolders holding a metrics.json of their own: ``seq2seq-eval`` runs written into it
-    (``hydra.run.dir=<job>/eval_beam5``) and ``final/``."""
-    return sorted(p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "metrics.json").is_file())
-
-
 def _scores(metrics: dict, prefix: str = "") -> dict[str, float]:
     """The val/* and test/* numbers of a metrics.json (without their best-so-far), under ``prefix``."""
     return {f"{prefix}{key}": float(value) for key, value in metrics.items()
@@ -180,20 +167,20 @@ def read_job(job: Path) -> dict[str, Any]:
     hold what grouping and tests need (the folder, the config, the overrides as a list)."""
     overrides = [str(o) for o in _load(job / ".hydra" / "overrides.yaml", yaml.safe_load) or []]
     config = _load(job / ".hydra" / "config.yaml", yaml.safe_load)
-    hydra_cfg = _load(job / ".hydra" / "hydra.yaml", yaml.safe_load)
+    choices = dotted(_load(job / ".hydra" / "hydra.yaml", yaml.safe_load), "hydra.runtime.choices", {}) or {}
     metrics = _read_json(job / "metrics.json")
     finished = metrics is not None and metrics.get("status", "finished") == "finished"
     row: dict[str, Any] = {
         "job": job.name,
         "status": "ok" if finished else "failed",
-        "size": _size(config, hydra_cfg),
+        "size": _size(config, choices),
         "device": _device(config, metrics),
         "overrides": " ".join(overrides),
         "wall_time_s": _wall_time(job, metrics),
         "_folder": job,
         "_overrides": overrides,
         "_config": config or {},
-        "_choices": dotted(hydra_cfg, "hydra.runtime.choices", {}) or {},
+        "_choices": choices,
     }
     seed = job_value(row, SEED_KEY)  # its override (a string), else the config's
     row["seed"] = int(seed) if isinstance(seed, str) and seed.lstrip("-").isdigit() else seed
@@ -211,7 +198,8 @@ def read_job(job: Path) -> dict[str, Any]:
     row.update(_scores(metrics))
     # final/ scores (the run's metrics.json repeats them as final/...) and eval runs inside the job.
     row.update({k: v for k, v in metrics.items() if k.startswith(FINAL_PREFIX) and isinstance(v, (int, float))})
-    for folder in eval_folders(job):
+    # seq2seq-eval runs written into the job (hydra.run.dir=<job>/eval_beam5) and final/.
+    for folder in sorted(p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".")):
         row.update(_scores(_read_json(folder / "metrics.json") or {}, f"{folder.name}/"))
     if at_best:
         row.update(at_best)
