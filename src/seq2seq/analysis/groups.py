@@ -57,7 +57,6 @@ class Summary:
 class Comparison:
     """A row against the baseline row on one metric column: every seed pair and their summary."""
 
-    column: str
     pairs: list[tuple[Any, Any, PairedResult]] = field(default_factory=list)  # (baseline job, job, result)
     skipped: list[str] = field(default_factory=list)  # why a seed pair could not be tested
 
@@ -217,7 +216,7 @@ def compare(groups: Sequence[Group], baseline: Group, columns: Sequence[str], re
             continue
         for column in testable:
             prefix, split, metric = _parts(column)
-            comparison = Comparison(column)
+            comparison = Comparison()
             for base_job, job in _seed_pairs(baseline, group):
                 base_folder = Path(base_job["_folder"]) / prefix
                 base, own = load(base_folder, split), load(Path(job["_folder"]) / prefix, split)

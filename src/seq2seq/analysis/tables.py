@@ -82,11 +82,8 @@ def _cell(group: Group, column: str, plus_minus: str, dagger: str) -> str:
 
 def _signatures(groups: Sequence[Group]) -> list[tuple[str, str]]:
     """(name, signature) of every distinct signature of the finished jobs."""
-    found = []
-    for key, name in SIGNATURES:
-        for value in dict.fromkeys(job.get(key) for g in groups for job in g.finished if job.get(key)):
-            found.append((name, str(value)))
-    return found
+    return [(name, str(value)) for key, name in SIGNATURES
+            for value in dict.fromkeys(job.get(key) for g in groups for job in g.finished if job.get(key))]
 
 
 def _test_note(baseline: Group | None, resamples: int, seed: int) -> str:
@@ -234,14 +231,10 @@ def csv_text(groups: Sequence[Group], columns: Sequence[str]) -> str:
 
 def significance_csv(groups: Sequence[Group]) -> str:
     """One line per tested seed pair: both jobs, both scores, the difference, its interval, p."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "metric", "baseline_job", "job", "baseline", "system", "delta", "delta_ci_low",
-                     "delta_ci_high", "p", "system_mean", "system_ci"])
-    for group in groups:
-        for column, comparison in group.comparisons.items():
-            for base_job, job, result in comparison.pairs:
-                low, high = result.delta_interval
-                writer.writerow([group.number, column, base_job, job, result.baseline, result.system, result.delta,
-                                 low, high, result.p_value, result.system_mean, result.system_ci])
-    return out.getvalue()
+    header = ["row", "metric", "baseline_job", "job", "baseline", "system", "delta", "delta_ci_low", "delta_ci_high",
+              "p", "system_mean", "system_ci"]
+    return write_csv(header, (
+        dict(zip(header, [group.number, column, base_job, job, result.baseline, result.system, result.delta,
+                          *result.delta_interval, result.p_value, result.system_mean, result.system_ci]))
+        for group in groups for column, comparison in group.comparisons.items()
+        for base_job, job, result in comparison.pairs))
