@@ -251,10 +251,7 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     """BLEU (test when every finished row has it, else validation; ROUGE-Lsum for summarization)
     against parameters, as a PNG: one point per row, its mean, with the standard deviation over its
     seeds as an error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write files only
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no display, any backend
     from matplotlib.ticker import EngFormatter
 
     _, varying = varying_labels(groups)
@@ -263,7 +260,8 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     key = next((k for k in candidates if done and all(k in g.summaries for g, _ in done)), "val/bleu")
     points = [(g.summaries["parameters"].mean, g.summaries[key].mean, g.summaries[key].std or 0.0,
                f"{g.number}: {v}"[:40].rstrip(": ")) for g, v in done if key in g.summaries]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     if points:
         xs, ys, errors, _ = zip(*points)
         ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3)
@@ -283,7 +281,6 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path
 
 
