@@ -50,28 +50,23 @@ def bleu_tokenizer(tgt_lang: str | None = None, tokenize: str | None = None, che
             )
         name = tokenize
     else:
-        base = re.split(r"[-_]", str(tgt_lang or "").lower())[0]
+        base = _language(tgt_lang)
         name = BLEU_TOKENIZER_BY_LANGUAGE.get(_ISO_639_3_TO_1.get(base, base), DEFAULT_BLEU_TOKENIZER)
+    if check and name in _EXTRAS:
+        extra, modules, packages = _EXTRAS[name]
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except ImportError as err:
+            language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
+            raise ConfigError(
+                f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
+                f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
+                "another tokenizer with data.bleu_tokenize (e.g. flores200)"
+            ) from None
     if check:
-        _check_extra(name, tgt_lang)
         _bleu(name)
     return name
-
-
-def _check_extra(name: str, tgt_lang: str | None) -> None:
-    if name not in _EXTRAS:
-        return
-    extra, modules, packages = _EXTRAS[name]
-    try:
-        for module in modules:
-            importlib.import_module(module)
-    except ImportError as err:
-        language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
-        raise ConfigError(
-            f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
-            f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
-            "another tokenizer with data.bleu_tokenize (e.g. flores200)"
-        ) from None
 
 
 @functools.cache
@@ -120,7 +115,7 @@ def translation_scores(
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
         "bleu_tok_lc_signature": (f"Moses-tokenized, lowercased (sacremoses {sacremoses_version}, "
-                                  f"lang:{_moses_language(lang)}, punctuation normalized)|{tok_lc.get_signature()}"),
+                                  f"lang:{_language(lang) or 'en'}, punctuation normalized)|{tok_lc.get_signature()}"),
     }
 
 
@@ -144,13 +139,13 @@ def _moses(lang: str):
 def moses_lowercase(texts: Sequence[str], lang: str | None = None) -> list[str]:
     """``texts`` lowercased, punctuation-normalized and Moses-tokenized (the rules of ``lang``,
     English's when unknown), tokens joined by single spaces: what tokenized-corpus papers score."""
-    normalizer, tokenizer = _moses(_moses_language(lang))
+    normalizer, tokenizer = _moses(_language(lang) or "en")
     return [tokenizer.tokenize(normalizer.normalize(text.lower()), escape=False, return_str=True) for text in texts]
 
 
-def _moses_language(lang: str | None) -> str:
-    base = re.split(r"[-_]", str(lang or "en").lower())[0]
-    return base or "en"
+def _language(code: str | None) -> str:
+    """The language of a code without its region or script (``zh`` of ``zh-CN``); "" for none."""
+    return re.split(r"[-_]", str(code or "").lower())[0]
 
 
 # ---------------------------------------------------------------------------------- summarization
@@ -199,13 +194,7 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _split_on_newlines(text: str) -> list[str]:
-    return text.split("\n")
-
-
-def rouge_scores(
-    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], use_stemmer: bool = True
-) -> dict[str, float | str]:
+def rouge_scores(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float | str]:
     """Mean ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (0-100) and ``rouge_signature``.
     With several reference streams each variant takes, per summary, its best F-measure over the
     references (``rouge-score``'s ``score_multi``). Stemming needs ``nltk`` (installed with rouge-score)."""
@@ -217,14 +206,12 @@ def rouge_scores(
 
     streams = reference_streams(references, len(hypotheses))
     several = f"|nrefs:{len(streams)}|multi-ref:best" if len(streams) > 1 else ""
-    result: dict[str, float | str] = {key: 0.0 for key in ROUGE_KEYS}
-    result["rouge_signature"] = (f"torchmetrics.ROUGEScore|v:{torchmetrics.__version__}|f-measure|mean-over-summaries|"
-                                 f"tok:[a-z0-9]+|stem:{'porter' if use_stemmer else 'none'}|"
-                                 f"lsum-sents:seq2seq.split_sentences{several}")
+    signature = (f"torchmetrics.ROUGEScore|v:{torchmetrics.__version__}|f-measure|mean-over-summaries|"
+                 f"tok:[a-z0-9]+|stem:porter|lsum-sents:seq2seq.split_sentences{several}")
     if not hypotheses:
-        return result
+        return {**dict.fromkeys(ROUGE_KEYS, 0.0), "rouge_signature": signature}
     try:
-        metric = ROUGEScore(use_stemmer=use_stemmer, rouge_keys=ROUGE_KEYS, accumulate="best")
+        metric = ROUGEScore(use_stemmer=True, rouge_keys=ROUGE_KEYS, accumulate="best")
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(
             f"ROUGE with stemming needs nltk: pip install nltk (or rouge-score). ({err})"
@@ -233,12 +220,10 @@ def rouge_scores(
     joined = [["\n".join(split_sentences(r)) for r in stream] for stream in streams]
     refs = joined[0] if len(joined) == 1 else [list(refs) for refs in zip(*joined)]  # per summary
     # ROUGEScore's rougeLsum would re-split with nltk punkt (a download); split on our newlines.
-    with mock.patch.object(tm_rouge, "_split_sentence", _split_on_newlines):
+    with mock.patch.object(tm_rouge, "_split_sentence", lambda text: text.split("\n")):
         metric.update(hyps, refs)
         scores = metric.compute()
-    for key in ROUGE_KEYS:
-        result[key] = float(scores[f"{key}_fmeasure"]) * 100.0
-    return result
+    return {**{key: float(scores[f"{key}_fmeasure"]) * 100.0 for key in ROUGE_KEYS}, "rouge_signature": signature}
 
 
 # ---------------------------------------------------------------------------------- per task
