@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ FINAL_PREFIX = "final/"
 # Written by a job that raised inside a multirun (seq2seq.run_summary.record_failure).
 FAILURE_FILE = "failure.json"
 
-# (column, how to format it in Markdown); ROUGE columns are inserted after chrF when present.
+# The jobs table's columns; ROUGE columns go after chrF when present (columns_of).
 BASE_COLUMNS = [
     "job", "status", "size", "parameters", "selected by", "val/bleu", "test/bleu", "val/chrf", "test/chrf",
     "tokens/s", "wall_time_s", "device", "sacrebleu_signature", "overrides",
@@ -68,10 +69,10 @@ BASE_COLUMNS = [
 
 
 def _load(path: Path, parse: Callable[[str], Any] = json.loads) -> Any:
-    """``path`` parsed (JSON, or ``yaml.safe_load``); None when missing or unreadable."""
+    """``path`` parsed (JSON, or e.g. ``yaml.safe_load``); None when missing or unreadable."""
     try:
         return parse(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError, yaml.YAMLError):
+    except (OSError, json.JSONDecodeError, yaml.YAMLError, csv.Error):
         return None
 
 
@@ -90,11 +91,7 @@ def job_folders(sweep_dir: Path) -> list[Path]:
 
 def _csv_rows(path: Path) -> list[dict[str, float]]:
     """csv/metrics.csv as rows of the finite numbers they hold (empty cells left out)."""
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error):
-        return []
+    rows = _load(path, lambda text: list(csv.DictReader(io.StringIO(text)))) or []
     number = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
     return [{k: float(v) for k, v in row.items() if v and number.fullmatch(v)} for row in rows]
 

@@ -147,9 +147,8 @@ def latex_escape(text: str) -> str:
 
 
 def _latex_header(column: str) -> str:
-    parts = column.split("/")
-    metric = parts[-1]
-    return latex_escape(" ".join([*parts[:-1], _METRIC_NAMES.get(metric, metric)]))
+    *prefix, metric = column.split("/")
+    return latex_escape(" ".join([*prefix, _METRIC_NAMES.get(metric, metric)]))
 
 
 def _signature_tt(value: str) -> str:
