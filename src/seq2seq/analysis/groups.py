@@ -1,19 +1,10 @@
 """Rows of a sweep report: jobs grouped (seeds of one setting), summarized, and tested against a baseline row.
 
-**Grouping.** By default jobs whose overrides differ only in ``seed`` form one row.
-``group_by=["model/size"]`` groups by those keys instead (a key's value: the job's override, else
-the Hydra choice of that config group, else the resolved config at that dotted path);
-``group_by=["job"]`` keeps one row per job.
-
-**Summaries.** Every number (each metric column, parameters, tokens/s, wall time) as mean, sample
-standard deviation (none for one job), count, minimum and maximum over the row's finished jobs.
-
-**Significance** (``baseline=ROW``): each metric with hypotheses on disk is tested with
-:func:`seq2seq.analysis.significance.paired_test`. Seeds enter *pairwise*: each job is tested
-against the baseline's job of the same seed (by rank of their seeds when the rows share none), on the
-same sentences and references. A row's summary is the **worst p-value** over its seed pairs (it is
-significant only if every pair is), the mean observed difference, and the interval covering every
-pair's 95 % interval of the difference.
+A row is the jobs whose overrides differ only in ``seed``, or that share the values of ``group_by``'s
+keys (``["job"]``: one row per job). Each number is summarized over the row's finished jobs (mean,
+sample standard deviation, n, min, max). Against a baseline row each job is tested against the
+baseline's job of the same seed (by rank of the seeds when the rows share none); a row is significant
+only if every seed pair is. docs/baselines.md explains why.
 """
 
 from __future__ import annotations
@@ -180,9 +171,8 @@ def group_jobs(rows: Sequence[dict], group_by: Sequence[str] | None = None,
 def find_group(groups: Sequence[Group], wanted: str) -> Group:
     """The row ``wanted`` names: its number, or text that occurs in exactly one row's label."""
     if wanted.isdigit():
-        for group in groups:
-            if group.number == int(wanted):
-                return group
+        if 1 <= int(wanted) <= len(groups):
+            return groups[int(wanted) - 1]  # numbered from 1 in order
         raise ConfigError(f"--baseline {wanted}: there are rows 1 to {len(groups)}")
     matches = [group for group in groups if wanted in group.label]
     if len(matches) != 1:

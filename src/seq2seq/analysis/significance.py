@@ -1,14 +1,9 @@
 """Paired significance tests of a system against a baseline on the same sentences: sacreBLEU's own.
 
-Every metric goes through :class:`sacrebleu.significance.PairedTest` with ``test_type="bs"`` (paired
-bootstrap resampling, Koehn 2004, as ``sacrebleu --paired-bs``): 1,000 resamples drawn from a fixed
-seed, so that a test repeats exactly and equals the command line on the same files and seed.
-``bleu_tok_lc`` is BLEU (``tokenize="none"``) on the Moses-lowercased texts; ROUGE is the mean of
-``rouge-score``'s sentence F-measures (the best over the references), wrapped as a sacreBLEU metric
-(:class:`RougeMetric`) so that the same test resamples it.
-
-sacreBLEU reports no interval of the *difference*; :func:`paired_test` adds one from the very
-resamples its p-value came from (same seed, same indices), summarized by sacreBLEU's ``estimate_ci``.
+Every metric goes through :class:`sacrebleu.significance.PairedTest` (``test_type="bs"``, paired
+bootstrap resampling from a fixed seed: the same numbers as ``sacrebleu --paired-bs``); ROUGE as a
+sacreBLEU metric over ``rouge-score``'s sentence F-measures (:class:`RougeMetric`). sacreBLEU gives no
+interval of the *difference*: :func:`paired_test` adds one from the very resamples its p-value came from.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """The grouped sweep report as Markdown, LaTeX (booktabs) and CSV (:mod:`seq2seq.analysis.groups` makes the rows).
 
-* **Markdown** (``results.md``): one line per row, each number as ``mean ± std`` over its jobs
-  (just the value for one job), ``†`` where the row differs from the baseline row at p < 0.05 on
-  that metric; below it the significance table (difference, its 95 % interval, worst p over seed
-  pairs), the failed jobs with their reasons, and the signatures.
-* **LaTeX** (``results.tex``): a ``table`` with a booktabs ``tabular`` of the metric columns,
-  ``$\\pm$`` and ``$^\\dagger$`` likewise, and notes under it (what the numbers are, the test, the
-  sacreBLEU signatures) that compile as they are with ``\\usepackage{booktabs}`` in the preamble.
-* **CSV** (``results.csv``): every number of a row as ``<column>``, ``<column>_std``, ``<column>_n``,
-  ``<column>_min``, ``<column>_max``, and, against a baseline, ``<column>_delta``,
-  ``<column>_ci_low``, ``<column>_ci_high``, ``<column>_p``; ``significance.csv``: one line per
-  tested seed pair.
+Markdown (``results.md``) and LaTeX (``results.tex``; compiles with ``\\usepackage{booktabs}``) show
+each number as ``mean ± std``, with ``†`` where the row differs from the baseline row at p < 0.05,
+then the significance table, the failed jobs and the signatures (LaTeX: notes under the table).
+``results.csv`` holds every number of a row as ``<column>``, ``<column>_std``, ``_n``, ``_min``,
+``_max`` and, against a baseline, ``_delta``, ``_ci_low``, ``_ci_high``, ``_p``; ``significance.csv``
+one line per tested seed pair. docs/baselines.md shows them.
 """
 
 from __future__ import annotations

@@ -120,13 +120,8 @@ def translation_scores(
 
 
 # ---------------------------------------------------------------------------------- paper-comparable BLEU
-#
-# Papers on Multi30k, IWSLT and other pre-tokenized corpora report BLEU on *tokenized, lowercased*
-# text (multi-bleu.perl or fairseq's scorer on the Moses-preprocessed corpus). That number is not
-# sacreBLEU's detokenized one (usually a few points higher), so it has its own name, ``bleu_tok_lc``,
-# and signature, and never replaces ``bleu``: texts are lowercased, punctuation-normalized and
-# tokenized with sacremoses (rules of the target language; no escaping of & < > ' ", which changes
-# no token boundary), then scored by sacreBLEU with ``tokenize="none"``.
+# ``bleu_tok_lc`` (docs/baselines.md): BLEU as papers on pre-tokenized corpora (Multi30k, IWSLT)
+# report it, on lowercased, Moses-tokenized text; beside, never instead of, sacreBLEU's ``bleu``.
 
 
 @functools.cache
@@ -138,7 +133,7 @@ def _moses(lang: str):
 
 def moses_lowercase(texts: Sequence[str], lang: str | None = None) -> list[str]:
     """``texts`` lowercased, punctuation-normalized and Moses-tokenized (the rules of ``lang``,
-    English's when unknown), tokens joined by single spaces: what tokenized-corpus papers score."""
+    English's when unknown; no escaping of & < > ' ", which changes no token boundary)."""
     normalizer, tokenizer = _moses(_language(lang) or "en")
     return [tokenizer.tokenize(normalizer.normalize(text.lower()), escape=False, return_str=True) for text in texts]
 
@@ -149,15 +144,11 @@ def _language(code: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------- summarization
-#
 # ROUGE as Google's ``rouge-score`` computes it (what papers since PEGASUS/BART report), via
-# torchmetrics' ``ROUGEScore``: lowercased ``[a-z0-9]+`` tokens, Porter stemming, each summary's
-# F-measure averaged over summaries, 0-100 (tests/test_summarization.py checks it against
-# ``rouge-score``). rougeLsum needs sentences one per line: summaries are split by
-# :func:`split_sentences` (no model or download, the same on every machine) and rejoined with
-# newlines; torchmetrics would split with nltk's punkt model (a download, absent offline), so
-# :func:`rouge_scores` makes it split on the newlines, as ``rouge-score`` does with
-# ``split_summaries=False``.
+# torchmetrics' ``ROUGEScore``: lowercased ``[a-z0-9]+`` tokens, Porter stemming, the mean F-measure,
+# 0-100. rougeLsum needs one sentence per line: :func:`split_sentences` splits (no model or download,
+# the same on every machine) and :func:`rouge_scores` keeps torchmetrics from re-splitting with
+# nltk's punkt model (a download, absent offline), as ``rouge-score``'s ``split_summaries=False``.
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
