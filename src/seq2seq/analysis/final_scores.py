@@ -1,12 +1,9 @@
 """The final scores of a training run (``final:`` in ``conf/train.yaml``), computed as training ends.
 
-Papers score one model decoded as for their tables: fairseq's recipes average the last N epoch
-checkpoints and decode with beam search. With ``final.average_last=N`` the last N checkpoints of
-``final.checkpoints`` (``callbacks=epoch_checkpoints``) are averaged into ``checkpoints/averaged.ckpt``;
-without, ``best.ckpt`` is the final model. It decodes val (and test, when the corpus has one) with the
-``decoding`` group through the same predictor and scorer as ``seq2seq-eval``; ``final/`` then holds
-what an eval run folder holds (``metrics.json``, ``hypotheses.<split>.txt`` with their records), and
-the run's own ``metrics.json`` repeats the numbers as ``final/val/bleu``, ...
+As fairseq's recipes score for their papers: the average of the last ``final.average_last``
+checkpoints of ``final.checkpoints`` (else ``best.ckpt``), decoded with the ``decoding`` group through
+the same predictor and scorer as ``seq2seq-eval``, into ``final/`` as an eval run folder; the run's
+``metrics.json`` repeats the numbers as ``final/val/bleu``, ...
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """The hypotheses a run scored, kept beside its numbers, so that two runs can be compared sentence by sentence.
 
-Training (the validation that chose ``best.ckpt``, and its test), ``final`` scoring and ``seq2seq-eval``
-write, into the folder whose ``metrics.json`` holds the scores, ``hypotheses.<split>.txt`` (one
-detokenized hypothesis per line, in corpus order) and its record ``hypotheses.<split>.json``: the
-references (their files, where to read them again, a SHA-256 of the scored text), the decoding
-settings, the checkpoint, the task, the target language, BLEU's tokenizer, and ``indices`` (the
-corpus lines scored) when only part of the split was (``trainer.limit_val_batches``).
+Training, ``final`` scoring and ``seq2seq-eval`` write ``hypotheses.<split>.txt`` (one hypothesis per
+line, in corpus order) and its record ``hypotheses.<split>.json`` (the references: where to read
+them again and a SHA-256 of the scored text; the decoding, checkpoint, task, target language, BLEU's
+tokenizer; ``indices`` when only part of the split was scored) into the folder of its ``metrics.json``.
 :func:`load` and :func:`references_of` read them back for ``seq2seq-report --baseline``.
 """
 
