@@ -12,14 +12,11 @@ Python::
     strongest_sources(maps)                    # [(target word, source word it attends to most, weight)]
 
 The translation is decoded first (greedy unless ``decoding`` says otherwise), then run again with
-teacher forcing through :meth:`Seq2SeqTransformer.attention`, which returns the weights of every
-layer and head; the fast SDPA path used for training and decoding is not involved.
-
-Subwords are merged into words (sentencepiece marks a word's first piece with ``▁``): a target
-word's row is the mean of its pieces' rows, a source word's column the sum of its pieces' columns
-(the attention mass the word receives), so rows still sum to 1. Plots are built on
-:class:`matplotlib.figure.Figure` objects without pyplot, so they work under any backend (a
-notebook, a headless training run).
+teacher forcing through :meth:`Seq2SeqTransformer.attention`, which returns every layer's and head's
+weights (the fast SDPA path is not involved). Subwords are merged into words: a target word's row is
+the mean of its pieces' rows, a source word's column the sum of its pieces' columns (the attention
+mass it receives), so rows still sum to 1. Figures are built without pyplot, so they work under any
+backend.
 """
 
 from __future__ import annotations
@@ -181,15 +178,6 @@ def strongest_sources(
     return [(t, src[int(j)], float(weights[i, j])) for i, (t, j) in enumerate(zip(tgt, best))]
 
 
-def _heatmap(ax, weights: Tensor, rows: list[str], cols: list[str], title: str) -> object:
-    image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    ax.set_xlabel("source")
-    ax.set_title(title, fontsize=10)
-    return image
-
-
 def plot_cross_attention(
     maps: AttentionMaps,
     layers: Sequence[int | str] | None = None,
@@ -209,7 +197,11 @@ def plot_cross_attention(
     image = None
     for ax, layer, (tgt, src, weights) in zip(axes, layers, panels):
         which = "mean of layers" if layer == "mean" else f"layer {layer}"
-        image = _heatmap(ax, weights, tgt, src, f"{which}, {'mean of heads' if head is None else f'head {head}'}")
+        image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(src)), src, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(tgt)), tgt, fontsize=8)
+        ax.set_xlabel("source")
+        ax.set_title(f"{which}, {'mean of heads' if head is None else f'head {head}'}", fontsize=10)
     axes[0].set_ylabel("generated")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="attention")
     fig.suptitle(f"{maps.source}\n→ {maps.translation}", fontsize=10)

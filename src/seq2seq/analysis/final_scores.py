@@ -1,17 +1,9 @@
 """The final scores of a training run (``final:`` in ``conf/train.yaml``), computed as training ends.
 
-Papers score one model at the end of training, decoded as they decode for their tables: fairseq's
-recipes average the last N epoch checkpoints and decode with beam search. With
-``final.average_last=N`` the last N checkpoints of ``final.checkpoints`` (``callbacks=epoch_checkpoints``
-keeps one per epoch) are averaged into ``checkpoints/averaged.ckpt``
-(:func:`seq2seq.inference.checkpoint.average_checkpoints`); without, ``best.ckpt`` is the final
-model. It decodes the validation split, and the test split when the corpus has one, with the
-``decoding`` group (e.g. ``decoding=beam``; validation during training stays greedy), through the
-same :class:`~seq2seq.inference.predictor.Predictor` and scorer as ``seq2seq-eval``. The folder
-``final/`` then holds what an ``eval`` run folder holds: ``metrics.json`` (``val/bleu``,
-``val/bleu_tok_lc``, ..., ``test/...``, the signatures, the checkpoint and the averaged inputs)
-and ``hypotheses.<split>.txt`` with their records; the run's own ``metrics.json`` repeats the
-numbers as ``final/val/bleu``, ``final/test/bleu``, ...
+As fairseq's recipes score for their papers: the average of the last ``final.average_last``
+checkpoints of ``final.checkpoints`` (else ``best.ckpt``), decoded with the ``decoding`` group through
+the same predictor and scorer as ``seq2seq-eval``, into ``final/`` as an eval run folder; the run's
+``metrics.json`` repeats the numbers as ``final/val/bleu``, ...
 """
 
 from __future__ import annotations

@@ -1,28 +1,15 @@
 """Rows of a sweep report: jobs grouped (seeds of one setting), summarized, and tested against a baseline row.
 
-**Grouping.** By default jobs whose overrides differ only in ``seed`` form one row (the sweep
-``model/size=tiny,small seed=1,2,3`` gives two rows of three jobs). ``group_by=["model/size"]``
-groups by those keys instead: a key's value is the job's override, else the Hydra choice of that
-config group, else the resolved config's value at that dotted path. ``group_by=["job"]`` keeps one row
-per job.
-
-**Summaries.** For every number (each ``val/*``, ``test/*``, ``final/*`` and ``<eval folder>/*``
-metric, parameters, tokens/s, wall time) a row holds the mean, the sample standard deviation (n - 1;
-none for one job), the number of jobs it is over, the minimum and the maximum, over the row's
-finished jobs that have it. Failed jobs are counted per row and listed with their reasons.
-
-**Significance** (``baseline=ROW``): each metric that has hypotheses on disk is tested for every
-other row with :func:`seq2seq.analysis.significance.paired_test` (sacreBLEU's paired bootstrap,
-1,000 resamples, fixed seed). Seeds enter *pairwise*: each job of the row is tested against the
-baseline's job of the same seed (by value; when the two rows share no seed value, by rank of their
-seeds), on the same sentences and references. A row's summary is the **worst p-value** over its
-seed pairs (a row is marked significant only if every pair is), the mean observed difference, and
-the interval that covers every pair's 95 % interval of the difference. Each pair's result is kept
-(``significance.csv``).
+A row is the jobs whose overrides differ only in ``seed``, or that share the values of ``group_by``'s
+keys (``["job"]``: one row per job). Each number is summarized over the row's finished jobs (mean,
+sample standard deviation, n, min, max). Against a baseline row each job is tested against the
+baseline's job of the same seed (by rank of the seeds when the rows share none); a row is significant
+only if every seed pair is. docs/baselines.md explains why.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -61,7 +48,6 @@ class Summary:
 class Comparison:
     """A row against the baseline row on one metric column: every seed pair and their summary."""
 
-    column: str
     pairs: list[tuple[Any, Any, PairedResult]] = field(default_factory=list)  # (baseline job, job, result)
     skipped: list[str] = field(default_factory=list)  # why a seed pair could not be tested
 
@@ -120,7 +106,7 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
     """Every metric column of the jobs, ordered: the run's own (val, then test), ``final/``, then each
     eval folder's; within one, BLEU, tokenized lowercased BLEU, chrF, ROUGE, then the rest."""
     order = ("bleu", "bleu_tok_lc", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
-    found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and _split_of(k)}
+    found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and _parts(k)}
 
     def rank(column: str) -> tuple:
         prefix, split, metric = _parts(column)
@@ -130,18 +116,23 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
     return sorted((c for c in found if not c.endswith(("/loss", "/ppl")) and "/loss/" not in c), key=rank)
 
 
-def _parts(column: str) -> tuple[str, str, str]:
-    """``[prefix/]split/metric`` -> (prefix, split, metric)."""
+def _parts(column: str) -> tuple[str, str, str] | None:
+    """``[prefix/]split/metric`` -> (prefix, split, metric); None for a column without a split."""
     parts = column.split("/")
-    at = next(i for i, part in enumerate(parts) if part in SPLITS)
-    return "/".join(parts[:at]), parts[at], "/".join(parts[at + 1:])
+    at = next((i for i, part in enumerate(parts[:-1]) if part in SPLITS), None)
+    return None if at is None else ("/".join(parts[:at]), parts[at], "/".join(parts[at + 1:]))
 
 
-def _split_of(column: str) -> str | None:
-    return next((part for part in column.split("/")[:-1] if part in SPLITS), None)
+def dotted(tree: Any, path: str, default: Any = None) -> Any:
+    """``tree[a][b]`` for ``path="a.b"``, else ``default``."""
+    for part in path.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return default
+        tree = tree[part]
+    return tree
 
 
-def _value(job: dict, key: str) -> Any:
+def job_value(job: dict, key: str) -> Any:
     """``key`` of a job: its override, the Hydra choice of that group, else the config at that path."""
     for override in job.get("_overrides", ()):
         name, _, value = override.lstrip("+~").partition("=")
@@ -149,19 +140,14 @@ def _value(job: dict, key: str) -> Any:
             return value
     if key in job.get("_choices", {}):
         return job["_choices"][key]
-    tree: Any = job.get("_config", {})
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
+    return dotted(job.get("_config", {}), key)
 
 
 def _key(job: dict, group_by: Sequence[str] | None) -> tuple[str, ...]:
     if group_by == ["job"]:
         return (f"job={job['job']}",)
     if group_by:
-        return tuple(f"{key}={_value(job, key)}" for key in group_by)
+        return tuple(f"{key}={job_value(job, key)}" for key in group_by)
     return tuple(o for o in job.get("_overrides", ()) if o.lstrip("+~").partition("=")[0] != SEED_KEY)
 
 
@@ -185,9 +171,8 @@ def group_jobs(rows: Sequence[dict], group_by: Sequence[str] | None = None,
 def find_group(groups: Sequence[Group], wanted: str) -> Group:
     """The row ``wanted`` names: its number, or text that occurs in exactly one row's label."""
     if wanted.isdigit():
-        for group in groups:
-            if group.number == int(wanted):
-                return group
+        if 1 <= int(wanted) <= len(groups):
+            return groups[int(wanted) - 1]  # numbered from 1 in order
         raise ConfigError(f"--baseline {wanted}: there are rows 1 to {len(groups)}")
     matches = [group for group in groups if wanted in group.label]
     if len(matches) != 1:
@@ -211,25 +196,20 @@ def _seed_pairs(baseline: Group, group: Group) -> list[tuple[dict, dict]]:
 def compare(groups: Sequence[Group], baseline: Group, columns: Sequence[str], resamples: int = RESAMPLES,
             seed: int = SEED) -> None:
     """Fill each other group's ``comparisons`` with paired tests against ``baseline`` (module docstring)."""
-    cache: dict[tuple[Path, str], tuple[dict, list[str]] | None] = {}
-    references: dict[tuple[Path, str], list[list[str]]] = {}
-
-    def hypotheses(job: dict, prefix: str, split: str):
-        folder = Path(job["_folder"]) / prefix if prefix else Path(job["_folder"])
-        if (folder, split) not in cache:
-            cache[(folder, split)] = hypothesis_files.load(folder, split)
-        return folder, cache[(folder, split)]
-
+    if not baseline.finished:
+        raise DataError(f"the baseline row {baseline.number} ({baseline.label}) has no finished job")
+    load = functools.cache(hypothesis_files.load)
+    references = functools.cache(lambda folder, split: hypothesis_files.references_of(load(folder, split)[0]))
     testable = [c for c in columns if _parts(c)[2] in TESTABLE]
     for group in groups:
         if group is baseline:
             continue
         for column in testable:
             prefix, split, metric = _parts(column)
-            comparison = Comparison(column)
+            comparison = Comparison()
             for base_job, job in _seed_pairs(baseline, group):
-                base_folder, base = hypotheses(base_job, prefix, split)
-                _, own = hypotheses(job, prefix, split)
+                base_folder = Path(base_job["_folder"]) / prefix
+                base, own = load(base_folder, split), load(Path(job["_folder"]) / prefix, split)
                 if base is None or own is None:
                     comparison.skipped.append(f"job {job['job']}: no hypotheses.{split}.txt with its record")
                     continue
@@ -239,17 +219,10 @@ def compare(groups: Sequence[Group], baseline: Group, columns: Sequence[str], re
                 if not same:
                     comparison.skipped.append(f"job {job['job']}: scored on other sentences than baseline job {base_job['job']}")
                     continue
-                if (base_folder, split) not in references:
-                    references[(base_folder, split)] = hypothesis_files.references_of(base_record)
-                result = paired_test(metric, base_hyps, hyps, references[(base_folder, split)],
+                result = paired_test(metric, base_hyps, hyps, references(base_folder, split),
                                      tgt_lang=base_record.get("tgt_lang"), bleu_tokenize=base_record.get("bleu_tokenize"),
                                      resamples=resamples, seed=seed)
                 comparison.pairs.append((base_job["job"], job["job"], result))
             if comparison.pairs or comparison.skipped:
                 group.comparisons[column] = comparison
 
-
-def check_comparable(groups: Sequence[Group], baseline: Group) -> None:
-    """A baseline without a finished job cannot be compared against."""
-    if not baseline.finished:
-        raise DataError(f"the baseline row {baseline.number} ({baseline.label}) has no finished job")

@@ -1,17 +1,10 @@
 """The hypotheses a run scored, kept beside its numbers, so that two runs can be compared sentence by sentence.
 
-Training (the validation that chose ``best.ckpt``, and the test of it), ``final`` scoring and
-``seq2seq-eval`` write, into the folder whose ``metrics.json`` holds the scores:
-
-* ``hypotheses.<split>.txt``: the detokenized hypothesis of every scored source, one per line, in
-  corpus order;
-* ``hypotheses.<split>.json``, the record: the split, how many lines, the references (their files,
-  where to read them again, and a SHA-256 of the text that was scored), the decoding settings, the
-  checkpoint, the task, the target language and BLEU's tokenizer, and ``indices`` (the corpus
-  lines scored) when only part of the split was (``trainer.limit_val_batches``).
-
-:func:`load` reads both back and :func:`references_of` the references, checked against the SHA-256:
-what ``seq2seq-report --baseline`` tests (:mod:`seq2seq.analysis.significance`).
+Training, ``final`` scoring and ``seq2seq-eval`` write ``hypotheses.<split>.txt`` (one hypothesis per
+line, in corpus order) and its record ``hypotheses.<split>.json`` (the references: where to read
+them again and a SHA-256 of the scored text; the decoding, checkpoint, task, target language, BLEU's
+tokenizer; ``indices`` when only part of the split was scored) into the folder of its ``metrics.json``.
+:func:`load` and :func:`references_of` read them back for ``seq2seq-report --baseline``.
 """
 
 from __future__ import annotations
@@ -48,15 +41,6 @@ def references_digest(streams: Sequence[Sequence[str]]) -> str:
     return key.hexdigest()
 
 
-def reference_source(corpus: Corpus, split: str) -> dict[str, Any]:
-    """Where ``split``'s references are read from: the corpus (root, split name, languages, the
-    format it was read with) and the files (the target side's, then ``data.extra_references``'s)."""
-    extra = [str(p) for p in corpus.extra_reference_files(split)]
-    return {"root": str(corpus.root), "split": corpus.split_name(split), "src_lang": corpus.src_lang, "tgt_lang": corpus.tgt_lang,
-            "format": dataclasses.asdict(corpus.format), "files": [str(p) for p in corpus.reference_files(split)],
-            "extra_references": extra}
-
-
 def write(folder: str | Path, split: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]], *,
           corpus: Corpus, decoding: Mapping[str, Any], task: str, checkpoint: str | None = None,
           bleu_tokenize: str | None = None, indices: Sequence[int] | None = None) -> Path:
@@ -75,8 +59,13 @@ def write(folder: str | Path, split: str, hypotheses: Sequence[str], references:
         "hypotheses": text_name,
         "num_sentences": len(hypotheses),
         "indices": list(indices) if indices is not None else None,
-        "references": {**reference_source(corpus, split), "sha256": references_digest(references),
-                       "streams": len(references)},
+        "references": {  # the corpus as it was read, and its files (target side, then data.extra_references)
+            "root": str(corpus.root), "split": corpus.split_name(split), "src_lang": corpus.src_lang,
+            "tgt_lang": corpus.tgt_lang, "format": dataclasses.asdict(corpus.format),
+            "files": [str(p) for p in corpus.reference_files(split)],
+            "extra_references": [str(p) for p in corpus.extra_reference_files(split)],
+            "sha256": references_digest(references), "streams": len(references),
+        },
         "decoding": dict(decoding),
         "checkpoint": checkpoint,
         "task": task,

@@ -1,35 +1,29 @@
 """Results table and plot of a sweep (the library behind ``python -m seq2seq.report SWEEP_DIR``).
 
-A Hydra multirun folder holds one folder per job, ``<sweep>/<N>/``, each with
-``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``.hydra/hydra.yaml``, ``metrics.json`` and
-``csv/metrics.csv``. The report reads each job (:func:`read_job`):
+A Hydra multirun folder holds one folder per job (``<sweep>/<N>/`` with ``.hydra/``,
+``metrics.json`` and ``csv/metrics.csv``); :func:`read_job` makes each a row:
 
 =================  ===========================================================================
 size               the ``model/size`` choice and the model's shape (d_model, layers)
 parameters         ``num_parameters`` of metrics.json
-val/*, test/*      every validation and test metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule
-                   for all: the val/* values of the validation that chose best.ckpt (the best
-                   ``monitor`` value in csv/metrics.csv; without the curve, ``<monitor>_best``),
-                   and test/* of best.ckpt
-final/*            the run's final scores (``final:`` in conf/train.yaml: e.g. the average of its
-                   last checkpoints, decoded with beam search)
-<folder>/*         the val/* and test/* of every subfolder with a metrics.json of its own: a
-                   ``seq2seq-eval`` run written into the job (``hydra.run.dir=<job>/eval_beam5``)
+val/*, test/*      every metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule for all: val/* at
+                   the validation that chose best.ckpt (the best ``monitor`` value in
+                   csv/metrics.csv; without the curve, ``<monitor>_best``), test/* of best.ckpt
+final/*            the run's final scores (``final:`` in conf/train.yaml)
+<folder>/*         val/* and test/* of each subfolder with a metrics.json of its own (a
+                   ``seq2seq-eval`` run written into the job: ``hydra.run.dir=<job>/eval_beam5``)
 selected by        the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
 seed               the job's ``seed`` (override, else config)
 tokens/s           mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
 wall time          ``wall_time_s`` of metrics.json, else the job folder's timestamps
-device             metrics.json's ``device``, else the trainer config (accelerator, devices, precision)
+device             metrics.json's ``device``, else the trainer config
 signatures         sacreBLEU's BLEU, the tokenized lowercased BLEU's, ROUGE's
 overrides          the job's command-line overrides
 =================  ===========================================================================
 
-A job folder without a finished metrics.json (a failed, killed or still running job) is
-``failed``, with the one-line reason of its ``failure.json`` (a job that raised in a multirun) or
-what its folder shows. Jobs are then grouped into rows, seeds of one setting together, summarized as
-mean ± standard deviation, and optionally tested against a baseline row
-(:mod:`seq2seq.analysis.groups`); :mod:`seq2seq.analysis.tables` writes them as Markdown, LaTeX
-and CSV. :func:`report` writes every file into ``--out`` (default: the sweep folder).
+A job without a finished metrics.json is ``failed``, with the reason its ``failure.json`` or its
+folder gives. :mod:`seq2seq.analysis.groups` groups, summarizes and tests the rows,
+:mod:`seq2seq.analysis.tables` writes them, :func:`report` writes every file into ``--out``.
 """
 
 from __future__ import annotations
@@ -39,7 +33,7 @@ import fnmatch
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +43,11 @@ from seq2seq.analysis import tables
 from seq2seq.analysis.groups import (
     SEED_KEY,
     Group,
-    check_comparable,
     compare,
+    dotted,
     find_group,
     group_jobs,
+    job_value,
     metric_columns,
 )
 from seq2seq.analysis.significance import RESAMPLES, SEED
@@ -66,26 +61,24 @@ FINAL_PREFIX = "final/"
 # Written by a job that raised inside a multirun (seq2seq.run_summary.record_failure).
 FAILURE_FILE = "failure.json"
 
-# (column, how to format it in Markdown); ROUGE columns are inserted after chrF when present.
+# The jobs table's columns; ROUGE columns go after chrF when present (columns_of).
 BASE_COLUMNS = [
     "job", "status", "size", "parameters", "selected by", "val/bleu", "test/bleu", "val/chrf", "test/chrf",
     "tokens/s", "wall_time_s", "device", "sacrebleu_signature", "overrides",
 ]
 
 
-def _load_yaml(path: Path) -> Any:
+def _load(path: Path, parse: Callable[[str], Any] = json.loads) -> Any:
+    """``path`` parsed (JSON, or e.g. ``yaml.safe_load``); None when missing or unreadable."""
     try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
+        return parse(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError, yaml.YAMLError, csv.Error):
         return None
 
 
-def _get(tree: Any, dotted: str, default: Any = None) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return default
-        tree = tree[part]
-    return tree
+def _read_json(path: Path) -> dict | None:
+    value = _load(path)
+    return value if isinstance(value, dict) else None
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -98,18 +91,9 @@ def job_folders(sweep_dir: Path) -> list[Path]:
 
 def _csv_rows(path: Path) -> list[dict[str, float]]:
     """csv/metrics.csv as rows of the finite numbers they hold (empty cells left out)."""
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error):
-        return []
+    rows = _load(path, lambda text: list(csv.DictReader(io.StringIO(text)))) or []
     number = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
     return [{k: float(v) for k, v in row.items() if v and number.fullmatch(v)} for row in rows]
-
-
-def _mean(rows: Sequence[dict], key: str) -> float | None:
-    values = [row[key] for row in rows if key in row]
-    return sum(values) / len(values) if values else None
 
 
 def best_validation(rows: Sequence[dict], monitor: str, mode: str = "max") -> dict[str, float]:
@@ -134,10 +118,9 @@ def _wall_time(job: Path, metrics: dict | None) -> float | None:
     return max(times) - start_file.stat().st_mtime if times else None
 
 
-def _size(config: dict | None, hydra_cfg: dict | None) -> str:
-    choice = _get(hydra_cfg, "hydra.runtime.choices", {}) or {}
-    name = choice.get("model/size") or ""
-    model = _get(config, "model") or {}
+def _size(config: dict | None, choices: dict) -> str:
+    name = choices.get("model/size") or ""
+    model = dotted(config, "model") or {}
     if not model.get("d_model"):
         return name or "?"
     shape = f"d{model['d_model']} L{model.get('num_encoder_layers', '?')}+{model.get('num_decoder_layers', '?')}"
@@ -147,21 +130,13 @@ def _size(config: dict | None, hydra_cfg: dict | None) -> str:
 def _device(config: dict | None, metrics: dict | None) -> str:
     if metrics and metrics.get("device"):
         return str(metrics["device"])
-    trainer = _get(config, "trainer") or {}
+    trainer = dotted(config, "trainer") or {}
     if not trainer:
         return ""
     nodes = trainer.get("num_nodes") or 1
     devices = trainer.get("devices", 1)
     count = f"{nodes}x{devices}" if nodes != 1 else f"{devices}"
     return f"{trainer.get('accelerator', '?')} x{count} {trainer.get('precision', '')}".strip()
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def failure_reason(job: Path) -> str:
@@ -177,12 +152,6 @@ def failure_reason(job: Path) -> str:
     return f"no metrics.json: killed, interrupted or still running{where}"
 
 
-def eval_folders(job: Path) -> list[Path]:
-    """The job's subfolders holding a metrics.json of their own: ``seq2seq-eval`` runs written into it
-    (``hydra.run.dir=<job>/eval_beam5``) and ``final/``."""
-    return sorted(p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "metrics.json").is_file())
-
-
 def _scores(metrics: dict, prefix: str = "") -> dict[str, float]:
     """The val/* and test/* numbers of a metrics.json (without their best-so-far), under ``prefix``."""
     return {f"{prefix}{key}": float(value) for key, value in metrics.items()
@@ -193,24 +162,25 @@ def _scores(metrics: dict, prefix: str = "") -> dict[str, float]:
 def read_job(job: Path) -> dict[str, Any]:
     """One job folder as a row (column -> value); see the module docstring. Keys starting with ``_``
     hold what grouping and tests need (the folder, the config, the overrides as a list)."""
-    overrides = [str(o) for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []]
-    config = _load_yaml(job / ".hydra" / "config.yaml")
-    hydra_cfg = _load_yaml(job / ".hydra" / "hydra.yaml")
+    overrides = [str(o) for o in _load(job / ".hydra" / "overrides.yaml", yaml.safe_load) or []]
+    config = _load(job / ".hydra" / "config.yaml", yaml.safe_load)
+    choices = dotted(_load(job / ".hydra" / "hydra.yaml", yaml.safe_load), "hydra.runtime.choices", {}) or {}
     metrics = _read_json(job / "metrics.json")
     finished = metrics is not None and metrics.get("status", "finished") == "finished"
     row: dict[str, Any] = {
         "job": job.name,
         "status": "ok" if finished else "failed",
-        "size": _size(config, hydra_cfg),
+        "size": _size(config, choices),
         "device": _device(config, metrics),
         "overrides": " ".join(overrides),
         "wall_time_s": _wall_time(job, metrics),
-        "seed": _seed(overrides, config),
         "_folder": job,
         "_overrides": overrides,
         "_config": config or {},
-        "_choices": _get(hydra_cfg, "hydra.runtime.choices", {}) or {},
+        "_choices": choices,
     }
+    seed = job_value(row, SEED_KEY)  # its override (a string), else the config's
+    row["seed"] = int(seed) if isinstance(seed, str) and seed.lstrip("-").isdigit() else seed
     if not finished:
         row["error"] = failure_reason(job)
         return row
@@ -225,7 +195,8 @@ def read_job(job: Path) -> dict[str, Any]:
     row.update(_scores(metrics))
     # final/ scores (the run's metrics.json repeats them as final/...) and eval runs inside the job.
     row.update({k: v for k, v in metrics.items() if k.startswith(FINAL_PREFIX) and isinstance(v, (int, float))})
-    for folder in eval_folders(job):
+    # seq2seq-eval runs written into the job (hydra.run.dir=<job>/eval_beam5) and final/.
+    for folder in sorted(p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".")):
         row.update(_scores(_read_json(folder / "metrics.json") or {}, f"{folder.name}/"))
     if at_best:
         row.update(at_best)
@@ -233,22 +204,13 @@ def read_job(job: Path) -> dict[str, Any]:
         row[monitor["metric"]] = metrics[f"{monitor['metric']}_best"]
     for key in [k for k in row if k.endswith(("/loss", "/ppl"))]:
         del row[key]
-    tokens = _mean(curve, TOKENS_PER_S)
-    row["tokens/s"] = tokens if tokens is not None else metrics.get(TOKENS_PER_S)
+    tokens = [line[TOKENS_PER_S] for line in curve if TOKENS_PER_S in line]
+    row["tokens/s"] = sum(tokens) / len(tokens) if tokens else metrics.get(TOKENS_PER_S)
     signature = metrics.get("sacrebleu_signature")
     row["sacrebleu_signature"] = signature.get("bleu") if isinstance(signature, dict) else signature
     row["bleu_tok_lc_signature"] = signature.get("bleu_tok_lc") if isinstance(signature, dict) else None
     row["rouge_signature"] = metrics.get("rouge_signature")
     return row
-
-
-def _seed(overrides: Sequence[str], config: dict | None) -> int | str | None:
-    """The job's ``seed``: its override, else the resolved config's."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key == SEED_KEY:
-            return int(value) if value.lstrip("-").isdigit() else value
-    return _get(config, SEED_KEY)
 
 
 def columns_of(rows: Sequence[dict]) -> list[str]:
@@ -265,46 +227,28 @@ def _fmt(column: str, value: Any) -> str:
         return ""
     if isinstance(value, float) or (column in ("parameters", "wall_time_s", "tokens/s") and isinstance(value, int)):
         return tables.format_number(column, value)
-    return str(value).replace("|", "\\|")  # signatures hold |, which would split Markdown cells
+    return str(value)
 
 
 def split_overrides(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
     """(overrides common to every job, each job's other overrides joined): what tells jobs apart."""
     per_job = [str(row.get("overrides") or "").split() for row in rows]
-    common = [o for o in per_job[0] if all(o in job for job in per_job[1:])] if len(per_job) > 1 else []
-    return common, [" ".join(o for o in job if o not in common) for job in per_job]
+    return tables.split_common(per_job) if len(per_job) > 1 else ([], [" ".join(job) for job in per_job])
 
 
 def to_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A Markdown table; the overrides column shows what differs between jobs, the rest goes above."""
     common, varying = split_overrides(rows)
-    header = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = [
-        "| " + " | ".join(_fmt(c, vary if c == "overrides" else row.get(c)) for c in columns) + " |"
-        for row, vary in zip(rows, varying)
-    ]
+    body = [[_fmt(c, vary if c == "overrides" else row.get(c)) for c in columns] for row, vary in zip(rows, varying)]
     intro = [f"Overrides of every job: `{' '.join(common)}`", ""] if common else []
-    return "\n".join([*intro, header, rule, *body]) + "\n"
-
-
-def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
-    return out.getvalue()
+    return "\n".join([*intro, *tables.markdown_table(columns, body)]) + "\n"
 
 
 def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     """BLEU (test when every finished row has it, else validation; ROUGE-Lsum for summarization)
     against parameters, as a PNG: one point per row, its mean, with the standard deviation over its
     seeds as an error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write files only
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no display, any backend
     from matplotlib.ticker import EngFormatter
 
     _, varying = varying_labels(groups)
@@ -313,7 +257,8 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     key = next((k for k in candidates if done and all(k in g.summaries for g, _ in done)), "val/bleu")
     points = [(g.summaries["parameters"].mean, g.summaries[key].mean, g.summaries[key].std or 0.0,
                f"{g.number}: {v}"[:40].rstrip(": ")) for g, v in done if key in g.summaries]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     if points:
         xs, ys, errors, _ = zip(*points)
         ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3)
@@ -333,7 +278,6 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path
 
 
@@ -371,7 +315,6 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Se
     groups = group_jobs(rows, group_by, columns)
     base = find_group(groups, str(baseline)) if baseline is not None else None
     if base is not None:
-        check_comparable(groups, base)
         compare(groups, base, columns, resamples=resamples, seed=seed)
     out = Path(out) if out else sweep_dir
     texts = {
@@ -385,7 +328,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Se
         "markdown_file": atomic_write_text(out / "results.md", texts["markdown"]),
         "latex_file": atomic_write_text(out / "results.tex", texts["latex"]),
         "csv_file": atomic_write_text(out / "results.csv", texts["csv"]),
-        "jobs_file": atomic_write_text(out / "jobs.csv", to_csv(rows, [*job_columns[:2], "seed", *job_columns[2:], "error"])),
+        "jobs_file": atomic_write_text(out / "jobs.csv", tables.write_csv([*job_columns[:2], "seed", *job_columns[2:], "error"], rows)),
         "plot_file": plot(groups, out / "bleu_vs_params.png", title=sweep_dir.name),
     }
     if base is not None:

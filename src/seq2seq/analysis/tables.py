@@ -1,26 +1,21 @@
 """The grouped sweep report as Markdown, LaTeX (booktabs) and CSV (:mod:`seq2seq.analysis.groups` makes the rows).
 
-* **Markdown** (``results.md``): one line per row, each number as ``mean ± std`` over its jobs
-  (just the value for one job), ``†`` where the row differs from the baseline row at p < 0.05 on
-  that metric; below it the significance table (difference, its 95 % interval, worst p over seed
-  pairs), the failed jobs with their reasons, and the signatures.
-* **LaTeX** (``results.tex``): a ``table`` with a booktabs ``tabular`` of the metric columns,
-  ``$\\pm$`` and ``$^\\dagger$`` likewise, and notes under it (what the numbers are, the test, the
-  sacreBLEU signatures) that compile as they are with ``\\usepackage{booktabs}`` in the preamble.
-* **CSV** (``results.csv``): every number of a row as ``<column>``, ``<column>_std``, ``<column>_n``,
-  ``<column>_min``, ``<column>_max``, and, against a baseline, ``<column>_delta``,
-  ``<column>_ci_low``, ``<column>_ci_high``, ``<column>_p``; ``significance.csv``: one line per
-  tested seed pair.
+Markdown (``results.md``) and LaTeX (``results.tex``; compiles with ``\\usepackage{booktabs}``) show
+each number as ``mean ± std``, with ``†`` where the row differs from the baseline row at p < 0.05,
+then the significance table, the failed jobs and the signatures (LaTeX: notes under the table).
+``results.csv`` holds every number of a row as ``<column>``, ``<column>_std``, ``_n``, ``_min``,
+``_max`` and, against a baseline, ``_delta``, ``_ci_low``, ``_ci_high``, ``_p``; ``significance.csv``
+one line per tested seed pair. docs/baselines.md shows them.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from seq2seq.analysis.groups import NUMBERS, P_THRESHOLD, Comparison, Group, Summary
+from seq2seq.analysis.groups import NUMBERS, P_THRESHOLD, Group
 
 SIGNATURES = (("sacrebleu_signature", "BLEU"), ("bleu_tok_lc_signature", "BLEU, tokenized and lowercased"),
               ("rouge_signature", "ROUGE"))
@@ -28,12 +23,31 @@ _METRIC_NAMES = {"bleu": "BLEU", "bleu_tok_lc": "BLEU (tok., lc)", "chrf": "chrF
                  "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 
 
+def split_common(keys: Sequence[Sequence[str]]) -> tuple[list[str], list[str]]:
+    """(overrides in every one of ``keys``, each one's other overrides joined)."""
+    common = [o for o in keys[0] if all(o in key for key in keys[1:])] if keys else []
+    return common, [" ".join(o for o in key if o not in common) for key in keys]
+
+
 def varying_labels(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
     """(overrides shared by every row, each row's other overrides): what tells rows apart (one row:
     all its overrides are shared, its label is empty)."""
-    keys = [list(group.key) for group in groups]
-    common = [o for o in keys[0] if all(o in key for key in keys[1:])] if keys else []
-    return common, [" ".join(o for o in key if o not in common) for key in keys]
+    return split_common([group.key for group in groups])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table, ``|`` inside a cell escaped (signatures hold some)."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)]
+
+
+def write_csv(header: Sequence[str], lines: Iterable[dict]) -> str:
+    """CSV text of ``lines`` (dicts; other keys ignored, None and missing columns empty)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(header), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in line.items()} for line in lines)
+    return out.getvalue()
 
 
 def format_number(column: str, value: float) -> str:
@@ -48,21 +62,23 @@ def format_number(column: str, value: float) -> str:
     return f"{value:.2f}"
 
 
-def _mean_std(column: str, summary: Summary | None, plus_minus: str) -> str:
+def _cell(group: Group, column: str, plus_minus: str, dagger: str) -> str:
+    """``mean<plus_minus>std`` of ``column`` (its value for one job; parameters without std: seeds of
+    one setting have one size), with ``dagger`` where it differs from the baseline; "" without."""
+    summary = group.summaries.get(column)
     if summary is None:
         return ""
-    if summary.std is None or column == "parameters":  # seeds of one setting: one size
-        return format_number(column, summary.mean)
-    return f"{format_number(column, summary.mean)}{plus_minus}{format_number(column, summary.std)}"
+    text = format_number(column, summary.mean)
+    if summary.std is not None and column != "parameters":
+        text += f"{plus_minus}{format_number(column, summary.std)}"
+    comparison = group.comparisons.get(column)
+    return text + dagger if comparison is not None and comparison.significant else text
 
 
 def _signatures(groups: Sequence[Group]) -> list[tuple[str, str]]:
     """(name, signature) of every distinct signature of the finished jobs."""
-    found = []
-    for key, name in SIGNATURES:
-        for value in dict.fromkeys(job.get(key) for g in groups for job in g.finished if job.get(key)):
-            found.append((name, str(value)))
-    return found
+    return [(name, str(value)) for key, name in SIGNATURES
+            for value in dict.fromkeys(job.get(key) for g in groups for job in g.finished if job.get(key))]
 
 
 def _test_note(baseline: Group | None, resamples: int, seed: int) -> str:
@@ -76,20 +92,12 @@ def markdown(groups: Sequence[Group], columns: Sequence[str], baseline: Group | 
     """The report as Markdown (see the module docstring)."""
     common, varying = varying_labels(groups)
     header = ["row", "jobs", "n", "failed", "size", "parameters", *columns, "tokens/s", "wall_time_s", "device", "overrides"]
+    rows = [[f"{group.number}{' (baseline)' if group is baseline else ''}", ", ".join(j["job"] for j in group.jobs),
+             str(len(group.finished)), str(len(group.failed)), str(group.common("size") or ""),
+             *(_cell(group, c, " ± ", " †") for c in ["parameters", *columns, "tokens/s", "wall_time_s"]),
+             str(group.common("device") or ""), label] for group, label in zip(groups, varying)]
     lines = [f"Overrides of every row: `{' '.join(common)}`", ""] if common else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for group, label in zip(groups, varying):
-        cells = [f"{group.number}{' (baseline)' if group is baseline else ''}", ", ".join(j["job"] for j in group.jobs),
-                 str(len(group.finished)), str(len(group.failed)), str(group.common("size") or ""),
-                 _mean_std("parameters", group.summaries.get("parameters"), " ± ")]
-        for column in columns:
-            cell = _mean_std(column, group.summaries.get(column), " ± ")
-            comparison = group.comparisons.get(column)
-            cells.append(f"{cell} †" if cell and comparison is not None and comparison.significant else cell)
-        cells += [_mean_std(c, group.summaries.get(c), " ± ") for c in ("tokens/s", "wall_time_s")]
-        cells += [str(group.common("device") or ""), label]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    lines.append("")
+    lines += [*markdown_table(header, rows), ""]
     lines.append("Each number: mean ± sample standard deviation over the row's finished jobs (n); one job: its value.")
     if baseline is not None:
         lines += ["", f"† p < {P_THRESHOLD} in a {_test_note(baseline, resamples, seed)}.", ""]
@@ -111,16 +119,15 @@ def _significance_markdown(groups: Sequence[Group], baseline: Group) -> list[str
         for column, comparison in group.comparisons.items():
             if comparison.pairs:
                 low, high = comparison.interval
-                rows.append(f"| {group.number} | {column} | {comparison.delta:+.2f} | [{low:+.2f}, {high:+.2f}] | "
-                            f"{comparison.p_value:.4f}{' †' if comparison.significant else ''} | {len(comparison.pairs)} |")
-            for reason in comparison.skipped:
-                rows.append(f"| {group.number} | {column} | | | not tested: {reason} | |")
+                rows.append([str(group.number), column, f"{comparison.delta:+.2f}", f"[{low:+.2f}, {high:+.2f}]",
+                             f"{comparison.p_value:.4f}{' †' if comparison.significant else ''}", str(len(comparison.pairs))])
+            rows += [[str(group.number), column, "", "", f"not tested: {reason}", ""] for reason in comparison.skipped]
     if not rows:
         return [f"No metric could be tested against row {baseline.number}: no hypotheses with their records "
                 "(hypotheses.<split>.json) in its jobs' folders."]
+    header = ["row", "metric", "Δ (row − baseline)", "95 % CI of Δ", "p (worst over seed pairs)", "seed pairs"]
     return [f"Significance against row {baseline.number} ({baseline.label or 'no overrides'}):", "",
-            "| row | metric | Δ (row − baseline) | 95 % CI of Δ | p (worst over seed pairs) | seed pairs |",
-            "|---|---|---|---|---|---|", *rows]
+            *markdown_table(header, rows)]
 
 
 # ---------------------------------------------------------------------------------- LaTeX
@@ -135,9 +142,8 @@ def latex_escape(text: str) -> str:
 
 
 def _latex_header(column: str) -> str:
-    parts = column.split("/")
-    metric = parts[-1]
-    return latex_escape(" ".join([*parts[:-1], _METRIC_NAMES.get(metric, metric)]))
+    *prefix, metric = column.split("/")
+    return latex_escape(" ".join([*prefix, _METRIC_NAMES.get(metric, metric)]))
 
 
 def _signature_tt(value: str) -> str:
@@ -148,22 +154,15 @@ def _signature_tt(value: str) -> str:
 def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | None = None, resamples: int = 0,
           seed: int = 0, caption: str = "") -> str:
     """The report as a LaTeX ``table`` (see the module docstring)."""
-    _, varying = varying_labels(groups)
+    common, varying = varying_labels(groups)
     body = []
     for group, label in zip(groups, varying):
         cells = [latex_escape(label or f"row {group.number}") + (" (baseline)" if group is baseline else ""),
                  str(len(group.finished))]
         for column in columns:
-            summary = group.summaries.get(column)
-            if summary is None:
-                cells.append("--")
-                continue
-            value = format_number(column, summary.mean) + ("" if summary.std is None else rf" \pm {format_number(column, summary.std)}")
-            comparison: Comparison | None = group.comparisons.get(column)
-            dagger = "^{\\dagger}" if comparison is not None and comparison.significant else ""
-            cells.append(f"${value}{dagger}$")
+            cell = _cell(group, column, r" \pm ", "^{\\dagger}")
+            cells.append(f"${cell}$" if cell else "--")
         body.append("    " + " & ".join(cells) + r" \\")
-    common, _ = varying_labels(groups)
     notes = [r"Mean $\pm$ sample standard deviation over $n$ runs (seeds); one run: its value."]
     if common:
         notes.append(f"Overrides of every row: {latex_escape(' '.join(common))}.")
@@ -196,16 +195,13 @@ def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | Non
 def csv_text(groups: Sequence[Group], columns: Sequence[str]) -> str:
     """One line per row: every summary and comparison as plain numbers (see the module docstring)."""
     _, varying = varying_labels(groups)
-    numbers = [*columns, *NUMBERS]
     header = ["row", "label", "jobs", "seeds", "n", "failed", "size", "device", "selected by"]
-    for column in numbers:
+    for column in [*columns, *NUMBERS]:
         header += [column, f"{column}_std", f"{column}_n", f"{column}_min", f"{column}_max"]
         if any(column in g.comparisons for g in groups):
             header += [f"{column}_delta", f"{column}_ci_low", f"{column}_ci_high", f"{column}_p"]
     header += [key for key, _ in SIGNATURES] + ["overrides", "errors"]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    lines = []
     for group, label in zip(groups, varying):
         line: dict[str, Any] = {
             "row": group.number, "label": label, "jobs": " ".join(j["job"] for j in group.jobs),
@@ -223,20 +219,16 @@ def csv_text(groups: Sequence[Group], columns: Sequence[str]) -> str:
                 low, high = comparison.interval
                 line.update({f"{column}_delta": comparison.delta, f"{column}_ci_low": low, f"{column}_ci_high": high,
                              f"{column}_p": comparison.p_value})
-        writer.writerow({k: "" if v is None else v for k, v in line.items()})
-    return out.getvalue()
+        lines.append(line)
+    return write_csv(header, lines)
 
 
 def significance_csv(groups: Sequence[Group]) -> str:
     """One line per tested seed pair: both jobs, both scores, the difference, its interval, p."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "metric", "baseline_job", "job", "baseline", "system", "delta", "delta_ci_low",
-                     "delta_ci_high", "p", "system_mean", "system_ci"])
-    for group in groups:
-        for column, comparison in group.comparisons.items():
-            for base_job, job, result in comparison.pairs:
-                low, high = result.delta_interval
-                writer.writerow([group.number, column, base_job, job, result.baseline, result.system, result.delta,
-                                 low, high, result.p_value, result.system_mean, result.system_ci])
-    return out.getvalue()
+    header = ["row", "metric", "baseline_job", "job", "baseline", "system", "delta", "delta_ci_low", "delta_ci_high",
+              "p", "system_mean", "system_ci"]
+    return write_csv(header, (
+        dict(zip(header, [group.number, column, base_job, job, result.baseline, result.system, result.delta,
+                          *result.delta_interval, result.p_value, result.system_mean, result.system_ci]))
+        for group in groups for column, comparison in group.comparisons.items()
+        for base_job, job, result in comparison.pairs))

@@ -1,14 +1,10 @@
 """Text metrics on detokenized text: sacreBLEU BLEU and chrF (translation), ROUGE (summarization).
 
-sacreBLEU is the reference implementation papers cite; its signature records the number of
-references, the tokenizer, smoothing and casing so that a number can be reproduced. BLEU's
-tokenizer follows the target language as sacreBLEU prescribes (:func:`bleu_tokenizer`: ``13a``,
-``zh`` for Chinese, ``ja-mecab`` for Japanese, ``ko-mecab`` for Korean; or one chosen, such as
-``flores200``); beside it ``bleu_tok_lc``, the tokenized lowercased BLEU that papers on pre-tokenized
-corpora report (:func:`tokenized_lowercased_bleu`). ROUGE follows Google's ``rouge-score`` (see :func:`rouge_scores`).
-
-References come one per hypothesis (a list of strings) or as several reference *streams*, sacreBLEU's
-layout: a list of lists, the k-th holding the k-th reference of every hypothesis.
+sacreBLEU's signatures record the references, tokenizer, smoothing and casing so that a number can be
+reproduced; BLEU's tokenizer follows the target language (:func:`bleu_tokenizer`). Beside BLEU,
+``bleu_tok_lc`` is the tokenized lowercased BLEU of papers on pre-tokenized corpora. References come
+one per hypothesis (a list of strings) or as sacreBLEU's reference *streams* (a list of lists, the
+k-th holding the k-th reference of every hypothesis).
 """
 
 from __future__ import annotations
@@ -40,13 +36,11 @@ _EXTRAS = {
 def bleu_tokenizer(tgt_lang: str | None = None, tokenize: str | None = None, check: bool = True) -> str:
     """The sacreBLEU tokenizer of BLEU for text in ``tgt_lang``, checked to be usable here (``check``).
 
-    ``tokenize`` (a config's ``bleu_tokenize``) wins when set: any of sacreBLEU's tokenizers
-    (``13a``, ``zh``, ``ja-mecab``, ``ko-mecab``, ``flores200``, ``flores101``, ``intl``, ``char``,
-    ``none``, ...). Otherwise the language decides: ``zh`` for Chinese, ``ja-mecab`` for Japanese,
-    ``ko-mecab`` for Korean (codes such as ``zh-CN``, ``zho_Hans`` or ``jpn`` included), ``13a`` for
-    every other language. A tokenizer whose extra is not installed (MeCab for ``ja-mecab`` and
-    ``ko-mecab``) or that cannot load (``flores*`` download their sentencepiece model on first use)
-    raises :class:`~seq2seq.errors.ConfigError` saying what to install: call this before a long run.
+    ``tokenize`` (a config's ``bleu_tokenize``, any of sacreBLEU's tokenizers) wins when set;
+    otherwise ``zh``, ``ja-mecab`` or ``ko-mecab`` for Chinese, Japanese or Korean (``zh-CN``,
+    ``zho_Hans``, ``jpn`` included), ``13a`` for every other language. A tokenizer whose extra is
+    not installed (MeCab) or that cannot load (``flores*`` download a model on first use) raises
+    :class:`~seq2seq.errors.ConfigError` saying what to install: call this before a long run.
     """
     if tokenize:
         if tokenize not in BLEU.TOKENIZERS:
@@ -56,28 +50,23 @@ def bleu_tokenizer(tgt_lang: str | None = None, tokenize: str | None = None, che
             )
         name = tokenize
     else:
-        base = re.split(r"[-_]", str(tgt_lang or "").lower())[0]
+        base = _language(tgt_lang)
         name = BLEU_TOKENIZER_BY_LANGUAGE.get(_ISO_639_3_TO_1.get(base, base), DEFAULT_BLEU_TOKENIZER)
+    if check and name in _EXTRAS:
+        extra, modules, packages = _EXTRAS[name]
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except ImportError as err:
+            language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
+            raise ConfigError(
+                f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
+                f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
+                "another tokenizer with data.bleu_tokenize (e.g. flores200)"
+            ) from None
     if check:
-        _check_extra(name, tgt_lang)
         _bleu(name)
     return name
-
-
-def _check_extra(name: str, tgt_lang: str | None) -> None:
-    if name not in _EXTRAS:
-        return
-    extra, modules, packages = _EXTRAS[name]
-    try:
-        for module in modules:
-            importlib.import_module(module)
-    except ImportError as err:
-        language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
-        raise ConfigError(
-            f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
-            f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
-            "another tokenizer with data.bleu_tokenize (e.g. flores200)"
-        ) from None
 
 
 @functools.cache
@@ -111,38 +100,28 @@ def translation_scores(
     tokenize: str = DEFAULT_BLEU_TOKENIZER,
     lang: str | None = None,
 ) -> dict[str, float | str]:
-    """Corpus BLEU (with sacreBLEU's ``tokenize`` tokenizer), chrF and the paper-comparable
-    tokenized lowercased BLEU (:func:`tokenized_lowercased_bleu`, Moses rules of ``lang``) of
-    hypotheses against their references (one per hypothesis, or several streams).
+    """Corpus BLEU (sacreBLEU's ``tokenize`` tokenizer), chrF and ``bleu_tok_lc`` (Moses rules of
+    ``lang``, see below) with their signatures: ``{"bleu", "chrf", "bleu_tok_lc": float,
+    "bleu_signature", "chrf_signature", "bleu_tok_lc_signature": str}``."""
+    from sacremoses import __version__ as sacremoses_version
 
-    Returns ``{"bleu", "chrf", "bleu_tok_lc": float, "bleu_signature", "chrf_signature",
-    "bleu_tok_lc_signature": str}``.
-    """
     refs = reference_streams(references, len(hypotheses))
-    bleu, chrf = _bleu(tokenize), CHRF()
-    bleu_score = bleu.corpus_score(list(hypotheses), refs)
-    chrf_score = chrf.corpus_score(list(hypotheses), refs)
-    tok_lc, tok_lc_signature = tokenized_lowercased_bleu(hypotheses, refs, lang)
+    bleu, chrf, tok_lc = _bleu(tokenize), CHRF(), BLEU(tokenize="none", lowercase=True, force=True)
+    tok_lc_score = tok_lc.corpus_score(moses_lowercase(hypotheses, lang), [moses_lowercase(s, lang) for s in refs])
     return {
-        "bleu": float(bleu_score.score),
-        "chrf": float(chrf_score.score),
-        "bleu_tok_lc": tok_lc,
+        "bleu": float(bleu.corpus_score(list(hypotheses), refs).score),
+        "chrf": float(chrf.corpus_score(list(hypotheses), refs).score),
+        "bleu_tok_lc": float(tok_lc_score.score),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
-        "bleu_tok_lc_signature": tok_lc_signature,
+        "bleu_tok_lc_signature": (f"Moses-tokenized, lowercased (sacremoses {sacremoses_version}, "
+                                  f"lang:{_language(lang) or 'en'}, punctuation normalized)|{tok_lc.get_signature()}"),
     }
 
 
 # ---------------------------------------------------------------------------------- paper-comparable BLEU
-#
-# Papers on Multi30k, IWSLT and other pre-tokenized corpora report BLEU on *tokenized, lowercased*
-# text (multi-bleu.perl, or fairseq's scorer, on the corpus as preprocessed: lowercased,
-# punctuation-normalized and tokenized by the Moses scripts, as Multi30k's own tokenized release
-# is). That number is not sacreBLEU's detokenized one (usually a few points higher), so it has its
-# own name, ``bleu_tok_lc``, and its own signature, and never replaces ``bleu``: hypotheses and
-# references are lowercased, punctuation-normalized and tokenized with sacremoses (the Python port
-# of the Moses scripts, rules of the target language; no escaping of & < > ' ", which changes no
-# token boundary), then scored by sacreBLEU with ``tokenize="none"``.
+# ``bleu_tok_lc`` (docs/baselines.md): BLEU as papers on pre-tokenized corpora (Multi30k, IWSLT)
+# report it, on lowercased, Moses-tokenized text; beside, never instead of, sacreBLEU's ``bleu``.
 
 
 @functools.cache
@@ -154,48 +133,22 @@ def _moses(lang: str):
 
 def moses_lowercase(texts: Sequence[str], lang: str | None = None) -> list[str]:
     """``texts`` lowercased, punctuation-normalized and Moses-tokenized (the rules of ``lang``,
-    English's when unknown), tokens joined by single spaces: what tokenized-corpus papers score."""
-    normalizer, tokenizer = _moses(_moses_language(lang))
+    English's when unknown; no escaping of & < > ' ", which changes no token boundary)."""
+    normalizer, tokenizer = _moses(_language(lang) or "en")
     return [tokenizer.tokenize(normalizer.normalize(text.lower()), escape=False, return_str=True) for text in texts]
 
 
-def _moses_language(lang: str | None) -> str:
-    base = re.split(r"[-_]", str(lang or "en").lower())[0]
-    return base or "en"
-
-
-def tokenized_lowercased_signature(lang: str | None, bleu_signature: str) -> str:
-    """The ``bleu_tok_lc`` signature: how the text was tokenized, then sacreBLEU's own signature."""
-    from sacremoses import __version__ as sacremoses_version
-
-    return (f"Moses-tokenized, lowercased (sacremoses {sacremoses_version}, lang:{_moses_language(lang)}, "
-            f"punctuation normalized)|{bleu_signature}")
-
-
-def tokenized_lowercased_bleu(
-    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], lang: str | None = None
-) -> tuple[float, str]:
-    """``(BLEU, signature)`` on lowercased, Moses-tokenized hypotheses and references (sacreBLEU,
-    ``tokenize="none"``): the figure tokenized-corpus papers report, e.g. Multi30k's. See above."""
-    refs = reference_streams(references, len(hypotheses))
-    bleu = BLEU(tokenize="none", lowercase=True, force=True)
-    score = bleu.corpus_score(moses_lowercase(hypotheses, lang), [moses_lowercase(stream, lang) for stream in refs])
-    return float(score.score), tokenized_lowercased_signature(lang, str(bleu.get_signature()))
+def _language(code: str | None) -> str:
+    """The language of a code without its region or script (``zh`` of ``zh-CN``); "" for none."""
+    return re.split(r"[-_]", str(code or "").lower())[0]
 
 
 # ---------------------------------------------------------------------------------- summarization
-#
-# ROUGE (Lin, 2004) as Google's ``rouge-score`` package computes it (the implementation papers
-# since PEGASUS/BART report), via torchmetrics' ``ROUGEScore``: lowercased ``[a-z0-9]+`` tokens,
-# Porter stemming of tokens longer than 3 characters, the F-measure of each summary against its
-# one reference, averaged over summaries, scaled to 0-100. tests/test_summarization.py checks it
-# against ``rouge-score`` to within 0.1 point for every variant.
-#
-# rougeLsum (summary-level LCS) needs summaries split into sentences, one per line. Both summaries
-# are split with :func:`split_sentences`, a small regex splitter (no model or download, the same
-# on every machine), and rejoined with newlines. torchmetrics would split with nltk's punkt model
-# instead, which needs a download (absent offline) and ignores the newlines; :func:`rouge_scores`
-# makes it split on the newlines, which is what ``rouge-score`` does with ``split_summaries=False``.
+# ROUGE as Google's ``rouge-score`` computes it (what papers since PEGASUS/BART report), via
+# torchmetrics' ``ROUGEScore``: lowercased ``[a-z0-9]+`` tokens, Porter stemming, the mean F-measure,
+# 0-100. rougeLsum needs one sentence per line: :func:`split_sentences` splits (no model or download,
+# the same on every machine) and :func:`rouge_scores` keeps torchmetrics from re-splitting with
+# nltk's punkt model (a download, absent offline), as ``rouge-score``'s ``split_summaries=False``.
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -209,12 +162,9 @@ _SENTENCE_END = re.compile(r"([.!?\u2026]+[\"'\u201d\u2019)\]]*)\s+")
 
 def split_sentences(text: str) -> list[str]:
     """Split ``text`` into sentences: at line breaks, and after ``.``, ``!``, ``?`` or ``…`` (with
-    any closing quotes or brackets) followed by whitespace.
-
-    A single period after a known abbreviation (``Mr.``, ``e.g.``, ``Jan.``) or a one-letter
-    initial (``J.``) does not end a sentence. Deliberately simple and deterministic: it serves
-    rougeLsum and the Lead-3 baseline, and numbers stay comparable across machines.
-    """
+    any closing quotes or brackets) followed by whitespace, except a single period after a known
+    abbreviation (``Mr.``, ``e.g.``) or a one-letter initial (``J.``). Simple and deterministic:
+    rougeLsum and the Lead-3 baseline stay comparable across machines."""
     sentences: list[str] = []
     for line in text.split("\n"):
         start = 0
@@ -235,44 +185,24 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _split_on_newlines(text: str) -> list[str]:
-    return text.split("\n")
-
-
-def rouge_signature(use_stemmer: bool = True, nrefs: int = 1) -> str:
-    """What :func:`rouge_scores` computes, for metrics.json (like sacreBLEU's signatures)."""
-    import torchmetrics
-
-    stem = "porter" if use_stemmer else "none"
-    several = f"|nrefs:{nrefs}|multi-ref:best" if nrefs > 1 else ""
-    return (
-        f"torchmetrics.ROUGEScore|v:{torchmetrics.__version__}|f-measure|mean-over-summaries|"
-        f"tok:[a-z0-9]+|stem:{stem}|lsum-sents:seq2seq.split_sentences{several}"
-    )
-
-
-def rouge_scores(
-    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], use_stemmer: bool = True
-) -> dict[str, float | str]:
-    """Mean ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (0-100) against the references
-    (one per summary, or several streams: then each variant takes, per summary, its best
-    F-measure over the references, as ``rouge-score``'s ``score_multi`` does).
-
-    Returns ``{"rouge1", "rouge2", "rougeL", "rougeLsum": float, "rouge_signature": str}``.
-    Stemming needs ``nltk`` (installed with ``rouge-score``, or ``pip install nltk``).
-    """
+def rouge_scores(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float | str]:
+    """Mean ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (0-100) and ``rouge_signature``.
+    With several reference streams each variant takes, per summary, its best F-measure over the
+    references (``rouge-score``'s ``score_multi``). Stemming needs ``nltk`` (installed with rouge-score)."""
     from unittest import mock
 
+    import torchmetrics
     import torchmetrics.functional.text.rouge as tm_rouge
     from torchmetrics.text.rouge import ROUGEScore
 
     streams = reference_streams(references, len(hypotheses))
-    result: dict[str, float | str] = {key: 0.0 for key in ROUGE_KEYS}
-    result["rouge_signature"] = rouge_signature(use_stemmer, len(streams))
+    several = f"|nrefs:{len(streams)}|multi-ref:best" if len(streams) > 1 else ""
+    signature = (f"torchmetrics.ROUGEScore|v:{torchmetrics.__version__}|f-measure|mean-over-summaries|"
+                 f"tok:[a-z0-9]+|stem:porter|lsum-sents:seq2seq.split_sentences{several}")
     if not hypotheses:
-        return result
+        return {**dict.fromkeys(ROUGE_KEYS, 0.0), "rouge_signature": signature}
     try:
-        metric = ROUGEScore(use_stemmer=use_stemmer, rouge_keys=ROUGE_KEYS, accumulate="best")
+        metric = ROUGEScore(use_stemmer=True, rouge_keys=ROUGE_KEYS, accumulate="best")
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(
             f"ROUGE with stemming needs nltk: pip install nltk (or rouge-score). ({err})"
@@ -281,18 +211,15 @@ def rouge_scores(
     joined = [["\n".join(split_sentences(r)) for r in stream] for stream in streams]
     refs = joined[0] if len(joined) == 1 else [list(refs) for refs in zip(*joined)]  # per summary
     # ROUGEScore's rougeLsum would re-split with nltk punkt (a download); split on our newlines.
-    with mock.patch.object(tm_rouge, "_split_sentence", _split_on_newlines):
+    with mock.patch.object(tm_rouge, "_split_sentence", lambda text: text.split("\n")):
         metric.update(hyps, refs)
         scores = metric.compute()
-    for key in ROUGE_KEYS:
-        result[key] = float(scores[f"{key}_fmeasure"]) * 100.0
-    return result
+    return {**{key: float(scores[f"{key}_fmeasure"]) * 100.0 for key in ROUGE_KEYS}, "rouge_signature": signature}
 
 
 # ---------------------------------------------------------------------------------- per task
 # The corpus metrics of each task (logged as {split}/<name>) and the one that picks the best
 # checkpoint unless the config's `monitor` says otherwise.
-# bleu_tok_lc: the paper-comparable tokenized lowercased BLEU, beside (never instead of) bleu.
 TASK_METRICS = {"translation": ("bleu", "chrf", "bleu_tok_lc"), "summarization": ROUGE_KEYS}
 DEFAULT_MONITOR = {"translation": "val/bleu", "summarization": "val/rougeLsum"}
 
@@ -311,13 +238,10 @@ def score(
     tgt_lang: str | None = None,
     bleu_tokenize: str | None = None,
 ) -> tuple[dict[str, float], dict]:
-    """The task's corpus metrics and their signatures: ``({"bleu": .., "chrf": .., "bleu_tok_lc": ..},
-    {"sacrebleu_signature": {"bleu": .., "chrf": .., "bleu_tok_lc": ..}})`` for translation, ``({"rouge1": .., ...}, {"rouge_signature": ..})`` for
-    summarization. What validation, ``eval`` and the baselines report, and what metrics.json stores.
-
-    ``references``: one per hypothesis, or several streams (see :func:`reference_streams`). BLEU's
-    tokenizer is ``bleu_tokenizer(tgt_lang, bleu_tokenize)`` (``13a`` when neither is given); ``bleu_tok_lc``
-    tokenizes with the Moses rules of ``tgt_lang``."""
+    """The task's corpus metrics and their signatures, as validation, ``eval``, the baselines and
+    metrics.json report them: ``({"bleu": .., "chrf": .., "bleu_tok_lc": ..}, {"sacrebleu_signature":
+    {"bleu": .., ...}})`` for translation (BLEU tokenized by ``bleu_tokenizer(tgt_lang, bleu_tokenize)``),
+    ``({"rouge1": .., ...}, {"rouge_signature": ..})`` for summarization."""
     streams = reference_streams(references, len(hypotheses))
     references = streams[0] if len(streams) == 1 else streams  # one reference each: a plain list
     if check_task(task) == "summarization":
@@ -341,13 +265,10 @@ class PairOutputs:
 
 
 def score_by_group(task: str, groups: Mapping[str | None, PairOutputs]) -> tuple[dict[str, float], dict]:
-    """Score several groups of hypotheses alone (a multilingual model's language pairs) and average them.
-
-    ``groups``: ``{name: PairOutputs}``. Returns each group's metrics as ``<metric>/<name>``
-    (``bleu/en-de``) and their unweighted means under the plain names (``bleu``: what picks the best
-    checkpoint), with the signatures likewise: per group, and for a mean the groups' common signature
-    (``name: signature`` joined by ``; `` when they differ, e.g. a ``zh`` pair beside ``13a`` ones).
-    One group named None (one corpus) is :func:`score` d as it is."""
+    """Score each group alone (a multilingual model's language pairs) as ``<metric>/<name>``
+    (``bleu/en-de``), and their unweighted means under the plain names (``bleu``: what picks the best
+    checkpoint). Signatures likewise; a mean's is the groups' common one, else ``name: signature``
+    joined by ``; `` (a ``zh`` pair beside ``13a`` ones). One group named None is :func:`score` d as it is."""
     if list(groups) == [None]:
         group = groups[None]
         return score(task, group.hypotheses, group.references, group.tgt_lang, group.bleu_tokenize)
@@ -360,10 +281,7 @@ def score_by_group(task: str, groups: Mapping[str | None, PairOutputs]) -> tuple
         for metric, value in scores.items():
             metrics[f"{metric}/{name}"] = value
             values.setdefault(metric, []).append(value)
-        flat = dict(sigs.get("sacrebleu_signature") or {})
-        if sigs.get("rouge_signature"):
-            flat["rouge"] = sigs["rouge_signature"]
-        for metric, sig in flat.items():
+        for metric, sig in signatures_by_metric(sigs).items():
             signatures[f"{metric}/{name}"] = sig
             by_metric.setdefault(metric, {})[name] = sig
     for metric, numbers in values.items():
