@@ -153,14 +153,6 @@ def _plain_or_gz(path: Path) -> Path:
     return gz if not path.is_file() and gz.is_file() else path
 
 
-def _open_error(path: Path, e: Exception) -> DataError:
-    if isinstance(e, (gzip.BadGzipFile, EOFError, zlib.error)):
-        return DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.")
-    if isinstance(e, FileNotFoundError):
-        return DataError(f"Missing corpus file: {path}.")
-    return DataError(f"Cannot read {path}: {getattr(e, 'strerror', None) or e}.")
-
-
 def _utf8_error(path: Path | str, data: bytes, e: UnicodeDecodeError, first_line: int) -> DataError:
     """The message for bad UTF-8 in ``data``, whose first line is line ``first_line`` of ``path``."""
     line_no = first_line + data.count(b"\n", 0, e.start)
@@ -195,18 +187,11 @@ def decode_lines(data: bytes, path: Path | str = "?", first_line: int = 1) -> li
 
 
 class _LineReader:
-    """A plain or gzipped file read in blocks and handed out as runs of whole lines (bytes).
-
-    A UTF-8 byte order mark at the start is dropped and a last line without a line break gets one,
-    so every run ends with ``\\n``.
-    """
+    """A plain or gzipped file handed out as runs of whole lines (bytes), each ending with ``\\n``:
+    a UTF-8 byte order mark at the start is dropped and a last line without a line break gets one."""
 
     def __init__(self, path: Path):
-        self.path, self.block = path, BLOCK_BYTES
-        try:
-            self.file = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-        except OSError as e:
-            raise _open_error(path, e) from None
+        self.blocks = _blocks(path)
         self.buf = b""
         self.newlines = np.empty(0, dtype=np.int64)  # positions of b"\n" in buf
         self.next = 0  # index into newlines of the next line's end
@@ -215,17 +200,13 @@ class _LineReader:
         self.at_start = True
 
     def _fill(self) -> None:
-        try:
-            data = self.file.read(self.block)
-        except (OSError, EOFError, zlib.error) as e:
-            raise _open_error(self.path, e) from None
+        data = next(self.blocks, b"")
         if self.at_start:
             data = data.removeprefix(_BOM)
             self.at_start = False
         rest = self.buf[self.start :]
         if not data:
             self.eof = True
-            self.file.close()
             if rest and not rest.endswith(b"\n"):
                 rest += b"\n"
             data, rest = rest, b""
@@ -247,7 +228,7 @@ class _LineReader:
         return out, k
 
     def close(self) -> None:
-        self.file.close()
+        self.blocks.close()
 
 
 def _line_blocks(path: Path, lines_per_block: int | None = None) -> Iterator[tuple[int, bytes, int]]:
@@ -279,8 +260,12 @@ def _blocks(path: Path, progress: Progress | None = None) -> Iterator[bytes]:
                 yield data
                 if progress is not None:
                     progress.update(len(data))
-    except (OSError, EOFError, zlib.error) as e:
-        raise _open_error(path, e) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.") from None
+    except FileNotFoundError:
+        raise DataError(f"Missing corpus file: {path}.") from None
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
 
 
 def _file_digest(path: Path, progress: Progress | None = None) -> str:
@@ -451,10 +436,6 @@ class TextPairs(PairSource):
             end = start + pairs_per_chunk
             yield PairChunk(self.src[start:end], self.tgt[start:end], start + 1)
 
-    def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
-        texts = self.src if side == "src" else self.tgt
-        return list(texts) if indices is None else [texts[i] for i in indices.tolist()]
-
     def texts(self) -> tuple[list[str], list[str]]:
         return self.src, self.tgt
 
@@ -561,12 +542,8 @@ class LinesPair(_StampedFiles):
         return out
 
     def texts(self) -> tuple[list[str], list[str]]:
-        src, tgt = self.sentences("src"), self.sentences("tgt")
-        if len(src) != len(tgt):
-            raise _line_count_error(self.src_path, len(src), self.tgt_path, len(tgt))
-        if not src:
-            raise _empty_split(self.src_path, self.tgt_path)
-        return src, tgt
+        self.count()  # the files' line counts checked
+        return super().texts()
 
 
 def _line_count_error(src_path: Path, src_lines: int, tgt_path: Path, tgt_lines: int) -> DataError:
