@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,10 +34,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from seq2seq.data.filtering import filter_lengths
-from seq2seq.data.progress import Progress
-from seq2seq.data.sources import CorpusFormat, PairSource, TextPairs, corpus_reader, read_aligned_lines
+from seq2seq.data.progress import Progress, timed
+from seq2seq.data.sources import CorpusFormat, CorpusReader, PairSource, TextPairs, read_aligned_lines
 from seq2seq.data.storage import CacheDamaged, SplitWriter, TokenizedSplit, id_dtype, open_split, remove_entry
-from seq2seq.data.tokenizer import UNK_ID, Tokenizer, available_cpus, encode_chunks, truncate_source
+from seq2seq.data.tokenizer import Tokenizer, available_cpus, encode_chunks, truncate_source
 from seq2seq.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -184,9 +183,6 @@ class Corpus:
         self._texts: dict[str, TextPairs] = {}  # val and test, read whole
         self._more_refs: dict[str, list[list[str]]] = {}
 
-    def timed(self, step: str, start: float) -> None:
-        self.prepare_times[step] = self.prepare_times.get(step, 0.0) + time.perf_counter() - start
-
     # ------------------------------------------------------------------ reading
     @staticmethod
     def _candidates(names: str | Sequence[str] | None) -> list[str]:
@@ -201,6 +197,10 @@ class Corpus:
                 "corpus files (e.g. train.<src_lang> and train.<tgt_lang>)"
             )
 
+    def reader(self, fmt: CorpusFormat | None = None) -> CorpusReader:
+        """The reader of this corpus in ``fmt`` (default: :attr:`format`)."""
+        return (fmt or self.format).reader(self.root, self.src_lang, self.tgt_lang)
+
     @property
     def format(self) -> CorpusFormat:
         """The format to read with: ``format=hf`` becomes a local format when ``root`` holds the files
@@ -211,7 +211,7 @@ class Corpus:
                 train = self._candidates(self.splits.train)
                 for local in ("jsonl", "lines"):
                     candidate = replace(fmt, format=local)
-                    if corpus_reader(self.root, self.src_lang, self.tgt_lang, candidate).find(train) is not None:
+                    if self.reader(candidate).find(train) is not None:
                         log.info("Reading %s files under %s instead of the Hub dataset %s", local, self.root, fmt.hf_path)
                         fmt = candidate
                         break
@@ -229,8 +229,7 @@ class Corpus:
         if download == "multi30k":
             from seq2seq.data.download import download_multi30k
 
-            reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
-            if reader.find(self._candidates(self.splits.train)) is None:
+            if self.reader().find(self._candidates(self.splits.train)) is None:
                 download_multi30k(self.root, langs=(self.src_lang, self.tgt_lang))
         elif download:
             raise DataError(f"data.download={download!r} is not a known corpus; use 'multi30k' or null")
@@ -248,7 +247,7 @@ class Corpus:
             if split == "test":
                 return None
             raise DataError(f"data.splits.{split} is empty; name the {split} split's files (e.g. '{split}')")
-        reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
+        reader = self.reader()
         found = reader.find(candidates)
         if found is None and split == "test":
             return None
@@ -297,7 +296,7 @@ class Corpus:
         whose files exist in :attr:`format`, else (a Hub dataset that cannot be listed now) the first."""
         candidates = self._candidates(getattr(self.splits, split)) or [split]
         try:
-            found = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format).find(candidates)
+            found = self.reader().find(candidates)
         except DataError:
             found = None
         return found or candidates[0]
@@ -310,8 +309,7 @@ class Corpus:
     def reference_files(self, split: str) -> list[Path]:
         """The files ``split``'s references are read from: the target side's (none for a Hub
         dataset), then :meth:`extra_reference_files`."""
-        reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
-        return reader.target_files(self.split_name(split)) + self.extra_reference_files(split)
+        return self.reader().target_files(self.split_name(split)) + self.extra_reference_files(split)
 
     # ------------------------------------------------------------------ the token cache
     def _cache_file(self, tokenizer: Tokenizer, digest: str) -> Path:
@@ -333,11 +331,8 @@ class Corpus:
         source = self.source(split)
         if source is None:
             return None
-        start = time.perf_counter()
-        try:
+        with timed(self.prepare_times, f"tokenize_{split}"):
             return self._load_or_tokenize(tokenizer, source)
-        finally:
-            self.timed(f"tokenize_{split}", start)
 
     def _load_or_tokenize(self, tokenizer: Tokenizer, source: PairSource) -> TokenizedSplit:
         path = self._cache_file(tokenizer, source.digest())
@@ -398,11 +393,7 @@ class Corpus:
     def _report_unknown(self, data: TokenizedSplit) -> None:
         """Warn when a handed-over tokenizer maps much of this corpus to the unknown piece."""
         for side, key in (("source", "src"), ("target", "tgt")):
-            if f"{key}_unk" in data.meta:  # counted while tokenizing: the ids need not be read
-                unknown, total = data.meta[f"{key}_unk"], data.meta[f"{key}_tokens"]
-            else:
-                flat = getattr(data, f"{key}_flat")
-                unknown, total = int((flat == UNK_ID).sum()), flat.size
+            unknown, total = data.meta[f"{key}_unk"], data.meta[f"{key}_tokens"]  # counted while tokenizing
             share = unknown / total if total else 0.0
             if share > 0.01:
                 log.warning(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -45,6 +44,7 @@ from seq2seq.data.multilingual import (
     pair_options,
     pair_probabilities,
 )
+from seq2seq.data.progress import timed
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.data.sources import CorpusFormat
 from seq2seq.data.storage import TokenizedSplit
@@ -233,7 +233,14 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.corpora = {name: Corpus(options, cache_dir, prepare_workers) for name, options in corpora.items()}
         self.target_tags = {c.tgt_lang: language_tag(c.tgt_lang) for c in self.corpora.values()} if self.multilingual else {}
-        self.tokenizer: Tokenizer | None = self._check_tokenizer(tokenizer) if tokenizer is not None else None
+        missing = [lang for lang in self.target_tags if tokenizer is not None and lang not in tokenizer.target_tags]
+        if missing:
+            raise ConfigError(
+                f"the tokenizer this run was given (init_from's) has no target-language tag for {', '.join(missing)} "
+                f"(its target languages: {', '.join(tokenizer.target_tags) or 'none'}); fine-tune a multilingual "
+                "model on pairs into its own languages"
+            )
+        self.tokenizer: Tokenizer | None = tokenizer
         self._given_tokenizer = tokenizer is not None
         self.train_sampler: TokenBudgetBatchSampler | TemperatureBatchSampler | None = None
         self.filter_counts: dict[str, int] = {}
@@ -264,16 +271,6 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 corpora[name] = corpus_options({**keys, **own}, f"data.pairs.{name}")
         return cls(corpora, tokenizer_options, batching, cache_dir=cache_dir, prepare_workers=prepare_workers,
                    temperature=temperature, tokenizer=tokenizer)
-
-    def _check_tokenizer(self, tokenizer: Tokenizer) -> Tokenizer:
-        missing = [lang for lang in self.target_tags if lang not in tokenizer.target_tags]
-        if missing:
-            has = ", ".join(tokenizer.target_tags) or "none"
-            raise ConfigError(
-                f"the tokenizer this run was given (init_from's) has no target-language tag for {', '.join(missing)} "
-                f"(its target languages: {has}); fine-tune a multilingual model on pairs into its own languages"
-            )
-        return tokenizer
 
     # ------------------------------------------------------------------ about the corpora
     @property
@@ -329,16 +326,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         every corpus's training split (:class:`TrainingText`), from the cache once trained."""
         if self.tokenizer is not None:  # handed over (fine-tuning): never retrained
             return self.tokenizer
-        start = time.perf_counter()
-        text = TrainingText([c.source("train") for c in self.corpora.values()], self.target_tags)
-        self._times["read_train"] = self._times.get("read_train", 0.0) + time.perf_counter() - start
-        start = time.perf_counter()
+        with timed(self._times, "read_train"):
+            text = TrainingText([c.source("train") for c in self.corpora.values()], self.target_tags)
         opts = self.tokenizer_options
-        tokenizer = Tokenizer.cached_or_trained(
-            self.cache_dir, text.digest, lambda: text.texts(opts.joint_vocab), opts.vocab_size, opts.joint_vocab,
-            opts.spm_model_type, in_subprocess=lambda: text.in_subprocess(opts.joint_vocab), target_tags=self.target_tags,
-        )
-        self._times["sentencepiece"] = self._times.get("sentencepiece", 0.0) + time.perf_counter() - start
+        with timed(self._times, "sentencepiece"):
+            tokenizer = Tokenizer.cached_or_trained(
+                self.cache_dir, text.digest, lambda: text.texts(opts.joint_vocab), opts.vocab_size, opts.joint_vocab,
+                opts.spm_model_type, in_subprocess=lambda: text.in_subprocess(opts.joint_vocab),
+                target_tags=self.target_tags,
+            )
         reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         if min(reached) < opts.vocab_size and not self._vocab_warned:
             self._vocab_warned = True  # once per DataModule, not in both prepare_data and setup

@@ -9,12 +9,24 @@ long. ``SEQ2SEQ_PROGRESS=log`` or ``=bar`` forces one or the other, ``=none`` si
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger("seq2seq.data")
+
+
+@contextlib.contextmanager
+def timed(times: dict[str, float], step: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``times[step]`` (a preparation step's time, for benchmarks)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[step] = times.get(step, 0.0) + time.perf_counter() - start
 
 
 def _mode() -> str:

@@ -52,7 +52,7 @@ from seq2seq.data.progress import Progress
 from seq2seq.errors import DataError
 
 __all__ = ["FORMATS", "CorpusFormat", "CorpusReader", "LinesPair", "PairChunk", "PairSource", "RecordFormat",
-           "corpus_reader", "decode_lines", "find_split", "read_aligned_lines", "read_split", "register_format"]
+           "decode_lines", "find_split", "read_aligned_lines", "read_split", "register_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,12 @@ class CorpusFormat:
     hf_name: str | None = None
     hf_data_files: dict | None = None
 
-
-def corpus_reader(root: str | Path, src_lang: str, tgt_lang: str, fmt: CorpusFormat) -> CorpusReader:
-    """The reader of ``fmt.format`` for the corpus under ``root``."""
-    cls = FORMATS.get(fmt.format)
-    if cls is None:
-        raise DataError(f"Unknown corpus format {fmt.format!r}; use one of: {', '.join(FORMATS)}.")
-    return cls(Path(root), src_lang, tgt_lang, fmt)
+    def reader(self, root: str | Path, src_lang: str, tgt_lang: str) -> CorpusReader:
+        """The reader of this format for the corpus under ``root``."""
+        cls = FORMATS.get(self.format)
+        if cls is None:
+            raise DataError(f"Unknown corpus format {self.format!r}; use one of: {', '.join(FORMATS)}.")
+        return cls(Path(root), src_lang, tgt_lang, self)
 
 
 def read_split(
@@ -108,13 +107,13 @@ def read_split(
     ``root`` unless absolute: ``{"src": ..., "tgt": ...}`` for ``lines``, ``{"path": ...}`` for
     ``tsv``/``jsonl``, ``{"split": ...}`` for ``hf``.
     """
-    return corpus_reader(root, src_lang, tgt_lang, fmt).source(split_files).texts()
+    return fmt.reader(root, src_lang, tgt_lang).source(split_files).texts()
 
 
 def find_split(root: str | Path, candidates: Sequence[str], src_lang: str, tgt_lang: str,
                fmt: CorpusFormat) -> str | None:
     """Return the first split base name among ``candidates`` whose files exist, or ``None``."""
-    return corpus_reader(root, src_lang, tgt_lang, fmt).find(candidates)
+    return fmt.reader(root, src_lang, tgt_lang).find(candidates)
 
 
 def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:

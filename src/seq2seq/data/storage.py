@@ -49,10 +49,6 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def length_dtype(longest: int) -> np.dtype:
-    return np.dtype(np.uint16 if longest <= np.iinfo(np.uint16).max else np.uint32)
-
-
 @dataclass
 class TokenizedSplit:
     """A split's token ids as flat arrays with offsets (in memory, or memory-mapped from the cache).
@@ -216,13 +212,13 @@ class SplitWriter:
             self.flat[side].close()
             parts = self.lengths.pop(side)
             lengths = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-            longest = int(lengths.max(initial=0))
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, dtype=np.int64, out=offsets[1:])
             if offsets[-1] != self.flat[side].count:
                 raise RuntimeError(f"{side}: lengths add up to {offsets[-1]} ids, {self.flat[side].count} written")
             _save_npy(self.tmp / f"{side}_offsets.npy", offsets)
-            _save_npy(self.tmp / f"{side}_lengths.npy", lengths.astype(length_dtype(longest)))
+            short = lengths.max(initial=0) <= np.iinfo(np.uint16).max
+            _save_npy(self.tmp / f"{side}_lengths.npy", lengths.astype(np.uint16 if short else np.uint32))
             counts[side] = {"pairs": len(lengths), "tokens": int(offsets[-1]), "unk": self.unk[side]}
             del lengths, offsets
         if counts["src"]["pairs"] != counts["tgt"]["pairs"]:

@@ -87,12 +87,6 @@ def train_sentencepiece(
     return model.getvalue()
 
 
-def sample_indices(population: int, size: int, seed: int = SAMPLE_SEED) -> np.ndarray:
-    """``size`` distinct indices of ``0 .. population - 1``, sorted, drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(population, size=size, replace=False))
-
-
 def truncate_source(ids, max_len: int | None):
     """A source's ids (ending with EOS) cut to ``max_len`` ids, keeping the EOS; a list or an array."""
     if max_len is None or len(ids) <= max_len:
@@ -132,13 +126,11 @@ class TrainingText:
         # part of the key rather than the sample size (the cached path never counts lines).
         self.digest = f"{content}|sample={SAMPLE_SENTENCES},{SAMPLE_SEED}"
 
-    def population(self, joint: bool) -> int:
-        """How many sentences there are to train on (one side's for separate vocabularies)."""
-        counts = [source.count() for source, _ in self.sides]
-        return sum(counts) if joint else counts[0]
-
     def in_subprocess(self, joint: bool) -> bool:
-        return min(self.population(joint), SAMPLE_SENTENCES) >= SUBPROCESS_TRAINING_SENTENCES
+        """Whether sentencepiece trains on enough sentences (one side's for separate vocabularies) to
+        train in a child process."""
+        counts = [source.count() for source, _ in self.sides]
+        return min(sum(counts) if joint else counts[0], SAMPLE_SENTENCES) >= SUBPROCESS_TRAINING_SENTENCES
 
     def texts(self, joint: bool) -> tuple[list[str], list[str]]:
         """(source texts, target texts): a joint vocabulary trains on both together."""
@@ -149,7 +141,7 @@ class TrainingText:
             with Progress(f"Reading {where} for sentencepiece", sum(counts), unit="lines") as progress:
                 texts = [source.sentences(side, None, progress) for source, side in self.sides]
             return (texts[0], texts[1]) if self.single else ([t for side in texts for t in side], [])
-        picked = sample_indices(population, SAMPLE_SENTENCES, SAMPLE_SEED)
+        picked = np.sort(np.random.default_rng(SAMPLE_SEED).choice(population, size=SAMPLE_SENTENCES, replace=False))
         starts = np.cumsum([0, *counts]) if joint else np.zeros(len(counts) + 1, dtype=np.int64)
         with Progress(f"Sampling {SAMPLE_SENTENCES:,} sentences of {where} for sentencepiece", sum(counts),
                       unit="lines") as progress:
@@ -473,32 +465,26 @@ class EncodedChunk:
         return len(self.src_lengths)
 
 
-class ChunkEncoder:
-    """Encodes :class:`PairChunk` s with one tokenizer (in this process, or one per worker)."""
-
-    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype | type, num_threads: int = 1):
-        self.tokenizer, self.dtype, self.num_threads = tokenizer, np.dtype(dtype), num_threads
-
-    def __call__(self, chunk: PairChunk) -> EncodedChunk:
-        src, tgt = chunk.texts()
-        s, s_len, s_unk = self.tokenizer.encode_flat(src, "source", self.dtype, self.num_threads)
-        del src
-        t, t_len, t_unk = self.tokenizer.encode_flat(tgt, "target", self.dtype, self.num_threads)
-        return EncodedChunk(s, s_len, t, t_len, (s_unk, t_unk))
+def _encode(tokenizer: Tokenizer, dtype: np.dtype, chunk: PairChunk, num_threads: int = 1) -> EncodedChunk:
+    src, tgt = chunk.texts()
+    s, s_len, s_unk = tokenizer.encode_flat(src, "source", dtype, num_threads)
+    del src
+    t, t_len, t_unk = tokenizer.encode_flat(tgt, "target", dtype, num_threads)
+    return EncodedChunk(s, s_len, t, t_len, (s_unk, t_unk))
 
 
-_WORKER_ENCODER: ChunkEncoder | None = None
+_WORKER: tuple[Tokenizer, np.dtype] | None = None  # a worker process's tokenizer and id dtype
 
 
 def _start_worker(state: dict, dtype: str) -> None:
-    global _WORKER_ENCODER
+    global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the pool
-    _WORKER_ENCODER = ChunkEncoder(Tokenizer.from_state_dict(state), np.dtype(dtype))
+    _WORKER = Tokenizer.from_state_dict(state), np.dtype(dtype)
 
 
 def _encode_in_worker(chunk: PairChunk) -> EncodedChunk:
-    assert _WORKER_ENCODER is not None
-    return _WORKER_ENCODER(chunk)
+    assert _WORKER is not None
+    return _encode(*_WORKER, chunk)
 
 
 def available_cpus() -> int:
@@ -524,9 +510,8 @@ def encode_chunks(
     them holds a lock can wait on that lock forever.
     """
     if workers <= 1:
-        encoder = ChunkEncoder(tokenizer, dtype, num_threads=available_cpus())
         for chunk in chunks:
-            yield encoder(chunk)
+            yield _encode(tokenizer, np.dtype(dtype), chunk, num_threads=available_cpus())
         return
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
