@@ -15,11 +15,6 @@ by length and carry each sentence's index so that outputs can be put back in cor
 
 The test split is optional: published corpora often ship without test references, and such a run
 trains and validates, and :attr:`Seq2SeqDataModule.has_test` is False.
-
-The constructor takes the config's blocks as dataclasses (:class:`~seq2seq.data.corpus.CorpusOptions`
-with its :class:`~seq2seq.data.sources.CorpusFormat` and :class:`~seq2seq.data.corpus.Filtering`,
-:class:`TokenizerOptions`, :class:`Batching`); :meth:`Seq2SeqDataModule.from_config` builds them
-from a data config's flat keys (what ``_target_`` calls).
 """
 
 from __future__ import annotations
@@ -129,14 +124,11 @@ def collate(items: list, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
 class ResumableDataLoader(DataLoader):
     """A training ``DataLoader`` whose position in the epoch is saved in checkpoints.
 
-    Lightning stores ``state_dict()`` of every train dataloader that has one (under the fit loop's
-    ``combined_loader`` state) and calls ``load_state_dict`` when resuming, before the first batch
-    is drawn. Both delegate to the batch sampler: after a resume in the middle of an epoch the
-    loader yields the epoch's remaining batches only, which is what Lightning's epoch loop expects
-    of a stateful loader (it counts the batches already done and stops at ``len(loader)``).
-
-    The position saved is what the training loop actually consumed (``batches_consumed()``), not
-    what the sampler handed out: worker processes fetch batches ahead of the training step.
+    Lightning stores ``state_dict()`` of every train dataloader that has one and calls
+    ``load_state_dict`` when resuming, before the first batch is drawn; both delegate to the batch
+    sampler, so a resumed loader yields the epoch's remaining batches only (what Lightning's epoch
+    loop expects). The position saved is what the training loop consumed (``batches_consumed()``),
+    not what the sampler handed out: worker processes fetch batches ahead of the training step.
     """
 
     def __init__(self, *args, batches_consumed: Callable[[], int | None] | None = None, **kwargs):
@@ -192,17 +184,12 @@ LEGACY_TARGETS = {"seq2seq.data.datamodule.Seq2SeqDataModule": "seq2seq.data.dat
 class Seq2SeqDataModule(L.LightningDataModule):
     """Parallel text for sequence-to-sequence training; see the module docstring.
 
-    Args:
-        corpora: the corpora by name: ``{None: options}`` for one corpus, ``{"en-de": ..., ...}`` for
-            the pairs of a multilingual model (the name is the metrics' suffix, ``val/bleu/en-de``).
-        tokenizer_options: the sentencepiece model (a multilingual one must be joint).
-        batching: how batches are formed.
-        cache_dir: where tokenizers and tokenized splits are cached.
-        prepare_workers: processes that tokenize a split; None: the available CPUs (at most 8) for
-            splits of 100k pairs or more, this process alone below; 1: always this process.
-        temperature: ``T`` of the sampling across pairs, ``p_i ∝ n_i^(1/T)`` (several pairs).
-        tokenizer: tokenize every split with this one (a fine-tuning run's parent's) instead of
-            training a sentencepiece model; a multilingual one must have a tag for every target language.
+    ``corpora``: ``{None: options}`` for one corpus, ``{"en-de": ..., ...}`` for the pairs of a
+    multilingual model (the name is the metrics' suffix, ``val/bleu/en-de``); :meth:`from_config`
+    builds them and the other blocks from a data config's flat keys. ``prepare_workers``: see
+    :class:`~seq2seq.data.corpus.Corpus`; ``temperature``: ``T`` of the sampling across pairs,
+    ``p_i ∝ n_i^(1/T)``; ``tokenizer``: tokenize every split with this one (a fine-tuning run's
+    parent's) instead of training a sentencepiece model.
     """
 
     def __init__(
@@ -330,11 +317,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
             text = TrainingText([c.source("train") for c in self.corpora.values()], self.target_tags)
         opts = self.tokenizer_options
         with timed(self._times, "sentencepiece"):
-            tokenizer = Tokenizer.cached_or_trained(
-                self.cache_dir, text.digest, lambda: text.texts(opts.joint_vocab), opts.vocab_size, opts.joint_vocab,
-                opts.spm_model_type, in_subprocess=lambda: text.in_subprocess(opts.joint_vocab),
-                target_tags=self.target_tags,
-            )
+            tokenizer = Tokenizer.cached_or_trained(self.cache_dir, text, opts.vocab_size, opts.joint_vocab,
+                                                    opts.spm_model_type)
         reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         if min(reached) < opts.vocab_size and not self._vocab_warned:
             self._vocab_warned = True  # once per DataModule, not in both prepare_data and setup

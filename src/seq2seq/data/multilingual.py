@@ -60,14 +60,9 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
 class TemperatureBatchSampler(ResumableBatchSampler):
     """Batches of one pair each, pairs drawn with the temperature's probabilities; resumable.
 
-    Args:
-        samplers: each pair's token-budget batch sampler (indices into that pair's dataset; with DDP
-            already built for this rank).
-        sizes: each pair's number of training pairs ``n_i``.
-        temperature: ``T`` of ``p_i ∝ n_i^(1/T)``.
-        offsets: where each pair's dataset starts in the concatenated dataset (default: the
-            cumulative ``sizes``); yielded indices are ``offsets[i] + index``.
-        seed: the order of an epoch depends only on ``(seed, epoch)``.
+    ``samplers``: each pair's batch sampler (indices into that pair's dataset; with DDP already
+    built for this rank); ``sizes``: each pair's training pairs ``n_i``; ``offsets``: where each
+    pair's dataset starts in the concatenated dataset (default: the cumulative ``sizes``).
 
     An epoch holds as many batches as the pairs' samplers together (``B = Σ b_i``, the plain
     concatenation's count). The share of pair *i* is chosen so that *sentences*, not batches,
@@ -75,9 +70,10 @@ class TemperatureBatchSampler(ResumableBatchSampler):
     batch), i.e. ``c_i`` batches of pair *i* per epoch (rounded, summing to ``B``), in an order
     shuffled from ``(seed, epoch)``. Stratified rather than independent draws: each epoch has the
     exact proportions, and the position in every pair's stream is known in closed form, which makes
-    resuming exact. Within an epoch each pair's batches are spread evenly (see :meth:`plan`). Pair *i*'s batches come from its sampler's epochs one after another (an
-    upsampled pair goes through its data more than once per epoch, each time in a new order): its
-    ``k``-th batch of epoch ``E`` is batch ``E · c_i + k`` of that stream.
+    resuming exact. Within an epoch each pair's batches are spread evenly (see :meth:`plan`). Pair
+    *i*'s batches come from its sampler's epochs one after another (an upsampled pair goes through
+    its data more than once per epoch, each time in a new order): its ``k``-th batch of epoch ``E``
+    is batch ``E · c_i + k`` of that stream.
 
     ``shuffle=False`` (``debug=overfit``): the pairs interleave evenly, and every epoch starts each
     pair's stream from its beginning, so the first N batches are the same in every epoch.

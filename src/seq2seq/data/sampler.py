@@ -156,17 +156,11 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
 class TokenBudgetBatchSampler(ResumableBatchSampler):
     """Yield lists of dataset indices whose padded size fits ``max_tokens``; see the module docstring.
 
-    Args:
-        src_lengths: source length of every example, including BOS/EOS.
-        tgt_lengths: target length of every example, including BOS/EOS.
-        max_tokens: budget per batch, ``n_sentences * max(src_len, tgt_len)`` (``data.max_tokens``).
-        max_sentences: optional cap on examples per batch (``data.max_sentences``).
-        shuffle: shuffle tie-breaking and batch order per epoch (training); False keeps length order.
-        seed: base seed; the order of an epoch depends only on ``(seed, epoch)``.
-        num_replicas: number of DDP ranks.
-        rank: this process's rank, ``0 <= rank < num_replicas``.
-        drop_last: with several ranks, drop the last ``len % num_replicas`` batches instead of
-            repeating batches to even them out.
+    ``src_lengths``/``tgt_lengths`` include BOS/EOS; ``max_tokens`` bounds
+    ``n_sentences * max(src_len, tgt_len)`` (``data.max_tokens``), ``max_sentences`` the examples
+    of a batch; ``shuffle=False`` keeps length order; an epoch's order depends only on ``(seed,
+    epoch)``; ``drop_last``: with several ranks, drop the last ``len % num_replicas`` batches
+    instead of repeating batches to even them out.
     """
 
     def __init__(

@@ -164,16 +164,9 @@ def _save_npy(path: Path, values: np.ndarray) -> None:
 
 
 class SplitWriter:
-    """Write one cache entry from chunks of encoded pairs; see the module docstring for the layout.
-
-    >>> with SplitWriter(path, np.uint16) as w:       # doctest: +SKIP
-    ...     for chunk in chunks:
-    ...         w.add(chunk.src, chunk.src_lengths, chunk.tgt, chunk.tgt_lengths, chunk.unk)
-    ...     w.commit()
-
-    Nothing appears at ``path`` unless :meth:`commit` completes; leaving the block without it (an
-    exception) deletes the temporary folder.
-    """
+    """Write one cache entry from chunks of encoded pairs (:meth:`add`), as a context manager; see the
+    module docstring for the layout. Nothing appears at ``path`` unless :meth:`commit` completes;
+    leaving the block without it (an exception) deletes the temporary folder."""
 
     def __init__(self, path: str | os.PathLike, dtype: np.dtype):
         self.path = Path(path)

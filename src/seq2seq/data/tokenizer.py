@@ -108,7 +108,7 @@ class TrainingText:
     """
 
     def __init__(self, sources: Sequence[PairSource], target_tags: Mapping[str, str] | None = None):
-        self.single = len(sources) == 1
+        self.single, self.target_tags = len(sources) == 1, dict(target_tags or {})
         sides = [(source, side) for side in ("src", "tgt") for source in sources]
         if not self.single:  # the same text in two corpora counts once
             keys = [(side, source.side_key(side)) for source, side in sides]
@@ -157,11 +157,14 @@ class TrainingText:
         return [both[i] for i in order.tolist()], []
 
 
+def _specials(sp: spm.SentencePieceProcessor) -> tuple[int, int, int, int]:
+    return sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()
+
+
 def _check_model(sp: spm.SentencePieceProcessor) -> None:
     """A model that does not use the project's special ids is not one of ours (or is damaged)."""
-    specials = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
-    if sp.get_piece_size() <= EOS_ID or specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-        raise ValueError(f"{sp.get_piece_size()} pieces, special ids {specials}")
+    if sp.get_piece_size() <= EOS_ID or _specials(sp) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        raise ValueError(f"{sp.get_piece_size()} pieces, special ids {_specials(sp)}")
 
 
 class Tokenizer:
@@ -261,22 +264,16 @@ class Tokenizer:
         )
 
     @classmethod
-    def cached_or_trained(
-        cls, cache_dir: str | Path, digest: str, training_texts: Callable[[], tuple[Sequence[str], Sequence[str]]],
-        vocab_size: int, joint: bool = True, model_type: str = "unigram",
-        in_subprocess: bool | Callable[[], bool] = False, target_tags: Mapping[str, str] | None = None,
-    ) -> Tokenizer:
-        """The tokenizer cached for a training split whose content hashes to ``digest``, or one trained
-        on ``training_texts()`` (called only then) and cached.
-
-        ``digest`` also names how the training texts are chosen from the split (e.g. a sample).
-        ``in_subprocess`` (or a function saying so, called only when training): read the texts and
-        train in a forked process (where ``fork`` exists), so that the memory sentencepiece and the
-        texts take (GBs for millions of sentences) goes back to the system when it ends instead of
-        staying in this process. A cached model that cannot be loaded is trained again, with a warning.
-        ``target_tags`` (multilingual: ``{language: tag}``) become user-defined pieces of the source model.
+    def cached_or_trained(cls, cache_dir: str | Path, text: TrainingText, vocab_size: int, joint: bool = True,
+                          model_type: str = "unigram") -> Tokenizer:
+        """The tokenizer cached for ``text`` (whose digest names its content and sampling), or one
+        trained on it (its target tags as pieces) and cached; a cached model that cannot be loaded
+        is trained again, with a warning. A large ``text`` is read and trained on in a forked process
+        (where ``fork`` exists), so that the memory sentencepiece and the texts take (GBs for
+        millions of sentences) goes back to the system when it ends instead of staying in this one.
         """
-        key = f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{digest}"
+        target_tags = text.target_tags
+        key = f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{text.digest}"
         if target_tags:  # (a model without tags keeps the key it always had)
             key += f"|tags:{json.dumps(dict(target_tags))}"
         path = Path(cache_dir) / f"spm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -285,14 +282,12 @@ class Tokenizer:
             return cached
 
         def train() -> Tokenizer:
-            src_texts, tgt_texts = training_texts()
+            src_texts, tgt_texts = text.texts(joint)
             log.info("Training a %s sentencepiece model (vocab_size=%d, %s) on %s sentences", model_type,
                      vocab_size, "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
             return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type, target_tags)
 
-        if callable(in_subprocess):
-            in_subprocess = in_subprocess()
-        if in_subprocess and "fork" in multiprocessing.get_all_start_methods():
+        if text.in_subprocess(joint) and "fork" in multiprocessing.get_all_start_methods():
             tok = cls.from_state_dict(_in_forked_process(lambda: train().state_dict()))
         else:
             tok = train()
@@ -355,20 +350,17 @@ class Tokenizer:
             def languages(tok):
                 return f"target languages {', '.join(tok.target_tags)}" if tok.target_tags else "no target-language tags"
             return f"{languages(self)} vs {languages(other)}"
-        sides = [("joint", self.src, other.src, self._src_bytes, other._src_bytes)]
-        if not self.joint:
-            sides = [("source", self.src, other.src, self._src_bytes, other._src_bytes),
-                     ("target", self.tgt, other.tgt, self._tgt_bytes, other._tgt_bytes)]
-        for side, a, b, a_bytes, b_bytes in sides:
+        for side, key in [("joint", "src")] if self.joint else [("source", "src"), ("target", "tgt")]:
+            a, b = getattr(self, key), getattr(other, key)
             if a.get_piece_size() != b.get_piece_size():
                 return f"{side} vocabulary of {a.get_piece_size()} vs {b.get_piece_size()} pieces"
-            specials = [(a.pad_id(), a.unk_id(), a.bos_id(), a.eos_id()), (b.pad_id(), b.unk_id(), b.bos_id(), b.eos_id())]
+            specials = [_specials(a), _specials(b)]
             if specials[0] != specials[1]:
                 return f"{side} special ids (pad, unk, bos, eos) {specials[0]} vs {specials[1]}"
             for i in range(a.get_piece_size()):
                 if a.id_to_piece(i) != b.id_to_piece(i):
                     return f"{side} piece {i}: {a.id_to_piece(i)!r} vs {b.id_to_piece(i)!r}"
-            if a_bytes != b_bytes:
+            if getattr(self, f"_{key}_bytes") != getattr(other, f"_{key}_bytes"):
                 return f"{side} sentencepiece models differ (same pieces, other scores or normalization)"
         return None
 
