@@ -402,13 +402,9 @@ class Corpus:
                 )
 
     def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit | SplitView, np.ndarray | None]:
-        """Drop (or truncate) training pairs as :class:`Filtering` says.
-
-        Returns the kept pairs (a :class:`SplitView`, or ``data`` itself when every pair was kept
-        whole) and their corpus indices (None when every pair was kept). The counts go to
-        :attr:`filter_counts` and the log. Works on the length arrays alone: this runs in every
-        ``setup``, including cached runs, and never reads the ids.
-        """
+        """Drop (or truncate) training pairs as :class:`Filtering` says: the kept pairs (``data`` itself
+        when every pair was kept whole) and their corpus indices (None: all). Works on the length
+        arrays alone: this runs in every ``setup``, including cached runs, and never reads the ids."""
         f = self.filtering
         src_len = data.src_lengths.astype(np.int32) - 1  # without EOS, as filter_lengths expects
         kept, counts = filter_lengths(src_len, data.tgt_lengths, max_src_len=f.max_src_len, max_tgt_len=f.max_tgt_len,

@@ -43,6 +43,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -498,7 +499,11 @@ class LinesPair(_StampedFiles):
             with self._progress("Counting the lines of") as progress:
                 src_lines, tgt_lines = (_file_lines(p, progress) for p in self.paths)
             if src_lines != tgt_lines:
-                raise _line_count_error(self.src_path, src_lines, self.tgt_path, tgt_lines)
+                raise DataError(
+                    f"{self.src_path} has {src_lines} lines but {self.tgt_path} has {tgt_lines}; line i of one file "
+                    "must be the translation of line i of the other. Check that neither file is cut short or has "
+                    "extra lines (a blank line at the end counts as a line)."
+                )
             if not src_lines:
                 raise _empty_split(self.src_path, self.tgt_path)
             return src_lines
@@ -506,22 +511,13 @@ class LinesPair(_StampedFiles):
         return self._remember("count", compute)
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
-        readers = [_LineReader(p) for p in self.paths]
-        try:
-            first = 1
-            while True:
-                (src, n_src), (tgt, n_tgt) = (r.take(pairs_per_chunk) for r in readers)
-                if n_src != n_tgt:
-                    raise DataError(f"{self.src_path} and {self.tgt_path} no longer have the same number of "
-                                    f"lines (one ends at line {first + min(n_src, n_tgt)}); were they changed "
-                                    "while being read?")
-                if not n_src:
-                    return
-                yield PairChunk(src, tgt, first, str(self.src_path), str(self.tgt_path))
-                first += n_src
-        finally:
-            for r in readers:
-                r.close()
+        blocks = [_line_blocks(p, pairs_per_chunk) for p in self.paths]
+        for (first, src, n_src), (other, tgt, n_tgt) in zip_longest(*blocks, fillvalue=(0, b"", 0)):
+            if n_src != n_tgt:
+                raise DataError(f"{self.src_path} and {self.tgt_path} no longer have the same number of lines "
+                                f"(one ends at line {max(first, other) + min(n_src, n_tgt)}); were they changed "
+                                "while being read?")
+            yield PairChunk(src, tgt, first, str(self.src_path), str(self.tgt_path))
 
     def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
         path = self.src_path if side == "src" else self.tgt_path
@@ -543,14 +539,6 @@ class LinesPair(_StampedFiles):
     def texts(self) -> tuple[list[str], list[str]]:
         self.count()  # the files' line counts checked
         return super().texts()
-
-
-def _line_count_error(src_path: Path, src_lines: int, tgt_path: Path, tgt_lines: int) -> DataError:
-    return DataError(
-        f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; line i of one file must "
-        "be the translation of line i of the other. Check that neither file is cut short or has "
-        "extra lines (a blank line at the end counts as a line)."
-    )
 
 
 class RecordFile(_StampedFiles):
@@ -701,13 +689,9 @@ class RecordFormat(CorpusReader):
 
 
 def _as_index(field: Any) -> int | None:
-    if isinstance(field, bool):
-        return None
-    if isinstance(field, int):
+    if isinstance(field, int) and not isinstance(field, bool):
         return field
-    if isinstance(field, str) and field.strip().isdigit():
-        return int(field)
-    return None
+    return int(field) if isinstance(field, str) and field.strip().isdigit() else None
 
 
 @register_format("tsv")
@@ -827,10 +811,9 @@ class HfFormat(CorpusReader):
     def find(self, candidates: Sequence[str]) -> str | None:
         names = self._data_files()
         if names is None:
+            datasets = self._datasets()
             try:
-                names = self._datasets().get_dataset_split_names(self.fmt.hf_path, self.fmt.hf_name)
-            except DataError:
-                raise
+                names = datasets.get_dataset_split_names(self.fmt.hf_path, self.fmt.hf_name)
             except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing config, ...)
                 raise DataError(f"Cannot list the splits of Hugging Face dataset {self.fmt.hf_path!r}: {e}") from None
         return next((c for c in candidates if c in names), None)
