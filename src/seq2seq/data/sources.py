@@ -366,13 +366,7 @@ class PairSource:
 
     def texts(self) -> tuple[list[str], list[str]]:
         """Both sides whole (validation and test: they are the references)."""
-        src: list[str] = []
-        tgt: list[str] = []
-        for chunk in self.chunks(RECORDS_PER_BLOCK):
-            s, t = chunk.texts()
-            src.extend(s)
-            tgt.extend(t)
-        return src, tgt
+        return self.sentences("src"), self.sentences("tgt")
 
     def head(self, n: int) -> PairSource:
         """The first ``n`` pairs (``data.max_train_pairs``)."""
