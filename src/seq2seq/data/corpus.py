@@ -158,10 +158,12 @@ class Corpus:
     """One language pair (see the module docstring): its splits, their cache entries, its datasets.
 
     ``cache_dir``: where tokenized splits are cached; ``prepare_workers``: processes that tokenize a
-    split (None: the available CPUs, at most 8, from 100k pairs; 1: this process).
+    split (None: the available CPUs, at most 8, from 100k pairs; 1: this process); ``prepare_times``:
+    where the seconds of each tokenizing step (cache hits included) are added, for benchmarks and logs.
     """
 
-    def __init__(self, options: CorpusOptions, cache_dir: str | Path, prepare_workers: int | None = None):
+    def __init__(self, options: CorpusOptions, cache_dir: str | Path, prepare_workers: int | None = None,
+                 prepare_times: dict[str, float] | None = None):
         for split in options.extra_references:
             if split not in ("val", "test"):
                 raise ConfigError(
@@ -175,10 +177,8 @@ class Corpus:
         self.cache_dir, self.prepare_workers = Path(cache_dir), prepare_workers
         self.datasets: dict[str, PairDataset] = {}
         self.filter_counts: dict[str, int] = {}
-        # Seconds spent per preparation step in this process (reading/hashing the training split,
-        # tokenizing each split; cache hits included): for benchmarks and logs.
-        self.prepare_times: dict[str, float] = {}
-        self._format: CorpusFormat | None = None  # the format read with (see resolved_format)
+        self.prepare_times = {} if prepare_times is None else prepare_times
+        self._format: CorpusFormat | None = None  # the format read with (see format)
         self._train: PairSource | None = None
         self._texts: dict[str, TextPairs] = {}  # val and test, read whole
         self._more_refs: dict[str, list[list[str]]] = {}
