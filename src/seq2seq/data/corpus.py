@@ -12,14 +12,12 @@ Hub dataset) is read from local files instead when ``root`` holds the training s
 ``{split}.jsonl`` (with the same fields) or ``{split}.{src_lang}`` / ``{split}.{tgt_lang}`` lines, so
 ``data.root=DIR`` points any named corpus at files on disk.
 
-The cache is keyed on content, not on names: a tokenized split lives in ``ids-<key>/``, the key
-hashing the tokenizer and the split's content (:meth:`PairSource.digest`: the files' bytes for a
-file format's training split, hashed as a stream at ~1 GB/s by every run; the texts otherwise), so
-an edited file or another vocabulary never serves stale ids. Entries are written atomically (see
-:mod:`seq2seq.data.storage`), so an interrupted run leaves no partial entry, and DDP ranks may share
-one cache folder. A split is tokenized in ``prepare_workers`` processes from 100k pairs; an entry
-that is damaged is rebuilt with a warning. ``setup`` reads only the per-pair lengths of a cached
-split (filtering and batching need nothing else); a batch reads the ids of its own pairs.
+The cache (:mod:`seq2seq.data.storage`) is keyed on content, not on names: a tokenized split lives
+in ``ids-<key>/``, the key hashing the tokenizer and the split's content (:meth:`PairSource.digest`:
+the files' bytes for a file format's training split, hashed as a stream at ~1 GB/s by every run;
+the texts otherwise), so an edited file or another vocabulary never serves stale ids. A damaged
+entry is rebuilt with a warning. ``setup`` reads only the per-pair lengths of a cached split
+(filtering and batching need nothing else); a batch reads the ids of its own pairs.
 """
 
 from __future__ import annotations

@@ -142,8 +142,6 @@ class _NpyAppender:
         self.count += values.size
 
     def close(self) -> None:
-        if self.file.closed:
-            return
         end = self.file.tell()
         if self._header(self.count) != self.header_size:  # cannot happen with numpy's padding; be sure
             raise RuntimeError(f"the .npy header of {self.path} changed size")

@@ -56,10 +56,8 @@ def language_tag(lang: str) -> str:
     return f"<2{lang}>"
 
 
-def train_sentencepiece(
-    texts: Iterable[str], vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0,
-    seed_sentences: int = 2_000_000, user_symbols: Sequence[str] = (),
-) -> bytes:
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
+                        user_symbols: Sequence[str] = ()) -> bytes:
     """Train a sentencepiece model on ``texts`` in memory; returns the serialized model.
 
     ``user_symbols`` (language tags) become pieces of their own, right after the special ids
@@ -71,14 +69,14 @@ def train_sentencepiece(
         model_writer=model,
         vocab_size=vocab_size,
         model_type=model_type,
-        character_coverage=character_coverage,
+        character_coverage=1.0,
         pad_id=PAD_ID,
         unk_id=UNK_ID,
         bos_id=BOS_ID,
         eos_id=EOS_ID,
         # Small corpora cannot fill a large vocabulary; take what they have instead of failing.
         hard_vocab_limit=False,
-        input_sentence_size=seed_sentences,
+        input_sentence_size=2_000_000,
         shuffle_input_sentence=True,
         num_threads=2,
         minloglevel=2,
