@@ -12,6 +12,7 @@ pairs") says why the tag sits on the source, docs/recipes.md how to run it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
@@ -183,15 +184,10 @@ class RoundRobinBatchSampler(Sampler[list[int]]):
         self.samplers, self.offsets = list(samplers), list(offsets)
 
     def __iter__(self) -> Iterator[list[int]]:
-        streams = [(iter(s), offset) for s, offset in zip(self.samplers, self.offsets)]
-        while streams:
-            alive = []
-            for stream, offset in streams:
-                batch = next(stream, None)
+        for batches in zip_longest(*self.samplers):
+            for batch, offset in zip(batches, self.offsets):
                 if batch is not None:
-                    alive.append((stream, offset))
                     yield [offset + i for i in batch]
-            streams = alive
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.samplers)
