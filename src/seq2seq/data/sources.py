@@ -94,13 +94,8 @@ class CorpusFormat:
         return cls(Path(root), src_lang, tgt_lang, self)
 
 
-def read_split(
-    root: str | Path,
-    split_files: str | Sequence[str] | Mapping[str, Any],
-    src_lang: str,
-    tgt_lang: str,
-    fmt: CorpusFormat,
-) -> tuple[list[str], list[str]]:
+def read_split(root: str | Path, split_files: str | Sequence[str] | Mapping[str, Any], src_lang: str, tgt_lang: str,
+               fmt: CorpusFormat) -> tuple[list[str], list[str]]:
     """Read one split whole as ``(sources, targets)``, two lists of equal, non-zero length.
 
     ``split_files`` is a split base name (``"train"``, ``"test_2016_flickr"``); a list of base
