@@ -18,11 +18,10 @@ Formats (:class:`CorpusFormat.format`):
     ``datasets.load_dataset(hf_path, hf_name, split=split, data_files=hf_data_files)`` with the same
     dotted field paths. Needs the ``datasets`` package.
 
-A reader (:class:`CorpusReader`) finds a split's files, says what it expected when they are
-missing, and opens them as a :class:`PairSource`: the split's pairs as a stream of chunks, never
-held whole in memory (``hf`` excepted: ``datasets`` holds it), with a content digest (what the
-token cache keys on) and a count. A new format is one class registered with
-:func:`register_format`; a one-file format of one record per line only writes :meth:`RecordFormat.pairs`.
+A reader (:class:`CorpusReader`) opens a split's files as a :class:`PairSource`: its pairs as a
+stream of chunks, never held whole in memory (``hf`` excepted: ``datasets`` holds it). A new format
+is one class registered with :func:`register_format`; a one-file format of one record per line only
+writes :meth:`RecordFormat.pairs`.
 
 Text is kept exactly as in the file: only the line break (``\\n`` or ``\\r\\n``) and a UTF-8 byte
 order mark at the start of a file are removed. Leading and trailing spaces are left alone, so the

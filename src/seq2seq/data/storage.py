@@ -278,8 +278,6 @@ def open_split(path: str | os.PathLike) -> TokenizedSplit:
             if int(lengths.sum(dtype=np.int64)) != tokens:
                 raise CacheDamaged(f"the {side} lengths do not add up to its {tokens} ids")
             arrays[side] = (flat, offsets, lengths)
-    except CacheDamaged:
-        raise
     except FileNotFoundError as err:
         raise CacheDamaged(f"{Path(err.filename or '?').name} is missing") from None
     except (OSError, ValueError, KeyError, TypeError, EOFError, UnicodeDecodeError) as err:
