@@ -116,39 +116,37 @@ class SplitView:
     def __len__(self) -> int:
         return len(self.base) if self.rows is None else len(self.rows)
 
-    def _row(self, i: int) -> int:
+    def row(self, i: int) -> int:
+        """The split's row (its files' line) that position ``i`` holds."""
         return i if self.rows is None else int(self.rows[i])
 
     def src(self, i: int) -> np.ndarray:
-        return truncate_source(self.base.src(self._row(i)), self.max_src_len)
+        return truncate_source(self.base.src(self.row(i)), self.max_src_len)
 
     def tgt(self, i: int) -> np.ndarray:
-        ids = self.base.tgt(self._row(i))
+        ids = self.base.tgt(self.row(i))
         return ids if self.max_tgt_len is None else ids[: self.max_tgt_len]
 
 
 class PairDataset(Dataset):
     """Position -> (corpus index, source ids, target ids), sources cut to ``max_src_len`` ids.
 
-    ``corpus_index[i]`` is the line of the split's files that position ``i`` holds (the identity
-    unless filtering dropped pairs), so a batch's ``index`` always locates sentences in the corpus;
-    ``offset`` is added to it (a pair's place among several corpora).
+    The corpus index is the line of the split's files that the position holds (:meth:`SplitView.row`:
+    the position itself unless filtering dropped pairs), so a batch's ``index`` always locates
+    sentences in the corpus; ``offset`` is added to it (a pair's place among several corpora).
     """
 
-    def __init__(self, data: TokenizedSplit | SplitView, max_src_len: int | None = None,
-                 corpus_index: np.ndarray | None = None, offset: int = 0):
-        if corpus_index is not None and len(corpus_index) != len(data):
-            raise ValueError(f"corpus_index has {len(corpus_index)} entries for {len(data)} pairs")
-        self.data, self.max_src_len, self.corpus_index, self.offset = data, max_src_len, corpus_index, int(offset)
+    def __init__(self, data: TokenizedSplit | SplitView, max_src_len: int | None = None, offset: int = 0):
+        self.data, self.max_src_len, self.offset = data, max_src_len, int(offset)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def shifted(self, offset: int) -> PairDataset:
-        return PairDataset(self.data, self.max_src_len, self.corpus_index, offset)
+        return PairDataset(self.data, self.max_src_len, offset)
 
     def __getitem__(self, i: int):
-        index = i if self.corpus_index is None else int(self.corpus_index[i])
+        index = self.data.row(i) if isinstance(self.data, SplitView) else i
         return self.offset + index, truncate_source(self.data.src(i), self.max_src_len), self.data.tgt(i)
 
 
@@ -381,8 +379,7 @@ class Corpus:
             if split == "train":
                 if given_tokenizer:
                     self._report_unknown(data)
-                view, kept = self._filter_train(data)
-                self.datasets[split] = PairDataset(view, corpus_index=kept)
+                self.datasets[split] = PairDataset(self._filter_train(data))
             else:
                 # Every reference is scored; over-long sources are cut rather than dropped.
                 self.datasets[split] = PairDataset(data, max_src_len=self.filtering.max_src_len + 1)
@@ -399,10 +396,10 @@ class Corpus:
                     "in fine-tuning): its vocabulary does not cover this corpus well", 100 * share, side, self.root,
                 )
 
-    def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit | SplitView, np.ndarray | None]:
+    def _filter_train(self, data: TokenizedSplit) -> TokenizedSplit | SplitView:
         """Drop (or truncate) training pairs as :class:`Filtering` says: the kept pairs (``data`` itself
-        when every pair was kept whole) and their corpus indices (None: all). Works on the length
-        arrays alone: this runs in every ``setup``, including cached runs, and never reads the ids."""
+        when every pair was kept whole). Works on the length arrays alone: this runs in every
+        ``setup``, including cached runs, and never reads the ids."""
         f = self.filtering
         src_len = data.src_lengths.astype(np.int32) - 1  # without EOS, as filter_lengths expects
         kept, counts = filter_lengths(src_len, data.tgt_lengths, max_src_len=f.max_src_len, max_tgt_len=f.max_tgt_len,
@@ -418,10 +415,9 @@ class Corpus:
             )
         truncated = bool(counts.get("truncated"))
         if len(kept) == len(data) and not truncated:
-            return data, None
-        view = SplitView(
+            return data
+        return SplitView(
             data, None if len(kept) == len(data) else kept,
             max_src_len=f.max_src_len + 1 if truncated else None,  # + EOS
             max_tgt_len=f.max_tgt_len if truncated else None,
         )
-        return view, kept
