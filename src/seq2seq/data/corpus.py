@@ -12,21 +12,18 @@ Hub dataset) is read from local files instead when ``root`` holds the training s
 ``{split}.jsonl`` (with the same fields) or ``{split}.{src_lang}`` / ``{split}.{tgt_lang}`` lines, so
 ``data.root=DIR`` points any named corpus at files on disk.
 
-The cache is keyed on content, not on names: a tokenized split lives in ``ids-<key>/``, the key
-hashing the tokenizer and the split's content (:meth:`PairSource.digest`: the files' bytes for a
-file format's training split, hashed as a stream at ~1 GB/s by every run; the texts otherwise), so
-an edited file or another vocabulary never serves stale ids. Entries are written atomically (see
-:mod:`seq2seq.data.storage`), so an interrupted run leaves no partial entry, and DDP ranks may share
-one cache folder. A split is tokenized in ``prepare_workers`` processes from 100k pairs; an entry
-that is damaged is rebuilt with a warning. ``setup`` reads only the per-pair lengths of a cached
-split (filtering and batching need nothing else); a batch reads the ids of its own pairs.
+The cache (:mod:`seq2seq.data.storage`) is keyed on content, not on names: a tokenized split lives
+in ``ids-<key>/``, the key hashing the tokenizer and the split's content (:meth:`PairSource.digest`:
+the files' bytes for a file format's training split, hashed as a stream at ~1 GB/s by every run;
+the texts otherwise), so an edited file or another vocabulary never serves stale ids. A damaged
+entry is rebuilt with a warning. ``setup`` reads only the per-pair lengths of a cached split
+(filtering and batching need nothing else); a batch reads the ids of its own pairs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,10 +32,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from seq2seq.data.filtering import filter_lengths
-from seq2seq.data.progress import Progress
-from seq2seq.data.sources import CorpusFormat, PairSource, TextPairs, corpus_reader, read_aligned_lines
+from seq2seq.data.progress import Progress, timed
+from seq2seq.data.sources import CorpusFormat, CorpusReader, PairSource, TextPairs, read_aligned_lines
 from seq2seq.data.storage import CacheDamaged, SplitWriter, TokenizedSplit, id_dtype, open_split, remove_entry
-from seq2seq.data.tokenizer import UNK_ID, Tokenizer, available_cpus, encode_chunks, truncate_source
+from seq2seq.data.tokenizer import Tokenizer, available_cpus, encode_chunks, truncate_source
 from seq2seq.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -119,39 +116,37 @@ class SplitView:
     def __len__(self) -> int:
         return len(self.base) if self.rows is None else len(self.rows)
 
-    def _row(self, i: int) -> int:
+    def row(self, i: int) -> int:
+        """The split's row (its files' line) that position ``i`` holds."""
         return i if self.rows is None else int(self.rows[i])
 
     def src(self, i: int) -> np.ndarray:
-        return truncate_source(self.base.src(self._row(i)), self.max_src_len)
+        return truncate_source(self.base.src(self.row(i)), self.max_src_len)
 
     def tgt(self, i: int) -> np.ndarray:
-        ids = self.base.tgt(self._row(i))
+        ids = self.base.tgt(self.row(i))
         return ids if self.max_tgt_len is None else ids[: self.max_tgt_len]
 
 
 class PairDataset(Dataset):
     """Position -> (corpus index, source ids, target ids), sources cut to ``max_src_len`` ids.
 
-    ``corpus_index[i]`` is the line of the split's files that position ``i`` holds (the identity
-    unless filtering dropped pairs), so a batch's ``index`` always locates sentences in the corpus;
-    ``offset`` is added to it (a pair's place among several corpora).
+    The corpus index is the line of the split's files that the position holds (:meth:`SplitView.row`:
+    the position itself unless filtering dropped pairs), so a batch's ``index`` always locates
+    sentences in the corpus; ``offset`` is added to it (a pair's place among several corpora).
     """
 
-    def __init__(self, data: TokenizedSplit | SplitView, max_src_len: int | None = None,
-                 corpus_index: np.ndarray | None = None, offset: int = 0):
-        if corpus_index is not None and len(corpus_index) != len(data):
-            raise ValueError(f"corpus_index has {len(corpus_index)} entries for {len(data)} pairs")
-        self.data, self.max_src_len, self.corpus_index, self.offset = data, max_src_len, corpus_index, int(offset)
+    def __init__(self, data: TokenizedSplit | SplitView, max_src_len: int | None = None, offset: int = 0):
+        self.data, self.max_src_len, self.offset = data, max_src_len, int(offset)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def shifted(self, offset: int) -> PairDataset:
-        return PairDataset(self.data, self.max_src_len, self.corpus_index, offset)
+        return PairDataset(self.data, self.max_src_len, offset)
 
     def __getitem__(self, i: int):
-        index = i if self.corpus_index is None else int(self.corpus_index[i])
+        index = self.data.row(i) if isinstance(self.data, SplitView) else i
         return self.offset + index, truncate_source(self.data.src(i), self.max_src_len), self.data.tgt(i)
 
 
@@ -159,10 +154,12 @@ class Corpus:
     """One language pair (see the module docstring): its splits, their cache entries, its datasets.
 
     ``cache_dir``: where tokenized splits are cached; ``prepare_workers``: processes that tokenize a
-    split (None: the available CPUs, at most 8, from 100k pairs; 1: this process).
+    split (None: the available CPUs, at most 8, from 100k pairs; 1: this process); ``prepare_times``:
+    where the seconds of each tokenizing step (cache hits included) are added, for benchmarks and logs.
     """
 
-    def __init__(self, options: CorpusOptions, cache_dir: str | Path, prepare_workers: int | None = None):
+    def __init__(self, options: CorpusOptions, cache_dir: str | Path, prepare_workers: int | None = None,
+                 prepare_times: dict[str, float] | None = None):
         for split in options.extra_references:
             if split not in ("val", "test"):
                 raise ConfigError(
@@ -176,16 +173,11 @@ class Corpus:
         self.cache_dir, self.prepare_workers = Path(cache_dir), prepare_workers
         self.datasets: dict[str, PairDataset] = {}
         self.filter_counts: dict[str, int] = {}
-        # Seconds spent per preparation step in this process (reading/hashing the training split,
-        # tokenizing each split; cache hits included): for benchmarks and logs.
-        self.prepare_times: dict[str, float] = {}
-        self._format: CorpusFormat | None = None  # the format read with (see resolved_format)
+        self.prepare_times = {} if prepare_times is None else prepare_times
+        self._format: CorpusFormat | None = None  # the format read with (see format)
         self._train: PairSource | None = None
         self._texts: dict[str, TextPairs] = {}  # val and test, read whole
         self._more_refs: dict[str, list[list[str]]] = {}
-
-    def timed(self, step: str, start: float) -> None:
-        self.prepare_times[step] = self.prepare_times.get(step, 0.0) + time.perf_counter() - start
 
     # ------------------------------------------------------------------ reading
     @staticmethod
@@ -201,6 +193,10 @@ class Corpus:
                 "corpus files (e.g. train.<src_lang> and train.<tgt_lang>)"
             )
 
+    def reader(self, fmt: CorpusFormat | None = None) -> CorpusReader:
+        """The reader of this corpus in ``fmt`` (default: :attr:`format`)."""
+        return (fmt or self.format).reader(self.root, self.src_lang, self.tgt_lang)
+
     @property
     def format(self) -> CorpusFormat:
         """The format to read with: ``format=hf`` becomes a local format when ``root`` holds the files
@@ -211,7 +207,7 @@ class Corpus:
                 train = self._candidates(self.splits.train)
                 for local in ("jsonl", "lines"):
                     candidate = replace(fmt, format=local)
-                    if corpus_reader(self.root, self.src_lang, self.tgt_lang, candidate).find(train) is not None:
+                    if self.reader(candidate).find(train) is not None:
                         log.info("Reading %s files under %s instead of the Hub dataset %s", local, self.root, fmt.hf_path)
                         fmt = candidate
                         break
@@ -229,8 +225,7 @@ class Corpus:
         if download == "multi30k":
             from seq2seq.data.download import download_multi30k
 
-            reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
-            if reader.find(self._candidates(self.splits.train)) is None:
+            if self.reader().find(self._candidates(self.splits.train)) is None:
                 download_multi30k(self.root, langs=(self.src_lang, self.tgt_lang))
         elif download:
             raise DataError(f"data.download={download!r} is not a known corpus; use 'multi30k' or null")
@@ -248,7 +243,7 @@ class Corpus:
             if split == "test":
                 return None
             raise DataError(f"data.splits.{split} is empty; name the {split} split's files (e.g. '{split}')")
-        reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
+        reader = self.reader()
         found = reader.find(candidates)
         if found is None and split == "test":
             return None
@@ -297,7 +292,7 @@ class Corpus:
         whose files exist in :attr:`format`, else (a Hub dataset that cannot be listed now) the first."""
         candidates = self._candidates(getattr(self.splits, split)) or [split]
         try:
-            found = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format).find(candidates)
+            found = self.reader().find(candidates)
         except DataError:
             found = None
         return found or candidates[0]
@@ -310,8 +305,7 @@ class Corpus:
     def reference_files(self, split: str) -> list[Path]:
         """The files ``split``'s references are read from: the target side's (none for a Hub
         dataset), then :meth:`extra_reference_files`."""
-        reader = corpus_reader(self.root, self.src_lang, self.tgt_lang, self.format)
-        return reader.target_files(self.split_name(split)) + self.extra_reference_files(split)
+        return self.reader().target_files(self.split_name(split)) + self.extra_reference_files(split)
 
     # ------------------------------------------------------------------ the token cache
     def _cache_file(self, tokenizer: Tokenizer, digest: str) -> Path:
@@ -333,11 +327,8 @@ class Corpus:
         source = self.source(split)
         if source is None:
             return None
-        start = time.perf_counter()
-        try:
+        with timed(self.prepare_times, f"tokenize_{split}"):
             return self._load_or_tokenize(tokenizer, source)
-        finally:
-            self.timed(f"tokenize_{split}", start)
 
     def _load_or_tokenize(self, tokenizer: Tokenizer, source: PairSource) -> TokenizedSplit:
         path = self._cache_file(tokenizer, source.digest())
@@ -388,8 +379,7 @@ class Corpus:
             if split == "train":
                 if given_tokenizer:
                     self._report_unknown(data)
-                view, kept = self._filter_train(data)
-                self.datasets[split] = PairDataset(view, corpus_index=kept)
+                self.datasets[split] = PairDataset(self._filter_train(data))
             else:
                 # Every reference is scored; over-long sources are cut rather than dropped.
                 self.datasets[split] = PairDataset(data, max_src_len=self.filtering.max_src_len + 1)
@@ -398,11 +388,7 @@ class Corpus:
     def _report_unknown(self, data: TokenizedSplit) -> None:
         """Warn when a handed-over tokenizer maps much of this corpus to the unknown piece."""
         for side, key in (("source", "src"), ("target", "tgt")):
-            if f"{key}_unk" in data.meta:  # counted while tokenizing: the ids need not be read
-                unknown, total = data.meta[f"{key}_unk"], data.meta[f"{key}_tokens"]
-            else:
-                flat = getattr(data, f"{key}_flat")
-                unknown, total = int((flat == UNK_ID).sum()), flat.size
+            unknown, total = data.meta[f"{key}_unk"], data.meta[f"{key}_tokens"]  # counted while tokenizing
             share = unknown / total if total else 0.0
             if share > 0.01:
                 log.warning(
@@ -410,14 +396,10 @@ class Corpus:
                     "in fine-tuning): its vocabulary does not cover this corpus well", 100 * share, side, self.root,
                 )
 
-    def _filter_train(self, data: TokenizedSplit) -> tuple[TokenizedSplit | SplitView, np.ndarray | None]:
-        """Drop (or truncate) training pairs as :class:`Filtering` says.
-
-        Returns the kept pairs (a :class:`SplitView`, or ``data`` itself when every pair was kept
-        whole) and their corpus indices (None when every pair was kept). The counts go to
-        :attr:`filter_counts` and the log. Works on the length arrays alone: this runs in every
-        ``setup``, including cached runs, and never reads the ids.
-        """
+    def _filter_train(self, data: TokenizedSplit) -> TokenizedSplit | SplitView:
+        """Drop (or truncate) training pairs as :class:`Filtering` says: the kept pairs (``data`` itself
+        when every pair was kept whole). Works on the length arrays alone: this runs in every
+        ``setup``, including cached runs, and never reads the ids."""
         f = self.filtering
         src_len = data.src_lengths.astype(np.int32) - 1  # without EOS, as filter_lengths expects
         kept, counts = filter_lengths(src_len, data.tgt_lengths, max_src_len=f.max_src_len, max_tgt_len=f.max_tgt_len,
@@ -433,10 +415,9 @@ class Corpus:
             )
         truncated = bool(counts.get("truncated"))
         if len(kept) == len(data) and not truncated:
-            return data, None
-        view = SplitView(
+            return data
+        return SplitView(
             data, None if len(kept) == len(data) else kept,
             max_src_len=f.max_src_len + 1 if truncated else None,  # + EOS
             max_tgt_len=f.max_tgt_len if truncated else None,
         )
-        return view, kept

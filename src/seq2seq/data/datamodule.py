@@ -15,18 +15,12 @@ by length and carry each sentence's index so that outputs can be put back in cor
 
 The test split is optional: published corpora often ship without test references, and such a run
 trains and validates, and :attr:`Seq2SeqDataModule.has_test` is False.
-
-The constructor takes the config's blocks as dataclasses (:class:`~seq2seq.data.corpus.CorpusOptions`
-with its :class:`~seq2seq.data.sources.CorpusFormat` and :class:`~seq2seq.data.corpus.Filtering`,
-:class:`TokenizerOptions`, :class:`Batching`); :meth:`Seq2SeqDataModule.from_config` builds them
-from a data config's flat keys (what ``_target_`` calls).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -45,6 +39,7 @@ from seq2seq.data.multilingual import (
     pair_options,
     pair_probabilities,
 )
+from seq2seq.data.progress import timed
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.data.sources import CorpusFormat
 from seq2seq.data.storage import TokenizedSplit
@@ -129,14 +124,11 @@ def collate(items: list, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
 class ResumableDataLoader(DataLoader):
     """A training ``DataLoader`` whose position in the epoch is saved in checkpoints.
 
-    Lightning stores ``state_dict()`` of every train dataloader that has one (under the fit loop's
-    ``combined_loader`` state) and calls ``load_state_dict`` when resuming, before the first batch
-    is drawn. Both delegate to the batch sampler: after a resume in the middle of an epoch the
-    loader yields the epoch's remaining batches only, which is what Lightning's epoch loop expects
-    of a stateful loader (it counts the batches already done and stops at ``len(loader)``).
-
-    The position saved is what the training loop actually consumed (``batches_consumed()``), not
-    what the sampler handed out: worker processes fetch batches ahead of the training step.
+    Lightning stores ``state_dict()`` of every train dataloader that has one and calls
+    ``load_state_dict`` when resuming, before the first batch is drawn; both delegate to the batch
+    sampler, so a resumed loader yields the epoch's remaining batches only (what Lightning's epoch
+    loop expects). The position saved is what the training loop consumed (``batches_consumed()``),
+    not what the sampler handed out: worker processes fetch batches ahead of the training step.
     """
 
     def __init__(self, *args, batches_consumed: Callable[[], int | None] | None = None, **kwargs):
@@ -192,17 +184,12 @@ LEGACY_TARGETS = {"seq2seq.data.datamodule.Seq2SeqDataModule": "seq2seq.data.dat
 class Seq2SeqDataModule(L.LightningDataModule):
     """Parallel text for sequence-to-sequence training; see the module docstring.
 
-    Args:
-        corpora: the corpora by name: ``{None: options}`` for one corpus, ``{"en-de": ..., ...}`` for
-            the pairs of a multilingual model (the name is the metrics' suffix, ``val/bleu/en-de``).
-        tokenizer_options: the sentencepiece model (a multilingual one must be joint).
-        batching: how batches are formed.
-        cache_dir: where tokenizers and tokenized splits are cached.
-        prepare_workers: processes that tokenize a split; None: the available CPUs (at most 8) for
-            splits of 100k pairs or more, this process alone below; 1: always this process.
-        temperature: ``T`` of the sampling across pairs, ``p_i ∝ n_i^(1/T)`` (several pairs).
-        tokenizer: tokenize every split with this one (a fine-tuning run's parent's) instead of
-            training a sentencepiece model; a multilingual one must have a tag for every target language.
+    ``corpora``: ``{None: options}`` for one corpus, ``{"en-de": ..., ...}`` for the pairs of a
+    multilingual model (the name is the metrics' suffix, ``val/bleu/en-de``); :meth:`from_config`
+    builds them and the other blocks from a data config's flat keys. ``prepare_workers``: see
+    :class:`~seq2seq.data.corpus.Corpus`; ``temperature``: ``T`` of the sampling across pairs,
+    ``p_i ∝ n_i^(1/T)``; ``tokenizer``: tokenize every split with this one (a fine-tuning run's
+    parent's) instead of training a sentencepiece model.
     """
 
     def __init__(
@@ -231,14 +218,21 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if self.multilingual:
             pair_probabilities([1], self.temperature)  # checks the temperature now
         self.cache_dir = Path(cache_dir)
-        self.corpora = {name: Corpus(options, cache_dir, prepare_workers) for name, options in corpora.items()}
+        self._times: dict[str, float] = {}
+        self.corpora = {name: Corpus(options, cache_dir, prepare_workers, self._times) for name, options in corpora.items()}
         self.target_tags = {c.tgt_lang: language_tag(c.tgt_lang) for c in self.corpora.values()} if self.multilingual else {}
-        self.tokenizer: Tokenizer | None = self._check_tokenizer(tokenizer) if tokenizer is not None else None
+        missing = [lang for lang in self.target_tags if tokenizer is not None and lang not in tokenizer.target_tags]
+        if missing:
+            raise ConfigError(
+                f"the tokenizer this run was given (init_from's) has no target-language tag for {', '.join(missing)} "
+                f"(its target languages: {', '.join(tokenizer.target_tags) or 'none'}); fine-tune a multilingual "
+                "model on pairs into its own languages"
+            )
+        self.tokenizer: Tokenizer | None = tokenizer
         self._given_tokenizer = tokenizer is not None
         self.train_sampler: TokenBudgetBatchSampler | TemperatureBatchSampler | None = None
         self.filter_counts: dict[str, int] = {}
         self._offsets: dict[str, list[int]] = {}  # per evaluation split: where each corpus starts
-        self._times: dict[str, float] = {}
         self._vocab_warned = False
         self._ready = False
 
@@ -264,16 +258,6 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 corpora[name] = corpus_options({**keys, **own}, f"data.pairs.{name}")
         return cls(corpora, tokenizer_options, batching, cache_dir=cache_dir, prepare_workers=prepare_workers,
                    temperature=temperature, tokenizer=tokenizer)
-
-    def _check_tokenizer(self, tokenizer: Tokenizer) -> Tokenizer:
-        missing = [lang for lang in self.target_tags if lang not in tokenizer.target_tags]
-        if missing:
-            has = ", ".join(tokenizer.target_tags) or "none"
-            raise ConfigError(
-                f"the tokenizer this run was given (init_from's) has no target-language tag for {', '.join(missing)} "
-                f"(its target languages: {has}); fine-tune a multilingual model on pairs into its own languages"
-            )
-        return tokenizer
 
     # ------------------------------------------------------------------ about the corpora
     @property
@@ -303,11 +287,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def prepare_times(self) -> dict[str, float]:
         """Seconds per preparation step in this process (hashing the training split(s), sentencepiece,
         tokenizing each split; cache hits included): for benchmarks and logs."""
-        times = dict(self._times)
-        for corpus in self.corpora.values():
-            for step, seconds in corpus.prepare_times.items():
-                times[step] = times.get(step, 0.0) + seconds
-        return times
+        return dict(self._times)
 
     def pair(self, tgt_lang: str) -> tuple[str | None, Corpus]:
         """The one corpus into ``tgt_lang`` (its name and itself), or a :class:`ConfigError`."""
@@ -329,16 +309,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
         every corpus's training split (:class:`TrainingText`), from the cache once trained."""
         if self.tokenizer is not None:  # handed over (fine-tuning): never retrained
             return self.tokenizer
-        start = time.perf_counter()
-        text = TrainingText([c.source("train") for c in self.corpora.values()], self.target_tags)
-        self._times["read_train"] = self._times.get("read_train", 0.0) + time.perf_counter() - start
-        start = time.perf_counter()
+        with timed(self._times, "read_train"):
+            text = TrainingText([c.source("train") for c in self.corpora.values()], self.target_tags)
         opts = self.tokenizer_options
-        tokenizer = Tokenizer.cached_or_trained(
-            self.cache_dir, text.digest, lambda: text.texts(opts.joint_vocab), opts.vocab_size, opts.joint_vocab,
-            opts.spm_model_type, in_subprocess=lambda: text.in_subprocess(opts.joint_vocab), target_tags=self.target_tags,
-        )
-        self._times["sentencepiece"] = self._times.get("sentencepiece", 0.0) + time.perf_counter() - start
+        with timed(self._times, "sentencepiece"):
+            tokenizer = Tokenizer.cached_or_trained(self.cache_dir, text, opts.vocab_size, opts.joint_vocab,
+                                                    opts.spm_model_type)
         reached = (tokenizer.src_vocab_size,) if tokenizer.joint else (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         if min(reached) < opts.vocab_size and not self._vocab_warned:
             self._vocab_warned = True  # once per DataModule, not in both prepare_data and setup

@@ -75,14 +75,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _by_hand(base_url: str, names: Iterable[str]) -> str:
-    files = ", ".join(f"{n}.gz" for n in names)
-    return (
-        f"To work offline, fetch {files} from {base_url} on another machine, gunzip them into one "
-        "folder (keeping the names without .gz) and run with data.root=DIR."
-    )
-
-
 def _fetch(url: str, target: Path, expected: str | None, timeout: float, hint: str) -> None:
     """Download ``url``, gunzip it into ``target`` atomically and check its SHA-256."""
     logger.info("Downloading %s", url)
@@ -150,7 +142,8 @@ def download_multi30k(
 
     names = [f"{split}.{lang}" for split in splits for lang in langs]
     base = base_url if base_url.endswith("/") else base_url + "/"
-    hint = _by_hand(base, names)
+    hint = (f"To work offline, fetch {', '.join(f'{n}.gz' for n in names)} from {base} on another machine, "
+            "gunzip them into one folder (keeping the names without .gz) and run with data.root=DIR.")
     for name in names:
         target = dest / name
         expected = SHA256.get(name)

@@ -31,11 +31,8 @@ _OVERLONG_MODES = ("drop", "truncate")
 
 
 class FilterResult(NamedTuple):
-    """What :func:`filter_pairs` kept.
-
-    ``kept`` indexes the input lists; ``src_ids[i]`` and ``tgt_ids[i]`` belong to input pair
-    ``kept[i]`` (truncated copies where needed, the input objects themselves otherwise).
-    """
+    """What :func:`filter_pairs` kept: ``src_ids[i]`` and ``tgt_ids[i]`` belong to input pair ``kept[i]``
+    (truncated copies where needed, the input objects themselves otherwise)."""
 
     kept: np.ndarray
     counts: dict[str, int]
@@ -57,23 +54,10 @@ def filter_pairs(
     max_len_ratio: float | None = None,
     drop_empty: bool = True,
 ) -> FilterResult:
-    """Select the pairs worth training on; see the module docstring for the rules.
-
-    Args:
-        src_ids: token ids of each source, without BOS/EOS.
-        tgt_ids: token ids of each target, aligned with ``src_ids``.
-        max_src_len: most source tokens allowed (``> 0``).
-        max_tgt_len: most target tokens allowed (``> 0``).
-        overlong: ``"drop"`` the pair or ``"truncate"`` the long side(s).
-        max_len_ratio: drop pairs whose longer side is more than this many times the shorter one
-            (``>= 1``); ``None`` disables the check.
-        drop_empty: drop pairs with an empty side.
-
-    Returns:
-        A :class:`FilterResult` ``(kept, counts, src_ids, tgt_ids)``: ``kept`` is an ``int64``
-        array of input indices in input order, ``counts`` has the keys ``empty``, ``too_long``,
-        ``ratio`` and ``truncated``.
-    """
+    """Select the pairs (token ids without BOS/EOS) worth training on; see the module docstring for
+    the rules (``max_len_ratio``: ``>= 1``, None: no check). ``kept`` of the :class:`FilterResult` is
+    an ``int64`` array of input indices in input order; ``counts`` has the keys ``empty``,
+    ``too_long``, ``ratio`` and ``truncated``."""
     if len(src_ids) != len(tgt_ids):
         raise ValueError(f"{len(src_ids)} sources but {len(tgt_ids)} targets")
     kept, counts = filter_lengths(

@@ -12,17 +12,16 @@ pairs") says why the tag sits on the source, docs/recipes.md how to run it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from seq2seq.data.sampler import TokenBudgetBatchSampler, checked_position
+from seq2seq.data.sampler import ResumableBatchSampler, TokenBudgetBatchSampler
 from seq2seq.errors import ConfigError, DataError
 
 __all__ = ["RoundRobinBatchSampler", "TemperatureBatchSampler", "pair_options", "pair_probabilities"]
-
-_STATE_VERSION = 1
 
 
 def pair_probabilities(sizes: Sequence[int], temperature: float) -> np.ndarray:
@@ -59,17 +58,12 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     return counts
 
 
-class TemperatureBatchSampler(Sampler[list[int]]):
+class TemperatureBatchSampler(ResumableBatchSampler):
     """Batches of one pair each, pairs drawn with the temperature's probabilities; resumable.
 
-    Args:
-        samplers: each pair's token-budget batch sampler (indices into that pair's dataset; with DDP
-            already built for this rank).
-        sizes: each pair's number of training pairs ``n_i``.
-        temperature: ``T`` of ``p_i ∝ n_i^(1/T)``.
-        offsets: where each pair's dataset starts in the concatenated dataset (default: the
-            cumulative ``sizes``); yielded indices are ``offsets[i] + index``.
-        seed: the order of an epoch depends only on ``(seed, epoch)``.
+    ``samplers``: each pair's batch sampler (indices into that pair's dataset; with DDP already
+    built for this rank); ``sizes``: each pair's training pairs ``n_i``; ``offsets``: where each
+    pair's dataset starts in the concatenated dataset (default: the cumulative ``sizes``).
 
     An epoch holds as many batches as the pairs' samplers together (``B = Σ b_i``, the plain
     concatenation's count). The share of pair *i* is chosen so that *sentences*, not batches,
@@ -77,13 +71,17 @@ class TemperatureBatchSampler(Sampler[list[int]]):
     batch), i.e. ``c_i`` batches of pair *i* per epoch (rounded, summing to ``B``), in an order
     shuffled from ``(seed, epoch)``. Stratified rather than independent draws: each epoch has the
     exact proportions, and the position in every pair's stream is known in closed form, which makes
-    resuming exact. Within an epoch each pair's batches are spread evenly (see :meth:`plan`). Pair *i*'s batches come from its sampler's epochs one after another (an
-    upsampled pair goes through its data more than once per epoch, each time in a new order): its
-    ``k``-th batch of epoch ``E`` is batch ``E · c_i + k`` of that stream.
+    resuming exact. Within an epoch each pair's batches are spread evenly (see :meth:`plan`). Pair
+    *i*'s batches come from its sampler's epochs one after another (an upsampled pair goes through
+    its data more than once per epoch, each time in a new order): its ``k``-th batch of epoch ``E``
+    is batch ``E · c_i + k`` of that stream.
 
     ``shuffle=False`` (``debug=overfit``): the pairs interleave evenly, and every epoch starts each
     pair's stream from its beginning, so the first N batches are the same in every epoch.
     """
+
+    what = "multilingual batch sampler"
+    same = "the same pairs, data.temperature, data.max_tokens and number of devices"
 
     def __init__(
         self,
@@ -112,9 +110,6 @@ class TemperatureBatchSampler(Sampler[list[int]]):
         if weights.sum() <= 0:
             raise DataError("no language pair has a training batch")
         self.counts = _largest_remainder(self.num_batches, weights)
-        self.epoch = 0
-        self._resume_at = 0
-        self._position = 0
         self._cache: dict[int, tuple[int, list[list[int]]]] = {}
         if not self._shuffle:
             self.shuffle = False  # the pairs' samplers too
@@ -166,54 +161,19 @@ class TemperatureBatchSampler(Sampler[list[int]]):
             self._cache[pair] = cached
         return cached[1][j]
 
-    # -- Sampler API ------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch of the next iteration; the epoch a checkpoint was saved in keeps its position."""
-        epoch = int(epoch)
-        if epoch != self.epoch:
-            self.epoch, self._resume_at, self._position = epoch, 0, 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start, self._resume_at = self._resume_at, 0
+    def _batches(self, start: int) -> Iterator[list[int]]:
         plan = self.plan(self.epoch)
         done = np.bincount(plan[:start], minlength=len(self.counts))
         cursors = (self.epoch * self.counts if self.shuffle else np.zeros_like(self.counts)) + done
-        self._position = start
         for pair in plan[start:].tolist():
             batch = self._pair_batch(pair, int(cursors[pair]))
             cursors[pair] += 1
-            self._position += 1
             offset = self.offsets[pair]
             yield [offset + i for i in batch]
 
-    def __len__(self) -> int:
-        return self.num_batches
-
-    # -- resuming ---------------------------------------------------------------------------------
-    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
-        """The position in the current epoch (as :meth:`TokenBudgetBatchSampler.state_dict`)."""
-        return {
-            "version": _STATE_VERSION,
-            "kind": "temperature",
-            "epoch": self.epoch,
-            "position": self._position if batches_consumed is None else int(batches_consumed),
-            "seed": self.seed,
-            "num_replicas": self.num_replicas,
-            "sizes": list(self.sizes),
-            "temperature": self.temperature,
-            "num_batches": self.num_batches,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch after its consumed batches."""
-        position = checked_position(
-            state, "multilingual batch sampler",
-            (("kind", "temperature"), ("sizes", list(self.sizes)), ("temperature", self.temperature),
-             ("num_replicas", self.num_replicas), ("num_batches", self.num_batches)),
-            "the same pairs, data.temperature, data.max_tokens and number of devices", self.num_batches,
-        )
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-        self._resume_at = self._position = position
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"kind": "temperature", "sizes": list(self.sizes), "temperature": self.temperature,
+                "num_replicas": self.num_replicas, "num_batches": self.num_batches}
 
 
 class RoundRobinBatchSampler(Sampler[list[int]]):
@@ -224,15 +184,10 @@ class RoundRobinBatchSampler(Sampler[list[int]]):
         self.samplers, self.offsets = list(samplers), list(offsets)
 
     def __iter__(self) -> Iterator[list[int]]:
-        streams = [(iter(s), offset) for s, offset in zip(self.samplers, self.offsets)]
-        while streams:
-            alive = []
-            for stream, offset in streams:
-                batch = next(stream, None)
+        for batches in zip_longest(*self.samplers):
+            for batch, offset in zip(batches, self.offsets):
                 if batch is not None:
-                    alive.append((stream, offset))
                     yield [offset + i for i in batch]
-            streams = alive
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.samplers)

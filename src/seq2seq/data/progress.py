@@ -1,7 +1,7 @@
 """Progress of long data-preparation steps: a bar on a terminal, log lines elsewhere.
 
 On a terminal (stderr is a TTY) a tqdm bar shows the count, the rate (lines/s) and the time left;
-it appears only once a step has run for ``delay`` seconds, so short steps (a small corpus) print
+it appears only once a step has run for 2 seconds, so short steps (a small corpus) print
 nothing. Elsewhere (a batch job's log, CI, a notebook's captured stderr) the step logs one INFO line
 every ``log_every`` seconds with the same figures, and a last line with the total when it took that
 long. ``SEQ2SEQ_PROGRESS=log`` or ``=bar`` forces one or the other, ``=none`` silences both.
@@ -9,12 +9,24 @@ long. ``SEQ2SEQ_PROGRESS=log`` or ``=bar`` forces one or the other, ``=none`` si
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger("seq2seq.data")
+
+
+@contextlib.contextmanager
+def timed(times: dict[str, float], step: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``times[step]`` (a preparation step's time, for benchmarks)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[step] = times.get(step, 0.0) + time.perf_counter() - start
 
 
 def _mode() -> str:
@@ -33,10 +45,8 @@ class Progress:
     Use as a context manager; :meth:`update` adds to the count. Cheap enough to call per chunk.
     """
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "lines", delay: float = 2.0,
-                 log_every: float = 10.0):
-        self.what, self.total, self.unit = what, total, unit
-        self.log_every = log_every
+    def __init__(self, what: str, total: int | None = None, unit: str = "lines", log_every: float = 10.0):
+        self.what, self.total, self.unit, self.log_every = what, total, unit, log_every
         self.count = 0
         self.start = time.monotonic()
         self._last_log = self.start
@@ -46,8 +56,9 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=what, unit=unit[:-1] if unit.endswith("s") else unit,
-                             unit_scale=True, unit_divisor=1024 if unit == "B" else 1000, delay=delay, dynamic_ncols=True, leave=False, file=sys.stderr)
+            self._bar = tqdm(total=total, desc=what, unit=unit[:-1] if unit.endswith("s") else unit, unit_scale=True,
+                             unit_divisor=1024 if unit == "B" else 1000, delay=2.0, dynamic_ncols=True, leave=False,
+                             file=sys.stderr)
 
     def __enter__(self) -> Progress:
         return self

@@ -25,9 +25,9 @@ How batches are formed, and why:
   start (a few examples are seen twice per epoch, as with ``DistributedSampler``); with
   ``drop_last=True`` the remainder is dropped instead.
 
-Resuming mid-epoch: :meth:`state_dict` records the epoch and how many of this rank's batches were
-consumed; after :meth:`load_state_dict`, the next iteration continues with the next unseen batch of
-that epoch, then later epochs run in full.
+Resuming mid-epoch (:class:`ResumableBatchSampler`): :meth:`state_dict` records the epoch and how
+many of this rank's batches were consumed; after :meth:`load_state_dict`, the next iteration
+continues with the next unseen batch of that epoch, then later epochs run in full.
 
 Use it as ``DataLoader(dataset, batch_sampler=sampler, ...)``. Lightning only calls ``set_epoch``
 on ``loader.sampler`` and ``loader.batch_sampler.sampler``, not on a batch sampler, so call
@@ -48,7 +48,7 @@ import torch.utils.data
 
 from seq2seq.errors import CheckpointError, ConfigError
 
-__all__ = ["TokenBudgetBatchSampler"]
+__all__ = ["ResumableBatchSampler", "TokenBudgetBatchSampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,48 +79,88 @@ def _greedy_boundaries(sorted_keys: np.ndarray, max_tokens: int, max_sentences: 
         if max_sentences is not None:
             over |= np.arange(2, len(window) + 2) > max_sentences
         hit = int(np.argmax(over)) if len(over) else 0
-        if len(over) and over[hit]:
-            end = start + 1 + hit
-        elif start + 1 + len(window) >= n:
-            break  # the last batch runs to the end
-        else:
-            end = start + 1 + len(window)  # cannot happen: the window always reaches past the budget
+        if not len(over) or not over[hit]:
+            break  # the window reaches past the budget unless it reaches the end: the last batch
+        end = start + 1 + hit
         boundaries.append(end)
         start = end
     return boundaries
 
 
-def checked_position(state: dict[str, Any], what: str, expected: Sequence[tuple[str, Any]], same: str,
-                     num_batches: int) -> int:
-    """The saved position of a batch sampler's ``state``, after checking that the state fits this run:
-    every ``(key, value now)`` of ``expected`` equal, the position within ``0..num_batches``; else one
-    CheckpointError naming the differences (``what``: the sampler; ``same``: what to keep to resume)."""
-    mismatches = [f"{key} {state.get(key)!r} (now {now!r})" for key, now in expected if state.get(key) != now]
-    if mismatches:
-        raise CheckpointError(
-            f"The checkpoint's {what} state does not fit this run: saved " + ", ".join(mismatches)
-            + f". Resume with {same}, or start a new run without resuming."
-        )
-    position = int(state["position"])
-    if not 0 <= position <= num_batches:
-        raise CheckpointError(f"The checkpoint's batch sampler position {position} is outside 0..{num_batches}.")
-    return position
+class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """A batch sampler whose position in the epoch is saved in checkpoints (see "Resuming" above).
+
+    A subclass sets ``seed``, ``num_replicas`` and ``num_batches`` (this rank's batches per epoch),
+    gives :meth:`_batches` (the epoch's batches from a position on) and :meth:`_fingerprint` (what
+    must be the same to resume); ``what`` and ``same`` word the refusal to resume.
+    """
+
+    what = "batch sampler"
+    same = "the same data, data.max_tokens and number of devices"
+    epoch = 0
+    _resume_at = 0  # batches of self.epoch to skip on the next iteration
+    _position = 0  # batches of self.epoch handed out so far
+    seed: int
+    num_replicas: int
+    num_batches: int
+
+    def _batches(self, start: int) -> Iterator[list[int]]:
+        raise NotImplementedError
+
+    def _fingerprint(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration uses (call before every epoch). Setting
+        the epoch a checkpoint was saved in keeps its position, so calling it after
+        :meth:`load_state_dict` is safe."""
+        epoch = int(epoch)
+        if epoch != self.epoch:
+            self.epoch, self._resume_at, self._position = epoch, 0, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start, self._resume_at = self._resume_at, 0
+        self._position = start
+        for batch in self._batches(start):
+            self._position += 1
+            yield batch
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank and in every epoch)."""
+        return self.num_batches
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """The position in the current epoch: by default the batches handed out; a training loop
+        whose ``DataLoader`` workers fetch ahead passes the batches it actually finished."""
+        position = self._position if batches_consumed is None else int(batches_consumed)
+        return {"version": _STATE_VERSION, "epoch": self.epoch, "position": position, "seed": self.seed,
+                **self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved epoch after its consumed batches, after checking that the state fits
+        this run (else one CheckpointError naming every difference)."""
+        mismatches = [f"{key} {state.get(key)!r} (now {now!r})" for key, now in self._fingerprint().items()
+                      if state.get(key) != now]
+        if mismatches:
+            raise CheckpointError(
+                f"The checkpoint's {self.what} state does not fit this run: saved " + ", ".join(mismatches)
+                + f". Resume with {self.same}, or start a new run without resuming."
+            )
+        position = int(state["position"])
+        if not 0 <= position <= self.num_batches:
+            raise CheckpointError(f"The checkpoint's batch sampler position {position} is outside 0..{self.num_batches}.")
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        self._resume_at = self._position = position
 
 
-class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
+class TokenBudgetBatchSampler(ResumableBatchSampler):
     """Yield lists of dataset indices whose padded size fits ``max_tokens``; see the module docstring.
 
-    Args:
-        src_lengths: source length of every example, including BOS/EOS.
-        tgt_lengths: target length of every example, including BOS/EOS.
-        max_tokens: budget per batch, ``n_sentences * max(src_len, tgt_len)`` (``data.max_tokens``).
-        max_sentences: optional cap on examples per batch (``data.max_sentences``).
-        shuffle: shuffle tie-breaking and batch order per epoch (training); False keeps length order.
-        seed: base seed; the order of an epoch depends only on ``(seed, epoch)``.
-        num_replicas: number of DDP ranks.
-        rank: this process's rank, ``0 <= rank < num_replicas``.
-        drop_last: with several ranks, drop the last ``len % num_replicas`` batches instead of
-            repeating batches to even them out.
+    ``src_lengths``/``tgt_lengths`` include BOS/EOS; ``max_tokens`` bounds
+    ``n_sentences * max(src_len, tgt_len)`` (``data.max_tokens``), ``max_sentences`` the examples
+    of a batch; ``shuffle=False`` keeps length order; an epoch's order depends only on ``(seed,
+    epoch)``; ``drop_last``: with several ranks, drop the last ``len % num_replicas`` batches
+    instead of repeating batches to even them out.
     """
 
     def __init__(
@@ -155,41 +195,23 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
                 f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
             )
 
-        self.src_lengths = src
-        self.tgt_lengths = tgt
+        self.src_lengths, self.tgt_lengths = src, tgt
         self.max_tokens = int(max_tokens)
         self.max_sentences = None if max_sentences is None else int(max_sentences)
         self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self.drop_last = bool(drop_last)
-
+        self.seed, self.num_replicas, self.rank = int(seed), int(num_replicas), int(rank)
         self._keys = np.maximum(src, tgt)
         # The boundaries depend on the sorted keys only; the order itself is needed without shuffling.
         self._boundaries = _greedy_boundaries(np.sort(self._keys), self.max_tokens, self.max_sentences)
-        self._base_order = None if self.shuffle else self._sort(np.arange(src.size, dtype=np.int64))
+        self._base_order: np.ndarray | None = None
         self.num_batches_total = len(self._boundaries) + 1 if src.size else 0
-        if self.num_replicas == 1:
-            self._per_rank = self.num_batches_total
-        elif self.drop_last:
-            self._per_rank = self.num_batches_total // self.num_replicas
-        else:
-            self._per_rank = math.ceil(self.num_batches_total / self.num_replicas)
-
-        self.epoch = 0
-        self._resume_at = 0  # batches of self.epoch to skip on the next iteration
-        self._position = 0  # batches of self.epoch handed out so far
-
+        total, n = self.num_batches_total, self.num_replicas
+        self.num_batches = total // n if drop_last else math.ceil(total / n)
         oversized = int((self._keys > self.max_tokens).sum())
         if oversized:
-            logger.warning(
-                "%d example(s) are longer than data.max_tokens=%d and will form batches of one",
-                oversized,
-                self.max_tokens,
-            )
+            logger.warning("%d example(s) are longer than data.max_tokens=%d and will form batches of one",
+                           oversized, self.max_tokens)
 
-    # -- ordering ---------------------------------------------------------------------------------
     def _sort(self, candidates: np.ndarray) -> np.ndarray:
         """Return ``candidates`` ordered by (max len, src len, tgt len), keeping their order on ties."""
         if self.src_lengths.size and max(int(self.src_lengths.max()), int(self.tgt_lengths.max())) < 1 << 21:
@@ -201,81 +223,26 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         keys = (self.tgt_lengths[candidates], self.src_lengths[candidates], self._keys[candidates])
         return candidates[np.lexsort(keys)]  # lexsort is stable; the last key is the primary one
 
-    def _global_batches(self, epoch: int) -> list[np.ndarray]:
-        """All batches of ``epoch`` for all ranks, in the order they are handed out."""
+    def _batches(self, start: int) -> Iterator[list[int]]:
+        """This rank's batches of the current epoch from ``start`` on."""
         if self.num_batches_total == 0:
-            return []
+            return
         if not self.shuffle:
-            if self._base_order is None:  # shuffle was switched off after construction
+            if self._base_order is None:
                 self._base_order = self._sort(np.arange(self.src_lengths.size, dtype=np.int64))
-            return np.split(self._base_order, self._boundaries)
-        rng = np.random.default_rng([self.seed, epoch])
-        order = self._sort(rng.permutation(self.src_lengths.size))
-        batches = np.split(order, self._boundaries)
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def _rank_batches(self, epoch: int) -> list[np.ndarray]:
-        batches = self._global_batches(epoch)
-        if self.num_replicas > 1 and batches:
-            wanted = self._per_rank * self.num_replicas
+            batches = np.split(self._base_order, self._boundaries)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = self._sort(rng.permutation(self.src_lengths.size))
+            batches = np.split(order, self._boundaries)
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1:
             # Repeat from the start (cyclically, in case there are fewer batches than ranks).
-            batches = [batches[i % len(batches)] for i in range(wanted)]
-            batches = batches[self.rank :: self.num_replicas]
-        return batches
-
-    # -- Sampler API ------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration uses (call before every epoch).
-
-        Setting the epoch a checkpoint was saved in keeps its resume position, so calling this after
-        :meth:`load_state_dict` is safe.
-        """
-        epoch = int(epoch)
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._resume_at = 0
-            self._position = 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start, self._resume_at = self._resume_at, 0
-        batches = self._rank_batches(self.epoch)
-        self._position = start
+            wanted = self.num_batches * self.num_replicas
+            batches = [batches[i % len(batches)] for i in range(wanted)][self.rank :: self.num_replicas]
         for batch in batches[start:]:
-            self._position += 1
             yield batch.tolist()
 
-    def __len__(self) -> int:
-        """Batches per epoch on this rank (the same on every rank and in every epoch)."""
-        return self._per_rank
-
-    # -- resuming ---------------------------------------------------------------------------------
-    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
-        """Return the position in the current epoch.
-
-        By default the position is the number of batches this sampler has handed out. A
-        ``DataLoader`` with workers fetches a few batches ahead of the training step, so a training
-        loop that knows how many batches it actually finished should pass ``batches_consumed``.
-        """
-        position = self._position if batches_consumed is None else int(batches_consumed)
-        return {
-            "version": _STATE_VERSION,
-            "epoch": self.epoch,
-            "position": position,
-            "seed": self.seed,
-            "num_replicas": self.num_replicas,
-            "num_examples": int(self.src_lengths.size),
-            "num_batches": self._per_rank,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a position: the next iteration resumes the saved epoch after its consumed batches."""
-        position = checked_position(
-            state, "batch sampler",
-            (("num_examples", int(self.src_lengths.size)), ("num_replicas", self.num_replicas),
-             ("num_batches", self._per_rank)),
-            "the same data, data.max_tokens and number of devices", self._per_rank,
-        )
-        self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-        self._resume_at = position
-        self._position = position
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"num_examples": int(self.src_lengths.size), "num_replicas": self.num_replicas,
+                "num_batches": self.num_batches}

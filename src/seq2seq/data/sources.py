@@ -18,11 +18,10 @@ Formats (:class:`CorpusFormat.format`):
     ``datasets.load_dataset(hf_path, hf_name, split=split, data_files=hf_data_files)`` with the same
     dotted field paths. Needs the ``datasets`` package.
 
-A reader (:class:`CorpusReader`) finds a split's files, says what it expected when they are
-missing, and opens them as a :class:`PairSource`: the split's pairs as a stream of chunks, never
-held whole in memory (``hf`` excepted: ``datasets`` holds it), with a content digest (what the
-token cache keys on) and a count. A new format is one class registered with
-:func:`register_format`; a one-file format of one record per line only writes :meth:`RecordFormat.pairs`.
+A reader (:class:`CorpusReader`) opens a split's files as a :class:`PairSource`: its pairs as a
+stream of chunks, never held whole in memory (``hf`` excepted: ``datasets`` holds it). A new format
+is one class registered with :func:`register_format`; a one-file format of one record per line only
+writes :meth:`RecordFormat.pairs`.
 
 Text is kept exactly as in the file: only the line break (``\\n`` or ``\\r\\n``) and a UTF-8 byte
 order mark at the start of a file are removed. Leading and trailing spaces are left alone, so the
@@ -43,6 +42,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,7 +52,7 @@ from seq2seq.data.progress import Progress
 from seq2seq.errors import DataError
 
 __all__ = ["FORMATS", "CorpusFormat", "CorpusReader", "LinesPair", "PairChunk", "PairSource", "RecordFormat",
-           "corpus_reader", "decode_lines", "find_split", "read_aligned_lines", "read_split", "register_format"]
+           "decode_lines", "find_split", "read_aligned_lines", "read_split", "register_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,22 +85,16 @@ class CorpusFormat:
     hf_name: str | None = None
     hf_data_files: dict | None = None
 
+    def reader(self, root: str | Path, src_lang: str, tgt_lang: str) -> CorpusReader:
+        """The reader of this format for the corpus under ``root``."""
+        cls = FORMATS.get(self.format)
+        if cls is None:
+            raise DataError(f"Unknown corpus format {self.format!r}; use one of: {', '.join(FORMATS)}.")
+        return cls(Path(root), src_lang, tgt_lang, self)
 
-def corpus_reader(root: str | Path, src_lang: str, tgt_lang: str, fmt: CorpusFormat) -> CorpusReader:
-    """The reader of ``fmt.format`` for the corpus under ``root``."""
-    cls = FORMATS.get(fmt.format)
-    if cls is None:
-        raise DataError(f"Unknown corpus format {fmt.format!r}; use one of: {', '.join(FORMATS)}.")
-    return cls(Path(root), src_lang, tgt_lang, fmt)
 
-
-def read_split(
-    root: str | Path,
-    split_files: str | Sequence[str] | Mapping[str, Any],
-    src_lang: str,
-    tgt_lang: str,
-    fmt: CorpusFormat,
-) -> tuple[list[str], list[str]]:
+def read_split(root: str | Path, split_files: str | Sequence[str] | Mapping[str, Any], src_lang: str, tgt_lang: str,
+               fmt: CorpusFormat) -> tuple[list[str], list[str]]:
     """Read one split whole as ``(sources, targets)``, two lists of equal, non-zero length.
 
     ``split_files`` is a split base name (``"train"``, ``"test_2016_flickr"``); a list of base
@@ -108,13 +102,13 @@ def read_split(
     ``root`` unless absolute: ``{"src": ..., "tgt": ...}`` for ``lines``, ``{"path": ...}`` for
     ``tsv``/``jsonl``, ``{"split": ...}`` for ``hf``.
     """
-    return corpus_reader(root, src_lang, tgt_lang, fmt).source(split_files).texts()
+    return fmt.reader(root, src_lang, tgt_lang).source(split_files).texts()
 
 
 def find_split(root: str | Path, candidates: Sequence[str], src_lang: str, tgt_lang: str,
                fmt: CorpusFormat) -> str | None:
     """Return the first split base name among ``candidates`` whose files exist, or ``None``."""
-    return corpus_reader(root, src_lang, tgt_lang, fmt).find(candidates)
+    return fmt.reader(root, src_lang, tgt_lang).find(candidates)
 
 
 def read_aligned_lines(path: str | Path, count: int, what: str) -> list[str]:
@@ -153,14 +147,6 @@ def _plain_or_gz(path: Path) -> Path:
     return gz if not path.is_file() and gz.is_file() else path
 
 
-def _open_error(path: Path, e: Exception) -> DataError:
-    if isinstance(e, (gzip.BadGzipFile, EOFError, zlib.error)):
-        return DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.")
-    if isinstance(e, FileNotFoundError):
-        return DataError(f"Missing corpus file: {path}.")
-    return DataError(f"Cannot read {path}: {getattr(e, 'strerror', None) or e}.")
-
-
 def _utf8_error(path: Path | str, data: bytes, e: UnicodeDecodeError, first_line: int) -> DataError:
     """The message for bad UTF-8 in ``data``, whose first line is line ``first_line`` of ``path``."""
     line_no = first_line + data.count(b"\n", 0, e.start)
@@ -195,18 +181,11 @@ def decode_lines(data: bytes, path: Path | str = "?", first_line: int = 1) -> li
 
 
 class _LineReader:
-    """A plain or gzipped file read in blocks and handed out as runs of whole lines (bytes).
-
-    A UTF-8 byte order mark at the start is dropped and a last line without a line break gets one,
-    so every run ends with ``\\n``.
-    """
+    """A plain or gzipped file handed out as runs of whole lines (bytes), each ending with ``\\n``:
+    a UTF-8 byte order mark at the start is dropped and a last line without a line break gets one."""
 
     def __init__(self, path: Path):
-        self.path, self.block = path, BLOCK_BYTES
-        try:
-            self.file = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-        except OSError as e:
-            raise _open_error(path, e) from None
+        self.blocks = _blocks(path)
         self.buf = b""
         self.newlines = np.empty(0, dtype=np.int64)  # positions of b"\n" in buf
         self.next = 0  # index into newlines of the next line's end
@@ -215,17 +194,13 @@ class _LineReader:
         self.at_start = True
 
     def _fill(self) -> None:
-        try:
-            data = self.file.read(self.block)
-        except (OSError, EOFError, zlib.error) as e:
-            raise _open_error(self.path, e) from None
+        data = next(self.blocks, b"")
         if self.at_start:
             data = data.removeprefix(_BOM)
             self.at_start = False
         rest = self.buf[self.start :]
         if not data:
             self.eof = True
-            self.file.close()
             if rest and not rest.endswith(b"\n"):
                 rest += b"\n"
             data, rest = rest, b""
@@ -247,7 +222,7 @@ class _LineReader:
         return out, k
 
     def close(self) -> None:
-        self.file.close()
+        self.blocks.close()
 
 
 def _line_blocks(path: Path, lines_per_block: int | None = None) -> Iterator[tuple[int, bytes, int]]:
@@ -279,8 +254,12 @@ def _blocks(path: Path, progress: Progress | None = None) -> Iterator[bytes]:
                 yield data
                 if progress is not None:
                     progress.update(len(data))
-    except (OSError, EOFError, zlib.error) as e:
-        raise _open_error(path, e) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a complete gzip file ({e}); download or compress it again.") from None
+    except FileNotFoundError:
+        raise DataError(f"Missing corpus file: {path}.") from None
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
 
 
 def _file_digest(path: Path, progress: Progress | None = None) -> str:
@@ -381,13 +360,7 @@ class PairSource:
 
     def texts(self) -> tuple[list[str], list[str]]:
         """Both sides whole (validation and test: they are the references)."""
-        src: list[str] = []
-        tgt: list[str] = []
-        for chunk in self.chunks(RECORDS_PER_BLOCK):
-            s, t = chunk.texts()
-            src.extend(s)
-            tgt.extend(t)
-        return src, tgt
+        return self.sentences("src"), self.sentences("tgt")
 
     def head(self, n: int) -> PairSource:
         """The first ``n`` pairs (``data.max_train_pairs``)."""
@@ -450,10 +423,6 @@ class TextPairs(PairSource):
         for start in range(0, len(self.src), pairs_per_chunk):
             end = start + pairs_per_chunk
             yield PairChunk(self.src[start:end], self.tgt[start:end], start + 1)
-
-    def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
-        texts = self.src if side == "src" else self.tgt
-        return list(texts) if indices is None else [texts[i] for i in indices.tolist()]
 
     def texts(self) -> tuple[list[str], list[str]]:
         return self.src, self.tgt
@@ -518,7 +487,11 @@ class LinesPair(_StampedFiles):
             with self._progress("Counting the lines of") as progress:
                 src_lines, tgt_lines = (_file_lines(p, progress) for p in self.paths)
             if src_lines != tgt_lines:
-                raise _line_count_error(self.src_path, src_lines, self.tgt_path, tgt_lines)
+                raise DataError(
+                    f"{self.src_path} has {src_lines} lines but {self.tgt_path} has {tgt_lines}; line i of one file "
+                    "must be the translation of line i of the other. Check that neither file is cut short or has "
+                    "extra lines (a blank line at the end counts as a line)."
+                )
             if not src_lines:
                 raise _empty_split(self.src_path, self.tgt_path)
             return src_lines
@@ -526,22 +499,13 @@ class LinesPair(_StampedFiles):
         return self._remember("count", compute)
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
-        readers = [_LineReader(p) for p in self.paths]
-        try:
-            first = 1
-            while True:
-                (src, n_src), (tgt, n_tgt) = (r.take(pairs_per_chunk) for r in readers)
-                if n_src != n_tgt:
-                    raise DataError(f"{self.src_path} and {self.tgt_path} no longer have the same number of "
-                                    f"lines (one ends at line {first + min(n_src, n_tgt)}); were they changed "
-                                    "while being read?")
-                if not n_src:
-                    return
-                yield PairChunk(src, tgt, first, str(self.src_path), str(self.tgt_path))
-                first += n_src
-        finally:
-            for r in readers:
-                r.close()
+        blocks = [_line_blocks(p, pairs_per_chunk) for p in self.paths]
+        for (first, src, n_src), (other, tgt, n_tgt) in zip_longest(*blocks, fillvalue=(0, b"", 0)):
+            if n_src != n_tgt:
+                raise DataError(f"{self.src_path} and {self.tgt_path} no longer have the same number of lines "
+                                f"(one ends at line {max(first, other) + min(n_src, n_tgt)}); were they changed "
+                                "while being read?")
+            yield PairChunk(src, tgt, first, str(self.src_path), str(self.tgt_path))
 
     def sentences(self, side: str, indices: np.ndarray | None = None, progress: Progress | None = None) -> list[str]:
         path = self.src_path if side == "src" else self.tgt_path
@@ -561,20 +525,8 @@ class LinesPair(_StampedFiles):
         return out
 
     def texts(self) -> tuple[list[str], list[str]]:
-        src, tgt = self.sentences("src"), self.sentences("tgt")
-        if len(src) != len(tgt):
-            raise _line_count_error(self.src_path, len(src), self.tgt_path, len(tgt))
-        if not src:
-            raise _empty_split(self.src_path, self.tgt_path)
-        return src, tgt
-
-
-def _line_count_error(src_path: Path, src_lines: int, tgt_path: Path, tgt_lines: int) -> DataError:
-    return DataError(
-        f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; line i of one file must "
-        "be the translation of line i of the other. Check that neither file is cut short or has "
-        "extra lines (a blank line at the end counts as a line)."
-    )
+        self.count()  # the files' line counts checked
+        return super().texts()
 
 
 class RecordFile(_StampedFiles):
@@ -725,13 +677,9 @@ class RecordFormat(CorpusReader):
 
 
 def _as_index(field: Any) -> int | None:
-    if isinstance(field, bool):
-        return None
-    if isinstance(field, int):
+    if isinstance(field, int) and not isinstance(field, bool):
         return field
-    if isinstance(field, str) and field.strip().isdigit():
-        return int(field)
-    return None
+    return int(field) if isinstance(field, str) and field.strip().isdigit() else None
 
 
 @register_format("tsv")
@@ -851,10 +799,9 @@ class HfFormat(CorpusReader):
     def find(self, candidates: Sequence[str]) -> str | None:
         names = self._data_files()
         if names is None:
+            datasets = self._datasets()
             try:
-                names = self._datasets().get_dataset_split_names(self.fmt.hf_path, self.fmt.hf_name)
-            except DataError:
-                raise
+                names = datasets.get_dataset_split_names(self.fmt.hf_path, self.fmt.hf_name)
             except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing config, ...)
                 raise DataError(f"Cannot list the splits of Hugging Face dataset {self.fmt.hf_path!r}: {e}") from None
         return next((c for c in candidates if c in names), None)

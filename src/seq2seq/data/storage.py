@@ -49,10 +49,6 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def length_dtype(longest: int) -> np.dtype:
-    return np.dtype(np.uint16 if longest <= np.iinfo(np.uint16).max else np.uint32)
-
-
 @dataclass
 class TokenizedSplit:
     """A split's token ids as flat arrays with offsets (in memory, or memory-mapped from the cache).
@@ -146,8 +142,6 @@ class _NpyAppender:
         self.count += values.size
 
     def close(self) -> None:
-        if self.file.closed:
-            return
         end = self.file.tell()
         if self._header(self.count) != self.header_size:  # cannot happen with numpy's padding; be sure
             raise RuntimeError(f"the .npy header of {self.path} changed size")
@@ -168,16 +162,9 @@ def _save_npy(path: Path, values: np.ndarray) -> None:
 
 
 class SplitWriter:
-    """Write one cache entry from chunks of encoded pairs; see the module docstring for the layout.
-
-    >>> with SplitWriter(path, np.uint16) as w:       # doctest: +SKIP
-    ...     for chunk in chunks:
-    ...         w.add(chunk.src, chunk.src_lengths, chunk.tgt, chunk.tgt_lengths, chunk.unk)
-    ...     w.commit()
-
-    Nothing appears at ``path`` unless :meth:`commit` completes; leaving the block without it (an
-    exception) deletes the temporary folder.
-    """
+    """Write one cache entry from chunks of encoded pairs (:meth:`add`), as a context manager; see the
+    module docstring for the layout. Nothing appears at ``path`` unless :meth:`commit` completes;
+    leaving the block without it (an exception) deletes the temporary folder."""
 
     def __init__(self, path: str | os.PathLike, dtype: np.dtype):
         self.path = Path(path)
@@ -216,13 +203,13 @@ class SplitWriter:
             self.flat[side].close()
             parts = self.lengths.pop(side)
             lengths = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-            longest = int(lengths.max(initial=0))
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, dtype=np.int64, out=offsets[1:])
             if offsets[-1] != self.flat[side].count:
                 raise RuntimeError(f"{side}: lengths add up to {offsets[-1]} ids, {self.flat[side].count} written")
             _save_npy(self.tmp / f"{side}_offsets.npy", offsets)
-            _save_npy(self.tmp / f"{side}_lengths.npy", lengths.astype(length_dtype(longest)))
+            short = lengths.max(initial=0) <= np.iinfo(np.uint16).max
+            _save_npy(self.tmp / f"{side}_lengths.npy", lengths.astype(np.uint16 if short else np.uint32))
             counts[side] = {"pairs": len(lengths), "tokens": int(offsets[-1]), "unk": self.unk[side]}
             del lengths, offsets
         if counts["src"]["pairs"] != counts["tgt"]["pairs"]:
@@ -291,8 +278,6 @@ def open_split(path: str | os.PathLike) -> TokenizedSplit:
             if int(lengths.sum(dtype=np.int64)) != tokens:
                 raise CacheDamaged(f"the {side} lengths do not add up to its {tokens} ids")
             arrays[side] = (flat, offsets, lengths)
-    except CacheDamaged:
-        raise
     except FileNotFoundError as err:
         raise CacheDamaged(f"{Path(err.filename or '?').name} is missing") from None
     except (OSError, ValueError, KeyError, TypeError, EOFError, UnicodeDecodeError) as err:

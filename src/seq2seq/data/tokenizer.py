@@ -56,10 +56,8 @@ def language_tag(lang: str) -> str:
     return f"<2{lang}>"
 
 
-def train_sentencepiece(
-    texts: Iterable[str], vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0,
-    seed_sentences: int = 2_000_000, user_symbols: Sequence[str] = (),
-) -> bytes:
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
+                        user_symbols: Sequence[str] = ()) -> bytes:
     """Train a sentencepiece model on ``texts`` in memory; returns the serialized model.
 
     ``user_symbols`` (language tags) become pieces of their own, right after the special ids
@@ -71,26 +69,20 @@ def train_sentencepiece(
         model_writer=model,
         vocab_size=vocab_size,
         model_type=model_type,
-        character_coverage=character_coverage,
+        character_coverage=1.0,
         pad_id=PAD_ID,
         unk_id=UNK_ID,
         bos_id=BOS_ID,
         eos_id=EOS_ID,
         # Small corpora cannot fill a large vocabulary; take what they have instead of failing.
         hard_vocab_limit=False,
-        input_sentence_size=seed_sentences,
+        input_sentence_size=2_000_000,
         shuffle_input_sentence=True,
         num_threads=2,
         minloglevel=2,
         **extra,
     )
     return model.getvalue()
-
-
-def sample_indices(population: int, size: int, seed: int = SAMPLE_SEED) -> np.ndarray:
-    """``size`` distinct indices of ``0 .. population - 1``, sorted, drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(population, size=size, replace=False))
 
 
 def truncate_source(ids, max_len: int | None):
@@ -114,7 +106,7 @@ class TrainingText:
     """
 
     def __init__(self, sources: Sequence[PairSource], target_tags: Mapping[str, str] | None = None):
-        self.single = len(sources) == 1
+        self.single, self.target_tags = len(sources) == 1, dict(target_tags or {})
         sides = [(source, side) for side in ("src", "tgt") for source in sources]
         if not self.single:  # the same text in two corpora counts once
             keys = [(side, source.side_key(side)) for source, side in sides]
@@ -132,13 +124,11 @@ class TrainingText:
         # part of the key rather than the sample size (the cached path never counts lines).
         self.digest = f"{content}|sample={SAMPLE_SENTENCES},{SAMPLE_SEED}"
 
-    def population(self, joint: bool) -> int:
-        """How many sentences there are to train on (one side's for separate vocabularies)."""
-        counts = [source.count() for source, _ in self.sides]
-        return sum(counts) if joint else counts[0]
-
     def in_subprocess(self, joint: bool) -> bool:
-        return min(self.population(joint), SAMPLE_SENTENCES) >= SUBPROCESS_TRAINING_SENTENCES
+        """Whether sentencepiece trains on enough sentences (one side's for separate vocabularies) to
+        train in a child process."""
+        counts = [source.count() for source, _ in self.sides]
+        return min(sum(counts) if joint else counts[0], SAMPLE_SENTENCES) >= SUBPROCESS_TRAINING_SENTENCES
 
     def texts(self, joint: bool) -> tuple[list[str], list[str]]:
         """(source texts, target texts): a joint vocabulary trains on both together."""
@@ -149,7 +139,7 @@ class TrainingText:
             with Progress(f"Reading {where} for sentencepiece", sum(counts), unit="lines") as progress:
                 texts = [source.sentences(side, None, progress) for source, side in self.sides]
             return (texts[0], texts[1]) if self.single else ([t for side in texts for t in side], [])
-        picked = sample_indices(population, SAMPLE_SENTENCES, SAMPLE_SEED)
+        picked = np.sort(np.random.default_rng(SAMPLE_SEED).choice(population, size=SAMPLE_SENTENCES, replace=False))
         starts = np.cumsum([0, *counts]) if joint else np.zeros(len(counts) + 1, dtype=np.int64)
         with Progress(f"Sampling {SAMPLE_SENTENCES:,} sentences of {where} for sentencepiece", sum(counts),
                       unit="lines") as progress:
@@ -165,11 +155,14 @@ class TrainingText:
         return [both[i] for i in order.tolist()], []
 
 
+def _specials(sp: spm.SentencePieceProcessor) -> tuple[int, int, int, int]:
+    return sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()
+
+
 def _check_model(sp: spm.SentencePieceProcessor) -> None:
     """A model that does not use the project's special ids is not one of ours (or is damaged)."""
-    specials = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
-    if sp.get_piece_size() <= EOS_ID or specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-        raise ValueError(f"{sp.get_piece_size()} pieces, special ids {specials}")
+    if sp.get_piece_size() <= EOS_ID or _specials(sp) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        raise ValueError(f"{sp.get_piece_size()} pieces, special ids {_specials(sp)}")
 
 
 class Tokenizer:
@@ -269,22 +262,16 @@ class Tokenizer:
         )
 
     @classmethod
-    def cached_or_trained(
-        cls, cache_dir: str | Path, digest: str, training_texts: Callable[[], tuple[Sequence[str], Sequence[str]]],
-        vocab_size: int, joint: bool = True, model_type: str = "unigram",
-        in_subprocess: bool | Callable[[], bool] = False, target_tags: Mapping[str, str] | None = None,
-    ) -> Tokenizer:
-        """The tokenizer cached for a training split whose content hashes to ``digest``, or one trained
-        on ``training_texts()`` (called only then) and cached.
-
-        ``digest`` also names how the training texts are chosen from the split (e.g. a sample).
-        ``in_subprocess`` (or a function saying so, called only when training): read the texts and
-        train in a forked process (where ``fork`` exists), so that the memory sentencepiece and the
-        texts take (GBs for millions of sentences) goes back to the system when it ends instead of
-        staying in this process. A cached model that cannot be loaded is trained again, with a warning.
-        ``target_tags`` (multilingual: ``{language: tag}``) become user-defined pieces of the source model.
+    def cached_or_trained(cls, cache_dir: str | Path, text: TrainingText, vocab_size: int, joint: bool = True,
+                          model_type: str = "unigram") -> Tokenizer:
+        """The tokenizer cached for ``text`` (whose digest names its content and sampling), or one
+        trained on it (its target tags as pieces) and cached; a cached model that cannot be loaded
+        is trained again, with a warning. A large ``text`` is read and trained on in a forked process
+        (where ``fork`` exists), so that the memory sentencepiece and the texts take (GBs for
+        millions of sentences) goes back to the system when it ends instead of staying in this one.
         """
-        key = f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{digest}"
+        target_tags = text.target_tags
+        key = f"spm-v2|{vocab_size}|{joint}|{model_type}|{spm.__version__}|{text.digest}"
         if target_tags:  # (a model without tags keeps the key it always had)
             key += f"|tags:{json.dumps(dict(target_tags))}"
         path = Path(cache_dir) / f"spm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -293,14 +280,12 @@ class Tokenizer:
             return cached
 
         def train() -> Tokenizer:
-            src_texts, tgt_texts = training_texts()
+            src_texts, tgt_texts = text.texts(joint)
             log.info("Training a %s sentencepiece model (vocab_size=%d, %s) on %s sentences", model_type,
                      vocab_size, "joint" if joint else "one per side", f"{len(src_texts) + len(tgt_texts):,}")
             return cls.train(src_texts, tgt_texts, vocab_size, joint, model_type, target_tags)
 
-        if callable(in_subprocess):
-            in_subprocess = in_subprocess()
-        if in_subprocess and "fork" in multiprocessing.get_all_start_methods():
+        if text.in_subprocess(joint) and "fork" in multiprocessing.get_all_start_methods():
             tok = cls.from_state_dict(_in_forked_process(lambda: train().state_dict()))
         else:
             tok = train()
@@ -363,20 +348,17 @@ class Tokenizer:
             def languages(tok):
                 return f"target languages {', '.join(tok.target_tags)}" if tok.target_tags else "no target-language tags"
             return f"{languages(self)} vs {languages(other)}"
-        sides = [("joint", self.src, other.src, self._src_bytes, other._src_bytes)]
-        if not self.joint:
-            sides = [("source", self.src, other.src, self._src_bytes, other._src_bytes),
-                     ("target", self.tgt, other.tgt, self._tgt_bytes, other._tgt_bytes)]
-        for side, a, b, a_bytes, b_bytes in sides:
+        for side, key in [("joint", "src")] if self.joint else [("source", "src"), ("target", "tgt")]:
+            a, b = getattr(self, key), getattr(other, key)
             if a.get_piece_size() != b.get_piece_size():
                 return f"{side} vocabulary of {a.get_piece_size()} vs {b.get_piece_size()} pieces"
-            specials = [(a.pad_id(), a.unk_id(), a.bos_id(), a.eos_id()), (b.pad_id(), b.unk_id(), b.bos_id(), b.eos_id())]
+            specials = [_specials(a), _specials(b)]
             if specials[0] != specials[1]:
                 return f"{side} special ids (pad, unk, bos, eos) {specials[0]} vs {specials[1]}"
             for i in range(a.get_piece_size()):
                 if a.id_to_piece(i) != b.id_to_piece(i):
                     return f"{side} piece {i}: {a.id_to_piece(i)!r} vs {b.id_to_piece(i)!r}"
-            if a_bytes != b_bytes:
+            if getattr(self, f"_{key}_bytes") != getattr(other, f"_{key}_bytes"):
                 return f"{side} sentencepiece models differ (same pieces, other scores or normalization)"
         return None
 
@@ -473,32 +455,26 @@ class EncodedChunk:
         return len(self.src_lengths)
 
 
-class ChunkEncoder:
-    """Encodes :class:`PairChunk` s with one tokenizer (in this process, or one per worker)."""
-
-    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype | type, num_threads: int = 1):
-        self.tokenizer, self.dtype, self.num_threads = tokenizer, np.dtype(dtype), num_threads
-
-    def __call__(self, chunk: PairChunk) -> EncodedChunk:
-        src, tgt = chunk.texts()
-        s, s_len, s_unk = self.tokenizer.encode_flat(src, "source", self.dtype, self.num_threads)
-        del src
-        t, t_len, t_unk = self.tokenizer.encode_flat(tgt, "target", self.dtype, self.num_threads)
-        return EncodedChunk(s, s_len, t, t_len, (s_unk, t_unk))
+def _encode(tokenizer: Tokenizer, dtype: np.dtype, chunk: PairChunk, num_threads: int = 1) -> EncodedChunk:
+    src, tgt = chunk.texts()
+    s, s_len, s_unk = tokenizer.encode_flat(src, "source", dtype, num_threads)
+    del src
+    t, t_len, t_unk = tokenizer.encode_flat(tgt, "target", dtype, num_threads)
+    return EncodedChunk(s, s_len, t, t_len, (s_unk, t_unk))
 
 
-_WORKER_ENCODER: ChunkEncoder | None = None
+_WORKER: tuple[Tokenizer, np.dtype] | None = None  # a worker process's tokenizer and id dtype
 
 
 def _start_worker(state: dict, dtype: str) -> None:
-    global _WORKER_ENCODER
+    global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the pool
-    _WORKER_ENCODER = ChunkEncoder(Tokenizer.from_state_dict(state), np.dtype(dtype))
+    _WORKER = Tokenizer.from_state_dict(state), np.dtype(dtype)
 
 
 def _encode_in_worker(chunk: PairChunk) -> EncodedChunk:
-    assert _WORKER_ENCODER is not None
-    return _WORKER_ENCODER(chunk)
+    assert _WORKER is not None
+    return _encode(*_WORKER, chunk)
 
 
 def available_cpus() -> int:
@@ -524,9 +500,8 @@ def encode_chunks(
     them holds a lock can wait on that lock forever.
     """
     if workers <= 1:
-        encoder = ChunkEncoder(tokenizer, dtype, num_threads=available_cpus())
         for chunk in chunks:
-            yield encoder(chunk)
+            yield _encode(tokenizer, np.dtype(dtype), chunk, num_threads=available_cpus())
         return
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
