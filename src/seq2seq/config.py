@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.errors import ConfigError, user_error_message
+from seq2seq.errors import ConfigError, print_user_error
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task
 
 
@@ -64,18 +64,14 @@ def check_budget(trainer: DictConfig | dict | None) -> None:
 
 
 def user_errors_exit(fn):
-    """Turn a user error (see :func:`user_error_message`) into one message on stderr and exit status 2."""
+    """Turn a user error (see :func:`~seq2seq.errors.print_user_error`) into one message on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            message = user_error_message(err)
-            if message is None:
-                raise
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(print_user_error(err))
 
     return wrapper
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 
 class Seq2SeqError(Exception):
@@ -75,3 +76,12 @@ def user_error_message(err: BaseException) -> str | None:
         seen.add(id(err))
         err = err.__cause__
     return None
+
+
+def print_user_error(err: BaseException) -> int:
+    """Print a user error as one ``error: ...`` line on stderr and return exit status 2; re-raise a bug."""
+    message = user_error_message(err)
+    if message is None:
+        raise err
+    print(f"error: {message}", file=sys.stderr)
+    return 2
