@@ -32,7 +32,7 @@ def serve(cfg: DictConfig) -> None:
         raise ConfigError(f"seq2seq-serve needs FastAPI and uvicorn ({err.name} is missing): "
                           "pip install 'seq2seq[serve]'") from None
     use_one_malloc_arena()  # before any thread starts; see its docstring
-    decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True)).validate()
+    decoding = DecodingConfig.from_mapping(cfg.decoding).validate()
     limits = Limits(int(cfg.max_text_chars), int(cfg.max_texts), int(cfg.max_n_best))
     batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms))
     for name, value in [*vars(limits).items(), ("max_batch", batching.max_batch)]:

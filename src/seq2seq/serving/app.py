@@ -99,7 +99,8 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
     limits, batching = limits or Limits(), batching or Batching()
     decoding = translator.decoding
     batcher = Batcher(functools.partial(translator.translate, warn=logger.warning), max_batch=batching.max_batch,
-                      max_wait_ms=batching.max_wait_ms, setup=(lambda: torch.set_num_threads(threads)) if threads else None)
+                      max_wait_ms=batching.max_wait_ms,
+                      setup=(lambda: torch.set_num_threads(threads)) if threads else None)
     page = demo_page()
 
     @contextlib.asynccontextmanager
