@@ -75,29 +75,23 @@ def user_errors_exit(fn):
     return wrapper
 
 
-def _unwritable_folder(path: Path) -> str | None:
-    """Why the folder ``path`` cannot be created or written, or None when it can (nothing is created)."""
-    path = path.absolute()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder (Not a directory)"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable (Permission denied)"
-    return None
-
-
 class CheckRunFolder(Callback):
     """Hydra callback (``hydra.callbacks.check_run_folder``): Hydra creates ``hydra.run.dir`` (or
     ``hydra.sweep.dir``) before the command runs and reports a failure with a traceback; this check
     runs just before and ends the command with one ``error: ...`` line and exit status 2 instead."""
 
     def _check(self, folder: str, key: str) -> None:
-        problem = _unwritable_folder(Path(folder))
-        if problem is not None:
-            print(f"error: cannot create the run folder {folder} ({key}): {problem}", file=sys.stderr)
-            sys.exit(2)
+        existing = Path(folder).absolute()  # its nearest existing folder must be writable (nothing is created)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder (Not a directory)"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is not writable (Permission denied)"
+        else:
+            return
+        print(f"error: cannot create the run folder {folder} ({key}): {problem}", file=sys.stderr)
+        sys.exit(2)
 
     def on_run_start(self, config, **kwargs) -> None:
         self._check(str(config.hydra.run.dir), "hydra.run.dir")

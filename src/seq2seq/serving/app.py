@@ -110,7 +110,6 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
         await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.batcher = batcher
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
@@ -149,9 +148,7 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
 
     @app.post("/attention")
     async def attention_endpoint(request: Request) -> JSONResponse:
-        text = parse_attention(await read_json(request, limits.max_body_bytes), limits)
-        if info.get("ensemble"):
-            raise BadRequest(422, "attention maps need one model; this server holds an ensemble")
+        text = parse_attention(await read_json(request, limits.max_body_bytes), limits)  # an ensemble: 422 from the worker
         attention = await asyncio.wrap_future(batcher.call(lambda: translator.attention(text)))
         return JSONResponse(attention_json(attention))
 
