@@ -36,11 +36,10 @@ def export(cfg: DictConfig) -> None:
                               "float32 weights (leave quantization null)")
         output = export_transformers(cfg.get("ckpt_path"), cfg.get("output_dir"), force=bool(cfg.get("force")),
                                      license=cfg.get("license"), decoding=cfg.get("decoding"))
-        print(f"Exported to {output}")
-        return
-    output = export_ctranslate2(cfg.get("ckpt_path"), cfg.get("output_dir"), cfg.get("quantization"),
-                                force=bool(cfg.get("force")), license=cfg.get("license"),
-                                int8_weight_bits=cfg.get("int8_weight_bits", 7))
+    else:
+        output = export_ctranslate2(cfg.get("ckpt_path"), cfg.get("output_dir"), cfg.get("quantization"),
+                                    force=bool(cfg.get("force")), license=cfg.get("license"),
+                                    int8_weight_bits=cfg.get("int8_weight_bits", 7))
     print(f"Exported to {output}")
 
 

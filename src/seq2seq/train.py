@@ -55,11 +55,11 @@ def _callbacks(group: DictConfig | None, checkpointing: bool = True) -> list:
 def requested_checkpoint(cfg: DictConfig) -> str | None:
     """``cfg.ckpt_path``; unset in a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0), ``auto``:
     the requeued job runs the same command in the same folder and continues from its ``last.ckpt``."""
-    requested = cfg.get("ckpt_path")
-    if (requested is None or str(requested).strip() == "") and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+    requested = str(cfg.get("ckpt_path") or "").strip() or None
+    if requested is None and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
         log.info("Requeued SLURM job (SLURM_RESTART_COUNT=%s): ckpt_path=auto", os.environ["SLURM_RESTART_COUNT"])
         return "auto"
-    return None if requested is None else str(requested).strip() or None
+    return requested
 
 
 def _plugins(configured) -> list:

@@ -50,17 +50,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_output(path: str) -> None:
-    """Raise :class:`ConfigError` when ``output=path`` cannot be written (its folder is created)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"output={path} is a folder; name a file to write the translations to")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot write output={path}: {err.strerror or err} ({path.parent})") from None
-
-
 @contextlib.contextmanager
 def _open_output(path: str | None):
     """stdout, or a temporary file renamed onto ``path`` when the block succeeds."""
@@ -86,8 +75,14 @@ def translate(cfg: DictConfig) -> None:
     chunk_lines = 1 if interactive else int(10_000 if chunk_lines is None else chunk_lines)
     if chunk_lines < 1:
         raise ConfigError(f"chunk_lines={chunk_lines} must be at least 1")
-    if cfg.get("output"):
-        _check_output(cfg.output)  # before minutes of decoding, not after
+    if cfg.get("output"):  # checked (and its folder created) before minutes of decoding, not after
+        path = Path(cfg.output)
+        if path.is_dir():
+            raise ConfigError(f"output={path} is a folder; name a file to write the translations to")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot write output={path}: {err.strerror or err} ({path.parent})") from None
     # Opened now, so that an unreadable input fails before the model loads.
     sources = TextLines(cfg.get("input"))
     reference = cfg.get("score_reference")

@@ -42,7 +42,7 @@ class Client:
                 response = self._conn.getresponse()
                 raw = response.read()
                 break
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest):
+            except (ConnectionError, http.client.CannotSendRequest):  # RemoteDisconnected is a ConnectionError
                 self.close()
                 if attempt == 2:
                     raise
