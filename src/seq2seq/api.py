@@ -1,13 +1,9 @@
-"""The Python API: :class:`Translator` loads a checkpoint once, then translates, scores and shows
-the attention; the README's example and docs/decoding.md show it in use.
+"""The Python API: :class:`Translator` loads a checkpoint once, then translates, scores and shows the
+attention, through the :class:`~seq2seq.inference.predictor.Predictor` that ``translate``, ``eval``
+and validation use (the README and docs/decoding.md show it in use).
 
-Everything goes through :class:`~seq2seq.inference.predictor.Predictor`, the path ``translate``,
-``eval`` and validation use. Decoding settings (:class:`~seq2seq.decoding.search.DecodingConfig`
-fields) given to :meth:`Translator.from_checkpoint` are defaults; given to a call, they apply to that
-call only. :meth:`Translator.translate_chunks` and :meth:`Translator.score_chunks` stream any
-iterable of lines chunk by chunk. A multilingual checkpoint translates into ``tgt_lang``. The
-attention maps come from :mod:`seq2seq.analysis.attention`, imported (with matplotlib) only when
-:meth:`Translator.attention` is first called.
+Decoding settings (:class:`~seq2seq.decoding.search.DecodingConfig` fields) given to
+:meth:`Translator.from_checkpoint` are defaults; given to a call, they apply to that call only.
 """
 
 from __future__ import annotations
@@ -68,11 +64,10 @@ def chunks(items: Iterable, size: int) -> Iterator[list]:
 class CrossAttention:
     """Decoder cross-attention of one sentence pair, subwords merged into words, heads averaged.
 
-    ``layers[i]`` and ``mean`` (over layers) are (target words, source words) maps whose rows sum to 1;
-    a target word's row is where it looks in the source (the last target word is ``</s>``).
-    ``maps`` holds everything else: pieces, every head, the self-attention maps
-    (``seq2seq.analysis.attention.strongest_sources(maps, "mean")`` lists each target word's
-    strongest source word).
+    ``layers[i]`` and ``mean`` (over layers) are (target words, source words) maps whose rows sum to 1
+    (the last target word is ``</s>``). ``maps`` holds everything else: pieces, every head, the
+    self-attention maps (``seq2seq.analysis.attention.strongest_sources(maps, "mean")`` lists each
+    target word's strongest source word).
     """
 
     source: str
@@ -85,13 +80,12 @@ class CrossAttention:
 
 
 class Translator:
-    """A trained model ready to translate, score and inspect; see the module docstring.
+    """A trained model ready to translate, score and inspect.
 
-    ``decoding``: the default settings (default: greedy search with the usual length limits).
-    ``device``: where the network runs (it is moved there; default: where it is). ``batch_size``, ``max_tokens``
-    (padded source tokens per batch) and ``max_src_len`` (source tokens kept, EOS included;
-    default the model's ``max_positions``) are defaults every call may override, as is ``tgt_lang``
-    (a multilingual model's target language; checked here when given).
+    ``decoding``: the default settings (default: greedy search). ``device``: where the network runs
+    (default: where it is). ``batch_size``, ``max_tokens`` (padded source tokens per batch),
+    ``max_src_len`` (source tokens kept, EOS included; default the model's ``max_positions``) and
+    ``tgt_lang`` (a multilingual model's target language) are defaults every call may override.
     """
 
     def __init__(
@@ -133,11 +127,9 @@ class Translator:
         **options: Any,
     ) -> Translator:
         """Read a training checkpoint (``best.ckpt``, ``last.ckpt``, an average) onto ``device``
-        (``auto``: CUDA when available); ``options`` are default decoding settings, ``tgt_lang`` the
-        default target language of a multilingual checkpoint. A list of checkpoints that share one
-        tokenizer decodes as their ensemble (:mod:`seq2seq.decoding.ensemble`). ``quantize="int8"``:
-        int8 linear layers on the CPU; otherwise, on the CPU, float32 linear layers packed for oneDNN
-        (:mod:`seq2seq.inference.quantize`)."""
+        (``auto``: CUDA when available); ``options`` are default decoding settings. A list of
+        checkpoints that share one tokenizer decodes as their ensemble. ``quantize="int8"``: int8
+        linear layers on the CPU; otherwise, on the CPU, float32 linear layers packed for oneDNN."""
         device = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
         defaults = with_options(decoding or DecodingConfig(), options)
         net, tokenizer = load_models(path, device)
@@ -153,24 +145,20 @@ class Translator:
 
     @property
     def max_src_len(self) -> int | None:
-        """Source tokens kept per text by default (None: the model's ``max_positions``)."""
         return self._batching["max_src_len"]
 
     @property
     def target_languages(self) -> list[str]:
-        """The languages a multilingual checkpoint translates into (pass one as ``tgt_lang``); empty
-        for a checkpoint of one language pair."""
+        """The languages a multilingual checkpoint translates into; empty for one language pair."""
         return self.tokenizer.target_languages
 
     def source_tokenizer(self, tgt_lang: str | None = None) -> Tokenizer:
-        """The tokenizer that encodes sources for ``tgt_lang`` (default: the Translator's): a multilingual
-        model's puts the language's tag first. A :class:`~seq2seq.errors.ConfigError` says what to pass
-        when ``tgt_lang`` is missing (multilingual), unknown, or given to a one-pair model."""
+        """The tokenizer that encodes sources for ``tgt_lang`` (default: the Translator's); a
+        :class:`~seq2seq.errors.ConfigError` when it is missing (multilingual), unknown, or given to a one-pair model."""
         return self.tokenizer.for_target(self.tgt_lang if tgt_lang is None else tgt_lang)
 
     def predictor(self, tgt_lang: str | None = None, **options: Any) -> Predictor:
-        """The :class:`Predictor` of the defaults with ``options`` changed (for this predictor only),
-        into ``tgt_lang`` (see :meth:`source_tokenizer`)."""
+        """The :class:`Predictor` of the defaults with ``options`` changed, into ``tgt_lang``."""
         tokenizer = self.source_tokenizer(tgt_lang)
         return Predictor(self.net, tokenizer, with_options(self._decoding, options), self.device)
 
@@ -178,7 +166,22 @@ class Translator:
         given = {"batch_size": batch_size, "max_tokens": max_tokens, "max_src_len": max_src_len}
         return {k: self._batching[k] if v is None else v for k, v in given.items()}
 
-    # ----------------------------------------------------------------------------------- translate
+    def _stream(self, predictor: Predictor, line_chunks: Iterable[Sequence], batching: dict, warn: Warn | None,
+                progress: Callable[[int], None] | None, score: bool = False) -> Iterator[list]:
+        """Each chunk's translations (or, with ``score``, the scores of its (source, target) pairs);
+        warnings and ``progress`` count lines over the whole stream."""
+        done = 0
+        for chunk in line_chunks:
+            options = {**batching, "warn": warn, "first_line": done + 1,
+                       "progress": None if progress is None else lambda d, _, start=done: progress(start + d)}
+            if score:
+                results = predictor.score([s for s, _ in chunk], [t for _, t in chunk], **options)
+            else:
+                nbest = predictor.translate(chunk, **options)
+                results = [pairs[0][0] for pairs in nbest] if predictor.decoding.n_best == 1 else nbest
+            done += len(chunk)
+            yield results
+
     def translate(
         self,
         texts: str | Sequence[str],
@@ -193,16 +196,15 @@ class Translator:
         """Translate ``texts`` (one string, or a list), in input order.
 
         Returns a string per text with ``n_best=1``, else a list of ``n_best`` ``(text, score)``
-        pairs, best first (score: the length-penalized log-probability, higher is better); one
-        string gives one result. Blank texts give ``""`` (score 0.0) without a model call. Sources
-        longer than ``max_src_len`` are truncated and reported through ``warn`` (default:
-        :func:`warnings.warn`; ``None``: silent). ``options``: decoding settings for this call.
-        ``tgt_lang``: the target language of a multilingual model (default: the Translator's).
+        pairs, best first (score: the length-penalized log-probability); one string gives one
+        result. Blank texts give ``""`` (score 0.0) without a model call. Sources longer than
+        ``max_src_len`` are truncated and reported through ``warn`` (default: :func:`warnings.warn`;
+        ``None``: silent). ``options``: decoding settings for this call.
         """
         single = isinstance(texts, str)
         predictor = self.predictor(tgt_lang, **options)
-        [results] = self._translate_chunks(predictor, [[texts] if single else list(texts)],
-                                           self._batches(batch_size, max_tokens, max_src_len), warn, None)
+        [results] = self._stream(predictor, [[texts] if single else list(texts)],
+                                 self._batches(batch_size, max_tokens, max_src_len), warn, None)
         return results[0] if single else results
 
     def translate_chunks(
@@ -218,25 +220,15 @@ class Translator:
         tgt_lang: str | None = None,
         **options: Any,
     ) -> Iterator[list[Translation]]:
-        """Translate a stream of lines ``chunk_lines`` at a time: yields each chunk's results (as
-        :meth:`translate` gives them) in input order, read lazily from ``lines``. Within a chunk,
-        lines are sorted by length into batches. Warnings name lines counted from 1 over the whole
-        stream; ``progress(lines_done)`` is called after each batch. ``chunk_lines=1`` answers each
-        line as soon as it is read (interactive use). ``tgt_lang``: as in :meth:`translate`."""
+        """Translate a stream of lines ``chunk_lines`` at a time, read lazily: yields each chunk's
+        results (as :meth:`translate` gives them) in input order; within a chunk, lines are sorted
+        by length into batches. Warnings name lines counted from 1 over the whole stream;
+        ``progress(lines_done)`` is called after each batch. ``chunk_lines=1`` answers each line as
+        soon as it is read (interactive use)."""
         predictor = self.predictor(tgt_lang, **options)
-        return self._translate_chunks(predictor, chunks(lines, chunk_lines),
-                                      self._batches(batch_size, max_tokens, max_src_len), warn, progress)
+        return self._stream(predictor, chunks(lines, chunk_lines), self._batches(batch_size, max_tokens, max_src_len),
+                            warn, progress)
 
-    def _translate_chunks(self, predictor: Predictor, line_chunks: Iterable[Sequence[str]], batching: dict,
-                          warn: Warn | None, progress: Callable[[int], None] | None) -> Iterator[list[Translation]]:
-        done = 0
-        for chunk in line_chunks:
-            nbest = predictor.translate(chunk, **batching, warn=warn, first_line=done + 1,
-                                        progress=None if progress is None else lambda d, _, start=done: progress(start + d))
-            done += len(chunk)
-            yield [pairs[0][0] for pairs in nbest] if predictor.decoding.n_best == 1 else nbest
-
-    # ------------------------------------------------------------------------------------- score
     def score(
         self,
         sources: Sequence[str],
@@ -254,15 +246,15 @@ class Translator:
 
         ``log_prob`` sums the log-probabilities of the target's tokens and EOS, ``n_tokens`` counts
         them, ``score`` is ``log_prob`` over the length penalty with ``alpha`` (default: the
-        decoding default's), the score the searches report: a greedy or beam output scores exactly
-        what the search said. A blank target scores the empty output (EOS alone); a pair with a
-        blank source is not scored (``0.0, 0, 0.0``), as a blank line translates to ``""``
-        with score 0.0. See :meth:`Predictor.score`. ``tgt_lang``: as in :meth:`translate`.
+        decoding default's): a greedy or beam output scores exactly what the search said. A blank
+        target scores the empty output (EOS alone); a pair with a blank source is not scored
+        (``0.0, 0, 0.0``). See :meth:`Predictor.score`.
         """
         if len(sources) != len(targets):
             raise ValueError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
-        [results] = self._score_chunks([list(zip(sources, targets))], self._batches(batch_size, max_tokens, max_src_len),
-                                       alpha, warn, None, tgt_lang)
+        predictor = self.predictor(tgt_lang, **({} if alpha is None else {"alpha": alpha}))
+        [results] = self._stream(predictor, [list(zip(sources, targets))],
+                                 self._batches(batch_size, max_tokens, max_src_len), warn, None, score=True)
         return results
 
     def score_chunks(
@@ -278,33 +270,18 @@ class Translator:
         progress: Callable[[int], None] | None = None,
         tgt_lang: str | None = None,
     ) -> Iterator[list[PairScore]]:
-        """:meth:`score` over a stream of ``(source, target)`` pairs, ``chunk_lines`` pairs at a
-        time, as :meth:`translate_chunks` does for translation."""
-        predictor = self.predictor(tgt_lang, **({} if alpha is None else {"alpha": alpha}))  # checked now
-        return self._score_chunks(chunks(pairs, chunk_lines), self._batches(batch_size, max_tokens, max_src_len),
-                                  alpha, warn, progress, tgt_lang, predictor)
+        """:meth:`score` over a stream of ``(source, target)`` pairs, as :meth:`translate_chunks`
+        translates a stream of lines."""
+        predictor = self.predictor(tgt_lang, **({} if alpha is None else {"alpha": alpha}))
+        return self._stream(predictor, chunks(pairs, chunk_lines), self._batches(batch_size, max_tokens, max_src_len),
+                            warn, progress, score=True)
 
-    def _score_chunks(self, pair_chunks: Iterable[Sequence[tuple[str, str]]], batching: dict, alpha: float | None,
-                      warn: Warn | None, progress: Callable[[int], None] | None, tgt_lang: str | None = None,
-                      predictor: Predictor | None = None) -> Iterator[list[PairScore]]:
-        predictor = predictor or self.predictor(tgt_lang, **({} if alpha is None else {"alpha": alpha}))
-        done = 0
-        for chunk in pair_chunks:
-            sources, targets = [s for s, _ in chunk], [t for _, t in chunk]
-            scores = predictor.score(sources, targets, **batching, warn=warn, first_line=done + 1,
-                                     progress=None if progress is None else lambda d, _, start=done: progress(start + d))
-            done += len(chunk)
-            yield scores
-
-    # --------------------------------------------------------------------------------- attention
     def attention(self, source: str, target: str | None = None, tgt_lang: str | None = None,
                   **options: Any) -> CrossAttention:
         """The cross-attention of ``source`` and its translation (decoded with the defaults and
-        ``options``, one hypothesis), or of a given ``target`` (forced, e.g. a reference): per
-        decoder layer and their mean, heads averaged, subwords merged into words
-        (:func:`seq2seq.analysis.attention.attention_maps`). ``tgt_lang``: as in :meth:`translate`
-        (a multilingual model's tag is then the first source word)."""
-        from seq2seq.analysis.attention import attention_maps  # matplotlib, only when used
+        ``options``, one hypothesis), or of a given ``target`` (forced, e.g. a reference).
+        matplotlib is imported only now."""
+        from seq2seq.analysis.attention import attention_maps
 
         if isinstance(self.net, Ensemble):
             raise ConfigError("attention maps need one model; this Translator holds an ensemble of "

@@ -26,13 +26,6 @@ from seq2seq.inference.checkpoint import load_model, resolve_device
 from seq2seq.utils.io import atomic_write_bytes
 
 
-def _layers(option) -> list[int | str] | None:
-    if option is None:
-        return None
-    values = option if isinstance(option, (list, tuple)) or OmegaConf.is_list(option) else [option]
-    return [v if v == "mean" else int(v) for v in values]
-
-
 @user_errors_exit
 def plot_attention(cfg: DictConfig) -> AttentionMaps:
     """Run the command for a composed ``attention`` config (user errors: one message, exit 2)."""
@@ -40,16 +33,18 @@ def plot_attention(cfg: DictConfig) -> AttentionMaps:
         raise ConfigError('text is missing: pass text="a sentence to translate"')
     if not cfg.get("output"):
         raise ConfigError("output is missing: pass output=FILE.png")
-    decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True))
-    decoding.n_best = 1
+    decoding = DecodingConfig.from_mapping({**cfg.decoding, "n_best": 1}).validate()
+    layers = cfg.get("layers")  # None (every layer and their mean), one of them, or a list
+    if layers is not None:
+        layers = [v if v == "mean" else int(v) for v in (layers if OmegaConf.is_list(layers) else [layers])]
     net, tokenizer = load_model(cfg.get("ckpt_path"), resolve_device(cfg.get("device")))
-    maps = attention_maps(net, tokenizer, cfg.text, target=cfg.get("target"), decoding=decoding.validate())
-    fig = plot_cross_attention(maps, _layers(cfg.get("layers")), cfg.get("head"), bool(cfg.get("words", True)))
+    maps = attention_maps(net, tokenizer, cfg.text, target=cfg.get("target"), decoding=decoding)
+    fig = plot_cross_attention(maps, layers, cfg.get("head"), bool(cfg.get("words", True)))
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output, figure_png(fig, int(cfg.get("dpi", 120))))
     print(f"translation: {maps.translation}")
-    for tgt, src, weight in strongest_sources(maps, "mean" if cfg.get("layers") is None else _layers(cfg.layers)[-1]):
+    for tgt, src, weight in strongest_sources(maps, "mean" if layers is None else layers[-1]):
         print(f"{tgt}\t<- {src}\t{weight:.2f}")
     print(f"heatmap: {output}")
     return maps

@@ -1,15 +1,9 @@
 """Extractive summarization baselines: ``python -m seq2seq.baselines lead3 data=NAME [data.root=DIR] [split=val]``.
 
-Runs Lead-n (:mod:`seq2seq.models.lead`: the first n sentences of a document, or turns of a
-dialogue) on a split and scores it with the same ROUGE as validation, so a model's ``val/rouge*``
-and the baseline's compare directly. Writes into its run folder (``outputs/baselines/runs/...``):
-
-* ``metrics.json``: ``{split}/rouge1``, ``{split}/rouge2``, ``{split}/rougeL``, ``{split}/rougeLsum``
-  (0-100), the ROUGE signature, the unit used (sentences or turns), the corpus and the split;
-* ``hypotheses.{split}.txt``: one summary per line, in corpus order.
-
-Options (Hydra overrides, see ``conf/baselines.yaml``): ``split`` (val or test), ``n`` (3),
-``unit`` (``auto``: turns when most sources look like dialogues, else sentences).
+Runs Lead-n (:mod:`seq2seq.models.lead`) on a split and scores it with validation's ROUGE, so a
+model's ``val/rouge*`` and the baseline's compare directly. Writes ``metrics.json`` and
+``hypotheses.{split}.txt`` into its run folder. Options (``conf/baselines.yaml``): ``split``
+(val or test), ``n`` (3), ``unit`` (``auto``: turns when most sources look like dialogues, else sentences).
 """
 
 from __future__ import annotations

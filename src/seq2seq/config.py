@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.errors import ConfigError, user_error_message
+from seq2seq.errors import ConfigError, print_user_error
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR, check_task
 
 
@@ -50,62 +50,48 @@ def _whole_number(value) -> bool:
 
 
 def check_budget(trainer: DictConfig | dict | None) -> None:
-    """Check the training budget of the ``trainer`` config group before any work: ``max_steps`` (-1: none),
+    """Check the training budget of the ``trainer`` config group before any work: ``max_steps`` and
     ``max_epochs`` (-1 or null: none) and ``accumulate_grad_batches``; :class:`ConfigError` naming the key."""
     trainer = trainer or {}
-    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
-    if max_steps is not None and (not _whole_number(max_steps) or max_steps == 0 or max_steps < -1):
-        raise ConfigError(f"trainer.max_steps={max_steps!r}: use a number of optimizer steps of at least 1, or -1 for no limit")
-    if max_epochs is not None and (not _whole_number(max_epochs) or max_epochs == 0 or max_epochs < -1):
-        raise ConfigError(f"trainer.max_epochs={max_epochs!r}: use a number of epochs of at least 1, or -1 for no limit")
+    for key, unit in (("max_steps", "optimizer steps"), ("max_epochs", "epochs")):
+        value = trainer.get(key)
+        if value is not None and (not _whole_number(value) or value == 0 or value < -1):
+            raise ConfigError(f"trainer.{key}={value!r}: use a number of {unit} of at least 1, or -1 for no limit")
     accumulate = trainer.get("accumulate_grad_batches", 1)
     if not _whole_number(accumulate) or accumulate < 1:
         raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: use a whole number of at least 1")
 
 
 def user_errors_exit(fn):
-    """Turn a user error (see :func:`user_error_message`) into one message on stderr and exit status 2."""
+    """Turn a user error (see :func:`~seq2seq.errors.print_user_error`) into one message on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            message = user_error_message(err)
-            if message is None:
-                raise
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(print_user_error(err))
 
     return wrapper
 
 
-def _unwritable_folder(path: Path) -> str | None:
-    """Why the folder ``path`` cannot be created or written, or None when it can (nothing is created)."""
-    path = path.absolute()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder (Not a directory)"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable (Permission denied)"
-    return None
-
-
 class CheckRunFolder(Callback):
-    """Hydra callback (``hydra.callbacks.check_run_folder``): one message when the run folder cannot be made.
-
-    Hydra creates ``hydra.run.dir`` (or ``hydra.sweep.dir``) before the command's code runs, and
-    reports a failure there with a traceback; this check runs just before and ends the command with
-    ``error: ...`` and exit status 2 instead.
-    """
+    """Hydra callback (``hydra.callbacks.check_run_folder``): Hydra creates ``hydra.run.dir`` (or
+    ``hydra.sweep.dir``) before the command runs and reports a failure with a traceback; this check
+    runs just before and ends the command with one ``error: ...`` line and exit status 2 instead."""
 
     def _check(self, folder: str, key: str) -> None:
-        problem = _unwritable_folder(Path(folder))
-        if problem is not None:
-            print(f"error: cannot create the run folder {folder} ({key}): {problem}", file=sys.stderr)
-            sys.exit(2)
+        existing = Path(folder).absolute()  # its nearest existing folder must be writable (nothing is created)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder (Not a directory)"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is not writable (Permission denied)"
+        else:
+            return
+        print(f"error: cannot create the run folder {folder} ({key}): {problem}", file=sys.stderr)
+        sys.exit(2)
 
     def on_run_start(self, config, **kwargs) -> None:
         self._check(str(config.hydra.run.dir), "hydra.run.dir")
@@ -122,27 +108,21 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def register_sweepers() -> None:
-    """Make this package's Hydra sweepers (``hydra_plugins.seq2seq_sweepers``) known to Hydra: its plugin
-    scan finds them in an installed wheel, not in an editable install (src/ is not on its path)."""
-    from hydra.core.plugins import Plugins
-
-    try:
-        from hydra_plugins.seq2seq_sweepers import SWEEPERS
-    except ImportError:
-        return
-    for sweeper in SWEEPERS:
-        Plugins.instance().register(sweeper)
-
-
 class SweepMonitor(Callback):
     """Hydra callback (``hydra.callbacks.sweep_monitor``) of a multirun: registers this package's
     sweepers before Hydra instantiates the sweeper, and when the sweep ends lists the jobs that failed
-    (their ``failure.json``: a job that raises is recorded and the sweep goes on, see
-    :func:`seq2seq.run_summary.record_failure`)."""
+    (their ``failure.json``, see :func:`seq2seq.run_summary.record_failure`)."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        register_sweepers()
+        # Hydra's plugin scan finds hydra_plugins.seq2seq_sweepers in a wheel, not in an editable install.
+        from hydra.core.plugins import Plugins
+
+        try:
+            from hydra_plugins.seq2seq_sweepers import SWEEPERS
+        except ImportError:
+            return
+        for sweeper in SWEEPERS:
+            Plugins.instance().register(sweeper)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         import json

@@ -1,16 +1,13 @@
-"""User-facing errors.
-
-A :class:`Seq2SeqError` is a mistake the user can fix (a bad corpus, config or checkpoint). Its
-message names the file, line or key and says what to do. Entry points catch it, print the message
-alone (no traceback) and exit with status 2. So do they for the operating-system errors a user can
-fix (a full disk, a read-only or forbidden folder, a missing path): :func:`user_error_message` says
-which errors are the user's and gives their one line.
+"""User-facing errors: a :class:`Seq2SeqError` is a mistake the user can fix, its message names the
+file, line or key and says what to do. Entry points print it alone (no traceback) and exit with
+status 2, as they do for the operating-system errors a user can fix (:func:`user_error_message`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import sys
 
 
 class Seq2SeqError(Exception):
@@ -57,21 +54,26 @@ _OS_ERROR_ADVICE = {
 
 
 def user_error_message(err: BaseException) -> str | None:
-    """The one-line message of a user error, or None for a bug (which keeps its traceback).
-
-    User errors are a :class:`Seq2SeqError` (also wrapped by Hydra's ``instantiate``, which re-raises
-    what a constructor raises with the original as its cause) and the operating-system errors a user
-    can fix (a full disk, a read-only or forbidden folder, a missing path), named by path.
-    """
+    """The one-line message of a user error, or None for a bug (which keeps its traceback): a
+    :class:`Seq2SeqError` (also as the cause of what Hydra's ``instantiate`` re-raises) or an
+    operating-system error a user can fix (a full disk, a read-only or forbidden folder, a missing path)."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, Seq2SeqError):
             return str(err)
         if isinstance(err, OSError) and err.errno in _OS_ERROR_ADVICE:
             where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
-            reason = err.strerror or os.strerror(err.errno)
-            return f"{where}: {reason}: {_OS_ERROR_ADVICE[err.errno]}" if where else \
-                f"{reason}: {_OS_ERROR_ADVICE[err.errno]}"
+            advice = f"{err.strerror or os.strerror(err.errno)}: {_OS_ERROR_ADVICE[err.errno]}"
+            return f"{where}: {advice}" if where else advice
         seen.add(id(err))
         err = err.__cause__
     return None
+
+
+def print_user_error(err: BaseException) -> int:
+    """Print a user error as one ``error: ...`` line on stderr and return exit status 2; re-raise a bug."""
+    message = user_error_message(err)
+    if message is None:
+        raise err
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -4,11 +4,10 @@ or score a file of hypotheses (``hyp_file=``) exactly as our own are scored.
     seq2seq-eval ckpt_path=PATH [data=NAME] [split=val] [decoding=beam] [tgt_lang=LANG]
     seq2seq-eval hyp_file=FILE data=NAME [data.root=DIR] [split=test]
 
-Batches are formed as training's validation forms them (:meth:`Seq2SeqDataModule.eval_dataloader`),
-so greedy decoding reproduces the scores training reported; without ``data=`` the data config is the
-checkpoint's run's. Writes ``metrics.json`` and ``hypotheses.{split}[.{pair}].txt`` into its run
-folder; a multilingual data config is scored pair by pair and their means, as validation does.
-docs/decoding.md describes the outputs and errors.
+Batches are formed as validation forms them, so greedy decoding reproduces the scores training
+reported; without ``data=`` the data config is the checkpoint's run's. Writes ``metrics.json`` and
+``hypotheses.{split}[.{pair}].txt`` into its run folder (a multilingual data config: each pair and
+their means); docs/decoding.md describes the outputs and errors.
 """
 
 from __future__ import annotations
@@ -84,11 +83,7 @@ def evaluate(cfg: DictConfig) -> dict:
     net = pack_linear_layers(net, device)
     task, datamodule, about = _data_of(cfg, paths[0])
     jobs = _jobs(cfg, datamodule, tokenizer)
-    if task == "translation":  # every pair's BLEU tokenizer, before anything is decoded
-        for _, data, _ in jobs:
-            bleu_tokenizer(data.tgt_lang, cfg.get("bleu_tokenize") or data.bleu_tokenize)
-
-    metrics, groups, hyp_files, nll, n_tokens, decode_time, num_sentences = {}, {}, [], 0.0, 0, 0.0, 0
+    metrics, groups, hyp_files, nll, n_tokens, decode_time = {}, {}, [], 0.0, 0, 0.0
     reranked: dict[str, dict] = {setting: {} for setting in penalties}
     for name, data, source_tokenizer in jobs:
         loader = datamodule.eval_dataloader(split, source_tokenizer, cfg.get("max_tokens"), corpus=name)
@@ -100,7 +95,7 @@ def evaluate(cfg: DictConfig) -> dict:
             reranked[setting][name] = (tokenizer.decode_target(best), data)
         nbest = [hyps[: decoding.n_best] for hyps in nbest]
         hypotheses = tokenizer.decode_target([hyps[0].tokens for hyps in nbest])
-        nll, n_tokens, num_sentences = nll + pair_nll, n_tokens + pair_tokens, num_sentences + len(hypotheses)
+        nll, n_tokens = nll + pair_nll, n_tokens + pair_tokens
         suffix = f".{name}" if name else ""
         hyp_file = output_dir / f"hypotheses.{split}{suffix}.txt"
         if name:
@@ -111,12 +106,11 @@ def evaluate(cfg: DictConfig) -> dict:
                                    bleu_tokenize=cfg.get("bleu_tokenize") or data.bleu_tokenize)
         hyp_files.append(str(hyp_file))
         if decoding.n_best > 1:
-            lines = [
-                f"{i}\t{rank}\t{h.score:.6f}\t{text}"
+            atomic_write_text(output_dir / f"hypotheses.{split}{suffix}.nbest.txt", "".join(
+                f"{i}\t{rank}\t{h.score:.6f}\t{text}\n"
                 for i, hyps in enumerate(nbest)
                 for rank, (h, text) in enumerate(zip(hyps, tokenizer.decode_target([h.tokens for h in hyps])), 1)
-            ]
-            atomic_write_text(output_dir / f"hypotheses.{split}{suffix}.nbest.txt", "".join(f"{line}\n" for line in lines))
+            ))
         groups[name] = (hypotheses, data)
         if name:
             loss = pair_nll / max(pair_tokens, 1)
@@ -128,8 +122,8 @@ def evaluate(cfg: DictConfig) -> dict:
     loss = nll / max(n_tokens, 1)
     metrics = {**{f"{split}/{k}": v for k, v in scores.items()}, f"{split}/loss": loss, f"{split}/ppl": math.exp(min(loss, 50.0)),
                **metrics}
-    pairs = {"pairs": [name for name in groups]} if jobs[0][0] else {}
-
+    pairs = {"pairs": list(groups)} if jobs[0][0] else {}
+    num_sentences = sum(len(hypotheses) for hypotheses, _ in groups.values())
     return finish_run(
         output_dir, metrics, title=f"{' + '.join(p.name for p in paths)} on {split}", **signatures,
         signatures={split: signatures_by_metric(signatures)}, task=task, num_parameters=net.num_parameters(), split=split,
@@ -163,11 +157,8 @@ def length_penalties(settings, decoding: DecodingConfig) -> dict[str, tuple[str,
 
 
 def _jobs(cfg: DictConfig, datamodule: Seq2SeqDataModule, tokenizer: Tokenizer) -> list[tuple[str | None, Corpus, Tokenizer]]:
-    """What to decode: ``(pair name or None, its corpus, the tokenizer its sources are encoded with)``.
-
-    A multilingual data config gives its pairs (or the one into ``tgt_lang``), each with the
-    checkpoint's tokenizer for that target language; a one-pair config gives itself, with the tag of
-    its target language for a multilingual checkpoint. Every mismatch is one :class:`ConfigError`."""
+    """What to decode: ``(pair name or None, its corpus, the tokenizer its sources are encoded with)``:
+    a multilingual data config's pairs (or the one into ``tgt_lang``), else the one corpus."""
     tgt_lang = cfg.get("tgt_lang") or None
     if datamodule.multilingual:
         if not tokenizer.target_tags:
@@ -203,7 +194,6 @@ def score_hypotheses(cfg: DictConfig) -> dict:
                 f"(pairs {', '.join(datamodule.corpora)})"
             )
         name, corpus = datamodule.pair(cfg.tgt_lang)
-        bleu_tokenizer(corpus.tgt_lang, cfg.get("bleu_tokenize") or corpus.bleu_tokenize)
     sources, _ = corpus.texts(split)
     hypotheses = read_aligned_lines(hyp_file, len(sources), f"the {split} split under {corpus.root}")
     scores, signatures = _score_groups(cfg, task, {name: (hypotheses, corpus)}, split)
@@ -224,7 +214,7 @@ def _split(cfg: DictConfig) -> str:
 
 def _data_of(cfg: DictConfig, ckpt: Path | None) -> tuple[str, Seq2SeqDataModule, dict]:
     """(task, DataModule, what metrics.json says of the corpus) of ``cfg.data``, or of the config of
-    the run ``ckpt`` comes from; checks that the BLEU tokenizer can run before anything is decoded."""
+    the run ``ckpt`` comes from; checks that every pair's BLEU tokenizer can run before anything is decoded."""
     run_cfg = run_config_of(ckpt) if ckpt is not None else None
     task = check_task(cfg.get("task") or (run_cfg.get("task") if run_cfg is not None else None) or "translation")
     if cfg.get("data") is None and run_cfg is None:
@@ -242,8 +232,7 @@ def _data_of(cfg: DictConfig, ckpt: Path | None) -> tuple[str, Seq2SeqDataModule
 
 def _score_groups(cfg: DictConfig, task: str, groups: dict[str | None, tuple[list[str], Corpus]], split: str):
     """``score_by_group`` of ``{name: (hypotheses, corpus)}`` against every reference of ``split``, BLEU
-    tokenized as the command or data config says: one corpus (None) as it is; pairs each alone and
-    the means (``bleu/en-de``, ..., ``bleu``), as validation scores a multilingual model."""
+    tokenized as the command or data config says (pairs: ``bleu/en-de``, ..., and the means, ``bleu``)."""
     return score_by_group(task, {
         name: PairOutputs(hypotheses, data.reference_streams(split), data.tgt_lang,
                           cfg.get("bleu_tokenize") or data.bleu_tokenize)

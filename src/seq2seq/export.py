@@ -1,24 +1,14 @@
-"""Export a trained checkpoint for serving or sharing.
+"""Export a trained checkpoint for serving or sharing (``conf/export.yaml``).
 
-    python -m seq2seq.export ckpt_path=PATH output_dir=DIR [format=ctranslate2|transformers] [quantization=null|int8] [force=true]
-    seq2seq-export ckpt_path=RUN/checkpoints/best.ckpt output_dir=exported/en-de quantization=int8
+    seq2seq-export ckpt_path=RUN/checkpoints/best.ckpt output_dir=exported/en-de [quantization=int8] [force=true]
     seq2seq-export ckpt_path=RUN/checkpoints/best.ckpt output_dir=exported/en-de-hf format=transformers
 
-Configuration: ``conf/export.yaml``. ``format=ctranslate2`` (the default) writes a
-`CTranslate2 <https://github.com/OpenNMT/CTranslate2>`_ model folder: ``model.bin``, ``config.json``
-and the vocabulary, the sentencepiece model(s), ``seq2seq_export.json`` and a model card
-``README.md`` with Hugging Face Hub metadata (scores, signatures and the training command when the
-checkpoint sits in its run folder); see :mod:`seq2seq.inference.ct2_export`. Needs
-``pip install 'seq2seq[export]'``. ``format=transformers`` writes a Hugging Face transformers folder
-(``MarianMTModel`` for post-LN, ``PegasusForConditionalGeneration`` for pre-LN, a ``MarianTokenizer``
-over our sentencepiece model(s), the same model card) that ``AutoModelForSeq2SeqLM``,
-``AutoTokenizer`` and ``pipeline("translation")`` load; see :mod:`seq2seq.inference.hf_export`.
-Needs ``pip install 'seq2seq[transformers]'``.
-
-A missing or invalid checkpoint, an ``output_dir`` that exists and is not empty (without
-``force=true``), a model the format cannot represent (copy attention) or a missing package
-end with one ``error: ...`` line and exit status 2, before anything is written; the folder appears
-only once complete. Prints the folder's path last.
+``format=ctranslate2`` (the default, ``pip install 'seq2seq[export]'``) writes a CTranslate2 model
+folder (:mod:`seq2seq.inference.ct2_export`); ``format=transformers``
+(``pip install 'seq2seq[transformers]'``) a Hugging Face folder that ``AutoModelForSeq2SeqLM`` loads
+(:mod:`seq2seq.inference.hf_export`); both with a model card. User errors (a bad checkpoint, a
+non-empty ``output_dir`` without ``force=true``, a model the format cannot represent, a missing
+package) end with one ``error: ...`` line and exit status 2 before anything is written.
 """
 
 from __future__ import annotations
@@ -46,11 +36,10 @@ def export(cfg: DictConfig) -> None:
                               "float32 weights (leave quantization null)")
         output = export_transformers(cfg.get("ckpt_path"), cfg.get("output_dir"), force=bool(cfg.get("force")),
                                      license=cfg.get("license"), decoding=cfg.get("decoding"))
-        print(f"Exported to {output}")
-        return
-    output = export_ctranslate2(cfg.get("ckpt_path"), cfg.get("output_dir"), cfg.get("quantization"),
-                                force=bool(cfg.get("force")), license=cfg.get("license"),
-                                int8_weight_bits=cfg.get("int8_weight_bits", 7))
+    else:
+        output = export_ctranslate2(cfg.get("ckpt_path"), cfg.get("output_dir"), cfg.get("quantization"),
+                                    force=bool(cfg.get("force")), license=cfg.get("license"),
+                                    int8_weight_bits=cfg.get("int8_weight_bits", 7))
     print(f"Exported to {output}")
 
 

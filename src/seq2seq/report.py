@@ -1,15 +1,9 @@
 """Results of a sweep: ``python -m seq2seq.report SWEEP_DIR [--format markdown|latex|csv] [--group-by KEY[,KEY]]
 [--baseline ROW] [--metrics PATTERN[,PATTERN]] [--out DIR]``.
 
-Jobs whose overrides differ only in ``seed`` form one row (mean ± sample standard deviation and n of
-every metric; min/max in the CSV; failed jobs counted per row and listed with their reasons);
-``--group-by`` chooses the keys that make a row instead (``job``: one row per job). ``--baseline ROW``
-(a row number, or text unique to one row's overrides) tests every other row against it: sacreBLEU's
-paired bootstrap resampling (1,000 resamples, fixed seed) on the hypotheses the jobs kept, each seed
-against the baseline's same seed. Writes ``results.md``, ``results.tex``, ``results.csv``,
-``jobs.csv``, ``significance.csv`` (with a baseline) and ``bleu_vs_params.png`` into ``--out``
-(default: the sweep folder) and prints the table in the chosen format; see :mod:`seq2seq.analysis.sweep`,
-:mod:`seq2seq.analysis.groups` and :mod:`seq2seq.analysis.tables`.
+Writes the tables, ``jobs.csv``, ``significance.csv`` (with ``--baseline``) and the plot into
+``--out`` (default: the sweep folder) and prints the table in the chosen format; the work is
+:func:`seq2seq.analysis.sweep.report`'s (docs/baselines.md describes rows and the paired bootstrap test).
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ from collections.abc import Sequence
 
 from seq2seq.analysis.significance import RESAMPLES, SEED
 from seq2seq.analysis.sweep import FORMATS, report
-from seq2seq.errors import user_error_message
+from seq2seq.errors import print_user_error
 
 
 def _keys(value: str | None) -> list[str] | None:
@@ -46,10 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metrics=_keys(args.metrics), resamples=args.resamples, seed=args.bootstrap_seed,
                         caption=args.caption)
     except Exception as err:  # a user error (also a full disk or a forbidden folder) is one line
-        if (message := user_error_message(err)) is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return print_user_error(err)
     print(result[args.format], end="")
     failed = sum(r["status"] != "ok" for r in result["rows"])
     files = [result[k] for k in ("markdown_file", "latex_file", "csv_file", "jobs_file", "significance_file", "plot_file")

@@ -32,27 +32,18 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def write_metrics(path: str | Path, metrics: dict[str, float], **extra: Any) -> dict:
-    """Write ``metrics.json``: metrics at the top level under their logged names, plus ``extra``."""
-    payload = {**metrics, **extra}
-    atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    return payload
-
-
-def print_metrics_table(metrics: dict[str, float], title: str = "Final metrics") -> None:
+def finish_run(output_dir: str | Path, metrics: dict[str, float], title: str = "Final metrics", **extra: Any) -> dict:
+    """How every command ends: ``<output_dir>/metrics.json`` (``metrics`` under their logged names,
+    ``extra`` and the run folder), the metrics table, and the run folder's path on the console.
+    Returns what was written."""
+    payload = {**metrics, **extra, "run_dir": str(output_dir)}
+    atomic_write_text(Path(output_dir) / "metrics.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}")
     Console().print(table)
-
-
-def finish_run(output_dir: str | Path, metrics: dict[str, float], title: str = "Final metrics", **extra: Any) -> dict:
-    """How every command ends: ``<output_dir>/metrics.json`` (``metrics`` + ``extra``, with the run
-    folder), the metrics table, and the run folder's path on the console. Returns what was written."""
-    payload = write_metrics(Path(output_dir) / "metrics.json", metrics, **extra, run_dir=str(output_dir))
-    print_metrics_table(metrics, title=title)
     print(f"Run folder: {output_dir}")
     return payload
 
@@ -61,12 +52,15 @@ def failure_message(err: BaseException, limit: int = 300) -> str:
     """One line that says why a job failed: a user error's message as is (also a full disk's, see
     :func:`~seq2seq.errors.user_error_message`), else the exception's type and the first line of its message."""
     message = user_error_message(err)
-    if message is not None and not isinstance(err, Seq2SeqError):
-        return message if len(message) <= limit else message[: limit - 3] + "..."
     lines = str(err).strip().splitlines()
-    text = " ".join(line.strip() for line in lines) if isinstance(err, Seq2SeqError) else (lines[0] if lines else "")
+    if isinstance(err, Seq2SeqError):
+        text = " ".join(line.strip() for line in lines)
+    else:
+        text = message if message is not None else (lines[0] if lines else "")
     text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return text if isinstance(err, Seq2SeqError) else (f"{type(err).__name__}: {text}" if text else type(err).__name__)
+    if message is not None:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class FailedJob:

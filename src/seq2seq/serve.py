@@ -1,23 +1,12 @@
 """Serve a trained checkpoint over HTTP: a JSON API with server-side batching and a demo page.
 
-    python -m seq2seq.serve ckpt_path=PATH [host=127.0.0.1] [port=8000] [decoding=beam|greedy|sampling] [key=value ...]
-    seq2seq-serve ckpt_path=RUN/checkpoints/best.ckpt port=8000 decoding=greedy threads=2
+    seq2seq-serve ckpt_path=RUN/checkpoints/best.ckpt [host=127.0.0.1] [port=8000] [decoding=greedy] [threads=2]
 
-Configuration: ``conf/serve.yaml`` (``host``, ``port``, ``device``, ``threads``, ``max_batch``,
-``max_wait_ms``, ``max_text_chars``, ``max_texts``, ``max_n_best``, ``max_src_len``,
-``log_requests``) and the ``decoding`` group, beam search by default as for ``seq2seq-translate``.
-Needs ``pip install 'seq2seq[serve]'`` (FastAPI and uvicorn).
-
-Endpoints (:mod:`seq2seq.serving.app`): ``GET /`` the demo page (a sentence, its translation and
-its cross-attention heatmap); ``POST /translate`` ``{"text": ...}`` or ``{"texts": [...]}``, optional
-``n_best``; ``POST /attention`` ``{"text": ...}``; ``GET /health``, ``GET /info``, ``GET /stats``.
-Concurrent requests are translated together (:mod:`seq2seq.serving.batcher`); bad requests get a
-4xx status and one line of JSON, ``{"error": "..."}`` (:mod:`seq2seq.serving.schemas`).
-
-Prints ``Serving http://HOST:PORT`` once the model is loaded (with ``port=0``, the port chosen),
-then uvicorn's log on stderr; Ctrl-C or SIGTERM stops it. A missing or invalid checkpoint, a port
-in use, an address that is not this machine's or a missing web stack end with one ``error: ...``
-line and exit status 2. Nothing is written: no run folder, no log file.
+Configuration: ``conf/serve.yaml`` and the ``decoding`` group (beam search by default); the
+endpoints are :mod:`seq2seq.serving.app`'s. Needs ``pip install 'seq2seq[serve]'``. Prints
+``Serving http://HOST:PORT`` once the model is loaded (``port=0``: the port chosen); Ctrl-C or
+SIGTERM stops it. User errors (a bad checkpoint, a port in use, a foreign address, a missing web
+stack) end with one ``error: ...`` line and exit status 2. Nothing is written.
 """
 
 from __future__ import annotations
@@ -43,7 +32,7 @@ def serve(cfg: DictConfig) -> None:
         raise ConfigError(f"seq2seq-serve needs FastAPI and uvicorn ({err.name} is missing): "
                           "pip install 'seq2seq[serve]'") from None
     use_one_malloc_arena()  # before any thread starts; see its docstring
-    decoding = DecodingConfig.from_mapping(OmegaConf.to_container(cfg.decoding, resolve=True)).validate()
+    decoding = DecodingConfig.from_mapping(cfg.decoding).validate()
     limits = Limits(int(cfg.max_text_chars), int(cfg.max_texts), int(cfg.max_n_best))
     batching = Batching(int(cfg.max_batch), float(cfg.max_wait_ms))
     for name, value in [*vars(limits).items(), ("max_batch", batching.max_batch)]:

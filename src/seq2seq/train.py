@@ -2,15 +2,11 @@
 
 Composes the DataModule, the LightningModule, callbacks, loggers and the Trainer from the Hydra
 config, trains, tests the best checkpoint, and writes ``metrics.json`` into the run folder.
-``ckpt_path`` resumes a run exactly (``auto``: from the run folder's ``last.ckpt`` when there is
-one, and not at all when the folder holds a finished run); ``init_from`` starts a new run (fresh
-optimizer, schedule, step counter, best score and early stopping) from another run's weights and
-tokenizer. A SIGTERM, SIGUSR1 or SIGUSR2 during training writes ``last.ckpt`` and ends the command
-with exit status 75 (:mod:`seq2seq.callbacks.preemption`).
-Returns the best value of the monitored metric (``monitor.metric``, by default the task's:
-``val/bleu``, or ``val/rougeLsum`` for ``task=summarization``) so that Hydra sweepers can optimize it.
-A job of a multirun that raises writes ``failure.json`` into its folder and returns a
-:class:`~seq2seq.run_summary.FailedJob`: the sweep goes on (an Optuna trial is marked failed).
+``ckpt_path`` resumes a run exactly (``auto``: from the run folder's ``last.ckpt``, if any, unless
+the run finished); ``init_from`` starts a new run from another run's weights and tokenizer. A
+SIGTERM, SIGUSR1 or SIGUSR2 writes ``last.ckpt`` and exits with status 75
+(:mod:`seq2seq.callbacks.preemption`). Returns the best value of ``monitor.metric`` for Hydra
+sweepers; a job of a multirun that raises writes ``failure.json`` and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -48,9 +44,8 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 
 def _callbacks(group: DictConfig | None, checkpointing: bool = True) -> list:
-    """The configured callbacks, the preemption checkpoint last: Lightning runs checkpoint callbacks
-    after the others in their given order, so it saves after every other checkpoint of the step.
-    Without checkpointing (``trainer.enable_checkpointing=false``) there is none."""
+    """The configured callbacks, the preemption checkpoint last (Lightning runs checkpoint callbacks
+    after the others in their given order: it saves after every other checkpoint of the step)."""
     callbacks = _instantiate_all(group)
     if not checkpointing:
         return [c for c in callbacks if not isinstance(c, PreemptionCheckpoint)]
@@ -60,25 +55,11 @@ def _callbacks(group: DictConfig | None, checkpointing: bool = True) -> list:
 def requested_checkpoint(cfg: DictConfig) -> str | None:
     """``cfg.ckpt_path``; unset in a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0), ``auto``:
     the requeued job runs the same command in the same folder and continues from its ``last.ckpt``."""
-    requested = cfg.get("ckpt_path")
-    if (requested is None or str(requested).strip() == "") and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+    requested = str(cfg.get("ckpt_path") or "").strip() or None
+    if requested is None and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
         log.info("Requeued SLURM job (SLURM_RESTART_COUNT=%s): ckpt_path=auto", os.environ["SLURM_RESTART_COUNT"])
         return "auto"
-    return None if requested is None else str(requested).strip() or None
-
-
-def resume_hint(output_dir: Path) -> str:
-    """How to continue this run: the same command with ``ckpt_path=auto`` and its folder."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if in_multirun():
-        return (f"rerun the same multirun (-m) with ckpt_path=auto hydra.sweep.dir={HydraConfig.get().sweep.dir}: "
-                "finished jobs are skipped, this one continues")
-    return f"run the same command with ckpt_path=auto hydra.run.dir={output_dir}"
-
-
-def _stored_metrics(stored: dict) -> dict:
-    return {k: v for k, v in stored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return requested
 
 
 def _plugins(configured) -> list:
@@ -112,7 +93,7 @@ def train(cfg: DictConfig) -> dict:
         # A rerun multirun (or requeued job) leaves a finished run alone and reports its numbers again.
         log.info("ckpt_path=auto: %s holds a finished run (metrics.json); nothing to do", output_dir)
         print(f"Run folder: {output_dir} (finished earlier; not trained again)")
-        return _stored_metrics(stored)
+        return {k: v for k, v in stored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     (output_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier failure of this job, run again
     L.seed_everything(cfg.seed, workers=True)
     # Checked before anything is prepared: a damaged or foreign checkpoint ends with one message.
@@ -145,10 +126,10 @@ def train(cfg: DictConfig) -> dict:
         log.info("Fine-tuning %s (step %s) on %s with its %s-piece vocabulary (data.vocab_size and "
                  "data.spm_model_type are not used)", parent.path, parent.global_step, datamodule.root,
                  parent.tokenizer.tgt_vocab_size)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_checkpointing", True) is not False), logger=_instantiate_all(cfg.get("logger")) or False,
-        plugins=_plugins(cfg.trainer.get("plugins")),
-    )
+    checkpointing = cfg.trainer.get("enable_checkpointing", True) is not False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg.get("callbacks"), checkpointing),
+                                     logger=_instantiate_all(cfg.get("logger")) or False,
+                                     plugins=_plugins(cfg.trainer.get("plugins")))
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
     for logger in trainer.loggers:
@@ -162,15 +143,14 @@ def train(cfg: DictConfig) -> dict:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             metrics = scalar_metrics(trainer.callback_metrics)
+            best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
             if cfg.get("test") and datamodule.has_test:
-                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+                trainer.test(module, datamodule=datamodule, ckpt_path=best)
                 metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
             elif cfg.get("test"):
                 log.warning("No test split under %s: trained and validated only.", datamodule.root)
             if cfg.get("final") and trainer.is_global_zero and not trainer.fast_dev_run:  # decoded as papers do
-                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                final = final_scores(cfg.final, output_dir, datamodule, module.task, cfg.decoding, best or None,
+                final = final_scores(cfg.final, output_dir, datamodule, module.task, cfg.decoding, best,
                                      trainer.strategy.root_device)
                 metrics.update({k: v for k, v in final.items() if k != "final"})
         except SIGTERMException:  # Lightning's own handler (testing, or callbacks.preemption=null): no new checkpoint
@@ -206,8 +186,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _num_parameters(trainer: L.Trainer, module: Seq2SeqModule) -> int:
-    """The network's parameter count; under FSDP (each rank holds shards) with the full parameters
-    gathered, on every rank."""
+    """The network's parameter count; under FSDP (each rank holds shards) with the full parameters gathered."""
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     if isinstance(trainer.model, FullyShardedDataParallel):
@@ -218,13 +197,18 @@ def _num_parameters(trainer: L.Trainer, module: Seq2SeqModule) -> int:
 
 def _report_preemption(stop: Preempted, trainer: L.Trainer, output_dir: Path) -> Preempted:
     """Say (rank 0, on stderr) where the run stopped and how to continue it; returns ``stop``."""
+    from hydra.core.hydra_config import HydraConfig
+
     if trainer.is_global_zero:
         saved = (f"saved {stop.checkpoint}" if stop.checkpoint
                  else "no new checkpoint (outside training steps: it continues from the last one written)")
         requeued = " The SLURM job was requeued: it will continue by itself." if stop.requeued else ""
+        hint = f"run the same command with ckpt_path=auto hydra.run.dir={output_dir}"
+        if in_multirun():
+            hint = (f"rerun the same multirun (-m) with ckpt_path=auto hydra.sweep.dir={HydraConfig.get().sweep.dir}: "
+                    "finished jobs are skipped, this one continues")
         print(f"Preempted by {stop.signal_name} at step {stop.global_step} (epoch {stop.epoch}): {saved}.{requeued} "
-              f"To continue, {resume_hint(output_dir)}. Exit status {PREEMPTED_EXIT_CODE}.",
-              file=sys.stderr, flush=True)
+              f"To continue, {hint}. Exit status {PREEMPTED_EXIT_CODE}.", file=sys.stderr, flush=True)
     return stop
 
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from seq2seq.api import PairScore, Translation, Translator
+from seq2seq.api import Translation, Translator
 from seq2seq.config import config_dir, user_errors_exit
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
@@ -35,8 +35,7 @@ def read_lines(path: str | Path | None) -> list[str]:
 
 def format_results(results: Sequence[Translation], n_best: int, first_index: int = 0) -> str:
     """The output text of consecutive input lines, the first being line ``first_index`` (from 0):
-    one line per input for ``n_best=1``, else the tab-separated n-best format. A result is a
-    translation or its list of ``(text, score)`` pairs."""
+    one line per input for ``n_best=1``, else the tab-separated n-best format."""
     out = []
     for index, pairs in enumerate(results, first_index):
         if n_best == 1:
@@ -47,24 +46,8 @@ def format_results(results: Sequence[Translation], n_best: int, first_index: int
     return "".join(line.replace("\n", " ") + "\n" for line in out)
 
 
-def format_scores(scores: Sequence[PairScore]) -> str:
-    """``{log_prob:.4f}\\t{n_tokens}\\t{score:.4f}`` lines, one per scored pair."""
-    return "".join(f"{s.log_prob:.4f}\t{s.n_tokens}\t{s.score:.4f}\n" for s in scores)
-
-
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _check_output(path: str) -> None:
-    """Raise :class:`ConfigError` when ``output=path`` cannot be written (its folder is created)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"output={path} is a folder; name a file to write the translations to")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot write output={path}: {err.strerror or err} ({path.parent})") from None
 
 
 @contextlib.contextmanager
@@ -84,8 +67,7 @@ def _open_output(path: str | None):
 def translate(cfg: DictConfig) -> None:
     """Run the command for a composed ``translate`` config (user errors: one message, exit 2)."""
     n_best = int(cfg.get("n_best") or 1)
-    decoding = DecodingConfig.from_mapping({**OmegaConf.to_container(cfg.decoding, resolve=True), "n_best": n_best})
-    decoding.validate()
+    decoding = DecodingConfig.from_mapping({**cfg.decoding, "n_best": n_best}).validate()
     interactive = cfg.get("interactive")
     if interactive is None:
         interactive = cfg.get("input") is None and sys.stdin.isatty()
@@ -93,8 +75,14 @@ def translate(cfg: DictConfig) -> None:
     chunk_lines = 1 if interactive else int(10_000 if chunk_lines is None else chunk_lines)
     if chunk_lines < 1:
         raise ConfigError(f"chunk_lines={chunk_lines} must be at least 1")
-    if cfg.get("output"):
-        _check_output(cfg.output)  # before minutes of decoding, not after
+    if cfg.get("output"):  # checked (and its folder created) before minutes of decoding, not after
+        path = Path(cfg.output)
+        if path.is_dir():
+            raise ConfigError(f"output={path} is a folder; name a file to write the translations to")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot write output={path}: {err.strerror or err} ({path.parent})") from None
     # Opened now, so that an unreadable input fails before the model loads.
     sources = TextLines(cfg.get("input"))
     reference = cfg.get("score_reference")
@@ -116,20 +104,20 @@ def translate(cfg: DictConfig) -> None:
     )
     translator.source_tokenizer()  # a multilingual checkpoint without tgt_lang stops here, before reading input
     show = bool(cfg.get("progress", True)) and not interactive
-    start = time.perf_counter()
-    last = [start]
+    start = last = time.perf_counter()
 
     def progress(done: int) -> None:
+        nonlocal last
         now = time.perf_counter()
-        if show and now - last[0] >= 2.0:
-            last[0] = now
+        if show and now - last >= 2.0:
+            last = now
             _stderr(f"translate: {done} lines, {now - start:.1f} s")
 
     options = {"chunk_lines": chunk_lines, "warn": lambda message: _stderr(f"warning: {message}"), "progress": progress}
     with _open_output(cfg.get("output")) as out:
         if reference:
             for scores in translator.score_chunks(paired_lines(sources, references), **options):
-                out.write(format_scores(scores))
+                out.write("".join(f"{s.log_prob:.4f}\t{s.n_tokens}\t{s.score:.4f}\n" for s in scores))
                 out.flush()
         else:
             for results in translator.translate_chunks(sources, **options):

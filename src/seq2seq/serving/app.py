@@ -1,17 +1,10 @@
 """The web application: FastAPI endpoints over a :class:`~seq2seq.api.Translator`, run by uvicorn.
 
-=====================  ============================================================================
-``GET /``              the demo page (``static/index.html``)
-``POST /translate``    one text or a list → translations (n-best with scores); see :mod:`.schemas`
-``POST /attention``    one sentence → its translation and cross-attention, words merged
-``GET /health``        ``{"status": "ok"}`` while the translation worker runs (else 503)
-``GET /info``          the model (:mod:`.info`), the limits and batching settings, threads
-``GET /stats``         the batcher's counters: requests, sentences, batches and their sizes
-=====================  ============================================================================
-
-Every model call runs on the batcher's one worker thread (:mod:`.batcher`); the event loop only
-reads, checks and answers. Every error is ``{"error": "one line"}`` with a 4xx status (a 500 for a
-failure of the server itself, which keeps serving).
+``GET /`` the demo page, ``POST /translate`` and ``POST /attention`` (:mod:`.schemas`), ``GET /health``
+(503 once the translation worker stopped), ``GET /info`` (:mod:`.info`, limits, batching, threads)
+and ``GET /stats`` (the batcher's counters). Every model call runs on the batcher's one worker
+thread (:mod:`.batcher`); the event loop only reads, checks and answers. Every error is
+``{"error": "one line"}`` with a 4xx status (a 500 for a failure of the server itself, which keeps serving).
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import logging
 import socket
 import sys
@@ -62,13 +56,10 @@ class Batching:
 
 
 def use_one_malloc_arena() -> bool:
-    """Make every thread of this process allocate from glibc's main arena (``mallopt(M_ARENA_MAX, 1)``);
-    call it before the worker thread starts. True where it took effect (glibc only).
-
-    The model runs on the batcher's worker thread, and glibc gives a new thread an arena of its own,
-    whose heaps are trimmed back to the system as tensors are freed: every decoding step's buffers
-    then come back as fresh pages, faulted in and zeroed again (docs/export-and-serve.md has the
-    measurement). The server's other threads allocate little, so sharing the arena costs them nothing.
+    """Make every thread allocate from glibc's main arena (``mallopt(M_ARENA_MAX, 1)``) before the
+    worker thread starts; True where it took effect (glibc only). A new thread's own arena is trimmed
+    back to the system as tensors are freed, so every decoding step's buffers would come back as
+    fresh pages, faulted in and zeroed again (docs/export-and-serve.md has the measurement).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -84,11 +75,10 @@ def demo_page() -> str:
     return resources.files("seq2seq.serving").joinpath("static", "index.html").read_text(encoding="utf-8")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes: at once when its
-    Content-Length says so, else (chunked) once the bytes read pass it; nothing past the limit is kept.
-    uvicorn reads and drops the rest of a refused body after the answer, so the client gets the 413
-    and the connection stays open."""
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object (:func:`.schemas.parse_json`), refused (413) as soon as it passes
+    ``limit`` bytes: at once when its Content-Length says so, else once the bytes read pass it.
+    uvicorn drops the rest of a refused body, so the client gets the 413 and the connection stays open."""
     declared = request.headers.get("content-length", "")
     too_large = BadRequest(413, f"the body is larger than this server takes ({limit} bytes); send fewer or shorter texts")
     if declared.isdigit() and int(declared) > limit:
@@ -98,7 +88,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         body += chunk
         if len(body) > limit:
             raise too_large
-    return bytes(body)
+    return parse_json(bytes(body))
 
 
 def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits | None = None,
@@ -108,18 +98,9 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
     classes' defaults; ``threads``: torch threads of the worker (default: as set)."""
     limits, batching = limits or Limits(), batching or Batching()
     decoding = translator.decoding
-
-    def warn(message: str) -> None:
-        logger.warning("%s", message)
-
-    def translate(texts: list[str], **options: Any) -> list:
-        return translator.translate(texts, warn=warn, **options)
-
-    def setup() -> None:
-        if threads:
-            torch.set_num_threads(threads)
-
-    batcher = Batcher(translate, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms, setup=setup)
+    batcher = Batcher(functools.partial(translator.translate, warn=logger.warning), max_batch=batching.max_batch,
+                      max_wait_ms=batching.max_wait_ms,
+                      setup=(lambda: torch.set_num_threads(threads)) if threads else None)
     page = demo_page()
 
     @contextlib.asynccontextmanager
@@ -129,7 +110,6 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
         await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.batcher = batcher
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
@@ -162,16 +142,13 @@ def create_app(translator: Translator, info: dict[str, Any], *, limits: Limits |
 
     @app.post("/translate")
     async def translate_endpoint(request: Request) -> JSONResponse:
-        body = parse_json(await read_body(request, limits.max_body_bytes))
-        query = parse_translate(body, limits, decoding)
+        query = parse_translate(await read_json(request, limits.max_body_bytes), limits, decoding)
         results = await asyncio.wrap_future(batcher.submit(query.texts, query.options))
         return JSONResponse(translate_response(query, results))
 
     @app.post("/attention")
     async def attention_endpoint(request: Request) -> JSONResponse:
-        text = parse_attention(parse_json(await read_body(request, limits.max_body_bytes)), limits)
-        if info.get("ensemble"):
-            raise BadRequest(422, "attention maps need one model; this server holds an ensemble")
+        text = parse_attention(await read_json(request, limits.max_body_bytes), limits)  # an ensemble: 422 from the worker
         attention = await asyncio.wrap_future(batcher.call(lambda: translator.attention(text)))
         return JSONResponse(attention_json(attention))
 

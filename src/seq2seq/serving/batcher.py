@@ -1,24 +1,16 @@
 """Server-side batching: concurrent requests share model calls (:class:`Batcher`).
 
-One worker thread owns the model (the event loop stays free to accept and answer requests). Each
-request is a job: its texts and its decoding options. The worker takes the oldest job, then more
-jobs with the *same* options, until the batch holds ``max_batch`` texts or ``max_wait_ms`` have
-passed since it took the first job, and runs them all through one ``translate(texts, **options)``
-call (:meth:`seq2seq.api.Translator.translate`, which sorts them by length into model batches).
-Each job's future gets its own slice of the results, in its order.
+One worker thread owns the model (the event loop stays free to accept and answer requests). It
+takes the oldest job (a request's texts and decoding options), then more jobs with the *same*
+options, until the batch holds ``max_batch`` texts or ``max_wait_ms`` have passed since it took the
+first job, and runs them through one ``translate(texts, **options)`` call; each job's future gets
+its own slice of the results.
 
-The wait starts when the worker takes the first job: when that job arrives if the worker was idle,
-else when the previous batch ends. Waiting after a batch too lets the clients it just answered
-join the next one; without it, requests that arrived while the model ran would leave at once as a
-batch of their own, and clients that fell into two groups (16 clients, two batches of 8) would
-stay split. A batch that is full (``max_batch``) leaves at once.
-
-Jobs whose options differ (say ``n_best=3`` among ``n_best=1`` ones) are held back, in arrival
-order, and start the next batch, so options are never mixed and no job waits behind more than one
-batch of others. A job with more texts than ``max_batch`` forms a batch alone.
-
-Other model work (the attention maps of one sentence) goes through :meth:`Batcher.call`: it runs on
-the same thread, between batches, so the network is never used by two threads at once.
+The wait also starts after a batch ends, so the clients it just answered can join the next one:
+otherwise requests that arrived while the model ran would leave at once as a batch of their own,
+and clients that fell into two groups would stay split. Jobs with other options are held back, in
+arrival order, and start the next batch. Other model work (:meth:`Batcher.call`, e.g. the attention
+maps) runs on the same thread between batches, so the network is never used by two threads at once.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +39,12 @@ class _Job:
 _STOP = _Job(Future())
 
 
+def _shut_down(jobs: Iterable[_Job]) -> None:
+    for job in jobs:
+        if job is not _STOP and job.future.set_running_or_notify_cancel():
+            job.future.set_exception(RuntimeError("the server is shutting down"))
+
+
 class Batcher:
     """Queue translation jobs and run them in batches on one worker thread; see the module docstring.
 
@@ -61,18 +59,16 @@ class Batcher:
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms={max_wait_ms} must not be negative")
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
-        self._setup = setup
+        self._translate, self._setup = translate, setup
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._held: deque[_Job] = deque()  # taken from the queue, waiting for a batch with their options
         self._lock = threading.Lock()
         self._stats = {"requests": 0, "sentences": 0, "batches": 0, "largest_batch": 0, "calls": 0, "failed_batches": 0,
                        "compute_s": 0.0}
         self._sizes: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name="seq2seq-batcher", daemon=True)
         self._closed = False
-        self._translate = translate
-        self._held: deque[_Job] = deque()  # taken from the queue, waiting for a batch with their options
 
-    # ---------------------------------------------------------------------------------- clients
     def start(self) -> Batcher:
         self._thread.start()
         return self
@@ -91,7 +87,7 @@ class Batcher:
 
     def _put(self, job: _Job) -> Future:
         if self._closed:
-            job.future.set_exception(RuntimeError("the server is shutting down"))
+            _shut_down([job])
         else:
             self._queue.put(job)
         return job.future
@@ -104,53 +100,43 @@ class Batcher:
             self._thread.join(timeout)
         while True:
             try:
-                job = self._queue.get_nowait()
+                _shut_down([self._queue.get_nowait()])
             except queue.Empty:
                 break
-            if job is not _STOP and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
 
     def stats(self) -> dict[str, Any]:
         """Counters since the start: requests, sentences, batches (and how many held each number of
-        sentences), the largest batch, other calls, failed batches, seconds spent in the model's
-        ``translate`` calls (``compute_s``), jobs waiting now."""
+        sentences), the largest batch, other calls, failed batches, seconds in ``translate``
+        (``compute_s``), jobs waiting now."""
         with self._lock:
             stats = dict(self._stats)
             stats["batch_sizes"] = {str(size): n for size, n in sorted(self._sizes.items())}
         stats["waiting"] = self._queue.qsize() + len(self._held)
         return stats
 
+    def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
+        while (job := self._held.popleft() if self._held else self._queue.get()) is not _STOP:
+            if job.call is not None:
+                self._run_call(job)
+            else:
+                self._run_batch(self._collect(job))
+        _shut_down(self._held)
+
     def _run_call(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
             return
         try:
-            result = job.call()
+            result, error = job.call(), None
         except Exception as err:  # noqa: BLE001 - handed to the caller
-            error = err
-        else:
-            error = None
-        with self._lock:  # counted before the answer goes out (see Batcher._run_batch)
+            result, error = None, err
+        with self._lock:  # counted before the answer goes out (see _run_batch)
             self._stats["calls"] += 1
         if error is None:
             job.future.set_result(result)
         else:
             job.future.set_exception(error)
-
-
-    def _run(self) -> None:
-        if self._setup is not None:
-            self._setup()
-        while True:
-            job = self._held.popleft() if self._held else self._queue.get()
-            if job is _STOP:
-                break
-            if job.call is not None:
-                self._run_call(job)
-            else:
-                self._run_batch(self._collect(job))
-        for job in self._held:
-            if job is not _STOP and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
 
     def _collect(self, first: _Job) -> list[_Job]:
         """``first`` and the jobs that join it: held ones first, then arrivals until full or the deadline."""
@@ -162,7 +148,7 @@ class Batcher:
                 self._held.remove(job)
                 batch.append(job)
                 size += len(job.texts)
-        deadline = time.monotonic() + self.max_wait  # see the module docstring
+        deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
             left = deadline - time.monotonic()
             try:

@@ -1,10 +1,6 @@
-"""What ``GET /info`` says about the served model.
-
-From the network (parameter count), the server's settings (decoding, device, limits, batching)
-and, when the checkpoint sits in its run folder (``RUN/checkpoints/*.ckpt``), from that run as the
-exported model card reads it (:mod:`seq2seq.inference.model_card`): languages and training data
-(``.hydra/config.yaml``), scores with their sacreBLEU signatures (``metrics.json``). What is not
-known is ``null``; nothing is invented.
+"""What ``GET /info`` says about the served model: the network's parameter count, the server's
+settings and, when the checkpoint sits in its run folder, what the exported model card reads from
+that run (:mod:`seq2seq.inference.model_card`). What is not known is ``null``.
 """
 
 from __future__ import annotations

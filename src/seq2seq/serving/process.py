@@ -1,14 +1,7 @@
 """A server in a subprocess, and a small JSON client: for tests, benchmarks and scripts (stdlib only).
 
-::
-
     with ServerProcess([f"ckpt_path={ckpt}", "decoding=greedy"]) as server:   # port=0: a free port
-        client = Client(server.url)
-        status, body = client.post("/translate", {"text": "A man rides a bike."})
-
-The server is ``python -m seq2seq.serve`` with ``port=0`` (the overrides may set another); it is
-ready once it printed its URL and ``GET /health`` answers 200. Its output (stdout and stderr) is
-read all along, so it never blocks on a full pipe, and kept for error messages (``output``).
+        status, body = Client(server.url).post("/translate", {"text": "A man rides a bike."})
 """
 
 from __future__ import annotations
@@ -49,7 +42,7 @@ class Client:
                 response = self._conn.getresponse()
                 raw = response.read()
                 break
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest):
+            except (ConnectionError, http.client.CannotSendRequest):  # RemoteDisconnected is a ConnectionError
                 self.close()
                 if attempt == 2:
                     raise

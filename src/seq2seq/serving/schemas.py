@@ -1,25 +1,10 @@
-"""What the endpoints accept and answer.
+"""What the endpoints accept and answer (the examples are in docs/export-and-serve.md).
 
-Request bodies are read and checked here by hand rather than by FastAPI's models, so that every
-bad input gets a 4xx status and *one* line of JSON, ``{"error": "<what is wrong and what to send>"}``
-(FastAPI's default is a list of validation items). Any ``Content-Type`` is accepted: the body
-must be UTF-8 JSON.
-
-``POST /translate``::
-
-    {"text": "A man rides a bike."}                       -> {"translation": "Ein Mann fährt Fahrrad."}
-    {"texts": ["A dog.", "Two dogs."]}                    -> {"translations": ["Ein Hund.", "Zwei Hunde."]}
-    {"text": "A dog.", "n_best": 2}                       -> {"translation": [{"text": ..., "score": ...}, ...]}
-
-With ``n_best`` > 1 each translation is a list of ``{"text", "score"}``, best first (score: the
-length-penalized log-probability, as :meth:`seq2seq.api.Translator.translate` gives it).
-
-``POST /attention``: ``{"text": "A man rides a bike."}`` -> the translation and its cross-attention
-(:func:`attention_json`).
-
-Status codes: 400 a body that is not UTF-8 or not JSON; 413 a body, text or list over the
-server's limits; 422 a body of the wrong shape (a missing or unknown field, a wrong type, an empty
-list, an ``n_best`` the decoding cannot give).
+Request bodies are checked here by hand rather than by FastAPI's models, so that every bad input
+gets a 4xx status and *one* line of JSON, ``{"error": "<what is wrong and what to send>"}``
+(FastAPI's default is a list of validation items); any ``Content-Type`` is accepted. Status codes:
+400 a body that is not UTF-8 JSON; 413 a body, text or list over the server's limits; 422 a body of
+the wrong shape (a missing or unknown field, a wrong type, an empty list, an impossible ``n_best``).
 """
 
 from __future__ import annotations
@@ -148,13 +133,9 @@ def parse_attention(body: dict[str, Any], limits: Limits) -> str:
     return text
 
 
-def translation_json(result: Translation) -> str | list[dict[str, Any]]:
-    """One translation as JSON: its text, or its n-best list of ``{"text", "score"}``."""
-    return result if isinstance(result, str) else [{"text": text, "score": score} for text, score in result]
-
-
 def translate_response(request: TranslateRequest, results: list[Translation]) -> dict[str, Any]:
-    translations = [translation_json(r) for r in results]
+    """Each translation's text, or its n-best list of ``{"text", "score"}`` (best first)."""
+    translations = [r if isinstance(r, str) else [{"text": text, "score": score} for text, score in r] for r in results]
     return {"translation": translations[0]} if request.single else {"translations": translations}
 
 
