@@ -1,59 +1,31 @@
 """Export a checkpoint to Hugging Face transformers (``seq2seq-export format=transformers``).
 
-The exported folder is what ``transformers.AutoModelForSeq2SeqLM.from_pretrained``,
-``AutoTokenizer.from_pretrained`` and ``pipeline("translation", model=folder)`` read from disk. Our
-network is written as the transformers class that computes the same function:
+The folder is what ``AutoModelForSeq2SeqLM``, ``AutoTokenizer`` and ``pipeline("translation")``
+read. Post-LN networks are written as ``MarianMTModel`` (sinusoidal positions from 0, embeddings
+scaled by sqrt(d_model), shared or separate embeddings, tied or own output matrix), pre-LN ones as
+``PegasusForConditionalGeneration`` (a final LayerNorm after each stack; one vocabulary only, so a
+pre-LN model with separate vocabularies is refused). See docs/huggingface.md.
 
-* post-LN (the paper's layout) is ``MarianMTModel``: post-LN layers, no LayerNorm on the
-  embeddings, sinusoidal positions from 0, embeddings scaled by sqrt(d_model) (``scale_embedding``),
-  source/target embeddings shared or separate (``share_encoder_decoder_embeddings``,
-  ``decoder_vocab_size``), the output matrix tied to the target embedding or not
-  (``tie_word_embeddings``);
-* pre-LN is ``PegasusForConditionalGeneration``: pre-LN layers with a final LayerNorm after each
-  stack, otherwise the same inputs. Pegasus has one vocabulary and one embedding table, so a pre-LN
-  model with separate vocabularies is refused.
-
-Positions. transformers computes both classes' sinusoid tables itself (Marian's is not even stored
-in the weights file) with sines in the first half of the vector and cosines in the second; ours
-interleaves them (sin, cos per frequency), with the same frequencies and positions. The two tables
+Positions. transformers computes its sinusoid tables itself with sines in the first half of the
+vector and cosines in the second; ours interleave them, with the same frequencies. The tables
 differ by a permutation of the model dimensions, and every operation on the residual stream
-(embedding sums, LayerNorm, the input and output sides of the projections, the tied output matrix)
-commutes with a permutation of it. So the export writes the network in that permuted basis
-(:func:`residual_order`): each matrix that reads the residual stream has its columns permuted,
-each one that writes it its rows, LayerNorm and embedding vectors their entries. Attention heads
-and the feed-forward hidden units are untouched. The result is a plain Marian (or Pegasus) model
-whose tables are the ones transformers builds, computing our function up to float rounding of the
-tables (numpy float64 there, torch float32 here).
+commutes with it, so the export writes the network in that permuted basis (:func:`residual_order`):
+matrices reading the residual stream have their columns permuted, those writing it their rows,
+LayerNorm and embedding vectors their entries; heads and feed-forward units are untouched.
 
-Everything else maps one to one: our fused QKV projection is split into ``q_proj``/``k_proj``/
-``v_proj`` (rows ``[q; k; v]``, heads contiguous in both), LayerNorm epsilon 1e-5 in both, ReLU or
-exact GELU or swish (``activation_function``), an output bias (``output_bias``) as
-``final_logits_bias``. Special ids stay ours (pad 0, unk 1, bos 2, eos
-3): the decoder starts from BOS (``decoder_start_token_id``), PAD and BOS are never generated
-(``suppress_tokens``), and EOS is not forced at the length limit (``forced_eos_token_id`` null), as
-in our searches.
+Everything else maps one to one: the fused QKV projection is split into ``q_proj``/``k_proj``/
+``v_proj``, an output bias is ``final_logits_bias``, special ids stay ours (the decoder starts from
+BOS, PAD and BOS are suppressed, EOS is not forced at the length limit). The tokenizer is a
+``MarianTokenizer`` over our sentencepiece model(s) with ``vocab.json`` in our ids.
 
-Tokenizer. ``MarianTokenizer`` (for both classes: ``tokenizer_config.json`` names it) reads
-``source.spm``/``target.spm`` (our sentencepiece model or models) and ``vocab.json`` (each piece's
-id: sentencepiece's, so ids are ours; ``target_vocab.json`` too with separate vocabularies). It
-appends ``</s>`` to every source, as :meth:`~seq2seq.data.tokenizer.Tokenizer.encode_source` does.
+Decoding. ``generation_config.json`` holds the export's ``decoding=`` settings (default: beam search)
+where transformers has them. transformers ranks finished hypotheses by ``log_prob / n **
+length_penalty`` where GNMT divides by ``((5 + n) / 6) ** alpha``; the two have the same slope in
+``log n`` at ``length_penalty = alpha * n / (n + 5)`` (:func:`length_penalty`, at a typical output
+length). Its length limit is per batch (``max_length``: the model's ``max_positions``), ours per sentence.
 
-Decoding. ``generation_config.json`` holds the export's decoding settings (``decoding=``; by default
-beam search, as ``seq2seq-translate`` decodes) where transformers has them: beams,
-``min_new_tokens`` (our ``min_len``), ``no_repeat_ngram_size``, ``early_stopping=True`` (a sentence is
-done once it has ``num_beams`` finished hypotheses, as in our beam search). A greedy export writes
-no beam settings, and transformers 4's translation pipeline then decodes with its own default of 4
-beams; pass ``num_beams=1`` to it for greedy outputs. transformers ranks finished hypotheses by ``log_prob / n ** length_penalty`` where we
-use GNMT's ``log_prob / ((5 + n) / 6) ** alpha``; the two agree exactly at 0, and otherwise where
-their slopes in ``log n`` agree: ``length_penalty = alpha * n / (n + 5)``, at the typical output
-length n (:func:`length_penalty`). transformers' length limit is per batch (``max_length``), ours
-per sentence (``max_len_a * source_length + max_len_b``), so ``max_length`` is the model's
-``max_positions``; pass ``max_new_tokens`` to generate() for a shorter limit.
-
-Refused with one message each, before anything is written: copy attention (no transformers class
-has a pointer-generator head), a pre-LN model with separate vocabularies, a model without the
-transformers package (the ``transformers`` extra). The folder is written beside ``output_dir`` and
-renamed into place once complete, with the model card of :mod:`seq2seq.inference.model_card`.
+Refused, in one message each and before anything is written: copy attention, a pre-LN model with
+separate vocabularies, a strategy generation_config cannot express, a missing transformers package.
 """
 
 from __future__ import annotations
@@ -69,9 +41,10 @@ import torch
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
+from seq2seq.inference import ct2_export
 from seq2seq.inference.checkpoint import build_model, read_checkpoint
-from seq2seq.inference.ct2_export import EXPORT_INFO, check_output_dir, staged_folder
-from seq2seq.inference.model_card import model_card, read_run, run_folder
+from seq2seq.inference.ct2_export import MAPPED, check_output_dir, source_info, write_export
+from seq2seq.inference.model_card import read_run, run_folder
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
 SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB = "source.spm", "target.spm", "vocab.json", "target_vocab.json"
@@ -80,8 +53,6 @@ SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB = "source.spm", "target.spm", "vocab
 TYPICAL_OUTPUT_LENGTH = 20
 # The decoding strategies generation_config.json can express (the others are refused).
 MAPPED_STRATEGIES = ("greedy", "beam", "sampling")
-# Ours -> transformers' ACT2FN name (gelu: the exact erf form in both; swish: x * sigmoid(x)).
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish"}
 
 
 def require_transformers():
@@ -109,25 +80,9 @@ def family(cfg: TransformerConfig) -> str:
     return "pegasus" if cfg.pre_norm else "marian"
 
 
-# What the export maps of each TransformerConfig field: the values it can write (None: any); any
-# other field (a model variant) must keep its default.
-MAPPED = {"activation": tuple(ACTIVATIONS), **dict.fromkeys((
-    "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
-    "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
-    "bos_id", "eos_id", "output_bias"))}
-
-
 def check_exportable(cfg: TransformerConfig) -> None:
     """Raise :class:`ConfigError` for a network no transformers class computes."""
-    if cfg.copy_attention:
-        raise ConfigError(
-            "this checkpoint has copy attention (a pointer-generator head mixing the vocabulary softmax with "
-            "copies of source tokens), which no transformers model class has; it cannot be exported to transformers"
-        )
-    refused = [f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})"
-               for name, value, allowed in cfg.settings_outside(MAPPED)]
-    if refused:
-        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to transformers")
+    ct2_export.check_exportable(cfg, MAPPED, "transformers", "no transformers model class has")
     if cfg.pre_norm and not cfg.share_embeddings:
         raise ConfigError(
             "this pre-LN checkpoint has separate source and target vocabularies; transformers' pre-LN "
@@ -264,10 +219,11 @@ def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH, ki
 def model_config(cfg: TransformerConfig):
     """The transformers config (``MarianConfig`` or ``PegasusConfig``) of a network of ``cfg``."""
     transformers = require_transformers()
+    # transformers' ACT2FN names are ours (gelu: the exact erf form in both; swish: x * sigmoid(x)).
     common: dict[str, Any] = dict(
         d_model=cfg.d_model, encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
         encoder_attention_heads=cfg.num_heads, decoder_attention_heads=cfg.num_heads,
-        encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function=ACTIVATIONS[cfg.activation],
+        encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function=cfg.activation,
         max_position_embeddings=cfg.max_positions, scale_embedding=True,
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.dropout,
         pad_token_id=cfg.pad_id, bos_token_id=cfg.bos_id, eos_token_id=cfg.eos_id,
@@ -328,12 +284,22 @@ def build_transformers_model(net: Seq2SeqTransformer, decoding: DecodingConfig |
 
 
 # --------------------------------------------------------------------------------- tokenizer
-def vocabulary(processor) -> dict[str, int]:
-    """``vocab.json``: every piece of a sentencepiece model with its id (they are unique)."""
-    return {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+def vocabularies(tokenizer: Tokenizer, cfg: TransformerConfig) -> list[dict[str, int]]:
+    """``vocab.json`` of each side (every piece with its id), or :class:`ConfigError` for a tokenizer
+    ``MarianTokenizer`` cannot reproduce."""
+    vocabs = [{piece: i for i, piece in enumerate(ct2_export.vocabulary(processor, side, size, "vocab.json"))}
+              for side, processor, size in (("source", tokenizer.src, cfg.src_vocab_size),
+                                            ("target", tokenizer.tgt, cfg.tgt_vocab_size))]
+    if tokenizer.target_tags:
+        raise ConfigError(
+            "this is a multilingual model (target-language tags on the source); MarianTokenizer does not put our "
+            "<2xx> tags first, so it cannot be exported to transformers"
+        )
+    return vocabs
 
 
-def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, languages: tuple) -> None:
+def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, vocabs: list[dict[str, int]],
+                    languages: tuple) -> None:
     """The ``MarianTokenizer`` files of ``tokenizer`` in ``folder`` (through its own ``save_pretrained``,
     so ``tokenizer_config.json`` is what ``AutoTokenizer`` expects)."""
     transformers = require_transformers()
@@ -341,9 +307,8 @@ def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, 
     separate = not cfg.share_embeddings
     (folder / SOURCE_SPM).write_bytes(state["src_model"])
     (folder / TARGET_SPM).write_bytes(state["tgt_model"] or state["src_model"])
-    (folder / VOCAB).write_text(json.dumps(vocabulary(tokenizer.src), ensure_ascii=False, indent=1))
-    if separate:
-        (folder / TARGET_VOCAB).write_text(json.dumps(vocabulary(tokenizer.tgt), ensure_ascii=False, indent=1))
+    for name, vocab in zip((VOCAB, TARGET_VOCAB), vocabs[: 1 + separate]):
+        (folder / name).write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
     with warnings.catch_warnings():  # its advice to install sacremoses: not used for tokenizing
         warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
         hf_tokenizer = transformers.MarianTokenizer(
@@ -365,22 +330,6 @@ def quiet_progress(transformers):
     finally:
         if enabled:
             logging.enable_progress_bar()
-
-
-def check_tokenizer(tokenizer: Tokenizer, cfg: TransformerConfig) -> None:
-    """Raise :class:`ConfigError` for a tokenizer ``MarianTokenizer`` cannot reproduce."""
-    for side, processor, size in (("source", tokenizer.src, cfg.src_vocab_size), ("target", tokenizer.tgt, cfg.tgt_vocab_size)):
-        pieces = processor.get_piece_size()
-        if pieces != size:
-            raise ConfigError(f"the {side} tokenizer has {pieces} pieces but the model's {side} vocabulary {size}; "
-                              "the checkpoint does not fit together")
-        if len(vocabulary(processor)) != pieces:
-            raise ConfigError(f"the {side} tokenizer has repeated pieces; vocab.json needs unique token strings")
-    if tokenizer.target_tags:
-        raise ConfigError(
-            "this is a multilingual model (target-language tags on the source); MarianTokenizer does not put our "
-            "<2xx> tags first, so it cannot be exported to transformers"
-        )
 
 
 # ------------------------------------------------------------------------------- the folder
@@ -407,7 +356,7 @@ def export_transformers(
     checkpoint = read_checkpoint(ckpt_path)
     net, tokenizer = build_model(checkpoint, ckpt_path)
     model = build_transformers_model(net, decoding)  # (refuses what no class represents)
-    check_tokenizer(tokenizer, net.config)
+    vocabs = vocabularies(tokenizer, net.config)
     run = run_folder(ckpt_path)
     info = {
         "name": output.name,
@@ -416,11 +365,7 @@ def export_transformers(
         "model_class": type(model).__name__,
         "model_type": model.config.model_type,
         "quantization": None,
-        "checkpoint": str(Path(ckpt_path).resolve()),
-        "global_step": checkpoint.get("global_step"),
-        "run_dir": str(run) if run else None,
-        "model_config": dict(checkpoint["model_config"]),
-        "num_parameters": net.num_parameters(),
+        **source_info(ckpt_path, checkpoint, net, run),
         "tokenizer": {"source": SOURCE_SPM, "target": TARGET_SPM},
         "residual_order": "transformers' dimension i is ours residual_order(d_model)[i] (sines, then cosines)",
         "decoding": dict(decoding.__dict__),
@@ -429,18 +374,11 @@ def export_transformers(
         "length_penalty_mapping": {"alpha": DecodingConfig.alpha, "typical_length": TYPICAL_OUTPUT_LENGTH,
                                    "length_penalty": length_penalty(DecodingConfig.alpha)},
     }
-    card = model_card(info, run, license=license)
-    languages = _languages(run)
-    with staged_folder(output) as tmp, quiet_progress(transformers):
-        model.save_pretrained(str(tmp))
-        write_tokenizer(tmp, tokenizer, net.config, languages)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(card)
-    return output
+    data = read_run(run)[1].get("data") or {}
 
+    def write(folder: Path) -> None:
+        with quiet_progress(transformers):
+            model.save_pretrained(str(folder))
+            write_tokenizer(folder, tokenizer, net.config, vocabs, (data.get("src_lang"), data.get("tgt_lang")))
 
-def _languages(run: Path | None) -> tuple[str | None, str | None]:
-    """The run's (source, target) languages, for the tokenizer's config; (None, None) without a run."""
-    _, config, _ = read_run(run)
-    data = config.get("data") or {}
-    return data.get("src_lang"), data.get("tgt_lang")
+    return write_export(output, info, run, license, write)
