@@ -1,34 +1,29 @@
 """Translate with an exported CTranslate2 model exactly as :class:`~seq2seq.inference.predictor.Predictor` does.
 
 :class:`CT2Predictor` is a :class:`Predictor` whose batches go through ``ctranslate2.Translator``
-instead of our PyTorch search; tokenization, truncation, batching (:func:`make_batches`), blank
-lines and detokenization are the predictor's own. It reproduces our greedy and beam searches:
+instead of our PyTorch search; tokenization, truncation, batching, blank lines and detokenization are
+the predictor's own. It reproduces our greedy and beam searches:
 
-* sources: our ids (without the EOS, which the exported model appends itself), as pieces;
-* length limit: ``int(max_len_a * n + max_len_b)`` output tokens per source of ``n`` tokens (EOS
-  included), the EOS counted, as ours (:func:`~seq2seq.decoding.search.max_output_lengths`).
-  CTranslate2 takes one ``max_decoding_length`` per call, so with ``exact_limits`` (default) a
-  batch is decoded in one call per distinct limit; without, in one call with the batch's largest
-  limit (only sentences that reach their limit can differ); ``min_len`` is
+* sources: our ids without the EOS (the exported model appends it), as pieces;
+* length limit: ours per source (:func:`~seq2seq.decoding.search.max_output_lengths`). CTranslate2
+  takes one ``max_decoding_length`` per call, so with ``exact_limits`` (default) a batch is decoded
+  in one call per distinct limit, without it in one call with the batch's largest; ``min_len`` is
   ``min_decoding_length`` (CTranslate2's default is 1, ours 0);
-* scores: CTranslate2 returns the summed log-probabilities (EOS included, ``return_end_token``);
-  the GNMT length penalty ``((5 + n) / 6) ** alpha`` is applied here, and the n-best re-ranked by it.
-  Greedy runs with ``length_penalty=0``. Beam search runs with a length penalty too small to change
-  a float32 score (``1e-10``): a non-zero penalty makes CTranslate2 stop a sentence once
-  ``beam_size`` hypotheses have finished, as our beam search does (with 0 it stops as soon as the
-  best beam ends), while the ranking stays the plain sum that our search ranks candidates by;
-* PAD and BOS: our searches never emit them. ``suppress_special`` (default) forbids them in
-  CTranslate2 as well (``suppress_sequences``), so greedy outputs are ours token for token; but
-  CTranslate2 then renormalizes over the other tokens, so every step's log-probability is higher
-  than ours by ``-log(1 - p(PAD) - p(BOS))`` (label smoothing leaves them ~0.5 % in the tests' toy
-  model: up to 0.02 per sentence), which may also reorder nearly tied beams. Without it the
-  log-probabilities are ours (within 1e-5) but PAD or BOS could be emitted where the model ranks
-  them first (never seen in the tests' trained model).
+* scores: CTranslate2's summed log-probabilities (EOS included, ``return_end_token``), divided here by
+  our length penalty and the n-best re-ranked by it. Greedy runs with ``length_penalty=0``, beam
+  search with one too small to change a float32 score (``1e-10``): a non-zero penalty makes
+  CTranslate2 stop a sentence once ``beam_size`` hypotheses have finished, as ours does, while
+  candidates stay ranked by the plain sum;
+* PAD and BOS: never emitted by our searches; ``suppress_special`` (default) forbids them in
+  CTranslate2 too (``suppress_sequences``), so greedy outputs are ours token for token, but CTranslate2
+  then renormalizes over the other tokens: each step's log-probability is higher than ours by
+  ``-log(1 - p(PAD) - p(BOS))`` (up to 0.02 per sentence in the tests' toy model), which may reorder
+  nearly tied beams. Without it the log-probabilities are ours (within 1e-5).
 
-What cannot be exact: ``no_repeat_ngram_size`` and ``min_len`` also renormalize in CTranslate2
-(ours only block tokens), sampling uses another random generator (refused here); at the step where
-a sentence's ``beam_size``-th hypothesis finishes, our beam search keeps only as many of that step's
-finished hypotheses as it needs, CTranslate2 keeps the ``beam_size`` best of all of them.
+Not exact: ``no_repeat_ngram_size`` and ``min_len`` renormalize in CTranslate2 (ours only block
+tokens); sampling draws other random numbers (refused here); at the step where a sentence's
+``beam_size``-th hypothesis finishes, ours keeps only as many of that step's finished hypotheses as
+it needs, CTranslate2 the ``beam_size`` best of all of them.
 """
 
 from __future__ import annotations
@@ -131,9 +126,8 @@ class CT2Predictor(Predictor):
             for tokens, total in zip(result.hypotheses, result.scores):
                 ids = [tgt.piece_to_id(p) for p in tokens]
                 ended = bool(ids) and ids[-1] == eos
-                n = len(ids)  # scored tokens, EOS included
-                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / length_penalty(n, self.decoding.alpha, self.decoding.length_penalty),
-                                       total, ended))
+                penalty = length_penalty(len(ids), self.decoding.alpha, self.decoding.length_penalty)  # EOS counted
+                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / penalty, total, ended))
             nbest.append(sorted(hyps, key=lambda h: -h.score)[: self.decoding.n_best])
         return nbest
 

@@ -91,23 +91,27 @@ def check_exportable(cfg: TransformerConfig) -> None:
         )
 
 
-def layer_names(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
-    """``(our name, transformers name, side)`` of every weight but the embeddings and the QKV
-    projections, which :func:`to_transformers` splits. ``side``: how the residual stream enters the
-    tensor: ``in`` (a matrix reading it: columns permuted), ``out`` (a matrix or bias writing it:
-    rows permuted), ``none`` (neither)."""
-    names: list[tuple[str, str, str]] = []
+def weight_map(cfg: TransformerConfig) -> list[tuple[str, list[str], str, bool]]:
+    """``(our weight, its transformers names, side, fused)`` of every weight (the map both ways).
 
-    def linear(ours: str, theirs: str, side: str) -> None:
-        names.append((f"{ours}.weight", f"{theirs}.weight", side))
-        names.append((f"{ours}.bias", f"{theirs}.bias", "out" if side == "out" else "none"))
+    ``side``: how the residual stream enters the tensor: ``in`` (a matrix reading it: columns
+    permuted), ``out`` (a matrix, bias or norm writing it: rows permuted), ``none`` (neither). A
+    ``fused`` tensor (a QKV or KV projection) is its transformers parts stacked by rows; any other is
+    written under each of its names (shared and tied embeddings)."""
+    names: list[tuple[str, list[str], str, bool]] = []
+
+    def linear(ours: str, theirs: str, side: str, parts: str = "") -> None:
+        split = [f"{theirs}.{p}_proj" for p in parts] or [theirs]
+        names.append((f"{ours}.weight", [f"{t}.weight" for t in split], side, bool(parts)))
+        names.append((f"{ours}.bias", [f"{t}.bias" for t in split], "out" if side == "out" else "none", bool(parts)))
 
     def norm(ours: str, theirs: str) -> None:
-        names.append((f"{ours}.weight", f"{theirs}.weight", "out"))
-        names.append((f"{ours}.bias", f"{theirs}.bias", "out"))
+        names.append((f"{ours}.weight", [f"{theirs}.weight"], "out", False))
+        names.append((f"{ours}.bias", [f"{theirs}.bias"], "out", False))
 
     for i in range(cfg.num_encoder_layers):
         ours, theirs = f"encoder.layers.{i}", f"model.encoder.layers.{i}"
+        linear(f"{ours}.self_attn.qkv_proj", f"{theirs}.self_attn", "in", "qkv")
         linear(f"{ours}.self_attn.out_proj", f"{theirs}.self_attn.out_proj", "out")
         linear(f"{ours}.ffn.fc1", f"{theirs}.fc1", "in")
         linear(f"{ours}.ffn.fc2", f"{theirs}.fc2", "out")
@@ -115,8 +119,10 @@ def layer_names(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
         norm(f"{ours}.ffn_block.norm", f"{theirs}.final_layer_norm")
     for i in range(cfg.num_decoder_layers):
         ours, theirs = f"decoder.layers.{i}", f"model.decoder.layers.{i}"
+        linear(f"{ours}.self_attn.qkv_proj", f"{theirs}.self_attn", "in", "qkv")
         linear(f"{ours}.self_attn.out_proj", f"{theirs}.self_attn.out_proj", "out")
         linear(f"{ours}.cross_attn.q_proj", f"{theirs}.encoder_attn.q_proj", "in")
+        linear(f"{ours}.cross_attn.kv_proj", f"{theirs}.encoder_attn", "in", "kv")
         linear(f"{ours}.cross_attn.out_proj", f"{theirs}.encoder_attn.out_proj", "out")
         linear(f"{ours}.ffn.fc1", f"{theirs}.fc1", "in")
         linear(f"{ours}.ffn.fc2", f"{theirs}.fc2", "out")
@@ -126,35 +132,16 @@ def layer_names(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
     if cfg.pre_norm:
         norm("encoder.final_norm", "model.encoder.layer_norm")
         norm("decoder.final_norm", "model.decoder.layer_norm")
-    return names
-
-
-def fused_projections(cfg: TransformerConfig) -> list[tuple[str, list[str]]]:
-    """``(our fused projection, its transformers parts in row order)``: every self-attention QKV and
-    cross-attention KV projection (inputs from the residual stream, outputs in head space)."""
-    fused = []
-    for stack, count in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-        for i in range(count):
-            theirs = f"model.{stack}.layers.{i}"
-            fused.append((f"{stack}.layers.{i}.self_attn.qkv_proj",
-                          [f"{theirs}.self_attn.{p}_proj" for p in "qkv"]))
-            if stack == "decoder":
-                fused.append((f"decoder.layers.{i}.cross_attn.kv_proj", [f"{theirs}.encoder_attn.{p}_proj" for p in "kv"]))
-    return fused
-
-
-def embedding_names(cfg: TransformerConfig) -> list[tuple[str, list[str]]]:
-    """``(our embedding or output matrix, the transformers names holding it)``."""
+    lm_head = ["lm_head.weight"] if cfg.tie_output else []
     if cfg.share_embeddings:
-        theirs = ["model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"]
-        pairs = [("encoder.embed.tokens.weight", theirs + (["lm_head.weight"] if cfg.tie_output else []))]
+        names.append(("encoder.embed.tokens.weight", ["model.shared.weight", "model.encoder.embed_tokens.weight",
+                                                      "model.decoder.embed_tokens.weight", *lm_head], "in", False))
     else:
-        pairs = [("encoder.embed.tokens.weight", ["model.encoder.embed_tokens.weight"]),
-                 ("decoder.embed.tokens.weight", ["model.decoder.embed_tokens.weight"]
-                  + (["lm_head.weight"] if cfg.tie_output else []))]
+        names.append(("encoder.embed.tokens.weight", ["model.encoder.embed_tokens.weight"], "in", False))
+        names.append(("decoder.embed.tokens.weight", ["model.decoder.embed_tokens.weight", *lm_head], "in", False))
     if not cfg.tie_output:
-        pairs.append(("decoder.output.weight", ["lm_head.weight"]))
-    return pairs
+        names.append(("decoder.output.weight", ["lm_head.weight"], "in", False))
+    return names
 
 
 def _permute(tensor: torch.Tensor, side: str, order: torch.Tensor) -> torch.Tensor:
@@ -172,15 +159,11 @@ def to_transformers(net: Seq2SeqTransformer) -> dict[str, torch.Tensor]:
     cfg = net.config
     ours = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
     order = residual_order(cfg.d_model)
-    state = {theirs: _permute(ours[name], side, order).contiguous() for name, theirs, side in layer_names(cfg)}
-    for name, parts in fused_projections(cfg):
-        weights, biases = ours[f"{name}.weight"].chunk(len(parts)), ours[f"{name}.bias"].chunk(len(parts))
-        for part, weight, bias in zip(parts, weights, biases):
-            state[f"{part}.weight"] = weight[:, order].contiguous()
-            state[f"{part}.bias"] = bias.contiguous()
-    for name, targets in embedding_names(cfg):
-        matrix = ours[name][:, order].contiguous()
-        state.update(dict.fromkeys(targets, matrix))
+    state = {}
+    for name, theirs, side, fused in weight_map(cfg):
+        tensor = _permute(ours[name], side, order)
+        parts = tensor.chunk(len(theirs)) if fused else [tensor.contiguous()] * len(theirs)
+        state.update((t, part.contiguous()) for t, part in zip(theirs, parts))
     if cfg.output_bias:
         state["final_logits_bias"] = ours["decoder.output.bias"].unsqueeze(0)
     return state
@@ -190,12 +173,10 @@ def from_transformers(state: dict[str, torch.Tensor], cfg: TransformerConfig) ->
     """The inverse of :func:`to_transformers`: a transformers state dict as our network's weights
     (every name of :class:`Seq2SeqTransformer`'s state dict; tied names get the same tensor)."""
     back = torch.argsort(residual_order(cfg.d_model))
-    ours = {name: _permute(state[theirs].float(), side, back).contiguous() for name, theirs, side in layer_names(cfg)}
-    for name, parts in fused_projections(cfg):
-        ours[f"{name}.weight"] = torch.cat([state[f"{p}.weight"].float()[:, back] for p in parts]).contiguous()
-        ours[f"{name}.bias"] = torch.cat([state[f"{p}.bias"].float() for p in parts]).contiguous()
-    for name, sources in embedding_names(cfg):
-        ours[name] = state[sources[0]].float()[:, back].contiguous()
+    ours = {}
+    for name, theirs, side, fused in weight_map(cfg):
+        tensor = torch.cat([state[t].float() for t in theirs]) if fused else state[theirs[0]].float()
+        ours[name] = _permute(tensor, side, back).contiguous()
     if cfg.share_embeddings:
         ours["decoder.embed.tokens.weight"] = ours["encoder.embed.tokens.weight"]
     if cfg.tie_output:

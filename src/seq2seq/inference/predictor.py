@@ -111,17 +111,12 @@ class Predictor:
         """Detokenized text of each hypothesis."""
         return self.tokenizer.decode_target([h.tokens for h in hypotheses])
 
-    def _source_limit(self, max_src_len: int | None) -> int:
-        positions = self.max_positions
-        limit = positions if max_src_len is None else min(int(max_src_len), positions)
-        if limit < 2:
-            raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
-        return limit
-
     def _sources(self, lines: Sequence[str], todo: list[int], max_src_len: int | None,
                  warn: Callable[[str], None] | None, first_line: int) -> list[list[int]]:
         """Source ids of ``lines[i]`` for ``i`` in ``todo``, cut to ``max_src_len`` with a warning."""
-        limit = self._source_limit(max_src_len)
+        limit = self.max_positions if max_src_len is None else min(int(max_src_len), self.max_positions)
+        if limit < 2:
+            raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
         sources = self.tokenizer.encode_source([lines[i] for i in todo]) if todo else []
         for j, (i, ids) in enumerate(zip(todo, sources)):
             if len(ids) > limit:
@@ -135,12 +130,6 @@ class Predictor:
         """Source ids of non-blank ``lines`` as :meth:`translate` encodes them (cut to ``max_src_len``
         with a warning)."""
         return self._sources(lines, list(range(len(lines))), max_src_len, warn, 1)
-
-    def n_best_pairs(self, hypotheses: Sequence[Hypothesis], n_best: int) -> list[tuple[str, float]]:
-        """``n_best`` ``(text, score)`` pairs of one source's hypotheses, best first, as :meth:`translate` gives them."""
-        pairs = list(zip(self.texts(hypotheses), (h.score for h in hypotheses)))
-        # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
-        return (pairs + [pairs[-1]] * n_best)[:n_best]
 
     def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
         """A (len(rows), longest) tensor of ids, padded on the right."""
@@ -176,7 +165,9 @@ class Predictor:
         for batch in make_batches([len(s) for s in sources], batch_size, max_tokens):
             groups = self.generate(self._padded([sources[j] for j in batch]))
             for j, group in zip(batch, groups):
-                results[todo[j]] = self.n_best_pairs(group, n_best)
+                pairs = list(zip(self.texts(group), (h.score for h in group)))
+                # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
+                results[todo[j]] = (pairs + [pairs[-1]] * n_best)[:n_best]
             done += len(batch)
             if progress is not None:
                 progress(done, len(lines))
