@@ -1,21 +1,14 @@
 """Ensembles: several networks with the same vocabularies decode as one model.
 
 :class:`Ensemble` holds networks trained with one tokenizer (checked by
-:func:`seq2seq.inference.checkpoint.load_models`) that may differ in everything else (size, layers,
-pre-/post-LN, copy attention). Every search and :func:`~seq2seq.decoding.search.sequence_scores`
-takes an ensemble wherever it takes a network: :func:`~seq2seq.decoding.search.make_stepper` asks it
-for an :class:`EnsembleStepper` (one :class:`~seq2seq.decoding.search.DecoderStepper`, encoder
-output and KV cache per model, reordered alike), and teacher forcing calls it like a network.
-
-**Averaging.** The next-token distribution is the mean of the models' probabilities, computed as
-``logsumexp_i(log p_i(y)) - log N`` (:func:`mean_log_probs`): a mixture, not a normalized geometric
-mean, because the mixture needs no renormalization (every reported score stays a true
-log-probability that :func:`sequence_scores` reproduces, and a model ensembled with itself is that
-model), it is what fairseq's ``--path a.pt:b.pt`` computes, and a copy-attention model's output is
-a mixture already.
-
-``config`` (:class:`EnsembleConfig`): the shared vocabulary sizes and special ids, and the smallest
-``max_positions`` of the models (every model must encode the source and decode the output).
+:func:`seq2seq.inference.checkpoint.load_models`) that may differ in everything else. The searches
+ask it for an :class:`EnsembleStepper` (one :class:`~seq2seq.decoding.search.DecoderStepper` per
+model), and teacher forcing calls it like a network. The next-token distribution is the mean of the
+models' probabilities (:func:`mean_log_probs`): a mixture, not a normalized geometric mean, so every
+reported score stays a true log-probability that :func:`~seq2seq.decoding.search.sequence_scores`
+reproduces, a model ensembled with itself is that model, and it is what fairseq's ``--path a:b``
+computes. ``config`` (:class:`EnsembleConfig`) holds the shared vocabulary sizes and special ids and
+the smallest ``max_positions`` of the models.
 """
 
 from __future__ import annotations

@@ -1,27 +1,18 @@
 """Autoregressive decoding over the cached decoder: greedy, beam search and sampling.
 
-Every search encodes the source once, starts from BOS and feeds one new token per row and step
-through a :class:`DecoderStepper`, which keeps the decoder's
-:class:`~seq2seq.models.transformer.KVCache`; finished rows (EOS, or the length limit) leave the
-active batch (:meth:`DecoderStepper.select`). ``use_cache=False`` recomputes the whole prefix at
-every step instead (the same logits up to float rounding: a reference for tests and benchmarks).
-Wherever a search takes a network it also takes an :class:`~seq2seq.decoding.ensemble.Ensemble`:
-the searches read only ``model.config`` and get their stepper from :func:`make_stepper`.
+Every search encodes the source once and feeds one new token per row and step through a
+:class:`DecoderStepper`, which keeps the decoder's :class:`~seq2seq.models.transformer.KVCache`;
+finished rows leave the active batch. The searches read only ``model.config`` and get their stepper
+from :func:`make_stepper`, so an :class:`~seq2seq.decoding.ensemble.Ensemble` decodes as a network.
+Shapes: B sources, S source length, t tokens so far (BOS included), R active rows, V vocabulary.
 
-Shapes: B sources, S source length, t tokens so far (BOS included), R active rows (B, B * beams
-or B * samples), V target vocabulary.
-
-Scores. A :class:`Hypothesis`' ``log_prob`` sums the log-probabilities of its tokens (and of its
-EOS, if it ended with one: n scored tokens), its ``score`` is ``log_prob / lp``: GNMT's ``lp = ((5 +
-n) / 6) ** alpha`` (``length_penalty="gnmt"``, the default) or ``lp = n ** alpha`` (``"average"``:
-fairseq's ``--lenpen``, CTranslate2's and transformers' ``length_penalty``). Beam search keeps the
-same finished hypotheses whatever the penalty, which only orders them (:func:`rerank`). Constraints
-(``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove candidates and never renormalize
-the others, so :func:`sequence_scores` (teacher forcing) reproduces the scores the searches report.
-
-Length limits: a source of ``n`` tokens (EOS included) gets at most ``int(max_len_a * n +
-max_len_b)`` output tokens (EOS included), capped by ``max_positions``; a hypothesis that reaches
-it without EOS is returned as is (``eos=False``). EOS is blocked for the first ``min_len`` tokens.
+Scores (docs/decoding.md). A :class:`Hypothesis`' ``log_prob`` sums the log-probabilities of its n
+scored tokens (its EOS included, if any), its ``score`` is ``log_prob`` over GNMT's ``((5 + n) / 6)
+** alpha`` or ``n ** alpha`` (``length_penalty="average"``). Constraints (``min_len``,
+``no_repeat_ngram_size``, top-k/top-p) only remove candidates and never renormalize the others, so
+:func:`sequence_scores` (teacher forcing) reproduces the scores the searches report. A source of
+``n`` tokens gets at most ``int(max_len_a * n + max_len_b)`` output tokens (EOS included, capped by
+``max_positions``); a hypothesis cut there has ``eos=False``.
 """
 
 from __future__ import annotations

@@ -277,10 +277,10 @@ class Parent:
 def read_parent(path: str | Path | None) -> dict[str, Any]:
     """A fine-tuning run's parent as checkpoint content: a training checkpoint (:func:`read_checkpoint`),
     or a Hugging Face transformers Marian folder (:mod:`seq2seq.inference.hf_import`)."""
-    from seq2seq.inference import hf_import  # transformers only when a folder is given
+    if path is not None and Path(path).expanduser().is_dir():  # what init_from takes for a transformers model
+        from seq2seq.inference.hf_import import read_transformers_folder  # transformers only then
 
-    if hf_import.is_transformers_folder(path):
-        return hf_import.read_transformers_folder(path)
+        return read_transformers_folder(path)
     return read_checkpoint(path)
 
 

@@ -2,34 +2,17 @@
 
 The conversion builds CTranslate2's own model description (``ctranslate2.specs.TransformerSpec``)
 from our :class:`~seq2seq.models.transformer.Seq2SeqTransformer` and lets CTranslate2 check,
-quantize and write it. What differs in convention is set explicitly:
-
-* layers: pre-LN or post-LN (``pre_norm``; CTranslate2 applies a post-LN sublayer's norm after the
-  residual sum, as we do), the final LayerNorm of a pre-LN stack, epsilon 1e-5 (``nn.LayerNorm``'s);
-* attention: our fused QKV projection is CTranslate2's fused ``linear[0]``, the cross-attention's
-  query and fused key/value projections its ``linear[0]`` and ``linear[1]``;
-* feed-forward: ReLU, exact (erf) GELU (``Activation.GELU``; ``GELUTanh`` is the approximation) or swish;
-* embeddings: scaled by sqrt(d_model) in both; the position table is ours, written into the model
-  (CTranslate2's built-in sinusoids put sines and cosines in halves and start at position 1; ours
-  interleave them and start at 0);
-* shared embeddings and the tied output projection are one matrix under several names, stored once
-  (``spec.optimize`` aliases equal variables);
-* vocabulary: CTranslate2 works on token strings, so the (unique) sentencepiece pieces of our ids
-  are the vocabulary; pad/unk/bos/eos are ids 0-3 in both, and the model is written with
-  ``add_source_eos``, so callers pass the plain pieces of a sentence.
-
-What has no CTranslate2 counterpart (copy attention; a model variant's setting the export does not
-map) is refused, all of it in one message (:func:`check_exportable`).
+quantize and write it (docs/export-and-serve.md). What differs in convention is set explicitly:
+our position table (interleaved sines and cosines from position 0) is written into the model,
+CTranslate2's fused QKV and KV rows are ours, the vocabulary is the pieces of our ids (unique,
+checked), and the model appends the EOS our encoder expects (``add_source_eos``). What it has no
+counterpart for is refused, all of it in one message (:func:`check_exportable`).
 
 int8 weights (``quantization=int8*``) are rounded to 7 bits by default (``int8_weight_bits=7``:
 [-63, 63], one scale per output row) rather than CTranslate2's 8: on a CPU without VNNI, oneDNN
 sums pairs of (unsigned 8-bit activation x int8 weight) products in 16 bits, which saturate with
 8-bit weights (255 x 127 x 2 > 32,767). 7 bits compute the same on every x86 CPU
 (docs/results/int8_isa_cpu/; ``benchmarks/int8_isa.py``).
-
-The output folder holds the CTranslate2 model, the sentencepiece model(s), ``seq2seq_export.json``
-(what :class:`~seq2seq.inference.ct2_predictor.CT2Predictor` needs to decode exactly as we do) and a
-model card ``README.md``; it is written beside ``output_dir`` and renamed into place once complete.
 """
 
 from __future__ import annotations
@@ -135,17 +118,12 @@ def _ffn(spec, block, ffn) -> None:
     _linear(spec.linear_1, ffn.fc2)
 
 
-def _self_attention(spec, block, attn) -> None:
+def _attention(spec, block, *projections) -> None:
+    """A self-attention (fused QKV, output) or cross-attention (query, fused KV, output) sublayer:
+    our fused projections' rows ([q; k; v], [k; v], heads contiguous) are CTranslate2's layout."""
     _norm(spec.layer_norm, block.norm)
-    _linear(spec.linear[0], attn.qkv_proj)  # [q; k; v] rows, heads contiguous: CTranslate2's layout
-    _linear(spec.linear[1], attn.out_proj)
-
-
-def _cross_attention(spec, block, attn) -> None:
-    _norm(spec.layer_norm, block.norm)
-    _linear(spec.linear[0], attn.q_proj)
-    _linear(spec.linear[1], attn.kv_proj)  # [k; v] rows
-    _linear(spec.linear[2], attn.out_proj)
+    for target, module in zip(spec.linear, projections):
+        _linear(target, module)
 
 
 def _inputs(spec, stack, embeddings_spec) -> None:
@@ -224,12 +202,13 @@ def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
 
     _inputs(encoder, net.encoder, encoder.embeddings[0])
     for layer_spec, layer in zip(encoder.layer, net.encoder.layers):
-        _self_attention(layer_spec.self_attention, layer.attn_block, layer.self_attn)
+        _attention(layer_spec.self_attention, layer.attn_block, layer.self_attn.qkv_proj, layer.self_attn.out_proj)
         _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
     _inputs(decoder, net.decoder, decoder.embeddings)
     for layer_spec, layer in zip(decoder.layer, net.decoder.layers):
-        _self_attention(layer_spec.self_attention, layer.self_block, layer.self_attn)
-        _cross_attention(layer_spec.attention, layer.cross_block, layer.cross_attn)
+        _attention(layer_spec.self_attention, layer.self_block, layer.self_attn.qkv_proj, layer.self_attn.out_proj)
+        cross = layer.cross_attn
+        _attention(layer_spec.attention, layer.cross_block, cross.q_proj, cross.kv_proj, cross.out_proj)
         _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
     _linear(decoder.projection, net.decoder.output)  # the tied (or own) output matrix, and its bias if any
 

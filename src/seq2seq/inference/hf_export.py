@@ -1,31 +1,14 @@
 """Export a checkpoint to Hugging Face transformers (``seq2seq-export format=transformers``).
 
-The folder is what ``AutoModelForSeq2SeqLM``, ``AutoTokenizer`` and ``pipeline("translation")``
-read. Post-LN networks are written as ``MarianMTModel`` (sinusoidal positions from 0, embeddings
-scaled by sqrt(d_model), shared or separate embeddings, tied or own output matrix), pre-LN ones as
-``PegasusForConditionalGeneration`` (a final LayerNorm after each stack; one vocabulary only, so a
-pre-LN model with separate vocabularies is refused). See docs/huggingface.md.
-
-Positions. transformers computes its sinusoid tables itself with sines in the first half of the
-vector and cosines in the second; ours interleave them, with the same frequencies. The tables
-differ by a permutation of the model dimensions, and every operation on the residual stream
-commutes with it, so the export writes the network in that permuted basis (:func:`residual_order`):
-matrices reading the residual stream have their columns permuted, those writing it their rows,
-LayerNorm and embedding vectors their entries; heads and feed-forward units are untouched.
-
-Everything else maps one to one: the fused QKV projection is split into ``q_proj``/``k_proj``/
-``v_proj``, an output bias is ``final_logits_bias``, special ids stay ours (the decoder starts from
-BOS, PAD and BOS are suppressed, EOS is not forced at the length limit). The tokenizer is a
-``MarianTokenizer`` over our sentencepiece model(s) with ``vocab.json`` in our ids.
-
-Decoding. ``generation_config.json`` holds the export's ``decoding=`` settings (default: beam search)
-where transformers has them. transformers ranks finished hypotheses by ``log_prob / n **
-length_penalty`` where GNMT divides by ``((5 + n) / 6) ** alpha``; the two have the same slope in
-``log n`` at ``length_penalty = alpha * n / (n + 5)`` (:func:`length_penalty`, at a typical output
-length). Its length limit is per batch (``max_length``: the model's ``max_positions``), ours per sentence.
-
-Refused, in one message each and before anything is written: copy attention, a pre-LN model with
-separate vocabularies, a strategy generation_config cannot express, a missing transformers package.
+Post-LN networks are written as ``MarianMTModel``, pre-LN ones as ``PegasusForConditionalGeneration``
+(one vocabulary only), with a ``MarianTokenizer`` over our sentencepiece model(s) in our ids and a
+``generation_config.json`` from the export's ``decoding=`` settings; docs/huggingface.md tells the
+details. transformers computes its own sinusoid tables, with sines in the first half of the vector
+and cosines in the second where ours interleave them. The two differ by a permutation of the model
+dimensions, with which every operation on the residual stream commutes, so the network is written
+in that permuted basis (:func:`residual_order`, :func:`weight_map`). transformers divides a
+hypothesis' log-probability by ``n ** length_penalty`` where GNMT divides by ``((5 + n) / 6) **
+alpha``: :func:`length_penalty` gives the exponent with the same slope in ``log n`` at a typical length.
 """
 
 from __future__ import annotations
@@ -73,11 +56,6 @@ def residual_order(d_model: int) -> torch.Tensor:
     transformers' basis: its first half our sine dimensions (0, 2, 4, ...), its second half our
     cosine dimensions (1, 3, 5, ...). ``torch.argsort(order)`` goes back."""
     return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
-
-
-def family(cfg: TransformerConfig) -> str:
-    """The transformers model type of a network: ``marian`` (post-LN) or ``pegasus`` (pre-LN)."""
-    return "pegasus" if cfg.pre_norm else "marian"
 
 
 def check_exportable(cfg: TransformerConfig) -> None:
@@ -188,10 +166,9 @@ def from_transformers(state: dict[str, torch.Tensor], cfg: TransformerConfig) ->
 
 # ----------------------------------------------------------------------- config and decoding
 def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH, kind: str = "gnmt") -> float:
-    """transformers' ``length_penalty`` for ours: ``alpha`` itself with ``kind="average"`` (the same
-    ``n ** alpha``); for GNMT's ``alpha`` the closest around outputs of ``typical_length`` tokens (EOS
-    included): the exponent whose penalty changes with the length as fast, in ``log n``, as
-    ``((5 + n) / 6) ** alpha`` does there, ``alpha * n / (n + 5)``. Exact at 0."""
+    """transformers' ``length_penalty`` for ours: ``alpha`` itself with ``kind="average"``; for GNMT's
+    the exponent with the same slope in ``log n`` at outputs of ``typical_length`` tokens (EOS
+    included), ``alpha * n / (n + 5)``. Exact at 0."""
     if kind == "average":
         return alpha
     return round(alpha * typical_length / (typical_length + 5.0), 4)
@@ -210,7 +187,7 @@ def model_config(cfg: TransformerConfig):
         pad_token_id=cfg.pad_id, bos_token_id=cfg.bos_id, eos_token_id=cfg.eos_id,
         decoder_start_token_id=cfg.bos_id, forced_eos_token_id=None, tie_word_embeddings=cfg.tie_output,
     )
-    if family(cfg) == "pegasus":
+    if cfg.pre_norm:  # Pegasus: pre-LN; Marian: post-LN
         return transformers.PegasusConfig(vocab_size=cfg.tgt_vocab_size, **common)
     return transformers.MarianConfig(
         vocab_size=cfg.src_vocab_size, decoder_vocab_size=cfg.tgt_vocab_size,
@@ -219,21 +196,19 @@ def model_config(cfg: TransformerConfig):
 
 
 def generation_settings(cfg: TransformerConfig, decoding: DecodingConfig) -> dict[str, Any]:
-    """``generation_config.json``'s settings for a network of ``cfg`` decoded as ``decoding`` says
-    (see the module docstring for what maps and how). A strategy with no counterpart here is refused
-    rather than exported as greedy decoding."""
+    """``generation_config.json``'s settings for ``decoding``; a strategy with no counterpart here is
+    refused rather than exported as greedy decoding."""
     if decoding.strategy not in MAPPED_STRATEGIES:
         raise ConfigError(f"decoding.strategy={decoding.strategy}: the transformers export maps "
                           f"{', '.join(MAPPED_STRATEGIES[:-1])} and {MAPPED_STRATEGIES[-1]} "
                           "(inference/hf_export.generation_settings); export with one of them")
-    beam = decoding.strategy == "beam"
     settings: dict[str, Any] = {
         "decoder_start_token_id": cfg.bos_id, "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id,
         "pad_token_id": cfg.pad_id, "forced_eos_token_id": None,
         "suppress_tokens": [cfg.pad_id, cfg.bos_id],
         "max_length": cfg.max_positions,
     }
-    if beam:  # (transformers refuses beam settings without beams)
+    if decoding.strategy == "beam":  # (transformers refuses beam settings without beams)
         settings.update(num_beams=decoding.beam_size, early_stopping=True, length_penalty=length_penalty(decoding.alpha, kind=decoding.length_penalty))
     if decoding.min_len:
         settings["min_new_tokens"] = decoding.min_len
@@ -251,7 +226,7 @@ def build_transformers_model(net: Seq2SeqTransformer, decoding: DecodingConfig |
     cfg = net.config
     check_exportable(cfg)
     config = model_config(cfg)
-    cls = transformers.PegasusForConditionalGeneration if family(cfg) == "pegasus" else transformers.MarianMTModel
+    cls = transformers.PegasusForConditionalGeneration if cfg.pre_norm else transformers.MarianMTModel
     model = cls(config)
     state = model.state_dict()
     converted = to_transformers(net)

@@ -1,28 +1,17 @@
 """Read a Hugging Face transformers Marian folder as the parent of a fine-tuning run (``init_from=FOLDER``).
 
 A folder as ``MarianMTModel``/``MarianTokenizer.save_pretrained`` write it (an OPUS-MT model, or one
-of our own transformers exports, Marian or Pegasus) becomes what
-:func:`seq2seq.inference.checkpoint.load_parent` reads from a training checkpoint: the network's
-config, its weights under our names and our tokenizer. Nothing is downloaded (``local_files_only``).
+of our transformers exports, Marian or Pegasus) becomes what
+:func:`seq2seq.inference.checkpoint.load_parent` reads from a training checkpoint, without
+downloading anything; docs/huggingface.md tells the details. The weights go through
+:func:`seq2seq.inference.hf_export.from_transformers`; ``final_logits_bias`` becomes ``output_bias``.
 
-The network. Marian is our post-LN layout, Pegasus our pre-LN one; the weights go through
-:func:`seq2seq.inference.hf_export.from_transformers`, the inverse of the export. What our network
-cannot compute is refused with one :class:`~seq2seq.errors.CheckpointError`; ``final_logits_bias``
-(OPUS-MT models have one) becomes our ``output_bias``.
-
-The vocabulary. Our ids are fixed (pad 0, unk 1, bos 2, eos 3); a Marian vocabulary is any order of
-pieces and its decoder starts from ``decoder_start_token_id`` (OPUS-MT: the pad token; it has no
-BOS). So the import renumbers: ours are the model's pad, unk, start and eos tokens, then its other
-entries in their order, and the embedding rows, output rows and bias entries follow. When the start
-token is the pad token, our pad and bos rows are both that row; our pad entry's output bias is then
-lowered by :data:`DUPLICATE_PAD_BIAS`, so that it adds nothing to the softmax's sum and our
-log-probabilities stay the model's.
-
-The tokenizer. ``source.spm`` and ``target.spm`` are rewritten as sentencepiece models whose ids are
-ours, each side's own pieces keeping their scores (so they segment text as before) and the other
-entries marked unused. Equal files give one joint tokenizer; two (OPUS-MT's) a source and a target
-tokenizer over one vocabulary with shared embeddings; ``target_vocab.json`` separate embeddings.
-MarianTokenizer's language codes (``>>fr<<``) are left to the user: pass them in the source text.
+Our special ids are fixed (pad 0, unk 1, bos 2, eos 3), so the vocabulary is renumbered: the model's
+pad, unk, decoder start and eos tokens, then its other entries in their order (embedding and output
+rows follow). When the decoder starts from the pad token (OPUS-MT), our pad and bos rows are both
+that row and our pad entry's output bias is lowered by :data:`DUPLICATE_PAD_BIAS`, so that the
+softmax's sum, and our log-probabilities, stay the model's. ``source.spm``/``target.spm`` are
+rewritten with our ids (each side's own pieces keep their scores, the others are unused).
 """
 
 from __future__ import annotations
@@ -44,11 +33,6 @@ DUPLICATE_PAD_BIAS = -100.0
 FAMILIES = {"marian": False, "pegasus": True}  # model_type -> our pre_norm
 # transformers' activation names -> ours (the same names, and silu for swish).
 ACTIVATION_NAMES = {**{name: name for name in ACTIVATIONS}, "silu": "swish"}
-
-
-def is_transformers_folder(path: str | Path | None) -> bool:
-    """Whether ``path`` is a folder (what ``init_from`` takes for a transformers model)."""
-    return path is not None and Path(path).expanduser().is_dir()
 
 
 def _read_json(path: Path, folder: Path) -> Any:

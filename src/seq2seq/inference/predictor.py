@@ -66,15 +66,8 @@ class Predictor:
         self.net, self.tokenizer = net, tokenizer
         self.decoding = (decoding or DecodingConfig()).validate()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
-
-    @property
-    def max_positions(self) -> int:
-        """The longest source (and output) the model takes, in tokens."""
-        return self.net.config.max_positions
-
-    @property
-    def pad_id(self) -> int:
-        return self.net.config.pad_id
+        # The longest source (and output) the model takes, in tokens, and its padding id.
+        self.max_positions, self.pad_id = net.config.max_positions, net.config.pad_id
 
     @classmethod
     def greedy(cls, net: Seq2SeqTransformer, tokenizer: Tokenizer, decoding: DecodingConfig) -> Predictor:
