@@ -25,11 +25,13 @@ from seq2seq.models.transformer import Seq2SeqTransformer
 
 
 def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Group indices into batches of similar length (sorted, longest first).
-
-    A batch holds at most ``batch_size`` items and, with ``max_tokens``, at most that many padded
-    source tokens (``len(batch) * longest``); an item longer than ``max_tokens`` gets a batch alone.
-    """
+    """Group indices into batches of similar length (sorted, longest first): at most ``batch_size``
+    items and, with ``max_tokens``, at most that many padded tokens (``len(batch) * longest``; an
+    item longer than that gets a batch alone)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -149,7 +151,6 @@ class Predictor:
         that length, keeping their EOS, and reported through ``warn(message)``, which names the line
         (``lines[0]`` is line ``first_line``). ``progress(done_lines, total_lines)`` is called after each batch.
         """
-        _check_batching(batch_size, max_tokens)
         n_best = self.decoding.n_best
         results: list[list[tuple[str, float]]] = [[("", 0.0)] * n_best for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
@@ -180,18 +181,15 @@ class Predictor:
     ) -> list[PairScore]:
         """Force-decode ``targets[i]`` given ``sources[i]``: one :class:`PairScore` per pair, in input order.
 
-        The target is scored with its EOS, as the searches score a hypothesis that ended with EOS
-        (:func:`~seq2seq.decoding.search.sequence_scores`, ``decoding.length_penalty`` with ``decoding.alpha``), so a
-        search's output scores what the search reported. A blank target is the empty output (EOS
-        alone). A pair with a blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
-        gives a blank line score 0.0 (with a warning when its target is not blank). Sources are cut
-        as in :meth:`translate`; targets with more tokens than the model has positions are cut to
-        them and scored without EOS, with a warning. Batches are sorted by the longer side;
-        ``max_tokens`` bounds ``len(batch) * longest``.
+        The target is scored with its EOS (:func:`~seq2seq.decoding.search.sequence_scores`, with
+        ``decoding``'s length penalty), so a search's output scores what the search reported; a blank
+        target is EOS alone. A blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
+        gives it 0.0 (with a warning when its target is not blank). Sources are cut as in
+        :meth:`translate`, targets longer than the model's positions are cut to them and scored
+        without EOS, with a warning. Batches are sorted by the longer side.
         """
         if len(sources) != len(targets):
             raise ConfigError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
-        _check_batching(batch_size, max_tokens)
         results = [PairScore(0.0, 0, 0.0)] * len(sources)
         todo = [i for i, line in enumerate(sources) if line.strip()]
         if warn is not None:
@@ -227,9 +225,3 @@ class Predictor:
             self.net.train(was_training)
         return results
 
-
-def _check_batching(batch_size: int, max_tokens: int | None) -> None:
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be at least 1")
-    if max_tokens is not None and max_tokens < 1:
-        raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
