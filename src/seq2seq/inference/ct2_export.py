@@ -50,9 +50,6 @@ def require_ctranslate2():
     return ctranslate2
 
 
-INT8_WEIGHT_BITS = (7, 8)
-
-
 def quantizations() -> tuple[str, ...]:
     """The weight types CTranslate2 can write (``quantization=``), besides null (float32 as trained)."""
     require_ctranslate2()
@@ -68,7 +65,7 @@ def quantize(spec, quantization: str | None, int8_weight_bits: int = 7) -> None:
     import numpy as np
     from ctranslate2.specs import model_spec
 
-    if int8_weight_bits not in INT8_WEIGHT_BITS:
+    if int8_weight_bits not in (7, 8):
         raise ConfigError(f"int8_weight_bits={int8_weight_bits!r}: use 7 (every CPU computes the same) or 8")
     originals: dict[str, Any] = {}
     if quantization and quantization.startswith("int8") and int8_weight_bits != 8:

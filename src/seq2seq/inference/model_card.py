@@ -89,9 +89,9 @@ def dataset_name(config: dict) -> str | None:
     return Path(str(root)).name if root and "$" not in str(root) else None
 
 
-def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> dict:
-    """The YAML front matter the Hugging Face Hub reads (language, license, tags, datasets, metrics, results)."""
-    task = metrics.get("task") or config.get("task") or "translation"
+def metadata(info: dict, config: dict, task: str, rows: list[dict], license: str | None) -> dict:
+    """The YAML front matter the Hugging Face Hub reads (language, license, tags, datasets, metrics,
+    results: ``rows``, :func:`scores`)."""
     data = config.get("data") or {}
     languages = [lang for lang in (data.get("src_lang"), data.get("tgt_lang")) if lang]
     dataset = dataset_name(config)
@@ -110,7 +110,6 @@ def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> di
     meta["tags"] = tags
     if dataset:
         meta["datasets"] = [dataset]
-    rows = scores(metrics, task)
     if rows:
         meta["metrics"] = list(dict.fromkeys(r["metric"] for r in rows))
         results = []
@@ -209,7 +208,8 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
     metrics, config, overrides = read_run(run)
     task = metrics.get("task") or config.get("task") or "translation"
     mc = info["model_config"]
-    meta = metadata(info, config, metrics, license)
+    rows = scores(metrics, task)
+    meta = metadata(info, config, task, rows, license)
     languages = meta.get("language", [])
     title = f"seq2seq Transformer {'→'.join(languages)}".strip() if languages else "seq2seq Transformer"
     weights = info.get("quantization") or "float32"
@@ -238,7 +238,6 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
         ]),
         "## Results",
     ]
-    rows = scores(metrics, task)
     if rows:
         best = (metrics.get("checkpoints") or {}).get("best")
         same = best is not None and Path(best).name == Path(info["checkpoint"]).name
