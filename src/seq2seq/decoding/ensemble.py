@@ -1,30 +1,14 @@
 """Ensembles: several networks with the same vocabularies decode as one model.
 
 :class:`Ensemble` holds networks trained with one tokenizer (checked by
-:func:`seq2seq.inference.checkpoint.load_models`); they may differ in everything else: size,
-layers, pre-/post-LN, output head (copy attention or not). Every search and
-:func:`~seq2seq.decoding.search.sequence_scores` takes an ensemble wherever it takes a network:
-the searches get their stepper from :func:`~seq2seq.decoding.search.make_stepper`, which asks the
-ensemble for an :class:`EnsembleStepper`, and teacher forcing calls the ensemble like a network.
-
-**Averaging.** The next-token distribution is the mean of the models' probabilities,
-``p(y) = 1/N sum_i p_i(y)``, computed from their log-probabilities as ``logsumexp_i(log p_i(y)) -
-log N`` (:func:`mean_log_probs`). We average probabilities (a mixture), not log-probabilities (a
-normalized geometric mean), because
-
-* the mixture is a distribution as it is: no renormalization, so every score the searches report
-  stays a true log-probability that :func:`sequence_scores` reproduces, and an ensemble of a
-  model with itself is exactly that model (up to float rounding);
-* it is what fairseq's ``--path a.pt:b.pt`` computes, so results compare with the literature;
-* a copy-attention model's output is a mixture already; averaging mixtures stays one.
-
-**Caches.** :class:`EnsembleStepper` keeps one :class:`~seq2seq.decoding.search.DecoderStepper`
-per model: each model encodes the source once and has its own KV cache (and copy sources);
-:meth:`EnsembleStepper.select` reorders all of them alike.
-
-``config`` (:class:`EnsembleConfig`) holds what the searches and the predictor read: the shared
-vocabulary sizes and special ids, and ``max_positions``, the smallest of the models' (every model
-must be able to encode the source and decode the output).
+:func:`seq2seq.inference.checkpoint.load_models`) that may differ in everything else. The searches
+ask it for an :class:`EnsembleStepper` (one :class:`~seq2seq.decoding.search.DecoderStepper` per
+model), and teacher forcing calls it like a network. The next-token distribution is the mean of the
+models' probabilities (:func:`mean_log_probs`): a mixture, not a normalized geometric mean, so every
+reported score stays a true log-probability that :func:`~seq2seq.decoding.search.sequence_scores`
+reproduces, a model ensembled with itself is that model, and it is what fairseq's ``--path a:b``
+computes. ``config`` (:class:`EnsembleConfig`) holds the shared vocabulary sizes and special ids and
+the smallest ``max_positions`` of the models.
 """
 
 from __future__ import annotations

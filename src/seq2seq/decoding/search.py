@@ -1,40 +1,18 @@
 """Autoregressive decoding over the cached decoder: greedy, beam search and sampling.
 
-Every search encodes the source once, starts from BOS and feeds one new token per row and step
-through a :class:`DecoderStepper`, which keeps the decoder's
-:class:`~seq2seq.models.transformer.KVCache`: self-attention keys/values grow by one position per
-step and cross-attention keys/values are computed on the first step only. Rows whose sequence is
-finished (EOS, or the length limit) are dropped from the active batch with
-:meth:`DecoderStepper.select`, so they stop costing work. ``use_cache=False`` recomputes the whole
-prefix at every step instead; it gives the same logits (up to float rounding) and exists as a
-reference for tests and benchmarks.
+Every search encodes the source once and feeds one new token per row and step through a
+:class:`DecoderStepper`, which keeps the decoder's :class:`~seq2seq.models.transformer.KVCache`;
+finished rows leave the active batch. The searches read only ``model.config`` and get their stepper
+from :func:`make_stepper`, so an :class:`~seq2seq.decoding.ensemble.Ensemble` decodes as a network.
+Shapes: B sources, S source length, t tokens so far (BOS included), R active rows, V vocabulary.
 
-Shapes: B sources, S source length, t tokens so far (BOS included), R active rows (B, B * beams
-or B * samples), V target vocabulary.
-
-Scores. Every :class:`Hypothesis` carries ``log_prob``, the sum of the model's log-probabilities of
-its scored tokens (its tokens, plus the EOS when it ended with one), and ``score`` = ``log_prob /
-lp``, n the number of scored tokens, with ``length_penalty="gnmt"`` (the default) the GNMT penalty
-``lp = ((5 + n) / 6) ** alpha`` (Wu et al., 2016), with ``"average"`` ``lp = n ** alpha`` (fairseq's
-``--lenpen``, CTranslate2's and transformers' ``length_penalty``; alpha 1 ranks by the average
-log-probability per token). The beam search keeps the same finished hypotheses whatever the penalty
-(it ranks extensions by their summed log-probabilities): the penalty only orders them, so
-:func:`rerank` gives another penalty's choice from the n-best of one search. Constraints
-(``min_len``, ``no_repeat_ngram_size``, top-k/top-p) only remove candidates; they never renormalize the log-probabilities of the others, so
-:func:`sequence_scores` (teacher forcing) reproduces the scores the searches report.
-
-Length limits: a source of ``n`` tokens (EOS included) gets at most ``int(max_len_a * n +
-max_len_b)`` output tokens (EOS included), capped by the model's ``max_positions``; a hypothesis
-that reaches the limit without EOS is returned as is (``eos=False``). EOS is blocked for the first
-``min_len`` output tokens.
-
-Entry point: :func:`generate` dispatches on ``DecodingConfig.strategy``; :func:`greedy_search` is
-the plain token-list API that validation uses.
-
-Models: wherever a search takes a network it also takes an
-:class:`~seq2seq.decoding.ensemble.Ensemble` (several networks averaging their probabilities).
-The searches read only ``model.config`` (vocabulary size, special ids, ``max_positions``) and get
-their stepper from :func:`make_stepper`; :func:`sequence_scores` calls ``model(src, tgt_in)``.
+Scores (docs/decoding.md). A :class:`Hypothesis`' ``log_prob`` sums the log-probabilities of its n
+scored tokens (its EOS included, if any), its ``score`` is ``log_prob`` over GNMT's ``((5 + n) / 6)
+** alpha`` or ``n ** alpha`` (``length_penalty="average"``). Constraints (``min_len``,
+``no_repeat_ngram_size``, top-k/top-p) only remove candidates and never renormalize the others, so
+:func:`sequence_scores` (teacher forcing) reproduces the scores the searches report. A source of
+``n`` tokens gets at most ``int(max_len_a * n + max_len_b)`` output tokens (EOS included, capped by
+``max_positions``); a hypothesis cut there has ``eos=False``.
 """
 
 from __future__ import annotations
@@ -138,17 +116,10 @@ def max_output_lengths(src: Tensor, pad_id: int, a: float, b: int, limit: int) -
 
 
 class DecoderStepper:
-    """Feeds a growing target prefix through the decoder, one position per call.
+    """Feeds a growing target prefix through the decoder (``model`` in eval mode), one position per call.
 
-    Args:
-        model: the network, in eval mode.
-        src: source ids (B, S), padded with ``pad_id``.
-        use_cache: keep a :class:`KVCache` (each step runs the new position only); ``False``
-            recomputes the whole prefix against the full encoder output at every step.
-
-    :meth:`step` takes the prefix of every active row, (R, t) with BOS first, and returns the
-    next-token log-probabilities (R, V) in float32, from the model's output head (whichever it is).
-    :meth:`select` keeps/reorders rows between steps. Row ``i`` of the first step is source ``i``.
+    ``src`` (B, S): padded source ids; row ``i`` of the first step is source ``i``. ``use_cache``:
+    keep a :class:`KVCache` (each step runs the new position only), or recompute the whole prefix.
     """
 
     def __init__(self, model: Seq2SeqTransformer, src: Tensor, use_cache: bool = True):
@@ -255,13 +226,6 @@ def _sample(logprobs: Tensor, cfg: DecodingConfig, generator: torch.Generator | 
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
-def _extend_rows(stepper, prefix: Tensor, logprobs: Tensor, copies: int):
-    """After the first step, give each source ``copies`` rows (beams or samples)."""
-    index = torch.arange(prefix.size(0), device=prefix.device).repeat_interleave(copies)
-    stepper.select(index)
-    return prefix.index_select(0, index), logprobs.index_select(0, index)
-
-
 def _greedy_or_sample(
     model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig, sample: bool
 ) -> list[list[Hypothesis]]:
@@ -291,8 +255,10 @@ def _greedy_or_sample(
     step = 0
     while True:
         logprobs = stepper.step(prefix)
-        if step == 0 and copies > 1:
-            prefix, logprobs = _extend_rows(stepper, prefix, logprobs, copies)
+        if step == 0 and copies > 1:  # each source gets its rows (samples) after the first step
+            index = torch.arange(prefix.size(0), device=device).repeat_interleave(copies)
+            stepper.select(index)
+            prefix, logprobs = prefix.index_select(0, index), logprobs.index_select(0, index)
         # In place: constraints only set other tokens to -inf, the chosen token's value stays.
         logprobs = constrain(logprobs, prefix[:, 1:], step, cfg, mc)
         next_tokens = _sample(logprobs, cfg, generator) if sample else logprobs.argmax(dim=-1)
@@ -332,14 +298,13 @@ def beam_step(
 ) -> tuple[Tensor, Tensor, Tensor, list[bool]]:
     """One step of fairseq's beam search for A sentences (:func:`beam_search`).
 
-    ``scores`` (A, beams): the summed log-probabilities of the live beams; ``logprobs`` (A * beams,
-    V): their next tokens' (constrained); ``outputs`` (A * beams, step - 1): each beam's output
-    tokens so far; ``step``: the output length after this step, ``limits[a]`` sentence a's limit. The 2k best
-    (beam, token) extensions are ranked by their summed log-probability; EOS extensions among the
-    best k are appended to ``finished[a]``, scored with the length penalty; at its limit all k best
-    extensions finish as they are. A sentence is done once it has k finished hypotheses or reaches
-    its limit (with none finished, every extension blocked: its best live beam is returned). Returns
-    the k best non-EOS extensions, ``(beam, token, summed score)`` each (A, k), and which sentences are done.
+    ``scores`` (A, beams): the live beams' summed log-probabilities; ``logprobs`` (A * beams, V):
+    their next tokens' (constrained); ``outputs`` (A * beams, step - 1): their output tokens;
+    ``step``: the output length after this step. Of the 2k best (beam, token) extensions by summed
+    log-probability, EOS ones among the best k join ``finished[a]``; at its limit all k best finish
+    as they are. A sentence is done at k finished hypotheses or its limit (with none finished, its
+    best live beam is returned). Returns the k best non-EOS extensions, ``(beam, token, summed
+    score)`` each (A, k), and which sentences are done.
     """
     n_active, beams = scores.shape
     vocab, k = logprobs.size(-1), cfg.beam_size
@@ -383,9 +348,7 @@ def beam_step(
 def beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> list[list[Hypothesis]]:
     """Batched beam search; returns, per source, ``n_best`` hypotheses sorted best first.
 
-    Every step is :func:`beam_step` (fairseq's scheme); done sources leave the batch. With
-    ``beam_size=1`` the result is exactly greedy decoding's. Beam search is a heuristic: its best
-    hypothesis usually, not provably, scores at least as well as greedy's.
+    Every step is :func:`beam_step`; done sources leave the batch. ``beam_size=1`` is exactly greedy.
     """
     mc = model.config
     device = src.device
@@ -433,9 +396,8 @@ def generate(
 ) -> list[list[Hypothesis]]:
     """Decode a batch of sources (B, S) with ``cfg.strategy``; returns B lists of hypotheses, best first.
 
-    greedy: one hypothesis per source. beam: ``n_best`` (<= ``beam_size``) per source. sampling:
-    ``n_best`` independent samples per source, reproducible with ``seed`` for the same batch
-    (a different batching draws different random numbers). The model must be in eval mode.
+    greedy: one per source; beam: ``n_best``; sampling: ``n_best`` independent samples, reproducible
+    with ``seed`` for the same batch (another batching draws other numbers). The model in eval mode.
     """
     cfg = (cfg or DecodingConfig()).validate()
     if cfg.strategy == "beam":
@@ -447,11 +409,8 @@ def generate(
 def greedy_search(
     model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig | None = None
 ) -> list[list[int]]:
-    """Greedy decoding of a batch of sources (B, S); returns B token-id lists without BOS/EOS.
-
-    Uses ``max_len_a``, ``max_len_b``, ``min_len``, ``no_repeat_ngram_size`` and ``use_cache`` of
-    ``cfg`` whatever its ``strategy`` (validation always decodes greedily).
-    """
+    """Greedy decoding of a batch of sources (B, S), whatever ``cfg.strategy`` says (validation's);
+    returns B token-id lists without BOS/EOS."""
     cfg = cfg or DecodingConfig()
     return [group[0].tokens for group in _greedy_or_sample(model, src, cfg, sample=False)]
 
@@ -467,8 +426,8 @@ def sequence_scores(
 ) -> list[tuple[float, float]]:
     """Teacher-forced ``(score, log_prob)`` of given outputs, as the searches compute them.
 
-    src (B, S); ``outputs``: B token lists without BOS/EOS; ``eos``: whether each output ends
-    with EOS (then its log-probability counts). Useful to compare or rescore hypotheses.
+    src (B, S); ``outputs``: B token lists without BOS/EOS; ``eos``: whether each ends with EOS
+    (then its log-probability counts).
     """
     mc = model.config
     eos_flags = [eos] * len(outputs) if isinstance(eos, bool) else list(eos)

@@ -1,21 +1,13 @@
 """The one place that reads, checks and writes checkpoints.
 
-A training checkpoint (``best.ckpt``, ``last.ckpt``, written by ``seq2seq.train``) is a Lightning
-checkpoint with three keys of ours beside Lightning's: ``model_config`` (the
-:class:`~seq2seq.models.transformer.TransformerConfig` fields), ``tokenizer`` (the sentencepiece
-models as bytes) and the ``net.*`` weights in ``state_dict``. That alone rebuilds the model, so every
-command, notebook and callback goes through :func:`read_checkpoint` and :func:`load_model`:
-
-* files are read with ``torch.load(weights_only=True)``: an untrusted file cannot run code, and
-  Lightning is not imported, so ``translate`` starts fast;
-* every problem ends in one :class:`~seq2seq.errors.CheckpointError` line naming the file and what
-  to do (missing, a folder, damaged or truncated, not ours, weights only when resuming, another
-  model than the run configures).
-
-Several checkpoints that share a tokenizer decode as an ensemble (:func:`load_models`, which
-checks that they do). Averaging (:func:`average_checkpoints`), atomic writing
-(:func:`save_checkpoint`) and the start of a fine-tuning run (:func:`load_parent`: the parent's
-network and tokenizer, checked against the new run's config) live here too.
+A training checkpoint (``best.ckpt``, ``last.ckpt``) is a Lightning checkpoint with three keys of
+ours: ``model_config`` (the :class:`~seq2seq.models.transformer.TransformerConfig` fields),
+``tokenizer`` (the sentencepiece models as bytes) and the ``net.*`` weights in ``state_dict``, which
+alone rebuild the model. :func:`read_checkpoint` reads with ``torch.load(weights_only=True)`` (an
+untrusted file cannot run code, and Lightning is not imported, so ``translate`` starts fast), and
+every problem ends in one :class:`~seq2seq.errors.CheckpointError` line naming the file and what to
+do. Ensembles (:func:`load_models`), averaging, atomic writing and the parent of a fine-tuning run
+(:func:`load_parent`) live here too.
 """
 
 from __future__ import annotations
@@ -62,11 +54,8 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def read_checkpoint(path: str | Path | None, *, resumable: bool = False) -> dict[str, Any]:
-    """A seq2seq training checkpoint's content, on the CPU, checked; see the module docstring.
-
-    ``resumable``: it must also hold the optimizer and loop state (to continue training).
-    Tensors are memory-mapped: listing steps or averaging big models reads only what is used.
-    """
+    """A seq2seq training checkpoint's content, on the CPU, checked (tensors memory-mapped: listing
+    steps or averaging reads only what is used). ``resumable``: it must hold the optimizer and loop state."""
     if path is None or str(path).strip() == "":
         raise CheckpointError("no checkpoint given: pass ckpt_path=PATH (a .ckpt file written by seq2seq-train)")
     if not isinstance(path, (str, Path)):  # a Hydra list where one file is read (load_models takes lists)
@@ -170,12 +159,8 @@ def load_models(
     paths: str | Path | Sequence[str | Path] | None, device: torch.device | str = "cpu"
 ) -> tuple[Seq2SeqTransformer | Ensemble, Tokenizer]:
     """One checkpoint: as :func:`load_model`. Several: their :class:`~seq2seq.decoding.ensemble.Ensemble`
-    (eval mode, on ``device``) and their tokenizer, which must be the same in all of them.
-
-    Raises :class:`~seq2seq.errors.ConfigError`, naming the first checkpoint, the one that differs
-    and how (vocabulary size, special ids, a piece, the sentencepiece model files), when the
-    tokenizers or the models' vocabularies differ; the models may differ in everything else.
-    """
+    (eval mode, on ``device``) and their tokenizer; one :class:`~seq2seq.errors.ConfigError` names
+    the checkpoint whose tokenizer or vocabulary differs from the first's, and how."""
     paths = checkpoint_paths(paths)
     if len(paths) == 1:
         return load_model(paths[0], device)
@@ -219,12 +204,9 @@ def last_checkpoints(folder: str | Path, n: int | None = None) -> list[Path]:
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """A checkpoint whose floating-point weights are the element-wise mean of those of ``paths``.
-
-    Summed in float64 and stored in each tensor's dtype; non-float tensors, the tokenizer, the model
-    config and the hyperparameters come from the last input, so it translates like any checkpoint.
-    Training state is dropped (it cannot resume). Inputs with other keys or shapes are refused.
-    """
+    """A checkpoint whose floating-point weights are the element-wise mean of those of ``paths``
+    (summed in float64, stored in each tensor's dtype); everything else comes from the last input,
+    but the training state (it cannot resume). Inputs with other keys or shapes are refused."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ConfigError("no checkpoints to average: give inputs=[...] or dir=DIR")
@@ -266,8 +248,6 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     return averaged
 
 
-
-
 @dataclass
 class Parent:
     """What a fine-tuning run starts from (``init_from``): the parent's network and tokenizer."""
@@ -297,24 +277,21 @@ class Parent:
 def read_parent(path: str | Path | None) -> dict[str, Any]:
     """A fine-tuning run's parent as checkpoint content: a training checkpoint (:func:`read_checkpoint`),
     or a Hugging Face transformers Marian folder (:mod:`seq2seq.inference.hf_import`)."""
-    from seq2seq.inference import hf_import  # transformers only when a folder is given
+    if path is not None and Path(path).expanduser().is_dir():  # what init_from takes for a transformers model
+        from seq2seq.inference.hf_import import read_transformers_folder  # transformers only then
 
-    if hf_import.is_transformers_folder(path):
-        return hf_import.read_transformers_folder(path)
+        return read_transformers_folder(path)
     return read_checkpoint(path)
 
 
 def load_parent(path: str | Path | None, model: Mapping, data: Mapping | None = None) -> Parent:
-    """Read ``path`` (a training checkpoint, or a transformers Marian folder: :func:`read_parent`) as the
-    start of a fine-tuning run, checked against the run's
-    ``model`` config (and ``data``, the data config) with one :class:`CheckpointError` naming every key
-    that differs and the value to use.
+    """Read ``path`` (:func:`read_parent`) as the start of a fine-tuning run, in eval mode.
 
-    The network's architecture and vocabulary are the parent's: a ``model`` key that decides shapes
-    (``d_model``, layers, ``share_embeddings`` ...) must equal the parent's, and ``data.joint_vocab`` its
-    tokenizer's (one vocabulary or two). ``data.vocab_size``/``spm_model_type`` are not used (no
-    sentencepiece model is trained; sentencepiece may also have made fewer pieces than asked).
-    :data:`FINETUNE_KEYS` (dropout) come from ``model``. The network is returned in eval mode.
+    The architecture and vocabulary are the parent's: every shape-deciding key of the run's ``model``
+    config and ``data.joint_vocab`` (``data``: the data config) must equal the parent's, or one
+    :class:`CheckpointError` names each that differs and the value to use; only
+    :data:`FINETUNE_KEYS` (dropout) come from ``model``. No sentencepiece model is trained
+    (``data.vocab_size``/``spm_model_type`` are not used).
     """
     if isinstance(path, (str, Path)):
         path = Path(path).expanduser()

@@ -2,42 +2,17 @@
 
 The conversion builds CTranslate2's own model description (``ctranslate2.specs.TransformerSpec``)
 from our :class:`~seq2seq.models.transformer.Seq2SeqTransformer` and lets CTranslate2 check,
-quantize and write it. Every part of our network has its counterpart there; what differs in
-convention is set explicitly:
+quantize and write it (docs/export-and-serve.md). What differs in convention is set explicitly:
+our position table (interleaved sines and cosines from position 0) is written into the model,
+CTranslate2's fused QKV and KV rows are ours, the vocabulary is the pieces of our ids (unique,
+checked), and the model appends the EOS our encoder expects (``add_source_eos``). What it has no
+counterpart for is refused, all of it in one message (:func:`check_exportable`).
 
-* layers: pre-LN or post-LN (``pre_norm``; CTranslate2 applies a post-LN sublayer's norm after the
-  residual sum, as we do), the final LayerNorm of a pre-LN stack, epsilon 1e-5 (``nn.LayerNorm``'s);
-* attention: our fused self-attention QKV projection is CTranslate2's fused ``linear[0]``, the
-  cross-attention's query and fused key/value projections its ``linear[0]`` and ``linear[1]``;
-  scores are scaled by 1/sqrt(head size) in both;
-* feed-forward: ReLU, GELU in its exact (erf) form, which is what ``F.gelu`` computes
-  (``Activation.GELU``; ``GELUTanh`` is the approximation), or swish (``Activation.SWISH``);
-* embeddings: scaled by sqrt(d_model) in both; the position table is ours, written into the model
-  (CTranslate2's built-in sinusoids put sines and cosines in halves and start at position 1; ours
-  interleave them and start at 0), so the model accepts ``max_positions`` positions, as ours does;
-* shared source/target embeddings and the tied output projection are the same matrix written
-  under several names; CTranslate2 stores it once (``spec.optimize`` aliases equal variables);
-* vocabulary: CTranslate2 works on token strings, so the sentencepiece pieces of our ids are the
-  vocabulary (they are unique strings, checked); pad/unk/bos/eos are ids 0-3 in both and the
-  decoder starts from our BOS and stops at our EOS. Our encoder sees each source followed by EOS:
-  the model is written with ``add_source_eos``, so callers pass the plain pieces of a sentence.
-
-What has no CTranslate2 counterpart (a copy-attention head; any model variant's setting the export
-does not map) is refused, all of it in one message (:func:`check_exportable`).
-
-int8 weights (``quantization=int8*``) are rounded to 7 bits (``int8_weight_bits=7``, the default:
-integers in [-63, 63], one scale per output row) rather than CTranslate2's 8. CTranslate2 multiplies
-int8 weights by activations shifted to unsigned 8 bits through oneDNN, and on a CPU without VNNI
-(AVX2, and AVX-512 before Cascade Lake) oneDNN sums pairs of those products in 16 bits, which
-saturate once a pair exceeds 32,767 (255 x 127 x 2 does). 7-bit weights keep every pair in range,
-so an int8 model computes the same on every x86 CPU; with 8 bits it is a little closer to float32 on
-VNNI CPUs and further from it on the others (docs/results/int8_isa_cpu/;
-``benchmarks/int8_isa.py`` compares both on each instruction set).
-
-The output folder holds the CTranslate2 model (``model.bin``, ``config.json``, the vocabulary
-JSON), the sentencepiece model(s), ``seq2seq_export.json`` (what :class:`~seq2seq.inference.
-ct2_predictor.CT2Predictor` needs to decode exactly as we do) and a model card ``README.md``. It is
-written into a temporary folder beside it and renamed into place once complete.
+int8 weights (``quantization=int8*``) are rounded to 7 bits by default (``int8_weight_bits=7``:
+[-63, 63], one scale per output row) rather than CTranslate2's 8: on a CPU without VNNI, oneDNN
+sums pairs of (unsigned 8-bit activation x int8 weight) products in 16 bits, which saturate with
+8-bit weights (255 x 127 x 2 > 32,767). 7 bits compute the same on every x86 CPU
+(docs/results/int8_isa_cpu/; ``benchmarks/int8_isa.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +30,7 @@ from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.errors import ConfigError
 from seq2seq.inference.checkpoint import build_model, read_checkpoint
 from seq2seq.inference.model_card import model_card, run_folder
-from seq2seq.models.transformer import Seq2SeqTransformer, sinusoidal_positions
+from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig, sinusoidal_positions
 
 EXPORT_INFO = "seq2seq_export.json"
 JOINT_SPM, SOURCE_SPM, TARGET_SPM = "sentencepiece.model", "source.spm.model", "target.spm.model"
@@ -75,9 +50,6 @@ def require_ctranslate2():
     return ctranslate2
 
 
-INT8_WEIGHT_BITS = (7, 8)
-
-
 def quantizations() -> tuple[str, ...]:
     """The weight types CTranslate2 can write (``quantization=``), besides null (float32 as trained)."""
     require_ctranslate2()
@@ -93,7 +65,7 @@ def quantize(spec, quantization: str | None, int8_weight_bits: int = 7) -> None:
     import numpy as np
     from ctranslate2.specs import model_spec
 
-    if int8_weight_bits not in INT8_WEIGHT_BITS:
+    if int8_weight_bits not in (7, 8):
         raise ConfigError(f"int8_weight_bits={int8_weight_bits!r}: use 7 (every CPU computes the same) or 8")
     originals: dict[str, Any] = {}
     if quantization and quantization.startswith("int8") and int8_weight_bits != 8:
@@ -143,17 +115,12 @@ def _ffn(spec, block, ffn) -> None:
     _linear(spec.linear_1, ffn.fc2)
 
 
-def _self_attention(spec, block, attn) -> None:
+def _attention(spec, block, *projections) -> None:
+    """A self-attention (fused QKV, output) or cross-attention (query, fused KV, output) sublayer:
+    our fused projections' rows ([q; k; v], [k; v], heads contiguous) are CTranslate2's layout."""
     _norm(spec.layer_norm, block.norm)
-    _linear(spec.linear[0], attn.qkv_proj)  # [q; k; v] rows, heads contiguous: CTranslate2's layout
-    _linear(spec.linear[1], attn.out_proj)
-
-
-def _cross_attention(spec, block, attn) -> None:
-    _norm(spec.layer_norm, block.norm)
-    _linear(spec.linear[0], attn.q_proj)
-    _linear(spec.linear[1], attn.kv_proj)  # [k; v] rows
-    _linear(spec.linear[2], attn.out_proj)
+    for target, module in zip(spec.linear, projections):
+        _linear(target, module)
 
 
 def _inputs(spec, stack, embeddings_spec) -> None:
@@ -180,35 +147,37 @@ def special_pieces(tokenizer: Tokenizer, net: Seq2SeqTransformer) -> dict[str, s
     return pieces
 
 
-def vocabulary(processor, side: str, size: int) -> list[str]:
-    """The pieces of ids 0..size-1 of a sentencepiece processor: CTranslate2's vocabulary."""
+def vocabulary(processor, side: str, size: int, needs: str = "CTranslate2") -> list[str]:
+    """The pieces of ids 0..size-1 of a sentencepiece processor (CTranslate2's vocabulary), checked
+    unique (``needs``: who needs them so, for the message)."""
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
     if len(pieces) != size:
         raise ConfigError(f"the {side} tokenizer has {len(pieces)} pieces but the model's {side} vocabulary "
                           f"{size}; the checkpoint does not fit together")
     if len(set(pieces)) != len(pieces):
-        raise ConfigError(f"the {side} tokenizer has repeated pieces; CTranslate2 needs unique token strings")
+        raise ConfigError(f"the {side} tokenizer has repeated pieces; {needs} needs unique token strings")
     return pieces
 
 
-# What the export maps of each TransformerConfig field: the values it can write (None: any).
+# What the exports (this one and hf_export) map of each TransformerConfig field: the values they can
+# write (None: any).
 MAPPED = {"activation": ("relu", "gelu", "swish"), **dict.fromkeys((
     "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
     "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
     "bos_id", "eos_id", "output_bias"))}
-# Why a setting cannot be exported, where there is more to say than its name.
-UNMAPPED = {"copy_attention": "copy attention (a pointer-generator head mixing the vocabulary softmax with copies "
-                              "of source tokens), which CTranslate2 has no layer for"}
 
 
-def check_exportable(net: Seq2SeqTransformer) -> None:
-    """Raise one :class:`ConfigError` naming every setting of ``net`` CTranslate2 cannot run: a value
-    :data:`MAPPED` does not list, or a field it does not know (a model variant) set to anything but
+def check_exportable(cfg: TransformerConfig, mapped: dict = MAPPED, target: str = "CTranslate2",
+                     copy_reason: str = "CTranslate2 has no layer for") -> None:
+    """Raise one :class:`ConfigError` naming every setting of ``cfg`` that ``target`` cannot run: a
+    value ``mapped`` does not list, or a field it does not know (a model variant) set to anything but
     its default (the paper's, which is what the export writes)."""
-    refused = [UNMAPPED.get(name, f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})")
-               for name, value, allowed in net.config.settings_outside(MAPPED)]
+    refused = [f"copy attention (a pointer-generator head mixing the vocabulary softmax with copies of source "
+               f"tokens), which {copy_reason}" if name == "copy_attention"
+               else f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})"
+               for name, value, allowed in cfg.settings_outside(mapped)]
     if refused:
-        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to CTranslate2")
+        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to {target}")
 
 
 def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
@@ -216,8 +185,8 @@ def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
     require_ctranslate2()
     from ctranslate2.specs import common_spec, transformer_spec
 
-    check_exportable(net)
     cfg = net.config
+    check_exportable(cfg)
     activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
                   "swish": common_spec.Activation.SWISH}[cfg.activation]
     encoder = transformer_spec.TransformerEncoderSpec(
@@ -230,12 +199,13 @@ def build_spec(net: Seq2SeqTransformer, tokenizer: Tokenizer):
 
     _inputs(encoder, net.encoder, encoder.embeddings[0])
     for layer_spec, layer in zip(encoder.layer, net.encoder.layers):
-        _self_attention(layer_spec.self_attention, layer.attn_block, layer.self_attn)
+        _attention(layer_spec.self_attention, layer.attn_block, layer.self_attn.qkv_proj, layer.self_attn.out_proj)
         _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
     _inputs(decoder, net.decoder, decoder.embeddings)
     for layer_spec, layer in zip(decoder.layer, net.decoder.layers):
-        _self_attention(layer_spec.self_attention, layer.self_block, layer.self_attn)
-        _cross_attention(layer_spec.attention, layer.cross_block, layer.cross_attn)
+        _attention(layer_spec.self_attention, layer.self_block, layer.self_attn.qkv_proj, layer.self_attn.out_proj)
+        cross = layer.cross_attn
+        _attention(layer_spec.attention, layer.cross_block, cross.q_proj, cross.kv_proj, cross.out_proj)
         _ffn(layer_spec.ffn, layer.ffn_block, layer.ffn)
     _linear(decoder.projection, net.decoder.output)  # the tied (or own) output matrix, and its bias if any
 
@@ -290,12 +260,23 @@ def staged_folder(output_dir: Path):
         raise
 
 
-def tokenizer_files(tokenizer: Tokenizer) -> dict[str, bytes]:
-    """The sentencepiece model file(s) written beside the model: one when joint, else one per side."""
-    state = tokenizer.state_dict()
-    if tokenizer.joint:
-        return {JOINT_SPM: state["src_model"]}
-    return {SOURCE_SPM: state["src_model"], TARGET_SPM: state["tgt_model"]}
+def source_info(ckpt_path: str | Path, checkpoint: dict, net: Seq2SeqTransformer, run: Path | None) -> dict[str, Any]:
+    """What every export's ``seq2seq_export.json`` records of where the model came from."""
+    return {"checkpoint": str(Path(ckpt_path).resolve()), "global_step": checkpoint.get("global_step"),
+            "run_dir": str(run) if run else None, "model_config": dict(checkpoint["model_config"]),
+            "num_parameters": net.num_parameters()}
+
+
+def write_export(output: Path, info: dict[str, Any], run: Path | None, license: str | None,
+                 write: Callable[[Path], None]) -> Path:
+    """The staged folder (:func:`staged_folder`): the format's files (``write(folder)``), ``info``
+    as ``seq2seq_export.json`` and the model card."""
+    card = model_card(info, run, license=license)
+    with staged_folder(output) as tmp:
+        write(tmp)
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(card)
+    return output
 
 
 def export_ctranslate2(
@@ -327,7 +308,10 @@ def export_ctranslate2(
     quantize(spec, quantization, int8_weight_bits)
     if on_spec is not None:
         on_spec(spec)
-    files = tokenizer_files(tokenizer)
+    state = tokenizer.state_dict()
+    # The sentencepiece model file(s) written beside the model: one when joint, else one per side.
+    files = {JOINT_SPM: state["src_model"]} if tokenizer.joint else {SOURCE_SPM: state["src_model"],
+                                                                      TARGET_SPM: state["tgt_model"]}
     run = run_folder(ckpt_path)
     info = {
         "name": output.name,
@@ -335,24 +319,16 @@ def export_ctranslate2(
         "ctranslate2_version": ctranslate2.__version__,
         "quantization": quantization,
         "int8_weight_bits": int8_weight_bits if quantization and quantization.startswith("int8") else None,
-        "checkpoint": str(Path(ckpt_path).resolve()),
-        "global_step": checkpoint.get("global_step"),
-        "run_dir": str(run) if run else None,
-        "model_config": dict(checkpoint["model_config"]),
-        "num_parameters": net.num_parameters(),
-        "tokenizer": {
-            "source": JOINT_SPM if tokenizer.joint else SOURCE_SPM,
-            "target": JOINT_SPM if tokenizer.joint else TARGET_SPM,
-        },
+        **source_info(ckpt_path, checkpoint, net, run),
+        "tokenizer": {"source": list(files)[0], "target": list(files)[-1]},
         "special_tokens": special_pieces(tokenizer, net),
         "source_eos": "added by the model (config.json: add_source_eos)",
         "decoding": (checkpoint.get("hyper_parameters") or {}).get("decoding"),
     }
-    card = model_card(info, run, license=license)
-    with staged_folder(output) as tmp:
-        spec.save(str(tmp))
+
+    def write(folder: Path) -> None:
+        spec.save(str(folder))
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(card)
-    return output
+            (folder / name).write_bytes(data)
+
+    return write_export(output, info, run, license, write)

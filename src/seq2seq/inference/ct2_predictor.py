@@ -1,34 +1,18 @@
 """Translate with an exported CTranslate2 model exactly as :class:`~seq2seq.inference.predictor.Predictor` does.
 
 :class:`CT2Predictor` is a :class:`Predictor` whose batches go through ``ctranslate2.Translator``
-instead of our PyTorch search; tokenization, truncation, batching (:func:`make_batches`), blank
-lines and detokenization are the predictor's own. It reproduces our greedy and beam searches:
+instead of our PyTorch search (tokenization, truncation, batching, blank lines and detokenization
+are the predictor's). It reproduces our greedy and beam outputs token for token: sources are our
+pieces without the EOS (the model appends it); each source gets our length limit
+(``exact_limits``: one call per distinct limit, else one with the batch's largest) and
+``min_decoding_length`` ``min_len``; CTranslate2's summed log-probabilities (EOS included) are
+divided by our length penalty and the n-best re-ranked by it; PAD and BOS are suppressed
+(``suppress_special``), as our searches never emit them.
 
-* sources: our ids (without the EOS, which the exported model appends itself), as pieces;
-* length limit: ``int(max_len_a * n + max_len_b)`` output tokens per source of ``n`` tokens (EOS
-  included), the EOS counted, as ours (:func:`~seq2seq.decoding.search.max_output_lengths`).
-  CTranslate2 takes one ``max_decoding_length`` per call, so with ``exact_limits`` (default) a
-  batch is decoded in one call per distinct limit; without, in one call with the batch's largest
-  limit (only sentences that reach their limit can differ); ``min_len`` is
-  ``min_decoding_length`` (CTranslate2's default is 1, ours 0);
-* scores: CTranslate2 returns the summed log-probabilities (EOS included, ``return_end_token``);
-  the GNMT length penalty ``((5 + n) / 6) ** alpha`` is applied here, and the n-best re-ranked by it.
-  Greedy runs with ``length_penalty=0``. Beam search runs with a length penalty too small to change
-  a float32 score (``1e-10``): a non-zero penalty makes CTranslate2 stop a sentence once
-  ``beam_size`` hypotheses have finished, as our beam search does (with 0 it stops as soon as the
-  best beam ends), while the ranking stays the plain sum that our search ranks candidates by;
-* PAD and BOS: our searches never emit them. ``suppress_special`` (default) forbids them in
-  CTranslate2 as well (``suppress_sequences``), so greedy outputs are ours token for token; but
-  CTranslate2 then renormalizes over the other tokens, so every step's log-probability is higher
-  than ours by ``-log(1 - p(PAD) - p(BOS))`` (label smoothing leaves them ~0.5 % in the tests' toy
-  model: up to 0.02 per sentence), which may also reorder nearly tied beams. Without it the
-  log-probabilities are ours (within 1e-5) but PAD or BOS could be emitted where the model ranks
-  them first (never seen in the tests' trained model).
-
-What cannot be exact: ``no_repeat_ngram_size`` and ``min_len`` also renormalize in CTranslate2
-(ours only block tokens), sampling uses another random generator (refused here); at the step where
-a sentence's ``beam_size``-th hypothesis finishes, our beam search keeps only as many of that step's
-finished hypotheses as it needs, CTranslate2 keeps the ``beam_size`` best of all of them.
+Not exact (docs/export-and-serve.md): suppressing PAD/BOS, ``min_len`` and ``no_repeat_ngram_size``
+make CTranslate2 renormalize over the other tokens (its scores are higher than ours by what they
+had); sampling draws other numbers (refused here); at the step where a sentence's ``beam_size``-th
+hypothesis finishes, ours keeps only as many finished ones as it needs, CTranslate2 the best.
 """
 
 from __future__ import annotations
@@ -50,19 +34,6 @@ from seq2seq.inference.predictor import Predictor
 NEUTRAL_LENGTH_PENALTY = 1e-10
 
 
-def load_exported_tokenizer(model_dir: str | Path) -> tuple[Tokenizer, dict]:
-    """The tokenizer written beside an exported model, and its ``seq2seq_export.json``."""
-    model_dir = Path(model_dir)
-    try:
-        info = json.loads((model_dir / EXPORT_INFO).read_text())
-        names = info["tokenizer"]
-        src = (model_dir / names["source"]).read_bytes()
-        tgt = None if names["target"] == names["source"] else (model_dir / names["target"]).read_bytes()
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{model_dir} is not a model folder written by seq2seq-export ({err})") from None
-    return Tokenizer(src, tgt), info
-
-
 class CT2Predictor(Predictor):
     """Decode with an exported CTranslate2 model; see the module docstring.
 
@@ -75,25 +46,25 @@ class CT2Predictor(Predictor):
                  compute_type: str = "default", threads: int = 0, exact_limits: bool = True,
                  suppress_special: bool = True, engine_defaults: bool = False):
         ctranslate2 = require_ctranslate2()
-        self.tokenizer, self.info = load_exported_tokenizer(model_dir)
+        model_dir = Path(model_dir)
+        try:
+            self.info = json.loads((model_dir / EXPORT_INFO).read_text())
+            names = self.info["tokenizer"]
+            src = (model_dir / names["source"]).read_bytes()
+            tgt = None if names["target"] == names["source"] else (model_dir / names["target"]).read_bytes()
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"{model_dir} is not a model folder written by seq2seq-export ({err})") from None
+        self.tokenizer = Tokenizer(src, tgt)
         self.decoding = (decoding or DecodingConfig()).validate()
         if self.decoding.strategy not in ("greedy", "beam"):
             raise ConfigError(f"decoding.strategy={self.decoding.strategy}: CTranslate2 decoding here is greedy or beam")
         config = self.info["model_config"]
-        self._max_positions, self._pad_id = int(config["max_positions"]), int(config["pad_id"])
+        self.max_positions, self.pad_id = int(config["max_positions"]), int(config["pad_id"])
         self.exact_limits, self.suppress_special = exact_limits, suppress_special
         self.engine_defaults = engine_defaults
         self.net, self.device = None, "cpu"
         self.translator = ctranslate2.Translator(str(model_dir), device=device, compute_type=compute_type,
                                                  intra_threads=threads, inter_threads=1)
-
-    @property
-    def max_positions(self) -> int:
-        return self._max_positions
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad_id
 
     def predict_loader(self, loader):
         raise NotImplementedError("predict_loader scores references with the PyTorch model; use Predictor")
@@ -131,9 +102,8 @@ class CT2Predictor(Predictor):
             for tokens, total in zip(result.hypotheses, result.scores):
                 ids = [tgt.piece_to_id(p) for p in tokens]
                 ended = bool(ids) and ids[-1] == eos
-                n = len(ids)  # scored tokens, EOS included
-                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / length_penalty(n, self.decoding.alpha, self.decoding.length_penalty),
-                                       total, ended))
+                penalty = length_penalty(len(ids), self.decoding.alpha, self.decoding.length_penalty)  # EOS counted
+                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / penalty, total, ended))
             nbest.append(sorted(hyps, key=lambda h: -h.score)[: self.decoding.n_best])
         return nbest
 

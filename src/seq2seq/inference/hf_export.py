@@ -1,59 +1,14 @@
 """Export a checkpoint to Hugging Face transformers (``seq2seq-export format=transformers``).
 
-The exported folder is what ``transformers.AutoModelForSeq2SeqLM.from_pretrained``,
-``AutoTokenizer.from_pretrained`` and ``pipeline("translation", model=folder)`` read from disk. Our
-network is written as the transformers class that computes the same function:
-
-* post-LN (the paper's layout) is ``MarianMTModel``: post-LN layers, no LayerNorm on the
-  embeddings, sinusoidal positions from 0, embeddings scaled by sqrt(d_model) (``scale_embedding``),
-  source/target embeddings shared or separate (``share_encoder_decoder_embeddings``,
-  ``decoder_vocab_size``), the output matrix tied to the target embedding or not
-  (``tie_word_embeddings``);
-* pre-LN is ``PegasusForConditionalGeneration``: pre-LN layers with a final LayerNorm after each
-  stack, otherwise the same inputs. Pegasus has one vocabulary and one embedding table, so a pre-LN
-  model with separate vocabularies is refused.
-
-Positions. transformers computes both classes' sinusoid tables itself (Marian's is not even stored
-in the weights file) with sines in the first half of the vector and cosines in the second; ours
-interleaves them (sin, cos per frequency), with the same frequencies and positions. The two tables
-differ by a permutation of the model dimensions, and every operation on the residual stream
-(embedding sums, LayerNorm, the input and output sides of the projections, the tied output matrix)
-commutes with a permutation of it. So the export writes the network in that permuted basis
-(:func:`residual_order`): each matrix that reads the residual stream has its columns permuted,
-each one that writes it its rows, LayerNorm and embedding vectors their entries. Attention heads
-and the feed-forward hidden units are untouched. The result is a plain Marian (or Pegasus) model
-whose tables are the ones transformers builds, computing our function up to float rounding of the
-tables (numpy float64 there, torch float32 here).
-
-Everything else maps one to one: our fused QKV projection is split into ``q_proj``/``k_proj``/
-``v_proj`` (rows ``[q; k; v]``, heads contiguous in both), LayerNorm epsilon 1e-5 in both, ReLU or
-exact GELU or swish (``activation_function``), an output bias (``output_bias``) as
-``final_logits_bias``. Special ids stay ours (pad 0, unk 1, bos 2, eos
-3): the decoder starts from BOS (``decoder_start_token_id``), PAD and BOS are never generated
-(``suppress_tokens``), and EOS is not forced at the length limit (``forced_eos_token_id`` null), as
-in our searches.
-
-Tokenizer. ``MarianTokenizer`` (for both classes: ``tokenizer_config.json`` names it) reads
-``source.spm``/``target.spm`` (our sentencepiece model or models) and ``vocab.json`` (each piece's
-id: sentencepiece's, so ids are ours; ``target_vocab.json`` too with separate vocabularies). It
-appends ``</s>`` to every source, as :meth:`~seq2seq.data.tokenizer.Tokenizer.encode_source` does.
-
-Decoding. ``generation_config.json`` holds the export's decoding settings (``decoding=``; by default
-beam search, as ``seq2seq-translate`` decodes) where transformers has them: beams,
-``min_new_tokens`` (our ``min_len``), ``no_repeat_ngram_size``, ``early_stopping=True`` (a sentence is
-done once it has ``num_beams`` finished hypotheses, as in our beam search). A greedy export writes
-no beam settings, and transformers 4's translation pipeline then decodes with its own default of 4
-beams; pass ``num_beams=1`` to it for greedy outputs. transformers ranks finished hypotheses by ``log_prob / n ** length_penalty`` where we
-use GNMT's ``log_prob / ((5 + n) / 6) ** alpha``; the two agree exactly at 0, and otherwise where
-their slopes in ``log n`` agree: ``length_penalty = alpha * n / (n + 5)``, at the typical output
-length n (:func:`length_penalty`). transformers' length limit is per batch (``max_length``), ours
-per sentence (``max_len_a * source_length + max_len_b``), so ``max_length`` is the model's
-``max_positions``; pass ``max_new_tokens`` to generate() for a shorter limit.
-
-Refused with one message each, before anything is written: copy attention (no transformers class
-has a pointer-generator head), a pre-LN model with separate vocabularies, a model without the
-transformers package (the ``transformers`` extra). The folder is written beside ``output_dir`` and
-renamed into place once complete, with the model card of :mod:`seq2seq.inference.model_card`.
+Post-LN networks are written as ``MarianMTModel``, pre-LN ones as ``PegasusForConditionalGeneration``
+(one vocabulary only), with a ``MarianTokenizer`` over our sentencepiece model(s) in our ids and a
+``generation_config.json`` from the export's ``decoding=`` settings; docs/huggingface.md tells the
+details. transformers computes its own sinusoid tables, with sines in the first half of the vector
+and cosines in the second where ours interleave them. The two differ by a permutation of the model
+dimensions, with which every operation on the residual stream commutes, so the network is written
+in that permuted basis (:func:`residual_order`, :func:`weight_map`). transformers divides a
+hypothesis' log-probability by ``n ** length_penalty`` where GNMT divides by ``((5 + n) / 6) **
+alpha``: :func:`length_penalty` gives the exponent with the same slope in ``log n`` at a typical length.
 """
 
 from __future__ import annotations
@@ -69,9 +24,10 @@ import torch
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.decoding.search import DecodingConfig
 from seq2seq.errors import ConfigError
+from seq2seq.inference import ct2_export
 from seq2seq.inference.checkpoint import build_model, read_checkpoint
-from seq2seq.inference.ct2_export import EXPORT_INFO, check_output_dir, staged_folder
-from seq2seq.inference.model_card import model_card, read_run, run_folder
+from seq2seq.inference.ct2_export import MAPPED, check_output_dir, source_info, write_export
+from seq2seq.inference.model_card import read_run, run_folder
 from seq2seq.models.transformer import Seq2SeqTransformer, TransformerConfig
 
 SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB = "source.spm", "target.spm", "vocab.json", "target_vocab.json"
@@ -80,8 +36,6 @@ SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB = "source.spm", "target.spm", "vocab
 TYPICAL_OUTPUT_LENGTH = 20
 # The decoding strategies generation_config.json can express (the others are refused).
 MAPPED_STRATEGIES = ("greedy", "beam", "sampling")
-# Ours -> transformers' ACT2FN name (gelu: the exact erf form in both; swish: x * sigmoid(x)).
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish"}
 
 
 def require_transformers():
@@ -104,30 +58,9 @@ def residual_order(d_model: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
 
 
-def family(cfg: TransformerConfig) -> str:
-    """The transformers model type of a network: ``marian`` (post-LN) or ``pegasus`` (pre-LN)."""
-    return "pegasus" if cfg.pre_norm else "marian"
-
-
-# What the export maps of each TransformerConfig field: the values it can write (None: any); any
-# other field (a model variant) must keep its default.
-MAPPED = {"activation": tuple(ACTIVATIONS), **dict.fromkeys((
-    "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
-    "dropout", "attention_dropout", "max_positions", "pre_norm", "share_embeddings", "tie_output", "pad_id",
-    "bos_id", "eos_id", "output_bias"))}
-
-
 def check_exportable(cfg: TransformerConfig) -> None:
     """Raise :class:`ConfigError` for a network no transformers class computes."""
-    if cfg.copy_attention:
-        raise ConfigError(
-            "this checkpoint has copy attention (a pointer-generator head mixing the vocabulary softmax with "
-            "copies of source tokens), which no transformers model class has; it cannot be exported to transformers"
-        )
-    refused = [f"{name}={value!r} (the export maps {', '.join(map(repr, allowed))})"
-               for name, value, allowed in cfg.settings_outside(MAPPED)]
-    if refused:
-        raise ConfigError(f"this checkpoint has {'; '.join(refused)}: it cannot be exported to transformers")
+    ct2_export.check_exportable(cfg, MAPPED, "transformers", "no transformers model class has")
     if cfg.pre_norm and not cfg.share_embeddings:
         raise ConfigError(
             "this pre-LN checkpoint has separate source and target vocabularies; transformers' pre-LN "
@@ -136,23 +69,27 @@ def check_exportable(cfg: TransformerConfig) -> None:
         )
 
 
-def layer_names(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
-    """``(our name, transformers name, side)`` of every weight but the embeddings and the QKV
-    projections, which :func:`to_transformers` splits. ``side``: how the residual stream enters the
-    tensor: ``in`` (a matrix reading it: columns permuted), ``out`` (a matrix or bias writing it:
-    rows permuted), ``none`` (neither)."""
-    names: list[tuple[str, str, str]] = []
+def weight_map(cfg: TransformerConfig) -> list[tuple[str, list[str], str, bool]]:
+    """``(our weight, its transformers names, side, fused)`` of every weight (the map both ways).
 
-    def linear(ours: str, theirs: str, side: str) -> None:
-        names.append((f"{ours}.weight", f"{theirs}.weight", side))
-        names.append((f"{ours}.bias", f"{theirs}.bias", "out" if side == "out" else "none"))
+    ``side``: how the residual stream enters the tensor: ``in`` (a matrix reading it: columns
+    permuted), ``out`` (a matrix, bias or norm writing it: rows permuted), ``none`` (neither). A
+    ``fused`` tensor (a QKV or KV projection) is its transformers parts stacked by rows; any other is
+    written under each of its names (shared and tied embeddings)."""
+    names: list[tuple[str, list[str], str, bool]] = []
+
+    def linear(ours: str, theirs: str, side: str, parts: str = "") -> None:
+        split = [f"{theirs}.{p}_proj" for p in parts] or [theirs]
+        names.append((f"{ours}.weight", [f"{t}.weight" for t in split], side, bool(parts)))
+        names.append((f"{ours}.bias", [f"{t}.bias" for t in split], "out" if side == "out" else "none", bool(parts)))
 
     def norm(ours: str, theirs: str) -> None:
-        names.append((f"{ours}.weight", f"{theirs}.weight", "out"))
-        names.append((f"{ours}.bias", f"{theirs}.bias", "out"))
+        names.append((f"{ours}.weight", [f"{theirs}.weight"], "out", False))
+        names.append((f"{ours}.bias", [f"{theirs}.bias"], "out", False))
 
     for i in range(cfg.num_encoder_layers):
         ours, theirs = f"encoder.layers.{i}", f"model.encoder.layers.{i}"
+        linear(f"{ours}.self_attn.qkv_proj", f"{theirs}.self_attn", "in", "qkv")
         linear(f"{ours}.self_attn.out_proj", f"{theirs}.self_attn.out_proj", "out")
         linear(f"{ours}.ffn.fc1", f"{theirs}.fc1", "in")
         linear(f"{ours}.ffn.fc2", f"{theirs}.fc2", "out")
@@ -160,8 +97,10 @@ def layer_names(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
         norm(f"{ours}.ffn_block.norm", f"{theirs}.final_layer_norm")
     for i in range(cfg.num_decoder_layers):
         ours, theirs = f"decoder.layers.{i}", f"model.decoder.layers.{i}"
+        linear(f"{ours}.self_attn.qkv_proj", f"{theirs}.self_attn", "in", "qkv")
         linear(f"{ours}.self_attn.out_proj", f"{theirs}.self_attn.out_proj", "out")
         linear(f"{ours}.cross_attn.q_proj", f"{theirs}.encoder_attn.q_proj", "in")
+        linear(f"{ours}.cross_attn.kv_proj", f"{theirs}.encoder_attn", "in", "kv")
         linear(f"{ours}.cross_attn.out_proj", f"{theirs}.encoder_attn.out_proj", "out")
         linear(f"{ours}.ffn.fc1", f"{theirs}.fc1", "in")
         linear(f"{ours}.ffn.fc2", f"{theirs}.fc2", "out")
@@ -171,35 +110,16 @@ def layer_names(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
     if cfg.pre_norm:
         norm("encoder.final_norm", "model.encoder.layer_norm")
         norm("decoder.final_norm", "model.decoder.layer_norm")
-    return names
-
-
-def fused_projections(cfg: TransformerConfig) -> list[tuple[str, list[str]]]:
-    """``(our fused projection, its transformers parts in row order)``: every self-attention QKV and
-    cross-attention KV projection (inputs from the residual stream, outputs in head space)."""
-    fused = []
-    for stack, count in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-        for i in range(count):
-            theirs = f"model.{stack}.layers.{i}"
-            fused.append((f"{stack}.layers.{i}.self_attn.qkv_proj",
-                          [f"{theirs}.self_attn.{p}_proj" for p in "qkv"]))
-            if stack == "decoder":
-                fused.append((f"decoder.layers.{i}.cross_attn.kv_proj", [f"{theirs}.encoder_attn.{p}_proj" for p in "kv"]))
-    return fused
-
-
-def embedding_names(cfg: TransformerConfig) -> list[tuple[str, list[str]]]:
-    """``(our embedding or output matrix, the transformers names holding it)``."""
+    lm_head = ["lm_head.weight"] if cfg.tie_output else []
     if cfg.share_embeddings:
-        theirs = ["model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"]
-        pairs = [("encoder.embed.tokens.weight", theirs + (["lm_head.weight"] if cfg.tie_output else []))]
+        names.append(("encoder.embed.tokens.weight", ["model.shared.weight", "model.encoder.embed_tokens.weight",
+                                                      "model.decoder.embed_tokens.weight", *lm_head], "in", False))
     else:
-        pairs = [("encoder.embed.tokens.weight", ["model.encoder.embed_tokens.weight"]),
-                 ("decoder.embed.tokens.weight", ["model.decoder.embed_tokens.weight"]
-                  + (["lm_head.weight"] if cfg.tie_output else []))]
+        names.append(("encoder.embed.tokens.weight", ["model.encoder.embed_tokens.weight"], "in", False))
+        names.append(("decoder.embed.tokens.weight", ["model.decoder.embed_tokens.weight", *lm_head], "in", False))
     if not cfg.tie_output:
-        pairs.append(("decoder.output.weight", ["lm_head.weight"]))
-    return pairs
+        names.append(("decoder.output.weight", ["lm_head.weight"], "in", False))
+    return names
 
 
 def _permute(tensor: torch.Tensor, side: str, order: torch.Tensor) -> torch.Tensor:
@@ -217,15 +137,11 @@ def to_transformers(net: Seq2SeqTransformer) -> dict[str, torch.Tensor]:
     cfg = net.config
     ours = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
     order = residual_order(cfg.d_model)
-    state = {theirs: _permute(ours[name], side, order).contiguous() for name, theirs, side in layer_names(cfg)}
-    for name, parts in fused_projections(cfg):
-        weights, biases = ours[f"{name}.weight"].chunk(len(parts)), ours[f"{name}.bias"].chunk(len(parts))
-        for part, weight, bias in zip(parts, weights, biases):
-            state[f"{part}.weight"] = weight[:, order].contiguous()
-            state[f"{part}.bias"] = bias.contiguous()
-    for name, targets in embedding_names(cfg):
-        matrix = ours[name][:, order].contiguous()
-        state.update(dict.fromkeys(targets, matrix))
+    state = {}
+    for name, theirs, side, fused in weight_map(cfg):
+        tensor = _permute(ours[name], side, order)
+        parts = tensor.chunk(len(theirs)) if fused else [tensor.contiguous()] * len(theirs)
+        state.update((t, part.contiguous()) for t, part in zip(theirs, parts))
     if cfg.output_bias:
         state["final_logits_bias"] = ours["decoder.output.bias"].unsqueeze(0)
     return state
@@ -235,12 +151,10 @@ def from_transformers(state: dict[str, torch.Tensor], cfg: TransformerConfig) ->
     """The inverse of :func:`to_transformers`: a transformers state dict as our network's weights
     (every name of :class:`Seq2SeqTransformer`'s state dict; tied names get the same tensor)."""
     back = torch.argsort(residual_order(cfg.d_model))
-    ours = {name: _permute(state[theirs].float(), side, back).contiguous() for name, theirs, side in layer_names(cfg)}
-    for name, parts in fused_projections(cfg):
-        ours[f"{name}.weight"] = torch.cat([state[f"{p}.weight"].float()[:, back] for p in parts]).contiguous()
-        ours[f"{name}.bias"] = torch.cat([state[f"{p}.bias"].float() for p in parts]).contiguous()
-    for name, sources in embedding_names(cfg):
-        ours[name] = state[sources[0]].float()[:, back].contiguous()
+    ours = {}
+    for name, theirs, side, fused in weight_map(cfg):
+        tensor = torch.cat([state[t].float() for t in theirs]) if fused else state[theirs[0]].float()
+        ours[name] = _permute(tensor, side, back).contiguous()
     if cfg.share_embeddings:
         ours["decoder.embed.tokens.weight"] = ours["encoder.embed.tokens.weight"]
     if cfg.tie_output:
@@ -252,10 +166,9 @@ def from_transformers(state: dict[str, torch.Tensor], cfg: TransformerConfig) ->
 
 # ----------------------------------------------------------------------- config and decoding
 def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH, kind: str = "gnmt") -> float:
-    """transformers' ``length_penalty`` for ours: ``alpha`` itself with ``kind="average"`` (the same
-    ``n ** alpha``); for GNMT's ``alpha`` the closest around outputs of ``typical_length`` tokens (EOS
-    included): the exponent whose penalty changes with the length as fast, in ``log n``, as
-    ``((5 + n) / 6) ** alpha`` does there, ``alpha * n / (n + 5)``. Exact at 0."""
+    """transformers' ``length_penalty`` for ours: ``alpha`` itself with ``kind="average"``; for GNMT's
+    the exponent with the same slope in ``log n`` at outputs of ``typical_length`` tokens (EOS
+    included), ``alpha * n / (n + 5)``. Exact at 0."""
     if kind == "average":
         return alpha
     return round(alpha * typical_length / (typical_length + 5.0), 4)
@@ -264,16 +177,17 @@ def length_penalty(alpha: float, typical_length: int = TYPICAL_OUTPUT_LENGTH, ki
 def model_config(cfg: TransformerConfig):
     """The transformers config (``MarianConfig`` or ``PegasusConfig``) of a network of ``cfg``."""
     transformers = require_transformers()
+    # transformers' ACT2FN names are ours (gelu: the exact erf form in both; swish: x * sigmoid(x)).
     common: dict[str, Any] = dict(
         d_model=cfg.d_model, encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
         encoder_attention_heads=cfg.num_heads, decoder_attention_heads=cfg.num_heads,
-        encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function=ACTIVATIONS[cfg.activation],
+        encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function=cfg.activation,
         max_position_embeddings=cfg.max_positions, scale_embedding=True,
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.dropout,
         pad_token_id=cfg.pad_id, bos_token_id=cfg.bos_id, eos_token_id=cfg.eos_id,
         decoder_start_token_id=cfg.bos_id, forced_eos_token_id=None, tie_word_embeddings=cfg.tie_output,
     )
-    if family(cfg) == "pegasus":
+    if cfg.pre_norm:  # Pegasus: pre-LN; Marian: post-LN
         return transformers.PegasusConfig(vocab_size=cfg.tgt_vocab_size, **common)
     return transformers.MarianConfig(
         vocab_size=cfg.src_vocab_size, decoder_vocab_size=cfg.tgt_vocab_size,
@@ -282,21 +196,19 @@ def model_config(cfg: TransformerConfig):
 
 
 def generation_settings(cfg: TransformerConfig, decoding: DecodingConfig) -> dict[str, Any]:
-    """``generation_config.json``'s settings for a network of ``cfg`` decoded as ``decoding`` says
-    (see the module docstring for what maps and how). A strategy with no counterpart here is refused
-    rather than exported as greedy decoding."""
+    """``generation_config.json``'s settings for ``decoding``; a strategy with no counterpart here is
+    refused rather than exported as greedy decoding."""
     if decoding.strategy not in MAPPED_STRATEGIES:
         raise ConfigError(f"decoding.strategy={decoding.strategy}: the transformers export maps "
                           f"{', '.join(MAPPED_STRATEGIES[:-1])} and {MAPPED_STRATEGIES[-1]} "
                           "(inference/hf_export.generation_settings); export with one of them")
-    beam = decoding.strategy == "beam"
     settings: dict[str, Any] = {
         "decoder_start_token_id": cfg.bos_id, "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id,
         "pad_token_id": cfg.pad_id, "forced_eos_token_id": None,
         "suppress_tokens": [cfg.pad_id, cfg.bos_id],
         "max_length": cfg.max_positions,
     }
-    if beam:  # (transformers refuses beam settings without beams)
+    if decoding.strategy == "beam":  # (transformers refuses beam settings without beams)
         settings.update(num_beams=decoding.beam_size, early_stopping=True, length_penalty=length_penalty(decoding.alpha, kind=decoding.length_penalty))
     if decoding.min_len:
         settings["min_new_tokens"] = decoding.min_len
@@ -314,26 +226,32 @@ def build_transformers_model(net: Seq2SeqTransformer, decoding: DecodingConfig |
     cfg = net.config
     check_exportable(cfg)
     config = model_config(cfg)
-    cls = transformers.PegasusForConditionalGeneration if family(cfg) == "pegasus" else transformers.MarianMTModel
+    cls = transformers.PegasusForConditionalGeneration if cfg.pre_norm else transformers.MarianMTModel
     model = cls(config)
     state = model.state_dict()
-    converted = to_transformers(net)
-    unknown = sorted(set(converted) - set(state))
-    if unknown:
-        raise RuntimeError(f"{cls.__name__} has no weights named {', '.join(unknown[:3])}")
-    state.update(converted)
-    model.load_state_dict(state)
+    state.update(to_transformers(net))
+    model.load_state_dict(state)  # (strict: a name the class does not have raises)
     model.generation_config = transformers.GenerationConfig(**generation_settings(cfg, decoding or DecodingConfig()))
     return model.eval()
 
 
 # --------------------------------------------------------------------------------- tokenizer
-def vocabulary(processor) -> dict[str, int]:
-    """``vocab.json``: every piece of a sentencepiece model with its id (they are unique)."""
-    return {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+def vocabularies(tokenizer: Tokenizer, cfg: TransformerConfig) -> list[dict[str, int]]:
+    """``vocab.json`` of each side (every piece with its id), or :class:`ConfigError` for a tokenizer
+    ``MarianTokenizer`` cannot reproduce."""
+    vocabs = [{piece: i for i, piece in enumerate(ct2_export.vocabulary(processor, side, size, "vocab.json"))}
+              for side, processor, size in (("source", tokenizer.src, cfg.src_vocab_size),
+                                            ("target", tokenizer.tgt, cfg.tgt_vocab_size))]
+    if tokenizer.target_tags:
+        raise ConfigError(
+            "this is a multilingual model (target-language tags on the source); MarianTokenizer does not put our "
+            "<2xx> tags first, so it cannot be exported to transformers"
+        )
+    return vocabs
 
 
-def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, languages: tuple) -> None:
+def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, vocabs: list[dict[str, int]],
+                    languages: tuple) -> None:
     """The ``MarianTokenizer`` files of ``tokenizer`` in ``folder`` (through its own ``save_pretrained``,
     so ``tokenizer_config.json`` is what ``AutoTokenizer`` expects)."""
     transformers = require_transformers()
@@ -341,9 +259,8 @@ def write_tokenizer(folder: Path, tokenizer: Tokenizer, cfg: TransformerConfig, 
     separate = not cfg.share_embeddings
     (folder / SOURCE_SPM).write_bytes(state["src_model"])
     (folder / TARGET_SPM).write_bytes(state["tgt_model"] or state["src_model"])
-    (folder / VOCAB).write_text(json.dumps(vocabulary(tokenizer.src), ensure_ascii=False, indent=1))
-    if separate:
-        (folder / TARGET_VOCAB).write_text(json.dumps(vocabulary(tokenizer.tgt), ensure_ascii=False, indent=1))
+    for name, vocab in zip((VOCAB, TARGET_VOCAB), vocabs[: 1 + separate]):
+        (folder / name).write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
     with warnings.catch_warnings():  # its advice to install sacremoses: not used for tokenizing
         warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
         hf_tokenizer = transformers.MarianTokenizer(
@@ -365,22 +282,6 @@ def quiet_progress(transformers):
     finally:
         if enabled:
             logging.enable_progress_bar()
-
-
-def check_tokenizer(tokenizer: Tokenizer, cfg: TransformerConfig) -> None:
-    """Raise :class:`ConfigError` for a tokenizer ``MarianTokenizer`` cannot reproduce."""
-    for side, processor, size in (("source", tokenizer.src, cfg.src_vocab_size), ("target", tokenizer.tgt, cfg.tgt_vocab_size)):
-        pieces = processor.get_piece_size()
-        if pieces != size:
-            raise ConfigError(f"the {side} tokenizer has {pieces} pieces but the model's {side} vocabulary {size}; "
-                              "the checkpoint does not fit together")
-        if len(vocabulary(processor)) != pieces:
-            raise ConfigError(f"the {side} tokenizer has repeated pieces; vocab.json needs unique token strings")
-    if tokenizer.target_tags:
-        raise ConfigError(
-            "this is a multilingual model (target-language tags on the source); MarianTokenizer does not put our "
-            "<2xx> tags first, so it cannot be exported to transformers"
-        )
 
 
 # ------------------------------------------------------------------------------- the folder
@@ -407,7 +308,7 @@ def export_transformers(
     checkpoint = read_checkpoint(ckpt_path)
     net, tokenizer = build_model(checkpoint, ckpt_path)
     model = build_transformers_model(net, decoding)  # (refuses what no class represents)
-    check_tokenizer(tokenizer, net.config)
+    vocabs = vocabularies(tokenizer, net.config)
     run = run_folder(ckpt_path)
     info = {
         "name": output.name,
@@ -416,11 +317,7 @@ def export_transformers(
         "model_class": type(model).__name__,
         "model_type": model.config.model_type,
         "quantization": None,
-        "checkpoint": str(Path(ckpt_path).resolve()),
-        "global_step": checkpoint.get("global_step"),
-        "run_dir": str(run) if run else None,
-        "model_config": dict(checkpoint["model_config"]),
-        "num_parameters": net.num_parameters(),
+        **source_info(ckpt_path, checkpoint, net, run),
         "tokenizer": {"source": SOURCE_SPM, "target": TARGET_SPM},
         "residual_order": "transformers' dimension i is ours residual_order(d_model)[i] (sines, then cosines)",
         "decoding": dict(decoding.__dict__),
@@ -429,18 +326,11 @@ def export_transformers(
         "length_penalty_mapping": {"alpha": DecodingConfig.alpha, "typical_length": TYPICAL_OUTPUT_LENGTH,
                                    "length_penalty": length_penalty(DecodingConfig.alpha)},
     }
-    card = model_card(info, run, license=license)
-    languages = _languages(run)
-    with staged_folder(output) as tmp, quiet_progress(transformers):
-        model.save_pretrained(str(tmp))
-        write_tokenizer(tmp, tokenizer, net.config, languages)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(card)
-    return output
+    data = read_run(run)[1].get("data") or {}
 
+    def write(folder: Path) -> None:
+        with quiet_progress(transformers):
+            model.save_pretrained(str(folder))
+            write_tokenizer(folder, tokenizer, net.config, vocabs, (data.get("src_lang"), data.get("tgt_lang")))
 
-def _languages(run: Path | None) -> tuple[str | None, str | None]:
-    """The run's (source, target) languages, for the tokenizer's config; (None, None) without a run."""
-    _, config, _ = read_run(run)
-    data = config.get("data") or {}
-    return data.get("src_lang"), data.get("tgt_lang")
+    return write_export(output, info, run, license, write)

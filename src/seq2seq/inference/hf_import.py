@@ -1,36 +1,17 @@
 """Read a Hugging Face transformers Marian folder as the parent of a fine-tuning run (``init_from=FOLDER``).
 
-A folder as ``MarianMTModel.save_pretrained`` and ``MarianTokenizer.save_pretrained`` write it (an
-OPUS-MT model downloaded by the user, or one of our own transformers exports, Marian or Pegasus)
-becomes what :func:`seq2seq.inference.checkpoint.load_parent` reads from a training checkpoint:
-the network's config, its weights under our names and our tokenizer. Nothing is downloaded:
-transformers reads the folder with ``local_files_only``.
+A folder as ``MarianMTModel``/``MarianTokenizer.save_pretrained`` write it (an OPUS-MT model, or one
+of our transformers exports, Marian or Pegasus) becomes what
+:func:`seq2seq.inference.checkpoint.load_parent` reads from a training checkpoint, without
+downloading anything; docs/huggingface.md tells the details. The weights go through
+:func:`seq2seq.inference.hf_export.from_transformers`; ``final_logits_bias`` becomes ``output_bias``.
 
-The network. Marian is our post-LN layout (Pegasus our pre-LN one); the weights go through
-:func:`seq2seq.inference.hf_export.from_transformers`, the inverse of the export: the residual
-stream is permuted from transformers' sinusoid layout (sines, then cosines) to ours (interleaved),
-so our position table gives the same function. What our network cannot compute is refused with one
-:class:`~seq2seq.errors.CheckpointError` (embeddings not scaled by sqrt(d_model), encoder and decoder
-of different widths or head counts, an activation we do not have); ``final_logits_bias`` (OPUS-MT
-models have one) becomes our ``output_bias`` and ``swish`` (their activation) our ``swish``.
-
-The vocabulary. Our ids are fixed: pad 0, unk 1, bos 2, eos 3. A Marian vocabulary is any order of
-pieces (``vocab.json``; OPUS-MT's starts ``</s>, <unk>`` and ends with ``<pad>``) and its decoder
-starts from ``decoder_start_token_id`` (OPUS-MT: the pad token; it has no BOS). So the import
-renumbers: ours are the model's pad, unk, start and eos tokens, then its other entries in their
-order; the embedding rows, output rows and bias entries follow. When the start token is the pad
-token, our pad and bos rows are both that row (one more entry than the model has); our pad entry's
-output bias is then lowered by :data:`DUPLICATE_PAD_BIAS`, so that it adds nothing to the softmax's
-sum (PAD and BOS are never predicted by either) and our log-probabilities stay the model's.
-
-The tokenizer. ``source.spm`` and ``target.spm`` are rewritten as sentencepiece models whose ids are
-ours: every entry of the vocabulary, in our order, each side's own pieces keeping their scores (so
-they segment text exactly as before) and the other entries marked unused (never produced by that
-side, still decodable). Equal files give one joint tokenizer; two (OPUS-MT's) give a source and a
-target tokenizer over one vocabulary, whose embeddings stay shared (``model.share_embeddings``; the
-run sets ``data.joint_vocab=false``). Separate vocabularies (``target_vocab.json``) give separate
-embeddings. The source side appends ``</s>`` as MarianTokenizer does. MarianTokenizer's language codes
-(``>>fr<<``, multilingual OPUS-MT models) are left to the user: pass them in the source text.
+Our special ids are fixed (pad 0, unk 1, bos 2, eos 3), so the vocabulary is renumbered: the model's
+pad, unk, decoder start and eos tokens, then its other entries in their order (embedding and output
+rows follow). When the decoder starts from the pad token (OPUS-MT), our pad and bos rows are both
+that row and our pad entry's output bias is lowered by :data:`DUPLICATE_PAD_BIAS`, so that the
+softmax's sum, and our log-probabilities, stay the model's. ``source.spm``/``target.spm`` are
+rewritten with our ids (each side's own pieces keep their scores, the others are unused).
 """
 
 from __future__ import annotations
@@ -43,20 +24,15 @@ import torch
 
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from seq2seq.errors import CheckpointError, Seq2SeqError
-from seq2seq.inference.hf_export import ACTIVATIONS, from_transformers, quiet_progress, require_transformers
-from seq2seq.models.transformer import TransformerConfig
+from seq2seq.inference.hf_export import from_transformers, quiet_progress, require_transformers
+from seq2seq.models.transformer import ACTIVATIONS, TransformerConfig
 
 # Added to our pad entry's output bias when the model's decoder starts from its pad token (see the
 # module docstring): exp(-100) is nothing beside any real logit.
 DUPLICATE_PAD_BIAS = -100.0
 FAMILIES = {"marian": False, "pegasus": True}  # model_type -> our pre_norm
-# transformers' activation names -> ours.
-ACTIVATION_NAMES = {**{theirs: ours for ours, theirs in ACTIVATIONS.items()}, "silu": "swish"}
-
-
-def is_transformers_folder(path: str | Path | None) -> bool:
-    """Whether ``path`` is a folder (what ``init_from`` takes for a transformers model)."""
-    return path is not None and Path(path).expanduser().is_dir()
+# transformers' activation names -> ours (the same names, and silu for swish).
+ACTIVATION_NAMES = {**{name: name for name in ACTIVATIONS}, "silu": "swish"}
 
 
 def _read_json(path: Path, folder: Path) -> Any:
@@ -107,13 +83,12 @@ def renumbering(vocab: dict[str, int], size: int, special: dict[str, int], folde
     if sorted(pieces) != list(range(size)):
         raise CheckpointError(f"init_from={folder}: its vocabulary has {len(vocab)} entries with ids that do not "
                               f"cover 0..{size - 1} once each (the model's vocabulary size)")
-    names = {"pad": special["pad"], "unk": special["unk"], "bos": special["bos"], "eos": special["eos"]}
-    index = [names["pad"], names["unk"], names["bos"], names["eos"]]
-    index += [i for i in range(size) if i not in set(names.values())]
+    index = [special[name] for name in ("pad", "unk", "bos", "eos")]
+    taken = set(index)
+    index += [i for i in range(size) if i not in taken]
     ours = [pieces[i] for i in index]
     if special["bos"] == special["pad"]:
-        taken = set(vocab)
-        ours[BOS_ID] = next(name for name in ("<s>", "<bos>", "<seq2seq_bos>") if name not in taken)
+        ours[BOS_ID] = next(name for name in ("<s>", "<bos>", "<seq2seq_bos>") if name not in vocab)
     return ours, index
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from seq2seq.metrics.text_metrics import TASK_METRICS, signatures_by_metric
 
+BAR = "\\|"  # | inside a Markdown table cell
 EXAMPLES = {"en": "A man in a red shirt is riding a bike down the street.", "de": "Ein Mann fährt mit dem Fahrrad."}
 
 
@@ -64,11 +65,6 @@ def _signature(metrics: dict, name: str, split: str) -> str | None:
     return by_split or signatures_by_metric(run).get(family)
 
 
-def _table_cell(text: str) -> str:
-    """``text`` inside a Markdown table cell (a signature's ``|`` would end the cell)."""
-    return text.replace("|", "\\|")
-
-
 def scores(metrics: dict, task: str) -> list[dict]:
     """Every ``{split}/{metric}`` of the task in ``metrics`` (test first), with its signature."""
     rows = []
@@ -93,9 +89,9 @@ def dataset_name(config: dict) -> str | None:
     return Path(str(root)).name if root and "$" not in str(root) else None
 
 
-def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> dict:
-    """The YAML front matter the Hugging Face Hub reads (language, license, tags, datasets, metrics, results)."""
-    task = metrics.get("task") or config.get("task") or "translation"
+def metadata(info: dict, config: dict, task: str, rows: list[dict], license: str | None) -> dict:
+    """The YAML front matter the Hugging Face Hub reads (language, license, tags, datasets, metrics,
+    results: ``rows``, :func:`scores`)."""
     data = config.get("data") or {}
     languages = [lang for lang in (data.get("src_lang"), data.get("tgt_lang")) if lang]
     dataset = dataset_name(config)
@@ -114,7 +110,6 @@ def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> di
     meta["tags"] = tags
     if dataset:
         meta["datasets"] = [dataset]
-    rows = scores(metrics, task)
     if rows:
         meta["metrics"] = list(dict.fromkeys(r["metric"] for r in rows))
         results = []
@@ -133,54 +128,79 @@ def metadata(info: dict, config: dict, metrics: dict, license: str | None) -> di
     return meta
 
 
-def training_command(overrides: list[str] | None) -> str | None:
-    if overrides is None:
-        return None
-    return " ".join(["python -m seq2seq.train", *(shlex.quote(str(o)) for o in overrides)])
-
-
-def usage_snippet(info: dict, languages: list[str]) -> str:
+def usage(info: dict, languages: list[str]) -> str:
+    """The card's code: CTranslate2's translator, or transformers' tokenizer and generate() with the
+    folder's generation config (and the pipeline where transformers still has it, 4.x)."""
     name = info.get("name") or "."
-    source, target = info["tokenizer"]["source"], info["tokenizer"]["target"]
     example = EXAMPLES.get(languages[0] if languages else "", "Your sentence here.")
-    sp_lines = [f'source_sp = spm.SentencePieceProcessor(model_file=f"{{model_dir}}/{source}")']
-    sp_lines.append("target_sp = source_sp" if source == target else
-                    f'target_sp = spm.SentencePieceProcessor(model_file=f"{{model_dir}}/{target}")')
-    return "\n".join([
-        "```python",
-        "import ctranslate2",
-        "import sentencepiece as spm",
-        "",
-        f'model_dir = "{name}"  # this folder',
-        'translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=2)',
-        *sp_lines,
-        "",
-        f"lines = [{example!r}]",
-        "# Plain pieces: the model appends </s> to every source itself.",
-        "batch = source_sp.encode(lines, out_type=str)",
-        "results = translator.translate_batch(batch, beam_size=5, min_decoding_length=0, max_decoding_length=256)",
-        "print([target_sp.decode(r.hypotheses[0]) for r in results])",
-        "```",
-    ])
+    if info.get("format") == "transformers":
+        lines = [
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            f'model_dir = "{name}"  # this folder, or its Hub repository',
+            "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
+            "model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)",
+            f"batch = tokenizer([{example!r}], return_tensors=\"pt\", padding=True)",
+            "output = model.generate(**batch)  # as generation_config.json says; num_beams=1 for greedy",
+            "print(tokenizer.batch_decode(output, skip_special_tokens=True))",
+            "# transformers 4.x: pipeline(\"translation\", model=model_dir)(lines, num_beams=...) (its default: 4 beams)",
+        ]
+    else:
+        source, target = info["tokenizer"]["source"], info["tokenizer"]["target"]
+        lines = [
+            "import ctranslate2",
+            "import sentencepiece as spm",
+            "",
+            f'model_dir = "{name}"  # this folder',
+            'translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=2)',
+            f'source_sp = spm.SentencePieceProcessor(model_file=f"{{model_dir}}/{source}")',
+            "target_sp = source_sp" if source == target else
+            f'target_sp = spm.SentencePieceProcessor(model_file=f"{{model_dir}}/{target}")',
+            "",
+            f"lines = [{example!r}]",
+            "# Plain pieces: the model appends </s> to every source itself.",
+            "batch = source_sp.encode(lines, out_type=str)",
+            "results = translator.translate_batch(batch, beam_size=5, min_decoding_length=0, max_decoding_length=256)",
+            "print([target_sp.decode(r.hypotheses[0]) for r in results])",
+        ]
+    return "\n".join(["```python", *lines, "```"])
 
 
-def transformers_usage(info: dict, languages: list[str]) -> str:
-    """The card's code for a transformers export: tokenizer, generate() with the folder's generation
-    config, and the pipeline where transformers still has it (4.x)."""
-    example = EXAMPLES.get(languages[0] if languages else "", "Your sentence here.")
-    return "\n".join([
-        "```python",
-        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
-        "",
-        f'model_dir = "{info.get("name") or "."}"  # this folder, or its Hub repository',
-        "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
-        "model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)",
-        f"batch = tokenizer([{example!r}], return_tensors=\"pt\", padding=True)",
-        "output = model.generate(**batch)  # as generation_config.json says; num_beams=1 for greedy",
-        "print(tokenizer.batch_decode(output, skip_special_tokens=True))",
-        "# transformers 4.x: pipeline(\"translation\", model=model_dir)(lines, num_beams=...) (its default: 4 beams)",
-        "```",
-    ])
+def notes(info: dict) -> list[str]:
+    """The card's decoding notes and file list for the export's format."""
+    spm_files = list(dict.fromkeys([info["tokenizer"]["source"], info["tokenizer"]["target"]]))
+    spm_list = ", ".join(f"`{name}`" for name in spm_files)
+    if info.get("format") != "transformers":
+        return [
+            "CTranslate2's beam search ranks finished hypotheses by `score / length ** length_penalty`; the "
+            "seq2seq decoder uses the GNMT penalty `((5 + n) / 6) ** alpha` and a length limit of "
+            "`1.2 * source_tokens + 10` per sentence. To get exactly the outputs of the PyTorch model's greedy or "
+            "beam search, use `seq2seq.inference.ct2_predictor.CT2Predictor(model_dir, decoding).translate(lines)` "
+            "(`pip install seq2seq[export]`).",
+            "## Files\n" + "\n".join([
+                "- `model.bin`, `config.json`, `*_vocabulary.json`: the CTranslate2 model",
+                f"- {spm_list}: the sentencepiece model" + ("" if len(spm_files) == 1 else "s (source, target)"),
+                "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, special tokens)",
+            ]),
+        ]
+    mapping = info["length_penalty_mapping"]
+    return [
+        "`generation_config.json` holds the training run's decoding settings. The seq2seq beam search ranks "
+        "finished hypotheses by the GNMT penalty `log_prob / ((5 + n) / 6) ** alpha`, transformers by "
+        "`log_prob / n ** length_penalty`; `length_penalty = alpha * n / (n + 5)` matches it at outputs of n "
+        f"tokens ({mapping['length_penalty']} for alpha {mapping['alpha']} at n = {mapping['typical_length']}; "
+        "exact at 0), with `early_stopping=True` (a sentence is done at "
+        "`num_beams` finished hypotheses, as in seq2seq). seq2seq limits each output to `1.2 * source_tokens + 10` "
+        "tokens; transformers has one limit per batch (`max_new_tokens`).",
+        "## Files\n" + "\n".join([
+            f"- `config.json`, `model.safetensors`, `generation_config.json`: the {info.get('model_class')} model "
+            "(dimensions in transformers' order: sines then cosines of the position table, see "
+            "`seq2seq.inference.hf_export`)",
+            f"- {spm_list}, `vocab.json`, `tokenizer_config.json`: the "
+            "MarianTokenizer (the seq2seq sentencepiece model" + ("" if len(spm_files) == 1 else "s") + ")",
+            "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, decoding settings)",
+        ]),
+    ]
 
 
 def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
@@ -188,7 +208,8 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
     metrics, config, overrides = read_run(run)
     task = metrics.get("task") or config.get("task") or "translation"
     mc = info["model_config"]
-    meta = metadata(info, config, metrics, license)
+    rows = scores(metrics, task)
+    meta = metadata(info, config, task, rows, license)
     languages = meta.get("language", [])
     title = f"seq2seq Transformer {'→'.join(languages)}".strip() if languages else "seq2seq Transformer"
     weights = info.get("quantization") or "float32"
@@ -217,7 +238,6 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
         ]),
         "## Results",
     ]
-    rows = scores(metrics, task)
     if rows:
         best = (metrics.get("checkpoints") or {}).get("best")
         same = best is not None and Path(best).name == Path(info["checkpoint"]).name
@@ -232,13 +252,14 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
                else "")
         )
         parts.append("| split | metric | value | signature |\n|---|---|---|---|\n" + "\n".join(
-            f"| {r['split']} | {r['metric']} | {r['value']:.2f} | `{_table_cell(r['signature'] or '')}` |"
+            # (a signature's | would end the table cell)
+            f"| {r['split']} | {r['metric']} | {r['value']:.2f} | `{(r['signature'] or '').replace('|', BAR)}` |"
             for r in rows))
     else:
         parts.append("No scores: the checkpoint was not found in a run folder with a `metrics.json`.")
     parts.append("## Training")
-    command = training_command(overrides)
-    if command:
+    if overrides is not None:
+        command = " ".join(["python -m seq2seq.train", *(shlex.quote(str(o)) for o in overrides)])
         parts.append(f"```bash\n{command}\n```")
     else:
         parts.append("The training command is unknown (no `.hydra/overrides.yaml` beside the checkpoint).")
@@ -248,47 +269,5 @@ def model_card(info: dict, run: Path | None, license: str | None = None) -> str:
     if metrics.get("wall_time_s") is not None:
         parts.append(f"Training took {metrics['wall_time_s']:.0f} s on {metrics.get('device', 'an unknown device')}"
                      + (f" (commit {metrics['git_commit'][:10]})" if metrics.get("git_commit") else "") + ".")
-    parts.append("## Usage")
-    if transformers:
-        parts.append(transformers_usage(info, languages))
-        parts.extend(transformers_notes(info))
-        return "\n\n".join(parts) + "\n"
-    parts.append(usage_snippet(info, languages))
-    parts.append(
-        "CTranslate2's beam search ranks finished hypotheses by `score / length ** length_penalty`; the "
-        "seq2seq decoder uses the GNMT penalty `((5 + n) / 6) ** alpha` and a length limit of "
-        "`1.2 * source_tokens + 10` per sentence. To get exactly the outputs of the PyTorch model's greedy or "
-        "beam search, use `seq2seq.inference.ct2_predictor.CT2Predictor(model_dir, decoding).translate(lines)` "
-        "(`pip install seq2seq[export]`)."
-    )
-    spm_files = list(dict.fromkeys([info["tokenizer"]["source"], info["tokenizer"]["target"]]))
-    parts.append("## Files\n" + "\n".join([
-        "- `model.bin`, `config.json`, `*_vocabulary.json`: the CTranslate2 model",
-        f"- {', '.join(f'`{name}`' for name in spm_files)}: the sentencepiece model"
-        + ("" if len(spm_files) == 1 else "s (source, target)"),
-        "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, special tokens)",
-    ]))
+    parts += ["## Usage", usage(info, languages), *notes(info)]
     return "\n\n".join(parts) + "\n"
-
-
-def transformers_notes(info: dict) -> list[str]:
-    """The card's decoding notes and file list for a transformers export (see
-    :mod:`seq2seq.inference.hf_export`)."""
-    spm_files = list(dict.fromkeys([info["tokenizer"]["source"], info["tokenizer"]["target"]]))
-    mapping = info["length_penalty_mapping"]
-    return [
-        "`generation_config.json` holds the training run's decoding settings. The seq2seq beam search ranks "
-        "finished hypotheses by the GNMT penalty `log_prob / ((5 + n) / 6) ** alpha`, transformers by "
-        "`log_prob / n ** length_penalty`; `length_penalty = alpha * n / (n + 5)` matches it at outputs of n "
-        f"tokens ({mapping['length_penalty']} for alpha {mapping['alpha']} at n = {mapping['typical_length']}; exact at 0), with `early_stopping=True` (a sentence is done at "
-        "`num_beams` finished hypotheses, as in seq2seq). seq2seq limits each output to `1.2 * source_tokens + 10` "
-        "tokens; transformers has one limit per batch (`max_new_tokens`).",
-        "## Files\n" + "\n".join([
-            f"- `config.json`, `model.safetensors`, `generation_config.json`: the {info.get('model_class')} model "
-            "(dimensions in transformers' order: sines then cosines of the position table, see "
-            "`seq2seq.inference.hf_export`)",
-            f"- {', '.join(f'`{name}`' for name in spm_files)}, `vocab.json`, `tokenizer_config.json`: the "
-            "MarianTokenizer (the seq2seq sentencepiece model" + ("" if len(spm_files) == 1 else "s") + ")",
-            "- `seq2seq_export.json`: what was exported from where (checkpoint, model config, decoding settings)",
-        ]),
-    ]

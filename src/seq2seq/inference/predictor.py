@@ -25,11 +25,13 @@ from seq2seq.models.transformer import Seq2SeqTransformer
 
 
 def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Group indices into batches of similar length (sorted, longest first).
-
-    A batch holds at most ``batch_size`` items and, with ``max_tokens``, at most that many padded
-    source tokens (``len(batch) * longest``); an item longer than ``max_tokens`` gets a batch alone.
-    """
+    """Group indices into batches of similar length (sorted, longest first): at most ``batch_size``
+    items and, with ``max_tokens``, at most that many padded tokens (``len(batch) * longest``; an
+    item longer than that gets a batch alone)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -66,15 +68,8 @@ class Predictor:
         self.net, self.tokenizer = net, tokenizer
         self.decoding = (decoding or DecodingConfig()).validate()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
-
-    @property
-    def max_positions(self) -> int:
-        """The longest source (and output) the model takes, in tokens."""
-        return self.net.config.max_positions
-
-    @property
-    def pad_id(self) -> int:
-        return self.net.config.pad_id
+        # The longest source (and output) the model takes, in tokens, and its padding id.
+        self.max_positions, self.pad_id = net.config.max_positions, net.config.pad_id
 
     @classmethod
     def greedy(cls, net: Seq2SeqTransformer, tokenizer: Tokenizer, decoding: DecodingConfig) -> Predictor:
@@ -111,17 +106,12 @@ class Predictor:
         """Detokenized text of each hypothesis."""
         return self.tokenizer.decode_target([h.tokens for h in hypotheses])
 
-    def _source_limit(self, max_src_len: int | None) -> int:
-        positions = self.max_positions
-        limit = positions if max_src_len is None else min(int(max_src_len), positions)
-        if limit < 2:
-            raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
-        return limit
-
     def _sources(self, lines: Sequence[str], todo: list[int], max_src_len: int | None,
                  warn: Callable[[str], None] | None, first_line: int) -> list[list[int]]:
         """Source ids of ``lines[i]`` for ``i`` in ``todo``, cut to ``max_src_len`` with a warning."""
-        limit = self._source_limit(max_src_len)
+        limit = self.max_positions if max_src_len is None else min(int(max_src_len), self.max_positions)
+        if limit < 2:
+            raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
         sources = self.tokenizer.encode_source([lines[i] for i in todo]) if todo else []
         for j, (i, ids) in enumerate(zip(todo, sources)):
             if len(ids) > limit:
@@ -135,12 +125,6 @@ class Predictor:
         """Source ids of non-blank ``lines`` as :meth:`translate` encodes them (cut to ``max_src_len``
         with a warning)."""
         return self._sources(lines, list(range(len(lines))), max_src_len, warn, 1)
-
-    def n_best_pairs(self, hypotheses: Sequence[Hypothesis], n_best: int) -> list[tuple[str, float]]:
-        """``n_best`` ``(text, score)`` pairs of one source's hypotheses, best first, as :meth:`translate` gives them."""
-        pairs = list(zip(self.texts(hypotheses), (h.score for h in hypotheses)))
-        # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
-        return (pairs + [pairs[-1]] * n_best)[:n_best]
 
     def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
         """A (len(rows), longest) tensor of ids, padded on the right."""
@@ -167,7 +151,6 @@ class Predictor:
         that length, keeping their EOS, and reported through ``warn(message)``, which names the line
         (``lines[0]`` is line ``first_line``). ``progress(done_lines, total_lines)`` is called after each batch.
         """
-        _check_batching(batch_size, max_tokens)
         n_best = self.decoding.n_best
         results: list[list[tuple[str, float]]] = [[("", 0.0)] * n_best for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
@@ -176,7 +159,9 @@ class Predictor:
         for batch in make_batches([len(s) for s in sources], batch_size, max_tokens):
             groups = self.generate(self._padded([sources[j] for j in batch]))
             for j, group in zip(batch, groups):
-                results[todo[j]] = self.n_best_pairs(group, n_best)
+                pairs = list(zip(self.texts(group), (h.score for h in group)))
+                # Beam search has at least n_best hypotheses but for degenerate inputs; repeat the last.
+                results[todo[j]] = (pairs + [pairs[-1]] * n_best)[:n_best]
             done += len(batch)
             if progress is not None:
                 progress(done, len(lines))
@@ -196,18 +181,15 @@ class Predictor:
     ) -> list[PairScore]:
         """Force-decode ``targets[i]`` given ``sources[i]``: one :class:`PairScore` per pair, in input order.
 
-        The target is scored with its EOS, as the searches score a hypothesis that ended with EOS
-        (:func:`~seq2seq.decoding.search.sequence_scores`, ``decoding.length_penalty`` with ``decoding.alpha``), so a
-        search's output scores what the search reported. A blank target is the empty output (EOS
-        alone). A pair with a blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
-        gives a blank line score 0.0 (with a warning when its target is not blank). Sources are cut
-        as in :meth:`translate`; targets with more tokens than the model has positions are cut to
-        them and scored without EOS, with a warning. Batches are sorted by the longer side;
-        ``max_tokens`` bounds ``len(batch) * longest``.
+        The target is scored with its EOS (:func:`~seq2seq.decoding.search.sequence_scores`, with
+        ``decoding``'s length penalty), so a search's output scores what the search reported; a blank
+        target is EOS alone. A blank source is not scored, ``(0.0, 0, 0.0)``, as :meth:`translate`
+        gives it 0.0 (with a warning when its target is not blank). Sources are cut as in
+        :meth:`translate`, targets longer than the model's positions are cut to them and scored
+        without EOS, with a warning. Batches are sorted by the longer side.
         """
         if len(sources) != len(targets):
             raise ConfigError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
-        _check_batching(batch_size, max_tokens)
         results = [PairScore(0.0, 0, 0.0)] * len(sources)
         todo = [i for i, line in enumerate(sources) if line.strip()]
         if warn is not None:
@@ -243,9 +225,3 @@ class Predictor:
             self.net.train(was_training)
         return results
 
-
-def _check_batching(batch_size: int, max_tokens: int | None) -> None:
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be at least 1")
-    if max_tokens is not None and max_tokens < 1:
-        raise ConfigError(f"max_tokens={max_tokens} must be at least 1 (or null)")

@@ -1,21 +1,16 @@
 """The linear layers of a network loaded for CPU inference: float32 in oneDNN's layout, or int8.
 
-Float32 (the default of ``seq2seq-translate``, ``seq2seq-eval``, ``seq2seq-serve`` and
-``Translator.from_checkpoint`` on the CPU): :func:`pack_linear_layers` reorders every linear
-layer's weight once into oneDNN's blocked layout (:class:`PackedLinear`). The weights and the
-arithmetic stay float32; a decoding step then reads its weights in the order the kernel wants
-instead of repacking them at every call, which otherwise dominates a small model's decoding steps.
+Float32 (the default on the CPU): :func:`pack_linear_layers` reorders every linear layer's weight
+once into oneDNN's blocked layout (:class:`PackedLinear`); the weights and arithmetic stay float32,
+but a decoding step no longer repacks them at every call, which otherwise dominates a small model's
+steps.
 
-int8 (``quantize="int8"``: ``seq2seq-translate quantize=int8``, ``Translator.from_checkpoint(...,
-quantize="int8")``, ``seq2seq-serve quantize=int8``): :class:`Int8Linear` rounds the weights of every
-linear layer — attention projections, feed-forward layers and the vocabulary projection — to int8,
-one scale per output row, and each input row (token) to int8 with a scale of its own at run time,
-as CTranslate2 does; the product runs in torch's int8 matrix multiply (``torch._int_mm``) with int32
-sums. Nothing is calibrated, and a row's result does not depend on the other rows of its batch
-(one scale per batch would coarsen every row by its largest). Embeddings, layer norms and the
-softmax stay in float32.
-``benchmarks/translate_e2e.py`` (system ``ours_int8``) measures its accuracy and speed against
-float32 and CTranslate2 int8.
+int8 (``quantize="int8"`` of ``seq2seq-translate``, ``seq2seq-serve`` and ``Translator``):
+:class:`Int8Linear` rounds the weights of every linear layer (the vocabulary projection included) to
+int8 with one scale per output row, and each input row (token) with a scale of its own at run time,
+as CTranslate2 does; ``torch._int_mm`` sums in int32. Nothing is calibrated, and a row's result does
+not depend on the rest of its batch. Embeddings, layer norms and the softmax stay float32.
+``benchmarks/translate_e2e.py`` (``ours_int8``) measures it.
 """
 
 from __future__ import annotations
@@ -75,18 +70,13 @@ class Int8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-def can_pack(net: nn.Module, device: torch.device) -> bool:
-    """Whether :func:`pack_linear_layers` changes ``net``: float32 weights on a CPU with oneDNN."""
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and all(p.dtype == torch.float32 for p in net.parameters()))
-
-
 def pack_linear_layers(net: nn.Module, device: torch.device) -> nn.Module:
-    """``net`` (eval mode, for inference only: it is changed in place) with every ``nn.Linear`` a
-    :class:`PackedLinear` and each vocabulary head's projection packed beside its (possibly tied)
-    weight; unchanged where :func:`can_pack` says no."""
-    return replace_linear_layers(net, PackedLinear) if can_pack(net, device) else net
+    """``net`` with its linear layers :class:`PackedLinear` (:func:`replace_linear_layers`) where that
+    can run: float32 weights on a CPU with oneDNN; else unchanged."""
+    can_pack = (device.type == "cpu" and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                and all(p.dtype == torch.float32 for p in net.parameters()))
+    return replace_linear_layers(net, PackedLinear) if can_pack else net
 
 
 def for_inference(net: nn.Module, mode: str | None, device: torch.device) -> nn.Module:
