@@ -1,39 +1,25 @@
 """Preemption: a SIGTERM, SIGUSR1 or SIGUSR2 makes a training run save ``last.ckpt`` and stop.
 
-Clusters announce the end of a job with a signal: SLURM sends SIGTERM when it preempts or cancels
-a job, the signal of ``--signal=SIG@SECONDS`` (SIGUSR1 in Lightning's SLURM examples, SIGUSR2 for
-submitit and so for ``hydra/launcher=slurm``) before the time limit, and SIGKILL a grace period
-later. :class:`PreemptionCheckpoint` (``callbacks.preemption``) turns such a signal into a clean
-stop: the handler only notes the signal; at the next point where Lightning's own checkpoints resume
-exactly (the end of an optimizer step, not inside a gradient-accumulation cycle; the end of a
-validation within an epoch; the end of an epoch, after its validation and checkpoints), after every
-other callback of that point has run, the callback writes ``<run folder>/checkpoints/last.ckpt`` with
-``trainer.save_checkpoint`` (the same content as the periodic ``last.ckpt``: optimizer, schedule,
-loop counters, sampler position, :class:`~seq2seq.callbacks.checkpointing.ResumeState`), then raises
-:class:`Preempted`. ``seq2seq.train`` prints how to resume and exits with status
-:data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``: try again); the same command with ``ckpt_path=auto``
-continues, and ends with the same weights and metrics as a run that was never stopped
-(``tests/test_preemption.py``).
+SLURM sends SIGTERM when it preempts or cancels a job, the signal of ``--signal=SIG@SECONDS``
+(SIGUSR1 in Lightning's examples, SIGUSR2 for submitit and ``hydra/launcher=slurm``) before the time
+limit, and SIGKILL a grace period later. :class:`PreemptionCheckpoint` (``callbacks.preemption``)
+turns such a signal into a clean stop: the handler only notes it; at the next point where
+checkpoints resume exactly (the end of an optimizer step outside a gradient-accumulation cycle, of a
+validation within an epoch, of an epoch), after the other callbacks, it writes ``last.ckpt`` with
+``trainer.save_checkpoint`` and raises :class:`Preempted`. ``seq2seq.train`` then exits with
+:data:`PREEMPTED_EXIT_CODE`; the same command with ``ckpt_path=auto`` continues, ending with the same
+weights and metrics as a run never stopped (``tests/test_preemption.py``).
 
-How it sits with the other signal handlers of a run:
+The other signal handlers of a run:
 
-* Lightning's signal connector installs, for the duration of ``fit``, a SIGTERM handler that makes
-  the loops raise ``SIGTERMException`` at the end of the current batch (with no checkpoint outside
-  SLURM, and in the middle of a gradient-accumulation cycle), and under SLURM with
-  ``SLURMEnvironment(auto_requeue=True)`` a SIGUSR1 handler that saves ``hpc_ckpt_N.ckpt`` from inside
-  the signal handler, wherever the step was, and runs ``scontrol requeue``. From
-  ``on_train_start`` until training ends this callback replaces both (the connector puts its own
-  back when ``fit`` returns). Under SLURM with auto-requeue it then requeues the job itself, after
-  saving, with the same ``scontrol requeue`` call.
-* Handlers that are not Lightning's (submitit's SIGUSR2 handler, which checkpoints the submitted
-  function, requeues the job and exits) are called after ``last.ckpt`` is written, so a requeued
-  submitit job finds it.
-* Under DDP or FSDP the ranks agree (any rank's signal counts, ``reduce_boolean_decision``) on one
-  step at which all of them save and stop; only the ranks that received the signal call the
-  previous handler.
+* during training this callback replaces Lightning's (a SIGTERM handler that stops mid
+  accumulation without a checkpoint; under SLURM auto-requeue a SIGUSR1 handler that saves
+  ``hpc_ckpt_N.ckpt`` wherever the step was), and requeues such a job itself after saving;
+* other handlers (submitit's SIGUSR2: checkpoint, requeue, exit) are called after ``last.ckpt`` is
+  written, so a requeued job finds it;
+* under DDP or FSDP any rank's signal makes all ranks save and stop at the same step.
 
-Outside ``fit`` (data preparation, testing) the signals keep their usual meaning; a run stopped
-then resumes from its last ``last.ckpt`` like any other.
+Outside ``fit`` the signals keep their usual meaning.
 """
 
 from __future__ import annotations
@@ -82,18 +68,12 @@ def _signal(name: str | int) -> signal.Signals:
         raise ValueError(f"callbacks.preemption.signals: unknown signal {name!r}") from None
 
 
-def _is_lightning_handler(handler: Any) -> bool:
-    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
-
-    return isinstance(getattr(handler, "__self__", None), _SignalConnector)
-
-
 def _foreign_handlers(handler: Any) -> list:
     """The callables in ``handler`` (possibly Lightning's composition of several) that are not Lightning's."""
-    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
 
     inner = handler.signal_handlers if isinstance(handler, _HandlersCompose) else [handler]
-    return [h for h in inner if callable(h) and not _is_lightning_handler(h)]
+    return [h for h in inner if callable(h) and not isinstance(getattr(h, "__self__", None), _SignalConnector)]
 
 
 def slurm_requeue() -> bool:
@@ -145,14 +125,6 @@ class PreemptionCheckpoint(Checkpoint):
             log.warning("%s received: saving %s at the end of this training step, then stopping",
                         self._received.name, self.path)
 
-    def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            log.warning("Training outside the main thread: preemption signals are not handled")
-            return
-        for signum in self.signals:
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._on_signal)
-
     def _restore(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
@@ -161,7 +133,12 @@ class PreemptionCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._received = None
-        self._install()
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("Training outside the main thread: preemption signals are not handled")
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()

@@ -68,7 +68,7 @@ class ValidationSamples(L.Callback):
         rows = self.samples(trainer, pl_module)
         if not rows:
             return
-        step = _logging_step(trainer)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step of this validation's metrics
         image = self._heatmap(pl_module, rows[0]) if self.heatmap else None
         for logger in trainer.loggers:
             try:
@@ -105,13 +105,6 @@ class ValidationSamples(L.Callback):
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
             if image is not None:
                 atomic_write_bytes(folder / "cross_attention.png", image)
-
-
-def _logging_step(trainer: L.Trainer) -> int:
-    """The step Lightning gives this validation's metrics, so that scalars, text and images line up."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    step = getattr(loop, "_batches_that_stepped", None)
-    return int(step) if step is not None else trainer.global_step
 
 
 def _rgb(png: bytes) -> np.ndarray:

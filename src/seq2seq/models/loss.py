@@ -30,13 +30,15 @@ from torch import Tensor, nn
 CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**25}
 
 
-def target_index(tgt_out: Tensor, pad_id: int) -> Tensor:
-    """Flat positions (N,) of the non-pad targets of ``tgt_out`` (B, T).
-
-    ``nonzero`` needs the count on the host: on a GPU call this on the CPU batch before it is
-    moved (as :meth:`Seq2SeqModule.on_before_batch_transfer` does) so the step does not wait.
+def target_index(tokens: Tensor, pad_id: int) -> Tensor:
+    """Flat positions (N,) of the non-pad tokens of ``tokens`` (B, L): ``tgt_out``'s, or (as
+    ``source_index``) ``src``'s. ``nonzero`` needs the count on the host: on a GPU call this on the
+    CPU batch before it is moved (as ``collate`` does) so the step does not wait.
     """
-    return (tgt_out.reshape(-1) != pad_id).nonzero().squeeze(1)
+    return (tokens.reshape(-1) != pad_id).nonzero().squeeze(1)
+
+
+source_index = target_index
 
 
 def label_smoothed_nll(
@@ -155,11 +157,6 @@ def fused_linear_label_smoothed_ce(
         budget = CHUNK_ELEMENTS.get(hidden.device.type, CHUNK_ELEMENTS["cuda"])
         chunk = max(1, budget // weight.size(0))
     return _FusedLinearLabelSmoothedCE.apply(hidden, weight, target, float(epsilon), max(1, int(chunk)), bias)
-
-
-def source_index(src: Tensor, pad_id: int) -> Tensor:
-    """Flat positions (N_s,) of the real tokens of ``src`` (B, S); on the host before a GPU copy."""
-    return (src.reshape(-1) != pad_id).nonzero().squeeze(1)
 
 
 def right_padded(tokens: Tensor, pad_id: int) -> bool:

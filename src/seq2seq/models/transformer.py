@@ -140,11 +140,9 @@ def blocked_to_keep(mask: Tensor | None) -> Tensor | None:
     if mask is None:
         return None
     keep = mask == 0
-    if keep.dim() == 2:  # (Lq, Lk)
-        return keep
     if keep.dim() == 3:  # (B, Lq, Lk) -> (B, 1, Lq, Lk)
         return keep.unsqueeze(1)
-    if keep.dim() == 4:
+    if keep.dim() in (2, 4):  # (Lq, Lk) or (B, H, Lq, Lk)
         return keep
     raise ValueError(f"attention mask must have 2, 3 or 4 dimensions, got shape {tuple(mask.shape)}")
 
@@ -353,8 +351,9 @@ class MultiHeadAttention(nn.Module):
             (q,) = layout.heads(self.q_proj(x), 1, self.num_heads)
             if cache is not None and cache.cross_k[layer] is not None:
                 k, v = cache.cross_k[layer], cache.cross_v[layer]
-            else:
-                k, v = self.memory_keys_values(memory, memory_layout)
+            else:  # memory (B, S, D) -> keys and values (B, H, S, Dh)
+                memory_layout = memory_layout or Padded(memory.size(0), memory.size(1))
+                k, v = memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
                 if cache is not None:
                     cache.cross_k[layer], cache.cross_v[layer] = k, v
         else:
@@ -370,11 +369,6 @@ class MultiHeadAttention(nn.Module):
             dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask, dropout_p=dropout, is_causal=is_causal)
         return self.out_proj(layout.merge(out)), weights
-
-    def memory_keys_values(self, memory: Tensor, memory_layout: Padded | None = None) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values (B, H, S, Dh) of ``memory`` (B, S, D)."""
-        memory_layout = memory_layout or Padded(memory.size(0), memory.size(1))
-        return memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
 
 
 def _attention_with_weights(
@@ -487,13 +481,10 @@ class VocabularyHead(nn.Linear):
             nn.init.normal_(self.weight, std=cfg.d_model**-0.5)
         self.projection: nn.Module | None = None  # an int8 or packed copy for inference (inference.quantize)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """Decoder states (..., D) -> logits (..., V), through the inference copy when there is one."""
-        return self(hidden) if self.projection is None else self.projection(hidden)
-
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
-        """Unnormalized scores whose softmax is the output distribution: here the logits."""
-        return self.logits(hidden)
+        """Unnormalized scores whose softmax is the output distribution: here the logits (..., V),
+        through the inference copy when there is one."""
+        return self(hidden) if self.projection is None else self.projection(hidden)
 
     def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities in float32."""
@@ -526,7 +517,7 @@ class CopyHead(VocabularyHead):
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities (float32) of the mixed distribution: their softmax is the distribution itself."""
-        logits = self.logits(hidden).float()
+        logits = super().scores(hidden).float()
         gate = torch.sigmoid(self.gate(hidden).float())
         attention = attention.float()
         copy = torch.zeros_like(logits).scatter_add_(-1, source.expand_as(attention), attention)
@@ -534,8 +525,7 @@ class CopyHead(VocabularyHead):
         # The vocabulary softmax never reaches exactly 0 in float32 but can underflow; keep log finite.
         return probs.clamp_min(1e-30).log()
 
-    def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
-        return self.scores(hidden, attention, source)
+    log_probs = scores
 
     def loss(self, hidden, target, label_smoothing=0.0, attention=None, source=None, fused=None, chunk=None):
         # Normalized already: logsumexp is 0, so this is -log p and the smoothing term -mean(log p).
@@ -545,7 +535,7 @@ class CopyHead(VocabularyHead):
 class _Stack(nn.Module):
     """What the encoder and decoder stacks share: built either like the article,
     ``Stack(vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length=...)``,
-    or from a config, ``Stack.from_config(cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final
+    or from a config, ``Stack(config=cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final
     LayerNorm. ``states`` returns what the rest of the project needs; ``forward`` is the article's."""
 
     def __init__(self, vocab_size: int | None = None, d_model: int = 512, num_layers: int = 6, num_heads: int = 8,
@@ -567,10 +557,6 @@ class _Stack(nn.Module):
         layer, count = (EncoderLayer, cfg.num_encoder_layers) if encoder else (DecoderLayer, cfg.num_decoder_layers)
         self.layers = nn.ModuleList(layer(cfg) for _ in range(count))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-
-    @classmethod
-    def from_config(cls, cfg: TransformerConfig, embedding: Embedding | None = None):
-        return cls(config=cfg, embedding=embedding)
 
 
 class TransformerEncoder(_Stack):
@@ -681,14 +667,11 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.config = cfg
-        src_embed = Embedding(cfg.src_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
-        tgt_embed = (
-            src_embed
-            if cfg.share_embeddings
-            else Embedding(cfg.tgt_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
-        )
-        self.encoder = TransformerEncoder.from_config(cfg, src_embed)
-        self.decoder = TransformerDecoder.from_config(cfg, tgt_embed)
+        src_embed = tgt_embed = Embedding(cfg.src_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
+        if not cfg.share_embeddings:
+            tgt_embed = Embedding(cfg.tgt_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
+        self.encoder = TransformerEncoder(config=cfg, embedding=src_embed)
+        self.decoder = TransformerDecoder(config=cfg, embedding=tgt_embed)
         for name, p in self.named_parameters():
             if p.dim() == 2 and "embed" not in name and p is not self.decoder.output.weight:
                 nn.init.xavier_uniform_(p)
