@@ -104,19 +104,13 @@ class PreemptionCheckpoint(Checkpoint):
     Args:
         dirpath: folder of ``last.ckpt`` (the run folder's ``checkpoints/``).
         signals: signal names that mean "preempted".
-        filename: the checkpoint's name without ``.ckpt``.
     """
 
-    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = DEFAULT_SIGNALS, filename: str = "last") -> None:
-        self.dirpath = Path(dirpath)
-        self.filename = filename
+    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = DEFAULT_SIGNALS) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
         self.signals = [_signal(s) for s in signals]
         self._received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
-
-    @property
-    def path(self) -> Path:
-        return self.dirpath / f"{self.filename}.ckpt"
 
     # -- handlers ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -125,11 +119,14 @@ class PreemptionCheckpoint(Checkpoint):
             log.warning("%s received: saving %s at the end of this training step, then stopping",
                         self._received.name, self.path)
 
-    def _restore(self) -> None:
+    def _restore(self, *hook_args: Any, **hook_kwargs: Any) -> None:
+        """Put the previous handlers back (also Lightning's hooks on_train_end, on_exception, teardown)."""
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
+
+    on_train_end = on_exception = teardown = _restore
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._received = None
@@ -140,24 +137,13 @@ class PreemptionCheckpoint(Checkpoint):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore()
-
     # -- stopping ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loop = trainer.fit_loop.epoch_loop
-        if trainer.fit_loop._should_accumulate():
-            return  # gradients of this step are still being summed: they are not in a checkpoint
-        if loop.batch_progress.is_last_batch:
-            return  # the epoch's validation and end follow: stop at on_train_epoch_end
-        self._maybe_stop(trainer)
+        # Not while the step's gradients are still being summed (they are not in a checkpoint), nor
+        # after the epoch's last batch (its validation and end follow: stop at on_train_epoch_end).
+        if not trainer.fit_loop._should_accumulate() and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._maybe_stop(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A validation within the epoch (trainer.val_check_interval < 1); the one at the epoch's end

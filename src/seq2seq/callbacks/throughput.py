@@ -45,12 +45,10 @@ def flops_per_token(net: Seq2SeqTransformer, src_len: float, tgt_len: float) -> 
     """Count the matmul FLOPs of one forward pass of ``net``, split per source and per target token.
 
     Every ``nn.Linear`` (the output head included) costs its weight's size in multiply-adds per token
-    it sees: the encoder's and the decoder's cross-attention key/value projections (computed once
-    per source token) count on the source side, the decoder's others on the target side, so a model
-    variant's own layers count without changing this function. Attention adds its scores and
-    weighted sum, ``2 L d`` per query over ``L`` keys: ``src_len`` in the encoder and the
-    cross-attention, ``tgt_len`` in the decoder's self-attention. Each multiply-add is 2 FLOPs.
-    Embedding lookups, norms and softmax are left out, as usual.
+    it sees: the encoder's and the cross-attention key/value projections count per source token, the
+    decoder's others per target token. Attention adds ``2 L d`` per query over ``L`` keys (``src_len``
+    in the encoder and cross-attention, ``tgt_len`` in decoder self-attention). A multiply-add is 2
+    FLOPs; embeddings, norms and softmax are left out, as usual.
     """
     cfg = net.config
 

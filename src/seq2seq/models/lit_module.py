@@ -67,18 +67,9 @@ class Seq2SeqModule(L.LightningModule):
             so that resuming the run tokenizes with the parent's tokenizer again.
     """
 
-    def __init__(
-        self,
-        model: dict | DictConfig,
-        optim: dict | DictConfig,
-        decoding: dict | DictConfig | None = None,
-        tokenizer: Tokenizer | None = None,
-        task: str = "translation",
-        monitor: str | None = None,
-        monitor_mode: str = "max",
-        speed: dict | DictConfig | None = None,
-        init_from: dict | None = None,
-    ):
+    def __init__(self, model: dict | DictConfig, optim: dict | DictConfig, decoding: dict | DictConfig | None = None,
+                 tokenizer: Tokenizer | None = None, task: str = "translation", monitor: str | None = None,
+                 monitor_mode: str = "max", speed: dict | DictConfig | None = None, init_from: dict | None = None):
         super().__init__()
         check_task(task)
         if monitor_mode not in ("max", "min"):
@@ -262,10 +253,9 @@ class Seq2SeqModule(L.LightningModule):
         Lightning divided each returned loss by ``accumulate_grad_batches`` (N) and DDP averaged the
         gradients over the W ranks, so what each parameter holds now is ``c / (N W)`` times the sum
         (``c``: :meth:`_loss_scale`); multiplying by ``N W / (c T)``, T the tokens of all N x W batches
-        (summed over the ranks with one all-reduce), gives the gradient of one batch holding them all.
-        This runs before gradient clipping (and after the AMP scaler unscaled the gradients), so
-        clipping sees the final gradient. ``train/loss`` and ``train/nll`` are logged here, per token
-        of the whole step (all its batches, all ranks), as a step of one batch logs them.
+        (one all-reduce), gives the gradient of one batch holding them all. This runs after the AMP
+        scaler unscaled the gradients and before clipping. ``train/loss`` and ``train/nll`` are logged
+        here, per token of the whole step.
         """
         if not self._token_exact():
             return

@@ -5,29 +5,23 @@ Shapes used in the docstrings:
     D  d_model               H  attention heads        Dh head size (D / H)
     V  vocabulary size
 
-Masks: at this module's public API (the article's ``TransformerEncoder`` / ``TransformerDecoder``
-and :class:`Seq2SeqTransformer`) a mask marks **blocked** positions with ``True`` or any non-zero
-value, as in the article the project grew from and in PyTorch's ``key_padding_mask``. A mask
-broadcasts to ``(B, H, Lq, Lk)``: a 2-D mask is ``(Lq, Lk)`` for every sequence, a 3-D mask
-``(B, Lq, Lk)`` (use ``(B, 1, Lk)`` for key padding). Internally masks are turned once into the
-boolean *keep* masks that :func:`torch.nn.functional.scaled_dot_product_attention` expects.
+Masks: at the public API (the article's ``TransformerEncoder`` / ``TransformerDecoder`` and
+:class:`Seq2SeqTransformer`) a mask marks **blocked** positions with ``True`` or any non-zero value,
+as PyTorch's ``key_padding_mask`` does, and broadcasts to ``(B, H, Lq, Lk)``: ``(Lq, Lk)``, or
+``(B, Lq, Lk)`` (``(B, 1, Lk)`` for key padding). Internally they become the boolean *keep* masks of
+``F.scaled_dot_product_attention`` (SDPA, so that PyTorch can pick a fused kernel). Incremental
+decoding keeps a :class:`KVCache`: self-attention keys and values grow by one position per step;
+cross-attention keys and values are computed once per source.
 
-Attention goes through ``F.scaled_dot_product_attention`` so that PyTorch can pick a fused kernel.
-Incremental decoding keeps a :class:`KVCache`: decoder self-attention keys and values grow by one
-position per step; cross-attention keys and values are computed once per source.
+Two layouts, one definition per layer: :class:`Padded` (``(B, L, D)``, every position) or
+:class:`Packed` (``(N, D)``, the ``N`` real tokens only). Everything but attention works on each
+position alone; attention asks the layout to place queries, keys and values in the ``(B, H, L, Dh)``
+form SDPA needs and to take its output back. Training runs packed (no FLOPs on padding, see
+:meth:`Seq2SeqTransformer.target_states`), decoding and inspection run padded.
 
-Two layouts, one definition per layer. Every layer takes its activations in a *layout*:
-:class:`Padded` (``(B, L, D)``, every position, as in the article) or :class:`Packed` (``(N, D)``,
-the ``N`` real tokens only). Everything but attention works on each position alone, so it is the
-same code for both; attention asks the layout to place projected queries, keys and values in the
-``(B, H, L, Dh)`` form SDPA needs and to take its output back. Training runs packed (no FLOPs on
-padding, see :meth:`Seq2SeqTransformer.target_states`), decoding and inspection run padded.
-
-Output heads. The decoder ends in a head: :class:`VocabularyHead` (the output projection, tied to
-the target embedding by default) or :class:`CopyHead` (pointer-generator, See et al. 2017: the
-vocabulary softmax mixed with the last layer's cross-attention scattered onto the source ids).
-Both have the same interface (``scores``, ``log_probs``, ``loss``), so neither the loss nor the
-searches know which one a model has.
+Output heads: :class:`VocabularyHead` (tied to the target embedding by default) or :class:`CopyHead`
+(pointer-generator, See et al. 2017). Both have the same interface (``scores``, ``log_probs``,
+``loss``), so neither the loss nor the searches know which one a model has.
 """
 
 from __future__ import annotations
@@ -263,12 +257,8 @@ class Embedding(nn.Module):
 
 
 class KVCache:
-    """Keys and values kept between decoding steps, one entry per decoder layer.
-
-    Self-attention buffers are preallocated to ``max_length`` so that a step writes one position
-    instead of concatenating. :meth:`select` keeps or reorders batch rows (beam search reordering,
-    dropping finished sequences).
-    """
+    """Keys and values kept between decoding steps, one entry per decoder layer. Self-attention
+    buffers grow by doubling, so that a step writes one position instead of concatenating."""
 
     def __init__(self, num_layers: int):
         self.self_k: list[Tensor | None] = [None] * num_layers
@@ -278,8 +268,8 @@ class KVCache:
         self.length = 0  # positions already written to the self-attention buffers
 
     def select(self, index: Tensor, self_only: bool = False) -> None:
-        """Keep batch rows ``index`` (B') in that order, for every layer's buffers (``self_only``:
-        the self-attention buffers only, when every row keeps its source)."""
+        """Keep batch rows ``index`` (B') in that order (beam reordering, dropping finished rows);
+        ``self_only``: the self-attention buffers only, when every row keeps its source."""
         for store in (self.self_k, self.self_v):
             for i, t in enumerate(store):
                 if t is not None:
@@ -328,18 +318,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(
-        self,
-        x: Tensor,
-        layout: Padded,
-        memory: Tensor | None = None,
-        memory_layout: Padded | None = None,
-        keep_mask: Tensor | None = None,
-        is_causal: bool = False,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, layout: Padded, memory: Tensor | None = None, memory_layout: Padded | None = None,
+                keep_mask: Tensor | None = None, is_causal: bool = False, cache: KVCache | None = None,
+                layer: int = 0, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Attend from ``x`` (rows of ``layout``) to itself or to ``memory`` (rows of ``memory_layout``).
 
         ``keep_mask`` is a boolean keep-mask broadcastable to (B, H, Lq, Lk). With a ``cache``,
@@ -604,18 +585,9 @@ class TransformerDecoder(_Stack):
         """Decoder states (..., D) -> vocabulary logits (..., V) (before any copy mixing)."""
         return self.output(hidden)
 
-    def states(
-        self,
-        tokens: Tensor,
-        memory: Tensor | None,
-        memory_mask: Tensor | None,
-        *,
-        self_attn_mask: Tensor | None = None,
-        layout: Padded | None = None,
-        memory_layout: Padded | None = None,
-        cache: KVCache | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None, dict[str, list]]:
+    def states(self, tokens: Tensor, memory: Tensor | None, memory_mask: Tensor | None, *,
+               self_attn_mask: Tensor | None = None, layout: Padded | None = None, memory_layout: Padded | None = None,
+               cache: KVCache | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None, dict[str, list]]:
         """Run the stack: ``(hidden, attention, weights)``.
 
         ``hidden``: final states, rows of ``layout`` ((B, T, D) by default). ``attention``: the last
