@@ -282,9 +282,9 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any 
     :class:`CheckpointError`; with ``budget`` (the ``trainer`` config), one that has not trained past
     it (:func:`check_budget_left`), else :class:`ConfigError`.
     """
-    if ckpt_path is None or str(ckpt_path).strip() == "":
+    ckpt_path = str(ckpt_path or "").strip()
+    if not ckpt_path:
         return None
-    ckpt_path = str(ckpt_path).strip()
     path = Path(ckpt_path)
     if ckpt_path in ("last", "auto"):
         path = Path(output_dir) / "checkpoints" / "last.ckpt"

@@ -84,9 +84,8 @@ class EMA(EMAWeightAveraging):
 
     def average_weights(self, pl_module: L.LightningModule) -> dict[str, Any]:
         """The averaged weights (the network's ``state_dict`` keys, without the ``net.`` prefix)."""
-        if self._ended or not self._averaged():
-            return dict(pl_module.net.state_dict())
-        return {k[len("module."):]: v for k, v in self._average_model.state_dict().items() if k.startswith("module.")}
+        net = pl_module.net if self._ended or not self._averaged() else self._average_model.module
+        return dict(net.state_dict())
 
     # -- validation on the average -------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -115,7 +114,7 @@ class EMA(EMAWeightAveraging):
         if self._average_model is None or trainer.state.fn != TrainerFn.FITTING:
             return  # after fit the network holds the average
         state = self._average_model.state_dict()
-        module_state = {PREFIX + k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+        module_state = {PREFIX + k: v for k, v in self._average_model.module.state_dict().items()}
         if self._ended:  # swapped: the network holds the average, the averaged model the trained weights
             checkpoint["current_model_state"] = module_state
         elif not self._averaged():  # no update yet: the "average" is the trained weights

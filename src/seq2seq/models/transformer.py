@@ -429,18 +429,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, memory, self_keep, memory_keep, is_causal, layout, memory_layout, cache, layer, need_weights):
         """x (rows of ``layout``), memory (rows of ``memory_layout``) -> x, (self weights, cross weights)."""
-        x, self_w = self.self_block(
-            x,
-            lambda h: self.self_attn(
-                h, layout, keep_mask=self_keep, is_causal=is_causal, cache=cache, layer=layer, need_weights=need_weights
-            ),
-        )
-        x, cross_w = self.cross_block(
-            x,
-            lambda h: self.cross_attn(
-                h, layout, memory, memory_layout, memory_keep, cache=cache, layer=layer, need_weights=need_weights
-            ),
-        )
+        x, self_w = self.self_block(x, lambda h: self.self_attn(
+            h, layout, keep_mask=self_keep, is_causal=is_causal, cache=cache, layer=layer, need_weights=need_weights))
+        x, cross_w = self.cross_block(x, lambda h: self.cross_attn(
+            h, layout, memory, memory_layout, memory_keep, cache=cache, layer=layer, need_weights=need_weights))
         x, _ = self.ffn_block(x, self.ffn)
         return x, (self_w, cross_w)
 
