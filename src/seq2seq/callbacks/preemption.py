@@ -59,9 +59,7 @@ class Preempted(Exception):
 def _signal(name: str | int) -> signal.Signals:
     if isinstance(name, int):
         return signal.Signals(name)
-    name = str(name).upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
+    name = "SIG" + str(name).upper().removeprefix("SIG")
     try:
         return signal.Signals[name]
     except KeyError:
