@@ -75,8 +75,9 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, **kwargs)
 
-    def _save_last(self, trainer: L.Trainer) -> None:
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def _save_last(self, trainer: L.Trainer, now: bool = True) -> None:
+        if now and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -85,16 +86,13 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
-            self._save_last(trainer)
+        self._save_last(trainer, not self._should_save_on_train_epoch_end(trainer))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
-            self._save_last(trainer)
+        self._save_last(trainer, self._should_save_on_train_epoch_end(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last(trainer)
+        self._save_last(trainer)
 
 
 # ---------------------------------------------------------------------------------- RNG and logs

@@ -95,12 +95,10 @@ class TransformerConfig:
                 raise ConfigError(f"model.{name}={value!r}: use a probability in [0, 1), e.g. 0.1")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={self.activation!r}: use one of {', '.join(ACTIVATIONS)}")
-        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ConfigError("model.share_embeddings=true needs one vocabulary for both sides (src_vocab_size == "
-                              "tgt_vocab_size): set data.joint_vocab=true or model.share_embeddings=false")
-        if self.copy_attention and self.src_vocab_size != self.tgt_vocab_size:
-            raise ConfigError("model.copy_attention=true needs one vocabulary for both sides (src_vocab_size == "
-                              "tgt_vocab_size): set data.joint_vocab=true or model.copy_attention=false")
+        for name in ("share_embeddings", "copy_attention"):
+            if getattr(self, name) and self.src_vocab_size != self.tgt_vocab_size:
+                raise ConfigError(f"model.{name}=true needs one vocabulary for both sides (src_vocab_size == "
+                                  f"tgt_vocab_size): set data.joint_vocab=true or model.{name}=false")
 
     def settings_outside(self, mapped: Mapping[str, tuple | None]) -> list[tuple[str, Any, tuple]]:
         """``(field, value, allowed values)`` of every setting a consumer (an export) cannot represent:
