@@ -63,11 +63,9 @@ class LastCheckpoint(ModelCheckpoint):
     validation (or at the end of every epoch without one), and when training ends.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` after a validation only when
-    it also wrote a top-k checkpoint then (Lightning >= 2.5), so a run whose score stopped improving
-    kept a ``last.ckpt`` from before its last validations, and an ended run's ``last.ckpt`` was not
-    its final state. A step-triggered save that falls on the last batch of an epoch is left to the
-    end of the epoch, which comes right after it with the validation's results (best score, early
-    stopping) included.
+    it also wrote a top-k checkpoint (Lightning >= 2.5): a run whose score stopped improving kept an
+    old one. A step-triggered save on the last batch of an epoch is left to the epoch's end, right
+    after it, with the validation's results (best score, early stopping) included.
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
@@ -135,9 +133,8 @@ class ResumeState(L.Callback):
     """Save and restore the random generators and the CSV logger's rows with each checkpoint.
 
     The generators (each rank's, under DDP) are captured when the checkpoint is written and set back
-    when the resumed run starts training (``on_train_start``). Nothing draws from torch's global generator between those
-    two points in either run (the data loaders have generators of their own), so dropout continues
-    with the same masks.
+    in ``on_train_start``; nothing draws from the global generators between those two points (the
+    data loaders have their own), so dropout continues with the same masks.
 
     The CSV logger deletes an existing ``metrics.csv`` when it starts, so the rows written up to the
     checkpoint are kept in it and written back on resume; a training step that is saved before its
@@ -234,11 +231,8 @@ class ResumeState(L.Callback):
 
 # -------------------------------------------------------------------------------- resuming
 def finished_run(output_dir: str | Path) -> dict | None:
-    """The ``metrics.json`` of a run that ended (``"status": "finished"``) in ``output_dir``, else None.
-
-    ``seq2seq.train`` writes it last, after testing, so a run stopped at any earlier point (killed,
-    preempted, failed) has none, or the file of an earlier version without ``status``.
-    """
+    """The ``metrics.json`` of a run that ended (``"status": "finished"``) in ``output_dir``, else None
+    (``seq2seq.train`` writes it last, so a run stopped at any earlier point has none)."""
     path = Path(output_dir) / "metrics.json"
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))

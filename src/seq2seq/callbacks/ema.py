@@ -4,16 +4,13 @@
 average ``ema = decay * ema + (1 - decay) * weights`` updated after every ``update_every_n_steps``-th
 optimizer step (the first update copies the weights). What uses it:
 
-* validation (BLEU, the loss, the sample table and heatmap) runs on the averaged weights: they are
-  swapped into the network when validation starts and back when it ends;
-* every checkpoint (``best.ckpt``, ``last.ckpt``) holds the averaged weights in ``state_dict``, so
-  ``test`` of ``best.ckpt``, ``translate``, ``eval``, the API and the export use them with no option;
-  the trained weights and the average's counter ride along as ``current_model_state`` and
-  ``averaging_state`` (training state, dropped by ``average_checkpoints``);
-* after training the network holds the averaged weights (swapped in: a ``last.ckpt`` written when
-  training ends still records the trained weights as ``current_model_state``);
-* exact resume (``ckpt_path=last``) restores the trained weights from ``current_model_state`` and the
-  average from ``state_dict``, so a killed and resumed run ends with the same average.
+* validation runs on the averaged weights, swapped into the network while it runs;
+* every checkpoint holds the averaged weights in ``state_dict``, so test, ``translate``, ``eval``,
+  the API and the exports use them with no option; the trained weights and the average's counter
+  ride along as ``current_model_state`` and ``averaging_state`` (dropped by ``average_checkpoints``);
+* after training the network holds the averaged weights;
+* exact resume restores the trained weights from ``current_model_state`` and the average from
+  ``state_dict``, so a killed and resumed run ends with the same average.
 
 Unlike Lightning's callback: the average covers ``pl_module.net`` only (the LightningModule's
 tokenizer and metrics need no copy), built once the network exists; the swap happens at

@@ -94,10 +94,9 @@ def slurm_requeue() -> bool:
 class PreemptionCheckpoint(Checkpoint):
     """On SIGTERM/SIGUSR1/SIGUSR2 during training: save ``last.ckpt`` at the next exact point and stop.
 
-    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the other
-    callbacks (``seq2seq.train`` also puts it after the other checkpoint callbacks): by then the
-    step's EMA update, logging and periodic checkpoint are done, and the file equals what the
-    periodic checkpoint would hold at this step.
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the other callbacks
+    (and ``seq2seq.train`` after the other checkpoint callbacks): the step's EMA update, logging and
+    periodic checkpoint are done, and the file equals what the periodic checkpoint would hold.
 
     Args:
         dirpath: folder of ``last.ckpt`` (the run folder's ``checkpoints/``).
