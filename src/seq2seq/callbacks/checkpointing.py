@@ -2,33 +2,20 @@
 
 Four pieces, used by :mod:`seq2seq.train`:
 
-* :class:`AtomicCheckpointIO` (a Trainer plugin) writes every checkpoint to a temporary file in the
-  destination folder, flushes it to disk and renames it onto the final name, so a run killed while
-  saving leaves the previous ``last.ckpt`` intact instead of a truncated one.
-* :class:`LastCheckpoint` (a callback, ``callbacks.periodic_checkpoint``) writes ``last.ckpt`` after
-  every validation, every N optimizer steps and when training ends.
-* :class:`ResumeState` (a callback, ``callbacks.resume_state``) stores in each checkpoint what
-  Lightning does not: the random number generators (torch, CUDA, NumPy, Python) and the CSV
-  logger's rows. Resuming restores them, so dropout masks, and the loss curve in ``csv/metrics.csv``,
-  continue as if the run had never stopped. Model, optimizer, scheduler, loop counters, callbacks
-  (early stopping, checkpointing) and the train loader's position (see
-  :class:`seq2seq.data.datamodule.ResumableDataLoader`) are restored by Lightning itself.
-* :func:`resume_checkpoint` resolves ``ckpt_path`` (``last`` means ``<run folder>/checkpoints/last.ckpt``;
-  ``auto`` that file if it exists, else a fresh start) and checks, before anything is trained, that the file is a complete seq2seq training checkpoint
-  of the configured model; otherwise it raises :class:`~seq2seq.errors.CheckpointError` with one
-  line saying what to do.
+* :class:`AtomicCheckpointIO` (a Trainer plugin): a run killed while saving leaves the previous
+  ``last.ckpt`` intact instead of a truncated one.
+* :class:`LastCheckpoint` (``callbacks.periodic_checkpoint``) writes ``last.ckpt`` after every
+  validation, every ``every_n_train_steps`` optimizer steps and when training ends.
+* :class:`ResumeState` (``callbacks.resume_state``) stores what Lightning does not: the random
+  generators and the CSV logger's rows, so dropout masks and ``csv/metrics.csv`` continue as if the
+  run had never stopped (Lightning restores the rest, the train loader's position included).
+* :func:`resume_checkpoint` resolves and checks ``ckpt_path`` before anything is trained.
 
-Resume a killed run in its own folder::
-
-    python -m seq2seq.train <same overrides> ckpt_path=last hydra.run.dir=<run folder>
-
-or give ``ckpt_path=auto hydra.run.dir=<run folder>`` from the start: the same command then starts
-the run, continues it after a kill or a preemption (:mod:`seq2seq.callbacks.preemption` writes
-``last.ckpt`` on SIGTERM/SIGUSR1/SIGUSR2), and does nothing once it has finished (:func:`finished_run`).
-
-``last.ckpt`` is written after every validation (:class:`LastCheckpoint`), when training ends and,
-with ``callbacks.periodic_checkpoint.every_n_train_steps=N``, every N optimizer steps within an epoch. On CPU the resumed run ends with the same weights, metrics
-and loss curve as an uninterrupted one (``tests/test_resume.py``).
+Resume a killed run in its own folder with ``python -m seq2seq.train <same overrides> ckpt_path=last
+hydra.run.dir=<run folder>``, or give ``ckpt_path=auto`` from the start: the same command then starts
+the run, continues it after a kill or a preemption (:mod:`seq2seq.callbacks.preemption`), and does
+nothing once it has finished (:func:`finished_run`). The resumed run ends with the same weights,
+metrics and loss curve as an uninterrupted one (``tests/test_resume.py``).
 """
 
 from __future__ import annotations
@@ -76,11 +63,9 @@ class LastCheckpoint(ModelCheckpoint):
     validation (or at the end of every epoch without one), and when training ends.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` after a validation only when
-    it also wrote a top-k checkpoint then (Lightning >= 2.5), so a run whose score stopped improving
-    kept a ``last.ckpt`` from before its last validations, and an ended run's ``last.ckpt`` was not
-    its final state. A step-triggered save that falls on the last batch of an epoch is left to the
-    end of the epoch, which comes right after it with the validation's results (best score, early
-    stopping) included.
+    it also wrote a top-k checkpoint (Lightning >= 2.5): a run whose score stopped improving kept an
+    old one. A step-triggered save on the last batch of an epoch is left to the epoch's end, right
+    after it, with the validation's results (best score, early stopping) included.
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
@@ -88,8 +73,9 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, **kwargs)
 
-    def _save_last(self, trainer: L.Trainer) -> None:
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def _save_last(self, trainer: L.Trainer, now: bool = True) -> None:
+        if now and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -98,16 +84,13 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
-            self._save_last(trainer)
+        self._save_last(trainer, not self._should_save_on_train_epoch_end(trainer))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
-            self._save_last(trainer)
+        self._save_last(trainer, self._should_save_on_train_epoch_end(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last(trainer)
+        self._save_last(trainer)
 
 
 # ---------------------------------------------------------------------------------- RNG and logs
@@ -150,9 +133,8 @@ class ResumeState(L.Callback):
     """Save and restore the random generators and the CSV logger's rows with each checkpoint.
 
     The generators (each rank's, under DDP) are captured when the checkpoint is written and set back
-    when the resumed run starts training (``on_train_start``). Nothing draws from torch's global generator between those
-    two points in either run (the data loaders have generators of their own), so dropout continues
-    with the same masks.
+    in ``on_train_start``; nothing draws from the global generators between those two points (the
+    data loaders have their own), so dropout continues with the same masks.
 
     The CSV logger deletes an existing ``metrics.csv`` when it starts, so the rows written up to the
     checkpoint are kept in it and written back on resume; a training step that is saved before its
@@ -249,11 +231,8 @@ class ResumeState(L.Callback):
 
 # -------------------------------------------------------------------------------- resuming
 def finished_run(output_dir: str | Path) -> dict | None:
-    """The ``metrics.json`` of a run that ended (``"status": "finished"``) in ``output_dir``, else None.
-
-    ``seq2seq.train`` writes it last, after testing, so a run stopped at any earlier point (killed,
-    preempted, failed) has none, or the file of an earlier version without ``status``.
-    """
+    """The ``metrics.json`` of a run that ended (``"status": "finished"``) in ``output_dir``, else None
+    (``seq2seq.train`` writes it last, so a run stopped at any earlier point has none)."""
     path = Path(output_dir) / "metrics.json"
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
@@ -262,19 +241,15 @@ def finished_run(output_dir: str | Path) -> dict | None:
     return stored if isinstance(stored, dict) and stored.get("status") == "finished" else None
 
 
-def trained_so_far(checkpoint: dict) -> tuple[int, int]:
-    """``(optimizer steps, epochs whose batches all ran)`` of a training checkpoint."""
-    epochs = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    return int(checkpoint.get("global_step") or 0), int(epochs.get("processed", checkpoint.get("epoch") or 0))
-
-
 def check_budget_left(path: Path, checkpoint: dict, budget: Any) -> None:
     """:class:`ConfigError` when the checkpoint has trained past ``trainer.max_steps`` or ``max_epochs``.
 
     A checkpoint that reached its budget exactly is fine (Lightning trains no further; the run tests and
     finishes, which is how a run stopped after its training resumes); one past it means the budget was
     lowered, which Lightning would end with a traceback (epochs) or silently ignore (steps)."""
-    steps, epochs = trained_so_far(checkpoint)
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    steps = int(checkpoint.get("global_step") or 0)
+    epochs = int(progress.get("processed", checkpoint.get("epoch") or 0))  # epochs whose batches all ran
     max_steps, max_epochs = budget.get("max_steps", -1), budget.get("max_epochs")
     past = []
     if max_steps is not None and max_steps != -1 and steps > max_steps:
@@ -293,18 +268,15 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: str | Path, model: Any 
                       budget: Any = None) -> str | None:
     """The checkpoint file to resume from, checked; None to start anew.
 
-    ``ckpt_path=last`` is ``<output_dir>/checkpoints/last.ckpt``: run the command with
-    ``hydra.run.dir=<the run folder>`` to continue a run in its own folder. ``ckpt_path=auto`` is
-    the same file when it exists and a fresh start when it does not, so one command both starts a
-    run and continues it after a preemption (with a fixed ``hydra.run.dir`` or ``hydra.sweep.dir``).
-    The file must be a complete training checkpoint (with optimizer and loop state) written by
-    ``seq2seq.train``, of the same architecture as ``model`` (the run's ``model`` config), else
+    ``ckpt_path=last`` is ``<output_dir>/checkpoints/last.ckpt``; ``auto`` is that file when it
+    exists and a fresh start when it does not. The file must be a complete training checkpoint
+    written by ``seq2seq.train`` of the same architecture as ``model`` (the ``model`` config), else
     :class:`CheckpointError`; with ``budget`` (the ``trainer`` config), one that has not trained past
     it (:func:`check_budget_left`), else :class:`ConfigError`.
     """
-    if ckpt_path is None or str(ckpt_path).strip() == "":
+    ckpt_path = str(ckpt_path or "").strip()
+    if not ckpt_path:
         return None
-    ckpt_path = str(ckpt_path).strip()
     path = Path(ckpt_path)
     if ckpt_path in ("last", "auto"):
         path = Path(output_dir) / "checkpoints" / "last.ckpt"

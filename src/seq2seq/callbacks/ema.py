@@ -4,27 +4,20 @@
 average ``ema = decay * ema + (1 - decay) * weights`` updated after every ``update_every_n_steps``-th
 optimizer step (the first update copies the weights). What uses it:
 
-* validation (BLEU, the loss, the sample table and heatmap) runs on the averaged weights: they are
-  swapped into the network when validation starts and back when it ends;
-* every checkpoint (``best.ckpt``, ``last.ckpt``) holds the averaged weights in ``state_dict``, so
-  ``test`` of ``best.ckpt``, ``translate``, ``eval``, the API and the export use them with no option;
-  the trained weights and the average's counter ride along as ``current_model_state`` and
-  ``averaging_state`` (training state, dropped by ``average_checkpoints``);
-* after training the network holds the averaged weights (swapped in: a ``last.ckpt`` written when
-  training ends still records the trained weights as ``current_model_state``);
-* exact resume (``ckpt_path=last``) restores the trained weights from ``current_model_state`` and the
-  average from ``state_dict``, so a killed and resumed run ends with the same average.
+* validation runs on the averaged weights, swapped into the network while it runs;
+* every checkpoint holds the averaged weights in ``state_dict``, so test, ``translate``, ``eval``,
+  the API and the exports use them with no option; the trained weights and the average's counter
+  ride along as ``current_model_state`` and ``averaging_state`` (dropped by ``average_checkpoints``);
+* after training the network holds the averaged weights;
+* exact resume restores the trained weights from ``current_model_state`` and the average from
+  ``state_dict``, so a killed and resumed run ends with the same average.
 
-This subclass differs from Lightning's callback in three ways: the average covers the network only
-(``pl_module.net``, which is all the module's parameters; the LightningModule itself holds a
-tokenizer and metrics that need no copy), built on the training device once the network exists
-(this module's ``setup`` runs before the LightningModule's, which builds it); the swap happens at
-``on_validation_start``/``on_validation_end``, so callbacks that read the network after the
-validation epoch (the heatmap) see the averaged weights too; and loading a checkpoint outside
-``fit`` (``trainer.test(ckpt_path=best)``) keeps the averaged weights in the network, where
-Lightning's would load the trained ones back. And when training ends the average is swapped into
-the network, not copied over the trained weights, so that a checkpoint written after that point
-(``ModelCheckpoint`` writes ``last.ckpt`` in ``on_train_end`` if it has not yet) still resumes exactly.
+Unlike Lightning's callback: the average covers ``pl_module.net`` only (the LightningModule's
+tokenizer and metrics need no copy), built once the network exists; the swap happens at
+``on_validation_start``/``end``, so callbacks reading the network after the validation epoch (the
+heatmap) see the average too; loading a checkpoint outside ``fit`` keeps the average in the network;
+and when training ends the average is swapped in, not copied over the trained weights, so that a
+``last.ckpt`` written after that point still resumes exactly.
 """
 
 from __future__ import annotations
@@ -63,14 +56,14 @@ class EMA(EMAWeightAveraging):
             raise ConfigError(f"callbacks.ema.update_every_n_steps={update_every_n_steps}: use 1 or more")
         super().__init__(device=device, use_buffers=False, decay=float(decay),
                          update_every_n_steps=int(update_every_n_steps), update_starting_at_step=update_starting_at_step)
-        self.decay = float(decay)
         self._swapped = False
+        self._ended = False  # training ended: the network holds the average, the average the weights
 
     # -- the average -----------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._ended = False  # set when training ends: the network holds the average, the average the weights
+        self._ended = False
         net = pl_module.network()
         # The base class updates and swaps over pl_module's parameters and buffers: they must be the
         # network's, in its order.
@@ -88,9 +81,8 @@ class EMA(EMAWeightAveraging):
 
     def average_weights(self, pl_module: L.LightningModule) -> dict[str, Any]:
         """The averaged weights (the network's ``state_dict`` keys, without the ``net.`` prefix)."""
-        if getattr(self, "_ended", False) or not self._averaged():
-            return dict(pl_module.net.state_dict())
-        return {k[len("module."):]: v for k, v in self._average_model.state_dict().items() if k.startswith("module.")}
+        net = pl_module.net if self._ended or not self._averaged() else self._average_model.module
+        return dict(net.state_dict())
 
     # -- validation on the average -------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -119,7 +111,7 @@ class EMA(EMAWeightAveraging):
         if self._average_model is None or trainer.state.fn != TrainerFn.FITTING:
             return  # after fit the network holds the average
         state = self._average_model.state_dict()
-        module_state = {PREFIX + k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+        module_state = {PREFIX + k: v for k, v in self._average_model.module.state_dict().items()}
         if self._ended:  # swapped: the network holds the average, the averaged model the trained weights
             checkpoint["current_model_state"] = module_state
         elif not self._averaged():  # no update yet: the "average" is the trained weights

@@ -1,39 +1,25 @@
 """Preemption: a SIGTERM, SIGUSR1 or SIGUSR2 makes a training run save ``last.ckpt`` and stop.
 
-Clusters announce the end of a job with a signal: SLURM sends SIGTERM when it preempts or cancels
-a job, the signal of ``--signal=SIG@SECONDS`` (SIGUSR1 in Lightning's SLURM examples, SIGUSR2 for
-submitit and so for ``hydra/launcher=slurm``) before the time limit, and SIGKILL a grace period
-later. :class:`PreemptionCheckpoint` (``callbacks.preemption``) turns such a signal into a clean
-stop: the handler only notes the signal; at the next point where Lightning's own checkpoints resume
-exactly (the end of an optimizer step, not inside a gradient-accumulation cycle; the end of a
-validation within an epoch; the end of an epoch, after its validation and checkpoints), after every
-other callback of that point has run, the callback writes ``<run folder>/checkpoints/last.ckpt`` with
-``trainer.save_checkpoint`` (the same content as the periodic ``last.ckpt``: optimizer, schedule,
-loop counters, sampler position, :class:`~seq2seq.callbacks.checkpointing.ResumeState`), then raises
-:class:`Preempted`. ``seq2seq.train`` prints how to resume and exits with status
-:data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``: try again); the same command with ``ckpt_path=auto``
-continues, and ends with the same weights and metrics as a run that was never stopped
-(``tests/test_preemption.py``).
+SLURM sends SIGTERM when it preempts or cancels a job, the signal of ``--signal=SIG@SECONDS``
+(SIGUSR1 in Lightning's examples, SIGUSR2 for submitit and ``hydra/launcher=slurm``) before the time
+limit, and SIGKILL a grace period later. :class:`PreemptionCheckpoint` (``callbacks.preemption``)
+turns such a signal into a clean stop: the handler only notes it; at the next point where
+checkpoints resume exactly (the end of an optimizer step outside a gradient-accumulation cycle, of a
+validation within an epoch, of an epoch), after the other callbacks, it writes ``last.ckpt`` with
+``trainer.save_checkpoint`` and raises :class:`Preempted`. ``seq2seq.train`` then exits with
+:data:`PREEMPTED_EXIT_CODE`; the same command with ``ckpt_path=auto`` continues, ending with the same
+weights and metrics as a run never stopped (``tests/test_preemption.py``).
 
-How it sits with the other signal handlers of a run:
+The other signal handlers of a run:
 
-* Lightning's signal connector installs, for the duration of ``fit``, a SIGTERM handler that makes
-  the loops raise ``SIGTERMException`` at the end of the current batch (with no checkpoint outside
-  SLURM, and in the middle of a gradient-accumulation cycle), and under SLURM with
-  ``SLURMEnvironment(auto_requeue=True)`` a SIGUSR1 handler that saves ``hpc_ckpt_N.ckpt`` from inside
-  the signal handler, wherever the step was, and runs ``scontrol requeue``. From
-  ``on_train_start`` until training ends this callback replaces both (the connector puts its own
-  back when ``fit`` returns). Under SLURM with auto-requeue it then requeues the job itself, after
-  saving, with the same ``scontrol requeue`` call.
-* Handlers that are not Lightning's (submitit's SIGUSR2 handler, which checkpoints the submitted
-  function, requeues the job and exits) are called after ``last.ckpt`` is written, so a requeued
-  submitit job finds it.
-* Under DDP or FSDP the ranks agree (any rank's signal counts, ``reduce_boolean_decision``) on one
-  step at which all of them save and stop; only the ranks that received the signal call the
-  previous handler.
+* during training this callback replaces Lightning's (a SIGTERM handler that stops mid
+  accumulation without a checkpoint; under SLURM auto-requeue a SIGUSR1 handler that saves
+  ``hpc_ckpt_N.ckpt`` wherever the step was), and requeues such a job itself after saving;
+* other handlers (submitit's SIGUSR2: checkpoint, requeue, exit) are called after ``last.ckpt`` is
+  written, so a requeued job finds it;
+* under DDP or FSDP any rank's signal makes all ranks save and stop at the same step.
 
-Outside ``fit`` (data preparation, testing) the signals keep their usual meaning; a run stopped
-then resumes from its last ``last.ckpt`` like any other.
+Outside ``fit`` the signals keep their usual meaning.
 """
 
 from __future__ import annotations
@@ -73,27 +59,19 @@ class Preempted(Exception):
 def _signal(name: str | int) -> signal.Signals:
     if isinstance(name, int):
         return signal.Signals(name)
-    name = str(name).upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
+    name = "SIG" + str(name).upper().removeprefix("SIG")
     try:
         return signal.Signals[name]
     except KeyError:
         raise ValueError(f"callbacks.preemption.signals: unknown signal {name!r}") from None
 
 
-def _is_lightning_handler(handler: Any) -> bool:
-    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
-
-    return isinstance(getattr(handler, "__self__", None), _SignalConnector)
-
-
 def _foreign_handlers(handler: Any) -> list:
     """The callables in ``handler`` (possibly Lightning's composition of several) that are not Lightning's."""
-    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
 
     inner = handler.signal_handlers if isinstance(handler, _HandlersCompose) else [handler]
-    return [h for h in inner if callable(h) and not _is_lightning_handler(h)]
+    return [h for h in inner if callable(h) and not isinstance(getattr(h, "__self__", None), _SignalConnector)]
 
 
 def slurm_requeue() -> bool:
@@ -116,27 +94,20 @@ def slurm_requeue() -> bool:
 class PreemptionCheckpoint(Checkpoint):
     """On SIGTERM/SIGUSR1/SIGUSR2 during training: save ``last.ckpt`` at the next exact point and stop.
 
-    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the other
-    callbacks (``seq2seq.train`` also puts it after the other checkpoint callbacks): by then the
-    step's EMA update, logging and periodic checkpoint are done, and the file equals what the
-    periodic checkpoint would hold at this step.
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the other callbacks
+    (and ``seq2seq.train`` after the other checkpoint callbacks): the step's EMA update, logging and
+    periodic checkpoint are done, and the file equals what the periodic checkpoint would hold.
 
     Args:
         dirpath: folder of ``last.ckpt`` (the run folder's ``checkpoints/``).
         signals: signal names that mean "preempted".
-        filename: the checkpoint's name without ``.ckpt``.
     """
 
-    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = DEFAULT_SIGNALS, filename: str = "last") -> None:
-        self.dirpath = Path(dirpath)
-        self.filename = filename
+    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = DEFAULT_SIGNALS) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
         self.signals = [_signal(s) for s in signals]
         self._received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
-
-    @property
-    def path(self) -> Path:
-        return self.dirpath / f"{self.filename}.ckpt"
 
     # -- handlers ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -145,7 +116,17 @@ class PreemptionCheckpoint(Checkpoint):
             log.warning("%s received: saving %s at the end of this training step, then stopping",
                         self._received.name, self.path)
 
-    def _install(self) -> None:
+    def _restore(self, *hook_args: Any, **hook_kwargs: Any) -> None:
+        """Put the previous handlers back (also Lightning's hooks on_train_end, on_exception, teardown)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    on_train_end = on_exception = teardown = _restore
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._received = None
         if threading.current_thread() is not threading.main_thread():
             log.warning("Training outside the main thread: preemption signals are not handled")
             return
@@ -153,34 +134,13 @@ class PreemptionCheckpoint(Checkpoint):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
-    def _restore(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._received = None
-        self._install()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore()
-
     # -- stopping ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loop = trainer.fit_loop.epoch_loop
-        if trainer.fit_loop._should_accumulate():
-            return  # gradients of this step are still being summed: they are not in a checkpoint
-        if loop.batch_progress.is_last_batch:
-            return  # the epoch's validation and end follow: stop at on_train_epoch_end
-        self._maybe_stop(trainer)
+        # Not while the step's gradients are still being summed (they are not in a checkpoint), nor
+        # after the epoch's last batch (its validation and end follow: stop at on_train_epoch_end).
+        if not trainer.fit_loop._should_accumulate() and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._maybe_stop(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A validation within the epoch (trainer.val_check_interval < 1); the one at the epoch's end

@@ -1,17 +1,10 @@
 """Sample outputs and a cross-attention heatmap at each validation, for the dashboards.
 
-After every validation (not the sanity check) the first ``num_samples`` validation examples go to
-the loggers as a table of source, reference and hypothesis, and the first one's cross-attention
-(every decoder layer and their mean, heads averaged, words merged; see :mod:`seq2seq.analysis.attention`)
-as an image:
-
-* TensorBoard: text ``val/samples`` (a markdown table) and image ``val/cross_attention``;
-* Weights & Biases: table ``val/samples`` and image ``val/cross_attention``;
-* CSV: rows appended to ``val_samples.jsonl`` in the logger's folder (no image: the CSV logger
-  has no place for one) and the latest heatmap at ``cross_attention.png`` beside it.
-
-The heatmap forces the hypothesis the validation produced (one teacher-forced pass with explicit
-attention weights on rank 0), so it shows what the model attended to while writing it.
+After every validation the first ``num_samples`` validation examples go to the loggers as a table
+of source, reference and hypothesis (TensorBoard text, wandb table, CSV: ``val_samples.jsonl`` in the
+logger's folder), and the first one's cross-attention (:mod:`seq2seq.analysis.attention`) as image
+``val/cross_attention`` (CSV: the latest at ``cross_attention.png``). The heatmap forces the
+hypothesis the validation produced, so it shows what the model attended to while writing it.
 """
 
 from __future__ import annotations
@@ -68,7 +61,7 @@ class ValidationSamples(L.Callback):
         rows = self.samples(trainer, pl_module)
         if not rows:
             return
-        step = _logging_step(trainer)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step of this validation's metrics
         image = self._heatmap(pl_module, rows[0]) if self.heatmap else None
         for logger in trainer.loggers:
             try:
@@ -105,13 +98,6 @@ class ValidationSamples(L.Callback):
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
             if image is not None:
                 atomic_write_bytes(folder / "cross_attention.png", image)
-
-
-def _logging_step(trainer: L.Trainer) -> int:
-    """The step Lightning gives this validation's metrics, so that scalars, text and images line up."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    step = getattr(loop, "_batches_that_stepped", None)
-    return int(step) if step is not None else trainer.global_step
 
 
 def _rgb(png: bytes) -> np.ndarray:

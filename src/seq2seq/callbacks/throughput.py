@@ -45,12 +45,10 @@ def flops_per_token(net: Seq2SeqTransformer, src_len: float, tgt_len: float) -> 
     """Count the matmul FLOPs of one forward pass of ``net``, split per source and per target token.
 
     Every ``nn.Linear`` (the output head included) costs its weight's size in multiply-adds per token
-    it sees: the encoder's and the decoder's cross-attention key/value projections (computed once
-    per source token) count on the source side, the decoder's others on the target side, so a model
-    variant's own layers count without changing this function. Attention adds its scores and
-    weighted sum, ``2 L d`` per query over ``L`` keys: ``src_len`` in the encoder and the
-    cross-attention, ``tgt_len`` in the decoder's self-attention. Each multiply-add is 2 FLOPs.
-    Embedding lookups, norms and softmax are left out, as usual.
+    it sees: the encoder's and the cross-attention key/value projections count per source token, the
+    decoder's others per target token. Attention adds ``2 L d`` per query over ``L`` keys (``src_len``
+    in the encoder and cross-attention, ``tgt_len`` in decoder self-attention). A multiply-add is 2
+    FLOPs; embeddings, norms and softmax are left out, as usual.
     """
     cfg = net.config
 
@@ -79,17 +77,12 @@ def device_peak_flops(device: torch.device, override_tflops: float | None = None
 class ThroughputMonitor(L.Callback):
     """Logs ``train/tokens_per_s`` (source + target, padding excluded) and ``train/mfu``.
 
-    The clock counts training steps only: it runs from ``on_train_batch_start`` to
-    ``on_train_batch_end`` of each batch (forward, backward, optimizer step) and stops in between,
-    so validation (which Lightning runs inside the epoch, e.g. with ``val_check_interval``),
-    checkpoint writes, logging and other callbacks' hooks never count as training time. Fetching
-    and collating the next batch and copying it to the device happen before
-    ``on_train_batch_start`` and are left out as well (benchmarks/data_pipeline.py measures them).
-    On CUDA the steps are timed on the device with CUDA events, so kernels that still run after
-    the host has left a step are counted with that step, and the GPU time of validation is not.
-
-    Token counts and timings are accumulated on the device and read back only every
-    ``log_every_n_steps`` steps, so the callback adds no host-device sync to the other steps.
+    The clock runs from ``on_train_batch_start`` to ``on_train_batch_end`` of each batch (forward,
+    backward, optimizer step) only: validation, checkpoints, logging, other callbacks and loading
+    the next batch (benchmarks/data_pipeline.py measures it) are left out. On CUDA the steps are
+    timed with CUDA events, so kernels still running after the host has left a step count with it.
+    Token counts and timings stay on the device and are read back only every ``log_every_n_steps``
+    steps, so the other steps get no host-device sync.
 
     Args:
         peak_tflops: the device's peak in TFLOP/s; by default looked up from the GPU's name
@@ -101,8 +94,6 @@ class ThroughputMonitor(L.Callback):
         self.peak_tflops = peak_tflops
         self.log_every_n_steps = log_every_n_steps
         self._reset()
-        self.total_tokens = 0
-        self.total_time = 0.0
 
     def _reset(self) -> None:
         self._steps = 0
@@ -114,32 +105,19 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.strategy.root_device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._start = event
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
         else:
             self._start = time.perf_counter()
 
-    def _stop_clock(self, trainer) -> None:
-        if self._start is None:
-            return
-        if trainer.strategy.root_device.type == "cuda":
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is not None and trainer.strategy.root_device.type == "cuda":
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             self._events.append((self._start, end))
-        else:
+        elif self._start is not None:
             self._elapsed += time.perf_counter() - self._start
         self._start = None
-
-    def _window_seconds(self, trainer) -> float:
-        if self._events:
-            self._events[-1][1].synchronize()
-            self._elapsed += sum(start.elapsed_time(end) for start, end in self._events) / 1e3
-            self._events = []
-        return self._elapsed
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._stop_clock(trainer)
         pad = pl_module.net.config.pad_id
         counts = torch.stack([(batch["src"] != pad).sum(), (batch["tgt_out"] != pad).sum()])
         self._counts = counts if self._steps == 0 else self._counts + counts
@@ -149,7 +127,10 @@ class ThroughputMonitor(L.Callback):
         self._steps += 1
         if self._steps < (self.log_every_n_steps or trainer.log_every_n_steps):
             return
-        elapsed = self._window_seconds(trainer)
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._elapsed += sum(start.elapsed_time(end) for start, end in self._events) / 1e3
+        elapsed = self._elapsed
         n_src, n_tgt = (float(x) for x in self._counts.tolist())
         world = trainer.world_size
         cells = self._src_cells + self._tgt_cells
@@ -162,6 +143,4 @@ class ThroughputMonitor(L.Callback):
         if peak:
             metrics["train/mfu"] = achieved / peak
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-        self.total_tokens += int((n_src + n_tgt) * world)
-        self.total_time += elapsed
         self._reset()

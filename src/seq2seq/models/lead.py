@@ -1,16 +1,12 @@
 """Lead-n: the extractive summarization baseline (the first n sentences, or dialogue turns).
 
 Lead-3 takes the first three sentences of a document (See et al., 2017) or, for a dialogue, its
-first three turns (Gliwa et al., 2019, report it on SAMSum). ``python -m seq2seq.baselines lead3``
-runs it on a corpus split and scores it like validation does.
+first three turns (Gliwa et al., 2019, report it on SAMSum); ``python -m seq2seq.baselines lead3``.
 
-Dialogue turns. SAMSum's files hold one dialogue per line, the turns joined by spaces:
-``Amanda: I baked cookies. Do you want some? Jerry: Sure!``. :func:`split_turns` starts a turn at
-every ``Name:`` (a word starting with a capital letter, or the first speaker's name as written,
-possibly several words), directly followed by a colon, or by a space and a colon and whitespace
-(so that ``Wow :)`` is not a turn). A capitalized word
-followed by a colon inside a turn (``Note: ...``) is taken for a turn start too; this is rare and
-only matters within the first three turns.
+SAMSum holds one dialogue per line (``Amanda: I baked cookies. Jerry: Sure!``). :func:`split_turns`
+starts a turn at every ``Name:`` (a capitalized word, or the first speaker's name as written),
+followed by a colon, or by `` :`` and whitespace (so that ``Wow :)`` is not a turn). A capitalized
+word and a colon inside a turn (``Note: ...``) starts a turn too; this is rare.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """The LightningModule: teacher-forced training, autoregressive validation/test, metrics.
 
-The network is built once the vocabulary is known: from the DataModule's tokenizer in
-:meth:`Seq2SeqModule.setup` when training, or from the model config and tokenizer stored in the
-checkpoint when loading one (:meth:`on_load_checkpoint` runs before the weights are loaded). A
-checkpoint therefore carries everything needed to translate: weights, model config and tokenizer
-(see :mod:`seq2seq.inference.checkpoint`); a fine-tuning run takes its parent's network and
-tokenizer instead (:meth:`Seq2SeqModule.start_from`). Validation and test decode through the project's one
-prediction path (:class:`~seq2seq.inference.predictor.Predictor`) and score with the task's metrics
-(:func:`~seq2seq.metrics.text_metrics.score`).
-
-The training loss is normalized per target token over a whole optimizer step: with gradient
-accumulation (``trainer.accumulate_grad_batches=N``) and/or several DDP ranks, N accumulated batches
-give the gradient of one batch holding their union (see :meth:`Seq2SeqModule.on_before_optimizer_step`).
+The network is built once the vocabulary is known: from the DataModule's tokenizer in ``setup``, or
+from the model config and tokenizer a checkpoint stores (``on_load_checkpoint`` runs before the
+weights are loaded), so a checkpoint carries everything needed to translate; a fine-tuning run takes
+its parent's network and tokenizer (:meth:`Seq2SeqModule.start_from`). Validation and test decode
+through the one prediction path (:class:`~seq2seq.inference.predictor.Predictor`). The training loss
+is normalized per target token over a whole optimizer step, accumulated batches and DDP ranks
+included (:meth:`Seq2SeqModule.on_before_optimizer_step`).
 """
 
 from __future__ import annotations
@@ -72,18 +67,9 @@ class Seq2SeqModule(L.LightningModule):
             so that resuming the run tokenizes with the parent's tokenizer again.
     """
 
-    def __init__(
-        self,
-        model: dict | DictConfig,
-        optim: dict | DictConfig,
-        decoding: dict | DictConfig | None = None,
-        tokenizer: Tokenizer | None = None,
-        task: str = "translation",
-        monitor: str | None = None,
-        monitor_mode: str = "max",
-        speed: dict | DictConfig | None = None,
-        init_from: dict | None = None,
-    ):
+    def __init__(self, model: dict | DictConfig, optim: dict | DictConfig, decoding: dict | DictConfig | None = None,
+                 tokenizer: Tokenizer | None = None, task: str = "translation", monitor: str | None = None,
+                 monitor_mode: str = "max", speed: dict | DictConfig | None = None, init_from: dict | None = None):
         super().__init__()
         check_task(task)
         if monitor_mode not in ("max", "min"):
@@ -154,15 +140,10 @@ class Seq2SeqModule(L.LightningModule):
             # every corpus (a multilingual DataModule's pairs) has its own.
             for corpus in datamodule.corpora.values():
                 bleu_tokenizer(corpus.tgt_lang, corpus.bleu_tokenize)
-        if stage == "fit":
-            self._setup_fast_path()
-
-    def _setup_fast_path(self) -> None:
-        """Compile the training loss (``speed.compile``) and choose how often NaNs are checked.
-
-        Only a function closing over ``self.net`` is compiled: the module itself stays as it is, so
-        checkpoints keep their ``net.*`` keys (no ``_orig_mod``) and load anywhere uncompiled.
-        """
+        if stage != "fit":
+            return
+        # Compile the training loss (speed.compile): only a function closing over self.net, so that
+        # checkpoints keep their net.* keys (no _orig_mod) and load anywhere uncompiled.
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         self._compiled_loss = None
         if resolve_compile(self.speed.get("compile", "auto"), device):
@@ -235,15 +216,13 @@ class Seq2SeqModule(L.LightningModule):
         return smoothed, nll, (target != self.net.config.pad_id).sum()
 
     def _token_exact(self) -> bool:
-        """Whether an optimizer step sums several batches' gradients (accumulation or DDP ranks), so that
-        each batch's loss is normalized by the step's total token count (see on_before_optimizer_step)."""
+        """Whether an optimizer step sums several batches' gradients (accumulation or DDP ranks)."""
         trainer = self._trainer
         return trainer is not None and (trainer.accumulate_grad_batches > 1 or trainer.world_size > 1)
 
     def _loss_scale(self) -> float:
-        """The constant (1 / data.max_tokens, the same on every rank and batch) that each batch's summed
-        loss is multiplied by before its backward pass when the step is token-exact: it keeps the
-        gradients at about a per-token size (fp16's range) until on_before_optimizer_step fixes them."""
+        """1 / data.max_tokens (the same on every rank and batch): a token-exact step's summed losses are
+        scaled by it before backward, keeping gradients at a per-token size (fp16's range)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         return 1.0 / float(datamodule.batching.max_tokens) if datamodule is not None else 1.0
 
@@ -274,10 +253,9 @@ class Seq2SeqModule(L.LightningModule):
         Lightning divided each returned loss by ``accumulate_grad_batches`` (N) and DDP averaged the
         gradients over the W ranks, so what each parameter holds now is ``c / (N W)`` times the sum
         (``c``: :meth:`_loss_scale`); multiplying by ``N W / (c T)``, T the tokens of all N x W batches
-        (summed over the ranks with one all-reduce), gives the gradient of one batch holding them all.
-        This runs before gradient clipping (and after the AMP scaler unscaled the gradients), so
-        clipping sees the final gradient. ``train/loss`` and ``train/nll`` are logged here, per token
-        of the whole step (all its batches, all ranks), as a step of one batch logs them.
+        (one all-reduce), gives the gradient of one batch holding them all. This runs after the AMP
+        scaler unscaled the gradients and before clipping. ``train/loss`` and ``train/nll`` are logged
+        here, per token of the whole step.
         """
         if not self._token_exact():
             return
@@ -299,8 +277,7 @@ class Seq2SeqModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self.nonfinite.raise_if_seen()
 
-    def on_train_end(self) -> None:
-        self.nonfinite.raise_if_seen()
+    on_train_end = on_validation_start
 
     def on_train_epoch_start(self) -> None:
         # Lightning sets the epoch on samplers, not on batch samplers: reshuffle ours per epoch.
@@ -352,7 +329,14 @@ class Seq2SeqModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _eval_epoch_end(self, prefix: str) -> dict:
-        indices, hypotheses = self.gathered_hypotheses()
+        outputs = self._eval_outputs  # (dataset index, hypothesis) of this rank
+        if self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, outputs)
+            outputs = [item for part in gathered for item in part]
+        by_index = dict(outputs)  # DDP padding may repeat a sentence; it has one hypothesis
+        indices = sorted(by_index)
+        hypotheses = [by_index[i] for i in indices]
         # Several language pairs (data/multilingual.py): each scored alone, and their means.
         groups = {name: PairOutputs(hyps, refs, corpus.tgt_lang, corpus.bleu_tokenize)
                   for name, (corpus, hyps, refs) in self.trainer.datamodule.by_corpus(prefix, indices, hypotheses).items()}
@@ -371,17 +355,6 @@ class Seq2SeqModule(L.LightningModule):
         """The signatures of the last scores of each split, ``{"val": {"bleu": .., "chrf": ..},
         "test": {...}}`` (``{"rouge": ..}`` for summarization): metrics.json's ``signatures``."""
         return {prefix: signatures_by_metric(results) for prefix, results in self.eval_results.items()}
-
-    def gathered_hypotheses(self) -> tuple[list[int], list[str]]:
-        """This epoch's (dataset indices, hypotheses) from every rank, in dataset order."""
-        outputs = self._eval_outputs
-        if self.trainer.world_size > 1:
-            gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, outputs)
-            outputs = [item for part in gathered for item in part]
-        by_index = dict(outputs)  # DDP padding may repeat a sentence; it has one hypothesis
-        indices = sorted(by_index)
-        return indices, [by_index[i] for i in indices]
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -1,16 +1,14 @@
 """Label-smoothed cross-entropy that computes logits only for real (non-pad) target tokens.
 
-The usual loss projects every decoder position, padding included, to the vocabulary and keeps the
-``(B, T, V)`` logits, their fp32 copy and the log-softmax alive until the backward pass. Here the
-decoder's final states are first gathered at the non-pad target positions (``N`` tokens), then
+The usual loss keeps the ``(B, T, V)`` logits of every position, padding included, their fp32 copy
+and the log-softmax alive until the backward pass. Here the decoder's final states are gathered at
+the ``N`` non-pad target positions, then
 
-* :func:`fused_linear_label_smoothed_ce` (training, eager): projects ``chunk`` tokens at a time,
-  computes the loss and, in the same pass, the gradient of the logits (``softmax - (1 - eps)
-  onehot - eps / V``), which is folded at once into the gradients of the states and of the output
-  matrix. No ``(N, V)`` tensor outlives its chunk, and the backward pass only scales the stored
-  gradients by the incoming one;
-* :func:`label_smoothed_nll` (evaluation, and under ``torch.compile``, which fuses it itself):
-  the same loss from logits, through ``logsumexp`` rather than a materialized log-softmax.
+* :func:`fused_linear_label_smoothed_ce` (training, eager) projects ``chunk`` tokens at a time and,
+  in the same pass, folds the logits' gradient (``softmax - (1 - eps) onehot - eps / V``) into the
+  gradients of the states and the output matrix: no ``(N, V)`` tensor outlives its chunk;
+* :func:`label_smoothed_nll` (evaluation, and under ``torch.compile``, which fuses it itself)
+  computes the same loss from logits through ``logsumexp``.
 
 Both equal ``F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=eps,
 reduction="sum")`` over the full padded batch (the smoothed loss) and the same without smoothing
@@ -30,13 +28,15 @@ from torch import Tensor, nn
 CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**25}
 
 
-def target_index(tgt_out: Tensor, pad_id: int) -> Tensor:
-    """Flat positions (N,) of the non-pad targets of ``tgt_out`` (B, T).
-
-    ``nonzero`` needs the count on the host: on a GPU call this on the CPU batch before it is
-    moved (as :meth:`Seq2SeqModule.on_before_batch_transfer` does) so the step does not wait.
+def target_index(tokens: Tensor, pad_id: int) -> Tensor:
+    """Flat positions (N,) of the non-pad tokens of ``tokens`` (B, L): ``tgt_out``'s, or (as
+    ``source_index``) ``src``'s. ``nonzero`` needs the count on the host: on a GPU call this on the
+    CPU batch before it is moved (as ``collate`` does) so the step does not wait.
     """
-    return (tgt_out.reshape(-1) != pad_id).nonzero().squeeze(1)
+    return (tokens.reshape(-1) != pad_id).nonzero().squeeze(1)
+
+
+source_index = target_index
 
 
 def label_smoothed_nll(
@@ -157,29 +157,15 @@ def fused_linear_label_smoothed_ce(
     return _FusedLinearLabelSmoothedCE.apply(hidden, weight, target, float(epsilon), max(1, int(chunk)), bias)
 
 
-def source_index(src: Tensor, pad_id: int) -> Tensor:
-    """Flat positions (N_s,) of the real tokens of ``src`` (B, S); on the host before a GPU copy."""
-    return (src.reshape(-1) != pad_id).nonzero().squeeze(1)
-
-
 def right_padded(tokens: Tensor, pad_id: int) -> bool:
     """Whether every row of ``tokens`` (B, L) is real tokens then padding only (host check)."""
     real = tokens != pad_id
     return bool((real[:, 1:] <= real[:, :-1]).all()) if tokens.size(1) > 1 else True
 
 
-def sequence_loss(
-    net: nn.Module,
-    src: Tensor,
-    tgt_in: Tensor,
-    tgt_out: Tensor,
-    label_smoothing: float = 0.0,
-    index: Tensor | None = None,
-    fused: bool | None = None,
-    chunk: int | None = None,
-    src_index: Tensor | None = None,
-    unpad: bool = False,
-) -> tuple[Tensor, Tensor]:
+def sequence_loss(net: nn.Module, src: Tensor, tgt_in: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0,
+                  index: Tensor | None = None, fused: bool | None = None, chunk: int | None = None,
+                  src_index: Tensor | None = None, unpad: bool = False) -> tuple[Tensor, Tensor]:
     """Teacher-forced (smoothed, nll) sums of a :class:`Seq2SeqTransformer` over non-pad targets.
 
     ``index``: :func:`target_index` of ``tgt_out`` (computed here when None). ``unpad``: run the

@@ -5,29 +5,23 @@ Shapes used in the docstrings:
     D  d_model               H  attention heads        Dh head size (D / H)
     V  vocabulary size
 
-Masks: at this module's public API (the article's ``TransformerEncoder`` / ``TransformerDecoder``
-and :class:`Seq2SeqTransformer`) a mask marks **blocked** positions with ``True`` or any non-zero
-value, as in the article the project grew from and in PyTorch's ``key_padding_mask``. A mask
-broadcasts to ``(B, H, Lq, Lk)``: a 2-D mask is ``(Lq, Lk)`` for every sequence, a 3-D mask
-``(B, Lq, Lk)`` (use ``(B, 1, Lk)`` for key padding). Internally masks are turned once into the
-boolean *keep* masks that :func:`torch.nn.functional.scaled_dot_product_attention` expects.
+Masks: at the public API (the article's ``TransformerEncoder`` / ``TransformerDecoder`` and
+:class:`Seq2SeqTransformer`) a mask marks **blocked** positions with ``True`` or any non-zero value,
+as PyTorch's ``key_padding_mask`` does, and broadcasts to ``(B, H, Lq, Lk)``: ``(Lq, Lk)``, or
+``(B, Lq, Lk)`` (``(B, 1, Lk)`` for key padding). Internally they become the boolean *keep* masks of
+``F.scaled_dot_product_attention`` (SDPA, so that PyTorch can pick a fused kernel). Incremental
+decoding keeps a :class:`KVCache`: self-attention keys and values grow by one position per step;
+cross-attention keys and values are computed once per source.
 
-Attention goes through ``F.scaled_dot_product_attention`` so that PyTorch can pick a fused kernel.
-Incremental decoding keeps a :class:`KVCache`: decoder self-attention keys and values grow by one
-position per step; cross-attention keys and values are computed once per source.
+Two layouts, one definition per layer: :class:`Padded` (``(B, L, D)``, every position) or
+:class:`Packed` (``(N, D)``, the ``N`` real tokens only). Everything but attention works on each
+position alone; attention asks the layout to place queries, keys and values in the ``(B, H, L, Dh)``
+form SDPA needs and to take its output back. Training runs packed (no FLOPs on padding, see
+:meth:`Seq2SeqTransformer.target_states`), decoding and inspection run padded.
 
-Two layouts, one definition per layer. Every layer takes its activations in a *layout*:
-:class:`Padded` (``(B, L, D)``, every position, as in the article) or :class:`Packed` (``(N, D)``,
-the ``N`` real tokens only). Everything but attention works on each position alone, so it is the
-same code for both; attention asks the layout to place projected queries, keys and values in the
-``(B, H, L, Dh)`` form SDPA needs and to take its output back. Training runs packed (no FLOPs on
-padding, see :meth:`Seq2SeqTransformer.target_states`), decoding and inspection run padded.
-
-Output heads. The decoder ends in a head: :class:`VocabularyHead` (the output projection, tied to
-the target embedding by default) or :class:`CopyHead` (pointer-generator, See et al. 2017: the
-vocabulary softmax mixed with the last layer's cross-attention scattered onto the source ids).
-Both have the same interface (``scores``, ``log_probs``, ``loss``), so neither the loss nor the
-searches know which one a model has.
+Output heads: :class:`VocabularyHead` (tied to the target embedding by default) or :class:`CopyHead`
+(pointer-generator, See et al. 2017). Both have the same interface (``scores``, ``log_probs``,
+``loss``), so neither the loss nor the searches know which one a model has.
 """
 
 from __future__ import annotations
@@ -101,12 +95,10 @@ class TransformerConfig:
                 raise ConfigError(f"model.{name}={value!r}: use a probability in [0, 1), e.g. 0.1")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={self.activation!r}: use one of {', '.join(ACTIVATIONS)}")
-        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ConfigError("model.share_embeddings=true needs one vocabulary for both sides (src_vocab_size == "
-                              "tgt_vocab_size): set data.joint_vocab=true or model.share_embeddings=false")
-        if self.copy_attention and self.src_vocab_size != self.tgt_vocab_size:
-            raise ConfigError("model.copy_attention=true needs one vocabulary for both sides (src_vocab_size == "
-                              "tgt_vocab_size): set data.joint_vocab=true or model.copy_attention=false")
+        for name in ("share_embeddings", "copy_attention"):
+            if getattr(self, name) and self.src_vocab_size != self.tgt_vocab_size:
+                raise ConfigError(f"model.{name}=true needs one vocabulary for both sides (src_vocab_size == "
+                                  f"tgt_vocab_size): set data.joint_vocab=true or model.{name}=false")
 
     def settings_outside(self, mapped: Mapping[str, tuple | None]) -> list[tuple[str, Any, tuple]]:
         """``(field, value, allowed values)`` of every setting a consumer (an export) cannot represent:
@@ -140,11 +132,9 @@ def blocked_to_keep(mask: Tensor | None) -> Tensor | None:
     if mask is None:
         return None
     keep = mask == 0
-    if keep.dim() == 2:  # (Lq, Lk)
-        return keep
     if keep.dim() == 3:  # (B, Lq, Lk) -> (B, 1, Lq, Lk)
         return keep.unsqueeze(1)
-    if keep.dim() == 4:
+    if keep.dim() in (2, 4):  # (Lq, Lk) or (B, H, Lq, Lk)
         return keep
     raise ValueError(f"attention mask must have 2, 3 or 4 dimensions, got shape {tuple(mask.shape)}")
 
@@ -265,12 +255,8 @@ class Embedding(nn.Module):
 
 
 class KVCache:
-    """Keys and values kept between decoding steps, one entry per decoder layer.
-
-    Self-attention buffers are preallocated to ``max_length`` so that a step writes one position
-    instead of concatenating. :meth:`select` keeps or reorders batch rows (beam search reordering,
-    dropping finished sequences).
-    """
+    """Keys and values kept between decoding steps, one entry per decoder layer. Self-attention
+    buffers grow by doubling, so that a step writes one position instead of concatenating."""
 
     def __init__(self, num_layers: int):
         self.self_k: list[Tensor | None] = [None] * num_layers
@@ -280,8 +266,8 @@ class KVCache:
         self.length = 0  # positions already written to the self-attention buffers
 
     def select(self, index: Tensor, self_only: bool = False) -> None:
-        """Keep batch rows ``index`` (B') in that order, for every layer's buffers (``self_only``:
-        the self-attention buffers only, when every row keeps its source)."""
+        """Keep batch rows ``index`` (B') in that order (beam reordering, dropping finished rows);
+        ``self_only``: the self-attention buffers only, when every row keeps its source."""
         for store in (self.self_k, self.self_v):
             for i, t in enumerate(store):
                 if t is not None:
@@ -330,18 +316,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(
-        self,
-        x: Tensor,
-        layout: Padded,
-        memory: Tensor | None = None,
-        memory_layout: Padded | None = None,
-        keep_mask: Tensor | None = None,
-        is_causal: bool = False,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, layout: Padded, memory: Tensor | None = None, memory_layout: Padded | None = None,
+                keep_mask: Tensor | None = None, is_causal: bool = False, cache: KVCache | None = None,
+                layer: int = 0, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Attend from ``x`` (rows of ``layout``) to itself or to ``memory`` (rows of ``memory_layout``).
 
         ``keep_mask`` is a boolean keep-mask broadcastable to (B, H, Lq, Lk). With a ``cache``,
@@ -353,8 +330,9 @@ class MultiHeadAttention(nn.Module):
             (q,) = layout.heads(self.q_proj(x), 1, self.num_heads)
             if cache is not None and cache.cross_k[layer] is not None:
                 k, v = cache.cross_k[layer], cache.cross_v[layer]
-            else:
-                k, v = self.memory_keys_values(memory, memory_layout)
+            else:  # memory (B, S, D) -> keys and values (B, H, S, Dh)
+                memory_layout = memory_layout or Padded(memory.size(0), memory.size(1))
+                k, v = memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
                 if cache is not None:
                     cache.cross_k[layer], cache.cross_v[layer] = k, v
         else:
@@ -370,11 +348,6 @@ class MultiHeadAttention(nn.Module):
             dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask, dropout_p=dropout, is_causal=is_causal)
         return self.out_proj(layout.merge(out)), weights
-
-    def memory_keys_values(self, memory: Tensor, memory_layout: Padded | None = None) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values (B, H, S, Dh) of ``memory`` (B, S, D)."""
-        memory_layout = memory_layout or Padded(memory.size(0), memory.size(1))
-        return memory_layout.heads(self.kv_proj(memory), 2, self.num_heads)
 
 
 def _attention_with_weights(
@@ -454,18 +427,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, memory, self_keep, memory_keep, is_causal, layout, memory_layout, cache, layer, need_weights):
         """x (rows of ``layout``), memory (rows of ``memory_layout``) -> x, (self weights, cross weights)."""
-        x, self_w = self.self_block(
-            x,
-            lambda h: self.self_attn(
-                h, layout, keep_mask=self_keep, is_causal=is_causal, cache=cache, layer=layer, need_weights=need_weights
-            ),
-        )
-        x, cross_w = self.cross_block(
-            x,
-            lambda h: self.cross_attn(
-                h, layout, memory, memory_layout, memory_keep, cache=cache, layer=layer, need_weights=need_weights
-            ),
-        )
+        x, self_w = self.self_block(x, lambda h: self.self_attn(
+            h, layout, keep_mask=self_keep, is_causal=is_causal, cache=cache, layer=layer, need_weights=need_weights))
+        x, cross_w = self.cross_block(x, lambda h: self.cross_attn(
+            h, layout, memory, memory_layout, memory_keep, cache=cache, layer=layer, need_weights=need_weights))
         x, _ = self.ffn_block(x, self.ffn)
         return x, (self_w, cross_w)
 
@@ -487,13 +452,10 @@ class VocabularyHead(nn.Linear):
             nn.init.normal_(self.weight, std=cfg.d_model**-0.5)
         self.projection: nn.Module | None = None  # an int8 or packed copy for inference (inference.quantize)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """Decoder states (..., D) -> logits (..., V), through the inference copy when there is one."""
-        return self(hidden) if self.projection is None else self.projection(hidden)
-
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
-        """Unnormalized scores whose softmax is the output distribution: here the logits."""
-        return self.logits(hidden)
+        """Unnormalized scores whose softmax is the output distribution: here the logits (..., V),
+        through the inference copy when there is one."""
+        return self(hidden) if self.projection is None else self.projection(hidden)
 
     def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities in float32."""
@@ -526,7 +488,7 @@ class CopyHead(VocabularyHead):
 
     def scores(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Log-probabilities (float32) of the mixed distribution: their softmax is the distribution itself."""
-        logits = self.logits(hidden).float()
+        logits = super().scores(hidden).float()
         gate = torch.sigmoid(self.gate(hidden).float())
         attention = attention.float()
         copy = torch.zeros_like(logits).scatter_add_(-1, source.expand_as(attention), attention)
@@ -534,8 +496,7 @@ class CopyHead(VocabularyHead):
         # The vocabulary softmax never reaches exactly 0 in float32 but can underflow; keep log finite.
         return probs.clamp_min(1e-30).log()
 
-    def log_probs(self, hidden: Tensor, attention: Tensor | None = None, source: Tensor | None = None) -> Tensor:
-        return self.scores(hidden, attention, source)
+    log_probs = scores
 
     def loss(self, hidden, target, label_smoothing=0.0, attention=None, source=None, fused=None, chunk=None):
         # Normalized already: logsumexp is 0, so this is -log p and the smoothing term -mean(log p).
@@ -545,7 +506,7 @@ class CopyHead(VocabularyHead):
 class _Stack(nn.Module):
     """What the encoder and decoder stacks share: built either like the article,
     ``Stack(vocab_size, d_model, num_layers, num_heads, d_ff, dropout, max_sequence_length=...)``,
-    or from a config, ``Stack.from_config(cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final
+    or from a config, ``Stack(config=cfg)``; embeddings, ``num_layers`` layers, (pre-LN) a final
     LayerNorm. ``states`` returns what the rest of the project needs; ``forward`` is the article's."""
 
     def __init__(self, vocab_size: int | None = None, d_model: int = 512, num_layers: int = 6, num_heads: int = 8,
@@ -567,10 +528,6 @@ class _Stack(nn.Module):
         layer, count = (EncoderLayer, cfg.num_encoder_layers) if encoder else (DecoderLayer, cfg.num_decoder_layers)
         self.layers = nn.ModuleList(layer(cfg) for _ in range(count))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-
-    @classmethod
-    def from_config(cls, cfg: TransformerConfig, embedding: Embedding | None = None):
-        return cls(config=cfg, embedding=embedding)
 
 
 class TransformerEncoder(_Stack):
@@ -618,18 +575,9 @@ class TransformerDecoder(_Stack):
         """Decoder states (..., D) -> vocabulary logits (..., V) (before any copy mixing)."""
         return self.output(hidden)
 
-    def states(
-        self,
-        tokens: Tensor,
-        memory: Tensor | None,
-        memory_mask: Tensor | None,
-        *,
-        self_attn_mask: Tensor | None = None,
-        layout: Padded | None = None,
-        memory_layout: Padded | None = None,
-        cache: KVCache | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None, dict[str, list]]:
+    def states(self, tokens: Tensor, memory: Tensor | None, memory_mask: Tensor | None, *,
+               self_attn_mask: Tensor | None = None, layout: Padded | None = None, memory_layout: Padded | None = None,
+               cache: KVCache | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None, dict[str, list]]:
         """Run the stack: ``(hidden, attention, weights)``.
 
         ``hidden``: final states, rows of ``layout`` ((B, T, D) by default). ``attention``: the last
@@ -681,14 +629,11 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.config = cfg
-        src_embed = Embedding(cfg.src_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
-        tgt_embed = (
-            src_embed
-            if cfg.share_embeddings
-            else Embedding(cfg.tgt_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
-        )
-        self.encoder = TransformerEncoder.from_config(cfg, src_embed)
-        self.decoder = TransformerDecoder.from_config(cfg, tgt_embed)
+        src_embed = tgt_embed = Embedding(cfg.src_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
+        if not cfg.share_embeddings:
+            tgt_embed = Embedding(cfg.tgt_vocab_size, cfg.d_model, cfg.max_positions, cfg.dropout, cfg.pad_id)
+        self.encoder = TransformerEncoder(config=cfg, embedding=src_embed)
+        self.decoder = TransformerDecoder(config=cfg, embedding=tgt_embed)
         for name, p in self.named_parameters():
             if p.dim() == 2 and "embed" not in name and p is not self.decoder.output.weight:
                 nn.init.xavier_uniform_(p)

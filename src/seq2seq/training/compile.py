@@ -24,11 +24,9 @@ def resolve_compile(option: Any, device: torch.device) -> bool:
 def compile_dynamic(fn: Callable) -> Callable:
     """``torch.compile(fn, dynamic=True)`` that compiles once for every batch shape.
 
-    Without "duck sizing": by default two sizes that happen to be equal at the first call (a
-    batch of 32 sentences of 32 tokens) become one symbol, and the first batch where they differ
-    compiles again. Sizes 0 and 1 are still specialized (at most one more graph). Duck sizing is a
-    private setting of torch.fx (``torch.compile`` has no public option for it), patched only
-    around the calls.
+    Without "duck sizing" (a private torch.fx setting, patched around the calls only): by default two
+    sizes equal at the first call (32 sentences of 32 tokens) become one symbol, and the first batch
+    where they differ compiles again.
     """
     compiled = torch.compile(fn, dynamic=True)
     try:

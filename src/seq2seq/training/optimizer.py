@@ -9,10 +9,8 @@ import torch
 
 
 def build_optimizer(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], opt: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW over ``named_parameters`` with ``opt`` (the optim config: ``lr``, ``betas``, ``eps``,
-    ``weight_decay``); no weight decay on biases and norms. Fused (one kernel for all parameters)
-    when every parameter is on CUDA, or on the CPU where this torch has the fused CPU kernel; else
-    foreach."""
+    """AdamW with ``opt`` (the optim config: ``lr``, ``betas``, ``eps``, ``weight_decay``), fused when
+    every parameter is on CUDA or on the CPU where this torch has the fused CPU kernel, else foreach."""
     decay, no_decay = [], []
     for name, p in named_parameters:
         if p.requires_grad:

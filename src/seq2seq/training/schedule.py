@@ -12,18 +12,6 @@ import torch
 from seq2seq.errors import ConfigError
 
 
-def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Linear warmup to the peak learning rate, then decay with 1/sqrt(step) (Vaswani et al.)."""
-
-    def factor(step: int) -> float:
-        step = step + 1
-        if step < warmup_steps:
-            return step / warmup_steps
-        return math.sqrt(warmup_steps / step)
-
-    return factor
-
-
 def cooldown_factor(progress: float, cooldown: float) -> float:
     """1 until the last ``cooldown`` fraction of the budget, then linearly down to 0 at its end.
 
@@ -60,35 +48,30 @@ def budget_progress(trainer: L.Trainer, step_budget: float) -> float:
     return min(1.0, progress)
 
 
-def step_budget(trainer: L.Trainer | None) -> float:
-    """The run's budget in optimizer steps (inf without one); a run with neither a step nor a time
-    budget cannot anneal towards its end."""
-    if trainer is None:
-        return math.inf
-    steps = float(trainer.estimated_stepping_batches)
-    if (math.isfinite(steps) and steps > 0) or _timer(trainer) is not None:
-        return steps
-    raise ConfigError(
-        "optim.cooldown anneals the learning rate over the end of the budget, but the run has none: "
-        "set trainer.max_steps, trainer.max_epochs or trainer.max_time, or optim.cooldown=0."
-    )
-
-
 def lr_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, cooldown: float | None,
                 trainer: Callable[[], L.Trainer | None]) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup and inverse square root (:func:`inverse_sqrt_schedule`), times the cooldown of the last
-    ``cooldown`` fraction of the budget of ``trainer()`` (:func:`cooldown_factor`), stepped per update."""
-    warmup = inverse_sqrt_schedule(warmup_steps)
+    """Linear warmup to the peak learning rate, then 1/sqrt(step) decay (Vaswani et al.), times the
+    cooldown of the last ``cooldown`` fraction of the budget of ``trainer()`` (:func:`cooldown_factor`),
+    stepped per update."""
     cooldown = float(cooldown or 0.0)
     if not 0.0 <= cooldown <= 1.0:
         raise ConfigError(f"optim.cooldown must be a fraction of the budget in [0, 1], got {cooldown}.")
-    budget = step_budget(trainer()) if cooldown > 0.0 else math.inf
+    budget, run = math.inf, trainer()
+    if cooldown > 0.0 and run is not None:
+        budget = float(run.estimated_stepping_batches)  # in optimizer steps
+        if not (math.isfinite(budget) and budget > 0) and _timer(run) is None:
+            raise ConfigError(
+                "optim.cooldown anneals the learning rate over the end of the budget, but the run has none: "
+                "set trainer.max_steps, trainer.max_epochs or trainer.max_time, or optim.cooldown=0."
+            )
 
     def factor(step: int) -> float:
         # A plain function (not an object): LambdaLR would store an object's attributes,
         # the trainer included, in every checkpoint.
+        step = step + 1
+        warmup = step / warmup_steps if step < warmup_steps else math.sqrt(warmup_steps / step)
         run = trainer()
         progress = budget_progress(run, budget) if cooldown > 0.0 and run is not None else 0.0
-        return warmup(step) * cooldown_factor(progress, cooldown)
+        return warmup * cooldown_factor(progress, cooldown)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -19,9 +19,6 @@ from typing import BinaryIO, TextIO
 
 from seq2seq.errors import DataError
 
-__all__ = ["TextLines", "atomic_open_binary", "atomic_open_text", "atomic_path", "atomic_write_bytes", "atomic_write_text", "count_lines",
-           "line_count_mismatch", "paired_lines"]
-
 
 def _fsync_dir(folder: Path) -> None:
     """Make the rename itself durable; best effort, as not every platform can open a folder."""
@@ -29,12 +26,9 @@ def _fsync_dir(folder: Path) -> None:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -42,11 +36,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``, on error delete it.
 
     The temporary file already exists (empty) when yielded, so its name is reserved; write to it
-    with any API that opens by name. Parent folders are created. ``path`` is left untouched when the
-    block raises.
-
-    >>> with atomic_path("out/vocab.txt") as tmp:      # doctest: +SKIP
-    ...     tmp.write_text("hello\\n")
+    with any API that opens by name. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +113,7 @@ def atomic_open_binary(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 @contextlib.contextmanager
 def atomic_open_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> Iterator[TextIO]:
     """A text file (``\\n`` newlines) to write in pieces that appears under ``path`` only once the
-    block succeeds: it is written to a temporary file beside ``path`` (see :func:`atomic_path`),
-    so a failure part-way leaves no partial file, and an earlier file under that name stays as it was."""
+    block succeeds (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding=encoding, newline="\n") as f:
         yield f
 
@@ -135,11 +124,9 @@ class TextLines:
     Lines are split on ``\\n`` only (``str.splitlines`` would also split on ``\\x0b``, ``\\x1c``,
     ``\\u2028`` ..., changing the line count) and a trailing ``\\r`` is dropped, so a file of N lines
     gives N strings whatever they hold. A line that is not UTF-8 raises :class:`DataError` naming
-    the file and the line (counted from 1). Memory stays bounded however long the input: nothing is
-    read ahead beyond the current line, so lines arriving through a pipe are given out as they come.
-
-    The file is opened here, so an unreadable input fails before any work; it is closed when the
-    iteration ends. ``count``: the lines given out so far. ``where``: the path, or ``"stdin"``.
+    the file and the line (counted from 1). Nothing is read ahead beyond the current line, so lines
+    arriving through a pipe are given out as they come. The file is opened here, so an unreadable
+    input fails before any work. ``count``: the lines given out so far. ``where``: the path, or ``"stdin"``.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None):

@@ -75,13 +75,6 @@ def wandb_logger(
     if wandb.run is not None:
         wandb.finish()
     Path(save_dir).mkdir(parents=True, exist_ok=True)  # wandb falls back to /tmp when it is missing
-    return WandbLogger(
-        save_dir=save_dir,
-        project=project,
-        name=name if name is not None else job,
-        group=group if group is not None else sweep,
-        tags=list(tags),
-        offline=offline,
-        log_model=log_model,
-        **kwargs,
-    )
+    return WandbLogger(save_dir=save_dir, project=project, name=name if name is not None else job,
+                       group=group if group is not None else sweep, tags=list(tags), offline=offline,
+                       log_model=log_model, **kwargs)

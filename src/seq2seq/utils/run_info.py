@@ -1,11 +1,8 @@
 """What makes a run's numbers reproducible, for every logger and for ``metrics.json``.
 
-A BLEU score means little without the sacreBLEU signature (tokenizer, smoothing, casing), the
-model's size and the code that produced it. :func:`run_info` gathers them (the git commit of this
-package's checkout, whether it had uncommitted changes, the parameter count, the signatures and the
-device) and :func:`log_run_info` hands them to every Lightning logger: as hyperparameters (CSV and
-TensorBoard ``hparams.yaml``, the wandb run's config), plus a text panel in TensorBoard and the
-run summary in wandb, where they show next to the curves.
+:func:`run_info` gathers the git commit of this package's checkout (and whether it had uncommitted
+changes), the parameter count, the sacreBLEU signatures and the device; :func:`log_run_info` hands
+them to every Lightning logger as hyperparameters, plus a TensorBoard text panel and the wandb summary.
 """
 
 from __future__ import annotations
@@ -26,16 +23,10 @@ _REPO = Path(__file__).resolve().parents[3]
 def _git(*args: str) -> str | None:
     """Output of a read-only git command in the package's checkout, or None without git/a repo."""
     try:
-        result = subprocess.run(
-            ["git", *args],
-            cwd=_REPO,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            # No optional locks: `git status` must never take index.lock while the user commits.
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-        )
+        # No optional locks: `git status` must never take index.lock while the user commits.
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+        result = subprocess.run(["git", *args], cwd=_REPO, check=False, capture_output=True, text=True,
+                                timeout=10, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
