@@ -431,7 +431,10 @@ class TextPairs(PairSource):
 class _StampedFiles(PairSource):
     """A source over files whose digest and count are remembered while the files' size, times and
     inode stay the same: a second call in the same process (``setup`` after ``prepare_data``)
-    does not read them again; another process does."""
+    does not read them again; another process does. The digest hashes ``tag`` (the format, its
+    fields) with the files' digests."""
+
+    tag: tuple[str, ...] = ()
 
     def __init__(self, *paths: Path):
         self.paths = tuple(Path(p) for p in paths)
@@ -462,6 +465,9 @@ class _StampedFiles(PairSource):
 
         return self._remember("files", compute)
 
+    def digest(self) -> str:
+        return hashlib.sha256("\0".join([*self.tag, *self._file_digests()]).encode()).hexdigest()
+
     def count(self) -> int:
         return self._remember("count", super().count)
 
@@ -474,10 +480,7 @@ class LinesPair(_StampedFiles):
         super().__init__(src_path, tgt_path)
         self.src_path, self.tgt_path = self.paths
         self.where = str(self.src_path.with_suffix("")) if self.src_path.suffix != ".gz" else str(self.src_path)
-
-    def digest(self) -> str:
-        src, tgt = self._file_digests()
-        return hashlib.sha256(f"lines\0{src}\0{tgt}".encode()).hexdigest()
+        self.tag = ("lines",)
 
     def side_key(self, side: str) -> str:
         return self._file_digests()[0 if side == "src" else 1]
@@ -536,14 +539,10 @@ class RecordFile(_StampedFiles):
     def __init__(self, path: Path, fmt: RecordFormat):
         super().__init__(path)
         self.path, self.format = self.paths[0], fmt
-
-    def digest(self) -> str:
-        fields = f"{self.format.name}\0{self.format.fmt.src_field}\0{self.format.fmt.tgt_field}"
-        return hashlib.sha256(f"{fields}\0{self._file_digests()[0]}".encode()).hexdigest()
+        self.tag = (fmt.name, f"{fmt.fmt.src_field}", f"{fmt.fmt.tgt_field}")
 
     def side_key(self, side: str) -> str:
-        field = self.format.fmt.src_field if side == "src" else self.format.fmt.tgt_field
-        return f"{self.format.name}\0{field}\0{self._file_digests()[0]}"
+        return "\0".join([self.tag[0], self.tag[1 if side == "src" else 2], self._file_digests()[0]])
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
         src: list[str] = []
@@ -601,18 +600,19 @@ class CorpusReader:
         """The first of ``candidates`` whose files exist, or None."""
         return next((c for c in candidates if self.exists(c)), None)
 
-    def _missing_error(self, paths: list[Path], where: str, what: str) -> DataError:
-        many = "(s)" if len(self.explicit_keys) > 1 else ""
-        named = [self.missing(p) if where else str(p) for p in paths]
-        return DataError(f"Missing corpus file{many}{where}: {', '.join(named)}. Put the file{many} there or {what}.")
+    def _open_files(self, files: list[Path], where: str, what: str) -> PairSource:
+        """:meth:`open` once every file exists; else the message names the missing ones and ``what`` to do."""
+        missing = [p for p in files if not p.is_file()]
+        if missing:
+            many = "(s)" if len(self.explicit_keys) > 1 else ""
+            named = [self.missing(p) if where else str(p) for p in missing]
+            raise DataError(f"Missing corpus file{many}{where}: {', '.join(named)}. Put the file{many} there or {what}.")
+        return self.open(files)
 
     def open_split(self, split: str) -> PairSource:
         files = self.files(split)
-        missing = [p for p in files if not p.is_file()]
-        if missing:
-            raise self._missing_error(missing, f" for split '{split}'",
-                                      "point data.root=DIR at the folder that holds " + ("them" if len(files) > 1 else "it"))
-        return self.open(files)
+        return self._open_files(files, f" for split '{split}'",
+                                "point data.root=DIR at the folder that holds " + ("them" if len(files) > 1 else "it"))
 
     def open_explicit(self, files: Mapping[str, Any]) -> PairSource:
         paths = []
@@ -621,10 +621,7 @@ class CorpusReader:
                 raise DataError(f"Split files {dict(files)} for format={self.name} need the key '{key}'.")
             path = Path(str(files[key]))
             paths.append(path if path.is_absolute() else self.root / path)
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise self._missing_error(missing, "", f"fix the split's file name{'s' if len(paths) > 1 else ''}")
-        return self.open(paths)
+        return self._open_files(paths, "", f"fix the split's file name{'s' if len(paths) > 1 else ''}")
 
     def source(self, split_files: str | Sequence[str] | Mapping[str, Any]) -> PairSource:
         """The split named by ``split_files`` (see :func:`read_split`) as a :class:`PairSource`."""
@@ -834,12 +831,11 @@ class HfFormat(CorpusReader):
             if top not in columns:
                 raise DataError(f"Split '{split}' of {what} has no field '{field}' (columns: {columns}). "
                                 "Set src_field/tgt_field, e.g. 'translation.en'.")
-            rest = field[len(top) + 1 :]
             values: list[str] = []
             # Column access is far faster than iterating rows; nested parts are walked per value.
             for row, value in enumerate(ds[top]):
                 try:
-                    values.append(_get_field({top: value}, f"{top}.{rest}" if rest else top))
+                    values.append(_get_field({top: value}, field))
                 except LookupError as e:
                     raise DataError(f"Split '{split}' of {what}, row {row}: {e}.") from None
             out.append(values)
