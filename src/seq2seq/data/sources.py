@@ -42,7 +42,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -147,17 +147,6 @@ def _plain_or_gz(path: Path) -> Path:
     return gz if not path.is_file() and gz.is_file() else path
 
 
-def _utf8_error(path: Path | str, data: bytes, e: UnicodeDecodeError, first_line: int) -> DataError:
-    """The message for bad UTF-8 in ``data``, whose first line is line ``first_line`` of ``path``."""
-    line_no = first_line + data.count(b"\n", 0, e.start)
-    line_start = data.rfind(b"\n", 0, e.start) + 1
-    return DataError(
-        f"{path}, line {line_no}: invalid UTF-8 (byte {data[e.start : e.start + 1].hex(' ')} at "
-        f"column {e.start - line_start + 1}). Convert the file to UTF-8, e.g. with "
-        f"`iconv -f LATIN1 -t UTF-8`, or remove the line from both sides."
-    )
-
-
 def _empty_split(*paths: Path) -> DataError:
     return DataError(
         f"The split is empty: {' and '.join(str(p) for p in paths)} contain(s) no examples. "
@@ -172,7 +161,13 @@ def decode_lines(data: bytes, path: Path | str = "?", first_line: int = 1) -> li
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _utf8_error(path, data, e, first_line) from None
+        line_no = first_line + data.count(b"\n", 0, e.start)
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}, line {line_no}: invalid UTF-8 (byte {data[e.start : e.start + 1].hex(' ')} at "
+            f"column {e.start - line_start + 1}). Convert the file to UTF-8, e.g. with "
+            f"`iconv -f LATIN1 -t UTF-8`, or remove the line from both sides."
+        ) from None
     lines = text.split("\n")
     lines.pop()  # the text ends with a line break, which ends the last line
     if "\r" in text:
@@ -545,19 +540,12 @@ class RecordFile(_StampedFiles):
         return "\0".join([self.tag[0], self.tag[1 if side == "src" else 2], self._file_digests()[0]])
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
-        src: list[str] = []
-        tgt: list[str] = []
+        pairs = self.format.pairs(self.path, _numbered_lines(self.path, RECORDS_PER_BLOCK))
         first = 1
-        for s, t in self.format.pairs(self.path, _numbered_lines(self.path, RECORDS_PER_BLOCK)):
-            src.append(s)
-            tgt.append(t)
-            if len(src) == pairs_per_chunk:
-                yield PairChunk(src, tgt, first)
-                first += len(src)
-                src, tgt = [], []
-        if src:
-            yield PairChunk(src, tgt, first)
-        elif first == 1:
+        while batch := list(islice(pairs, pairs_per_chunk)):
+            yield PairChunk([s for s, _ in batch], [t for _, t in batch], first)
+            first += len(batch)
+        if first == 1:
             raise _empty_split(self.path)
 
 
@@ -589,16 +577,13 @@ class CorpusReader:
         """The files that hold the split's targets (its references): the last of :meth:`files`."""
         return self.files(split)[-1:]
 
-    def exists(self, split: str) -> bool:
-        return all(p.is_file() for p in self.files(split))
-
     def describe(self, split: str) -> str:
         """What the split's files would be, for the message that none was found."""
         return " and ".join(str(p) for p in self.files(split))
 
     def find(self, candidates: Sequence[str]) -> str | None:
         """The first of ``candidates`` whose files exist, or None."""
-        return next((c for c in candidates if self.exists(c)), None)
+        return next((c for c in candidates if all(p.is_file() for p in self.files(c))), None)
 
     def _open_files(self, files: list[Path], where: str, what: str) -> PairSource:
         """:meth:`open` once every file exists; else the message names the missing ones and ``what`` to do."""
