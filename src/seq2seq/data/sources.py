@@ -392,24 +392,23 @@ class TextPairs(PairSource):
         self.src, self.tgt, self.where = src, tgt, where
         self._digests: dict[str, str] = {}
 
-    def _hash(self, *sides: list[str]) -> str:
-        key = hashlib.sha256(b"texts\0")
-        for i, texts in enumerate(sides):
-            if i:
-                key.update(b"\x00\n")
-            for start in range(0, len(texts), 100_000):  # joined in batches: much faster than per line
-                key.update(("\n".join(texts[start : start + 100_000]) + "\n").encode("utf-8", "surrogatepass"))
-        return key.hexdigest()
+    def _hash(self, name: str, *sides: list[str]) -> str:
+        """The digest of ``sides``, computed once and remembered under ``name``."""
+        if name not in self._digests:
+            key = hashlib.sha256(b"texts\0")
+            for i, texts in enumerate(sides):
+                if i:
+                    key.update(b"\x00\n")
+                for start in range(0, len(texts), 100_000):  # joined in batches: much faster than per line
+                    key.update(("\n".join(texts[start : start + 100_000]) + "\n").encode("utf-8", "surrogatepass"))
+            self._digests[name] = key.hexdigest()
+        return self._digests[name]
 
     def digest(self) -> str:
-        if "both" not in self._digests:
-            self._digests["both"] = self._hash(self.src, self.tgt)
-        return self._digests["both"]
+        return self._hash("both", self.src, self.tgt)
 
     def side_key(self, side: str) -> str:
-        if side not in self._digests:
-            self._digests[side] = self._hash(self.src if side == "src" else self.tgt)
-        return self._digests[side]
+        return self._hash(side, self.src if side == "src" else self.tgt)
 
     def count(self) -> int:
         return len(self.src)
