@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from seq2seq.data.sources import _file_digest
 from seq2seq.errors import DataError
 from seq2seq.utils.io import atomic_path
 
@@ -65,14 +66,6 @@ SHA256: dict[str, str | None] = {
 }
 
 _CHUNK = 1 << 16
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, target: Path, expected: str | None, timeout: float, hint: str) -> None:
@@ -151,7 +144,7 @@ def download_multi30k(
             if expected is None:
                 logger.debug("Keeping %s (no checksum known)", target)
                 continue
-            if _sha256_file(target) == expected:
+            if _file_digest(target) == expected:
                 logger.debug("Keeping %s (checksum ok)", target)
                 continue
             logger.warning("%s has the wrong checksum; downloading it again", target)

@@ -64,14 +64,9 @@ def filter_pairs(
         _lengths(src_ids), _lengths(tgt_ids), max_src_len=max_src_len, max_tgt_len=max_tgt_len,
         overlong=overlong, max_len_ratio=max_len_ratio, drop_empty=drop_empty,
     )
-    kept_list = kept.tolist()
-    if counts["truncated"]:
-        # Slicing copies only the sequences that are too long; the rest are passed through.
-        out_src = [s[:max_src_len] if len(s) > max_src_len else s for s in (src_ids[i] for i in kept_list)]
-        out_tgt = [t[:max_tgt_len] if len(t) > max_tgt_len else t for t in (tgt_ids[i] for i in kept_list)]
-    else:
-        out_src = [src_ids[i] for i in kept_list]
-        out_tgt = [tgt_ids[i] for i in kept_list]
+    # Slicing copies only the sequences that are too long (truncate); the rest are passed through.
+    out_src = [s[:max_src_len] if len(s) > max_src_len else s for s in (src_ids[i] for i in kept.tolist())]
+    out_tgt = [t[:max_tgt_len] if len(t) > max_tgt_len else t for t in (tgt_ids[i] for i in kept.tolist())]
     return FilterResult(kept, counts, out_src, out_tgt)
 
 

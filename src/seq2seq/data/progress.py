@@ -64,7 +64,10 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        if self._bar is not None:
+            self._bar.close()
+        elif self._logged:  # only steps that logged progress log their end
+            log.info("%s: done, %s", self.what, self._line(time.monotonic()).split(": ", 1)[1])
 
     def update(self, n: int) -> None:
         self.count += n
@@ -87,11 +90,3 @@ class Progress:
         if self.total and rate > 0 and self.count < self.total:
             left = f", {(self.total - self.count) / rate:.0f} s left"
         return f"{self.what}: {done} {unit}, {rate / scale:,.0f} {unit}/s{left}"
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        elif self._logged:  # only steps that logged progress log their end
-            self._logged = False
-            log.info("%s: done, %s", self.what, self._line(time.monotonic()).split(": ", 1)[1])

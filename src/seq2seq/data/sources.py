@@ -42,7 +42,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -147,17 +147,6 @@ def _plain_or_gz(path: Path) -> Path:
     return gz if not path.is_file() and gz.is_file() else path
 
 
-def _utf8_error(path: Path | str, data: bytes, e: UnicodeDecodeError, first_line: int) -> DataError:
-    """The message for bad UTF-8 in ``data``, whose first line is line ``first_line`` of ``path``."""
-    line_no = first_line + data.count(b"\n", 0, e.start)
-    line_start = data.rfind(b"\n", 0, e.start) + 1
-    return DataError(
-        f"{path}, line {line_no}: invalid UTF-8 (byte {data[e.start : e.start + 1].hex(' ')} at "
-        f"column {e.start - line_start + 1}). Convert the file to UTF-8, e.g. with "
-        f"`iconv -f LATIN1 -t UTF-8`, or remove the line from both sides."
-    )
-
-
 def _empty_split(*paths: Path) -> DataError:
     return DataError(
         f"The split is empty: {' and '.join(str(p) for p in paths)} contain(s) no examples. "
@@ -172,7 +161,13 @@ def decode_lines(data: bytes, path: Path | str = "?", first_line: int = 1) -> li
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _utf8_error(path, data, e, first_line) from None
+        line_no = first_line + data.count(b"\n", 0, e.start)
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}, line {line_no}: invalid UTF-8 (byte {data[e.start : e.start + 1].hex(' ')} at "
+            f"column {e.start - line_start + 1}). Convert the file to UTF-8, e.g. with "
+            f"`iconv -f LATIN1 -t UTF-8`, or remove the line from both sides."
+        ) from None
     lines = text.split("\n")
     lines.pop()  # the text ends with a line break, which ends the last line
     if "\r" in text:
@@ -397,24 +392,23 @@ class TextPairs(PairSource):
         self.src, self.tgt, self.where = src, tgt, where
         self._digests: dict[str, str] = {}
 
-    def _hash(self, *sides: list[str]) -> str:
-        key = hashlib.sha256(b"texts\0")
-        for i, texts in enumerate(sides):
-            if i:
-                key.update(b"\x00\n")
-            for start in range(0, len(texts), 100_000):  # joined in batches: much faster than per line
-                key.update(("\n".join(texts[start : start + 100_000]) + "\n").encode("utf-8", "surrogatepass"))
-        return key.hexdigest()
+    def _hash(self, name: str, *sides: list[str]) -> str:
+        """The digest of ``sides``, computed once and remembered under ``name``."""
+        if name not in self._digests:
+            key = hashlib.sha256(b"texts\0")
+            for i, texts in enumerate(sides):
+                if i:
+                    key.update(b"\x00\n")
+                for start in range(0, len(texts), 100_000):  # joined in batches: much faster than per line
+                    key.update(("\n".join(texts[start : start + 100_000]) + "\n").encode("utf-8", "surrogatepass"))
+            self._digests[name] = key.hexdigest()
+        return self._digests[name]
 
     def digest(self) -> str:
-        if "both" not in self._digests:
-            self._digests["both"] = self._hash(self.src, self.tgt)
-        return self._digests["both"]
+        return self._hash("both", self.src, self.tgt)
 
     def side_key(self, side: str) -> str:
-        if side not in self._digests:
-            self._digests[side] = self._hash(self.src if side == "src" else self.tgt)
-        return self._digests[side]
+        return self._hash(side, self.src if side == "src" else self.tgt)
 
     def count(self) -> int:
         return len(self.src)
@@ -431,7 +425,10 @@ class TextPairs(PairSource):
 class _StampedFiles(PairSource):
     """A source over files whose digest and count are remembered while the files' size, times and
     inode stay the same: a second call in the same process (``setup`` after ``prepare_data``)
-    does not read them again; another process does."""
+    does not read them again; another process does. The digest hashes ``tag`` (the format, its
+    fields) with the files' digests."""
+
+    tag: tuple[str, ...] = ()
 
     def __init__(self, *paths: Path):
         self.paths = tuple(Path(p) for p in paths)
@@ -462,6 +459,9 @@ class _StampedFiles(PairSource):
 
         return self._remember("files", compute)
 
+    def digest(self) -> str:
+        return hashlib.sha256("\0".join([*self.tag, *self._file_digests()]).encode()).hexdigest()
+
     def count(self) -> int:
         return self._remember("count", super().count)
 
@@ -474,10 +474,7 @@ class LinesPair(_StampedFiles):
         super().__init__(src_path, tgt_path)
         self.src_path, self.tgt_path = self.paths
         self.where = str(self.src_path.with_suffix("")) if self.src_path.suffix != ".gz" else str(self.src_path)
-
-    def digest(self) -> str:
-        src, tgt = self._file_digests()
-        return hashlib.sha256(f"lines\0{src}\0{tgt}".encode()).hexdigest()
+        self.tag = ("lines",)
 
     def side_key(self, side: str) -> str:
         return self._file_digests()[0 if side == "src" else 1]
@@ -536,29 +533,18 @@ class RecordFile(_StampedFiles):
     def __init__(self, path: Path, fmt: RecordFormat):
         super().__init__(path)
         self.path, self.format = self.paths[0], fmt
-
-    def digest(self) -> str:
-        fields = f"{self.format.name}\0{self.format.fmt.src_field}\0{self.format.fmt.tgt_field}"
-        return hashlib.sha256(f"{fields}\0{self._file_digests()[0]}".encode()).hexdigest()
+        self.tag = (fmt.name, f"{fmt.fmt.src_field}", f"{fmt.fmt.tgt_field}")
 
     def side_key(self, side: str) -> str:
-        field = self.format.fmt.src_field if side == "src" else self.format.fmt.tgt_field
-        return f"{self.format.name}\0{field}\0{self._file_digests()[0]}"
+        return "\0".join([self.tag[0], self.tag[1 if side == "src" else 2], self._file_digests()[0]])
 
     def chunks(self, pairs_per_chunk: int) -> Iterator[PairChunk]:
-        src: list[str] = []
-        tgt: list[str] = []
+        pairs = self.format.pairs(self.path, _numbered_lines(self.path, RECORDS_PER_BLOCK))
         first = 1
-        for s, t in self.format.pairs(self.path, _numbered_lines(self.path, RECORDS_PER_BLOCK)):
-            src.append(s)
-            tgt.append(t)
-            if len(src) == pairs_per_chunk:
-                yield PairChunk(src, tgt, first)
-                first += len(src)
-                src, tgt = [], []
-        if src:
-            yield PairChunk(src, tgt, first)
-        elif first == 1:
+        while batch := list(islice(pairs, pairs_per_chunk)):
+            yield PairChunk([s for s, _ in batch], [t for _, t in batch], first)
+            first += len(batch)
+        if first == 1:
             raise _empty_split(self.path)
 
 
@@ -590,29 +576,27 @@ class CorpusReader:
         """The files that hold the split's targets (its references): the last of :meth:`files`."""
         return self.files(split)[-1:]
 
-    def exists(self, split: str) -> bool:
-        return all(p.is_file() for p in self.files(split))
-
     def describe(self, split: str) -> str:
         """What the split's files would be, for the message that none was found."""
         return " and ".join(str(p) for p in self.files(split))
 
     def find(self, candidates: Sequence[str]) -> str | None:
         """The first of ``candidates`` whose files exist, or None."""
-        return next((c for c in candidates if self.exists(c)), None)
+        return next((c for c in candidates if all(p.is_file() for p in self.files(c))), None)
 
-    def _missing_error(self, paths: list[Path], where: str, what: str) -> DataError:
-        many = "(s)" if len(self.explicit_keys) > 1 else ""
-        named = [self.missing(p) if where else str(p) for p in paths]
-        return DataError(f"Missing corpus file{many}{where}: {', '.join(named)}. Put the file{many} there or {what}.")
+    def _open_files(self, files: list[Path], where: str, what: str) -> PairSource:
+        """:meth:`open` once every file exists; else the message names the missing ones and ``what`` to do."""
+        missing = [p for p in files if not p.is_file()]
+        if missing:
+            many = "(s)" if len(self.explicit_keys) > 1 else ""
+            named = [self.missing(p) if where else str(p) for p in missing]
+            raise DataError(f"Missing corpus file{many}{where}: {', '.join(named)}. Put the file{many} there or {what}.")
+        return self.open(files)
 
     def open_split(self, split: str) -> PairSource:
         files = self.files(split)
-        missing = [p for p in files if not p.is_file()]
-        if missing:
-            raise self._missing_error(missing, f" for split '{split}'",
-                                      "point data.root=DIR at the folder that holds " + ("them" if len(files) > 1 else "it"))
-        return self.open(files)
+        return self._open_files(files, f" for split '{split}'",
+                                "point data.root=DIR at the folder that holds " + ("them" if len(files) > 1 else "it"))
 
     def open_explicit(self, files: Mapping[str, Any]) -> PairSource:
         paths = []
@@ -621,10 +605,7 @@ class CorpusReader:
                 raise DataError(f"Split files {dict(files)} for format={self.name} need the key '{key}'.")
             path = Path(str(files[key]))
             paths.append(path if path.is_absolute() else self.root / path)
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise self._missing_error(missing, "", f"fix the split's file name{'s' if len(paths) > 1 else ''}")
-        return self.open(paths)
+        return self._open_files(paths, "", f"fix the split's file name{'s' if len(paths) > 1 else ''}")
 
     def source(self, split_files: str | Sequence[str] | Mapping[str, Any]) -> PairSource:
         """The split named by ``split_files`` (see :func:`read_split`) as a :class:`PairSource`."""
@@ -834,12 +815,11 @@ class HfFormat(CorpusReader):
             if top not in columns:
                 raise DataError(f"Split '{split}' of {what} has no field '{field}' (columns: {columns}). "
                                 "Set src_field/tgt_field, e.g. 'translation.en'.")
-            rest = field[len(top) + 1 :]
             values: list[str] = []
             # Column access is far faster than iterating rows; nested parts are walked per value.
             for row, value in enumerate(ds[top]):
                 try:
-                    values.append(_get_field({top: value}, f"{top}.{rest}" if rest else top))
+                    values.append(_get_field({top: value}, field))
                 except LookupError as e:
                     raise DataError(f"Split '{split}' of {what}, row {row}: {e}.") from None
             out.append(values)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seq2seq.utils.io import _fsync_dir
+
 FORMAT, VERSION = "seq2seq-tokenized-split", 1
 SIDES = ("src", "tgt")
 
@@ -150,9 +152,6 @@ class _NpyAppender:
         os.fsync(self.file.fileno())
         self.file.close()
 
-    def abort(self) -> None:
-        self.file.close()
-
 
 def _save_npy(path: Path, values: np.ndarray) -> None:
     with open(path, "wb") as f:
@@ -183,7 +182,7 @@ class SplitWriter:
     def __exit__(self, *exc) -> None:
         if not self.committed:
             for appender in self.flat.values():
-                appender.abort()
+                appender.file.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def add(self, src: np.ndarray, src_lengths: np.ndarray, tgt: np.ndarray, tgt_lengths: np.ndarray,
@@ -230,15 +229,6 @@ class SplitWriter:
         self.committed = True
         _fsync_dir(self.path.parent)
         return self.path
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _load(path: Path, dtype: str | None, length: int) -> np.ndarray:

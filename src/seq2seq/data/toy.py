@@ -178,7 +178,7 @@ def generate(seed: int = 1234, sizes: dict[str, int] | None = None) -> dict[str,
 def write_corpus(root: str | Path, seed: int = 1234, sizes: dict[str, int] | None = None) -> Path:
     """Write ``{split}.en`` / ``{split}.de`` under ``root`` unless they already exist; returns ``root``.
 
-    A ``.seed`` file records what was generated, so another seed or size regenerates the files.
+    A ``.generated`` file records the seed and sizes, so another seed or size regenerates the files.
     """
     root = Path(root)
     stamp = f"seed={seed} sizes={sorted((sizes or DEFAULT_SIZES).items())}\n"
