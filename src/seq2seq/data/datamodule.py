@@ -186,20 +186,20 @@ def pair_corpora(pairs: Mapping[str, Mapping | None] | Sequence[str], keys: dict
         name = str(name)
         own = {k: v for k, v in dict(options or {}).items() if v is not None}
         parts = name.split("-")
-        guess = (parts[0], parts[1]) if len(parts) == 2 and all(parts) else (None, None)
-        own["src_lang"] = own.get("src_lang") or guess[0] or src_lang
-        own["tgt_lang"] = own.get("tgt_lang") or guess[1] or tgt_lang
-        if not own["src_lang"] or not own["tgt_lang"]:
+        guess = parts if len(parts) == 2 and all(parts) else (None, None)
+        src = own.get("src_lang") or guess[0] or src_lang
+        tgt = own.get("tgt_lang") or guess[1] or tgt_lang
+        if not src or not tgt:
             raise ConfigError(
                 f"data.pairs.{name}: no source or target language; name the pair SRC-TGT (en-de) or give "
                 "src_lang and tgt_lang"
             )
-        if (own["src_lang"], own["tgt_lang"], own.get("root")) in seen:
-            raise ConfigError(f"data.pairs.{name}: the pair {own['src_lang']}-{own['tgt_lang']} is listed twice")
-        seen.add((own["src_lang"], own["tgt_lang"], own.get("root")))
+        if (src, tgt, own.get("root")) in seen:
+            raise ConfigError(f"data.pairs.{name}: the pair {src}-{tgt} is listed twice")
+        seen.add((src, tgt, own.get("root")))
         for key in sorted(set(own) & shared_only):
             raise ConfigError(f"data.pairs.{name}.{key}: every pair shares it; set data.{key} instead")
-        corpora[name] = corpus_options({**keys, **own}, f"data.pairs.{name}")
+        corpora[name] = corpus_options({**keys, **own, "src_lang": src, "tgt_lang": tgt}, f"data.pairs.{name}")
     return corpora
 
 
