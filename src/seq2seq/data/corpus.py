@@ -348,11 +348,6 @@ class Corpus:
             except CacheDamaged as err:  # written a moment ago: the disk lost it
                 raise DataError(f"cannot read back the token ids just written to {path}: {err}") from None
 
-    def prepare(self, tokenizer: Tokenizer) -> None:
-        """Tokenize every split into the cache (rank 0, ``prepare_data``)."""
-        for split in SPLITS:
-            self.tokenized(tokenizer, split)
-
     def release(self) -> None:
         """Forget the training source: a format read whole (``hf``) holds its texts."""
         if isinstance(self._train, TextPairs):

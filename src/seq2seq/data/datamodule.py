@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from seq2seq.data.corpus import Corpus, CorpusOptions, Filtering, PairDataset, SplitNames
+from seq2seq.data.corpus import SPLITS, Corpus, CorpusOptions, Filtering, PairDataset, SplitNames
 from seq2seq.data.multilingual import RoundRobinBatchSampler, TemperatureBatchSampler, pair_probabilities
 from seq2seq.data.progress import timed
 from seq2seq.data.sampler import TokenBudgetBatchSampler
@@ -351,7 +351,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 corpus.materialize()
             tokenizer = self.training_tokenizer()
             for corpus in self.corpora.values():
-                corpus.prepare(self._tokenizer_of(corpus, tokenizer))
+                for split in SPLITS:  # into the cache
+                    corpus.tokenized(self._tokenizer_of(corpus, tokenizer), split)
         finally:
             for corpus in self.corpora.values():
                 corpus.release()
