@@ -328,33 +328,25 @@ class Corpus:
         if source is None:
             return None
         with timed(self.prepare_times, f"tokenize_{split}"):
-            return self._load_or_tokenize(tokenizer, source)
-
-    def _load_or_tokenize(self, tokenizer: Tokenizer, source: PairSource) -> TokenizedSplit:
-        path = self._cache_file(tokenizer, source.digest())
-        try:
-            return open_split(path)
-        except FileNotFoundError:
-            pass
-        except CacheDamaged as err:
-            log.warning("The cached token ids of %s (%s) are damaged: %s. Tokenizing it again.", source.where, path, err)
-            remove_entry(path)
-        pairs = source.count()
-        dtype = id_dtype(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
-        with SplitWriter(path, dtype) as writer, Progress(f"Tokenizing {source.where}", pairs, unit="pairs") as progress:
-            for chunk in encode_chunks(tokenizer, source.chunks(CHUNK_PAIRS), dtype, self._workers(pairs)):
-                writer.add(chunk.src, chunk.src_lengths, chunk.tgt, chunk.tgt_lengths, chunk.unknown)
-                progress.update(len(chunk))
-            writer.commit(source=source.where)
-        try:
-            return open_split(path)
-        except CacheDamaged as err:  # written a moment ago: the disk lost it
-            raise DataError(f"cannot read back the token ids just written to {path}: {err}") from None
-
-    def prepare(self, tokenizer: Tokenizer) -> None:
-        """Tokenize every split into the cache (rank 0, ``prepare_data``)."""
-        for split in SPLITS:
-            self.tokenized(tokenizer, split)
+            path = self._cache_file(tokenizer, source.digest())
+            try:
+                return open_split(path)
+            except FileNotFoundError:
+                pass
+            except CacheDamaged as err:
+                log.warning("The cached token ids of %s (%s) are damaged: %s. Tokenizing it again.", source.where, path, err)
+                remove_entry(path)
+            pairs = source.count()
+            dtype = id_dtype(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
+            with SplitWriter(path, dtype) as writer, Progress(f"Tokenizing {source.where}", pairs, unit="pairs") as progress:
+                for chunk in encode_chunks(tokenizer, source.chunks(CHUNK_PAIRS), dtype, self._workers(pairs)):
+                    writer.add(chunk.src, chunk.src_lengths, chunk.tgt, chunk.tgt_lengths, chunk.unknown)
+                    progress.update(len(chunk))
+                writer.commit(source=source.where)
+            try:
+                return open_split(path)
+            except CacheDamaged as err:  # written a moment ago: the disk lost it
+                raise DataError(f"cannot read back the token ids just written to {path}: {err}") from None
 
     def release(self) -> None:
         """Forget the training source: a format read whole (``hf``) holds its texts."""

@@ -32,13 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from seq2seq.data.corpus import Corpus, CorpusOptions, Filtering, PairDataset, SplitNames
-from seq2seq.data.multilingual import (
-    RoundRobinBatchSampler,
-    TemperatureBatchSampler,
-    pair_options,
-    pair_probabilities,
-)
+from seq2seq.data.corpus import SPLITS, Corpus, CorpusOptions, Filtering, PairDataset, SplitNames
+from seq2seq.data.multilingual import RoundRobinBatchSampler, TemperatureBatchSampler, pair_probabilities
 from seq2seq.data.progress import timed
 from seq2seq.data.sampler import TokenBudgetBatchSampler
 from seq2seq.data.sources import CorpusFormat
@@ -176,6 +171,38 @@ def corpus_options(values: Mapping[str, Any], where: str = "data") -> CorpusOpti
         raise ConfigError(f"{where}: {err}") from None
 
 
+def pair_corpora(pairs: Mapping[str, Mapping | None] | Sequence[str], keys: dict) -> dict[str, CorpusOptions]:
+    """:class:`CorpusOptions` of every pair of a data config's ``pairs`` (a mapping ``{name: options}``
+    or a list of names) over the shared corpus ``keys``, which a pair's non-null options override. A
+    name ``SRC-TGT`` gives the languages the options do not (then the shared ``src_lang``/``tgt_lang``);
+    a pair listed twice, or a pair setting a key every pair shares, is an error."""
+    if isinstance(pairs, str) or not pairs:
+        raise ConfigError("data.pairs names no language pair: give e.g. {en-de: {}, en-fr: {}} or [en-de, en-fr]")
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else [(name, {}) for name in pairs]
+    src_lang, tgt_lang = keys.pop("src_lang", None), keys.pop("tgt_lang", None)
+    shared_only = {f.name for f in (*fields(TokenizerOptions), *fields(Batching))} | {"cache_dir", "prepare_workers"}
+    corpora, seen = {}, set()
+    for name, options in items:
+        name = str(name)
+        own = {k: v for k, v in dict(options or {}).items() if v is not None}
+        parts = name.split("-")
+        guess = parts if len(parts) == 2 and all(parts) else (None, None)
+        src = own.get("src_lang") or guess[0] or src_lang
+        tgt = own.get("tgt_lang") or guess[1] or tgt_lang
+        if not src or not tgt:
+            raise ConfigError(
+                f"data.pairs.{name}: no source or target language; name the pair SRC-TGT (en-de) or give "
+                "src_lang and tgt_lang"
+            )
+        if (src, tgt, own.get("root")) in seen:
+            raise ConfigError(f"data.pairs.{name}: the pair {src}-{tgt} is listed twice")
+        seen.add((src, tgt, own.get("root")))
+        for key in sorted(set(own) & shared_only):
+            raise ConfigError(f"data.pairs.{name}.{key}: every pair shares it; set data.{key} instead")
+        corpora[name] = corpus_options({**keys, **own, "src_lang": src, "tgt_lang": tgt}, f"data.pairs.{name}")
+    return corpora
+
+
 # What run folders written before from_config name as the data config's _target_ (eval reads them).
 LEGACY_TARGETS = {"seq2seq.data.datamodule.Seq2SeqDataModule": "seq2seq.data.datamodule.Seq2SeqDataModule.from_config",
                   "seq2seq.data.multilingual.MultilingualDataModule": "seq2seq.data.datamodule.Seq2SeqDataModule.from_config"}
@@ -246,16 +273,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         keys = _plain(keys)
         tokenizer_options = TokenizerOptions(**_take(TokenizerOptions, keys))
         batching = Batching(**_take(Batching, keys))
-        if pairs is None:
-            corpora = {None: corpus_options(keys)}
-        else:
-            shared_only = {f.name for f in (*fields(TokenizerOptions), *fields(Batching))} | {"cache_dir", "prepare_workers"}
-            corpora = {}
-            for name, own in pair_options(_plain(pairs), keys.pop("src_lang", None), keys.pop("tgt_lang", None)):
-                own = {k: v for k, v in own.items() if v is not None}
-                for key in sorted(set(own) & shared_only):
-                    raise ConfigError(f"data.pairs.{name}.{key}: every pair shares it; set data.{key} instead")
-                corpora[name] = corpus_options({**keys, **own}, f"data.pairs.{name}")
+        corpora = {None: corpus_options(keys)} if pairs is None else pair_corpora(_plain(pairs), keys)
         return cls(corpora, tokenizer_options, batching, cache_dir=cache_dir, prepare_workers=prepare_workers,
                    temperature=temperature, tokenizer=tokenizer)
 
@@ -333,7 +351,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 corpus.materialize()
             tokenizer = self.training_tokenizer()
             for corpus in self.corpora.values():
-                corpus.prepare(self._tokenizer_of(corpus, tokenizer))
+                for split in SPLITS:  # into the cache
+                    corpus.tokenized(self._tokenizer_of(corpus, tokenizer), split)
         finally:
             for corpus in self.corpora.values():
                 corpus.release()
@@ -425,18 +444,16 @@ class Seq2SeqDataModule(L.LightningDataModule):
                                                          seed=self.batching.seed)
         else:
             self.train_sampler = samplers[0]
-        dataset = ConcatDataset(datasets) if self.multilingual else datasets[0]
-        return ResumableDataLoader(dataset, batch_sampler=self.train_sampler,
+        return ResumableDataLoader(ConcatDataset(datasets), batch_sampler=self.train_sampler,
                                    batches_consumed=self._train_batches_consumed, **self._loader_options())
 
     def _eval_loader(self, split: str) -> DataLoader:
         offsets = self._offsets[split]
         datasets = [c.datasets[split].shifted(offset) for c, offset in zip(self.corpora.values(), offsets)]
         samplers = [self._sampler(ds, False, self.batching.seed + i) for i, ds in enumerate(datasets)]
-        if self.multilingual:
-            return DataLoader(ConcatDataset(datasets), batch_sampler=RoundRobinBatchSampler(samplers, offsets[:-1]),
-                              **self._loader_options())
-        return DataLoader(datasets[0], batch_sampler=samplers[0], **self._loader_options())
+        # One corpus: its own batches (offset 0); several: the pairs' batches in turn.
+        return DataLoader(ConcatDataset(datasets), batch_sampler=RoundRobinBatchSampler(samplers, offsets[:-1]),
+                          **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -1,6 +1,7 @@
 """What several language pairs add to a one-pair run: sampling across pairs with a temperature
-(:class:`TemperatureBatchSampler`), validation that takes the pairs in turn
-(:class:`RoundRobinBatchSampler`), and the pairs of a data config (:func:`pair_options`).
+(:class:`TemperatureBatchSampler`) and validation that takes the pairs in turn
+(:class:`RoundRobinBatchSampler`); :meth:`~seq2seq.data.datamodule.Seq2SeqDataModule.from_config`
+reads the pairs of a data config.
 
 The rest of a multilingual run is a one-pair run's: :class:`~seq2seq.data.datamodule.Seq2SeqDataModule`
 holds one :class:`~seq2seq.data.corpus.Corpus` per pair, trains one joint sentencepiece model with
@@ -11,7 +12,7 @@ pairs") says why the tag sits on the source, docs/recipes.md how to run it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import zip_longest
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch.utils.data import Sampler
 from seq2seq.data.sampler import ResumableBatchSampler, TokenBudgetBatchSampler
 from seq2seq.errors import ConfigError, DataError
 
-__all__ = ["RoundRobinBatchSampler", "TemperatureBatchSampler", "pair_options", "pair_probabilities"]
+__all__ = ["RoundRobinBatchSampler", "TemperatureBatchSampler", "pair_probabilities"]
 
 
 def pair_probabilities(sizes: Sequence[int], temperature: float) -> np.ndarray:
@@ -62,8 +63,8 @@ class TemperatureBatchSampler(ResumableBatchSampler):
     """Batches of one pair each, pairs drawn with the temperature's probabilities; resumable.
 
     ``samplers``: each pair's batch sampler (indices into that pair's dataset; with DDP already
-    built for this rank); ``sizes``: each pair's training pairs ``n_i``; ``offsets``: where each
-    pair's dataset starts in the concatenated dataset (default: the cumulative ``sizes``).
+    built for this rank); ``sizes``: each pair's training pairs ``n_i`` (the pairs' datasets follow
+    one another in the concatenated dataset).
 
     An epoch holds as many batches as the pairs' samplers together (``B = Σ b_i``, the plain
     concatenation's count). The share of pair *i* is chosen so that *sentences*, not batches,
@@ -89,7 +90,6 @@ class TemperatureBatchSampler(ResumableBatchSampler):
         sizes: Sequence[int],
         temperature: float,
         *,
-        offsets: Sequence[int] | None = None,
         seed: int = 0,
         shuffle: bool = True,
     ) -> None:
@@ -99,7 +99,7 @@ class TemperatureBatchSampler(ResumableBatchSampler):
         self.sizes = [int(n) for n in sizes]
         self.temperature = float(temperature)
         self.probabilities = pair_probabilities(self.sizes, self.temperature)
-        self.offsets = list(offsets) if offsets is not None else [0, *np.cumsum(self.sizes)[:-1].tolist()]
+        self.offsets = [0, *np.cumsum(self.sizes)[:-1].tolist()]
         self.seed = int(seed)
         self._shuffle = bool(shuffle)
         self.num_replicas = self.samplers[0].num_replicas
@@ -192,29 +192,3 @@ class RoundRobinBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return sum(len(s) for s in self.samplers)
 
-
-def pair_options(pairs: Mapping[str, Mapping | None] | Sequence[str], src_lang: str | None,
-                 tgt_lang: str | None) -> list[tuple[str, dict]]:
-    """``(name, options)`` of every pair of a data config's ``pairs``: a mapping ``{name: options}``
-    or a list of names. A name ``SRC-TGT`` gives the languages when the options do not (then
-    ``src_lang``/``tgt_lang``, the config's defaults); a pair listed twice is an error."""
-    if isinstance(pairs, str) or not pairs:
-        raise ConfigError("data.pairs names no language pair: give e.g. {en-de: {}, en-fr: {}} or [en-de, en-fr]")
-    items = list(pairs.items()) if isinstance(pairs, Mapping) else [(name, {}) for name in pairs]
-    out, seen = [], set()
-    for name, options in items:
-        name, options = str(name), dict(options or {})
-        parts = name.split("-")
-        guess = (parts[0], parts[1]) if len(parts) == 2 and all(parts) else (None, None)
-        src = options.pop("src_lang", None) or guess[0] or src_lang
-        tgt = options.pop("tgt_lang", None) or guess[1] or tgt_lang
-        if not src or not tgt:
-            raise ConfigError(
-                f"data.pairs.{name}: no source or target language; name the pair SRC-TGT (en-de) or give "
-                "src_lang and tgt_lang"
-            )
-        if (src, tgt, options.get("root")) in seen:
-            raise ConfigError(f"data.pairs.{name}: the pair {src}-{tgt} is listed twice")
-        seen.add((src, tgt, options.get("root")))
-        out.append((name, {**options, "src_lang": src, "tgt_lang": tgt}))
-    return out

@@ -275,9 +275,20 @@ class Tokenizer:
         if target_tags:  # (a model without tags keeps the key it always had)
             key += f"|tags:{json.dumps(dict(target_tags))}"
         path = Path(cache_dir) / f"spm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-        cached = cls._load_cached(path, joint, target_tags)
-        if cached is not None:
-            return cached
+        src_file, tgt_file = path.with_suffix(".src.model"), path.with_suffix(".tgt.model")
+        if src_file.exists() and (joint or tgt_file.exists()):
+            try:
+                tok = cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes(), target_tags)
+                _check_model(tok.src)
+                _check_model(tok.tgt)
+            except (OSError, RuntimeError, ValueError) as err:
+                log.warning("The cached sentencepiece model %s is damaged (%s); training it again.", src_file,
+                            str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
+                for file in (src_file, tgt_file):
+                    file.unlink(missing_ok=True)
+            else:
+                log.info("Loading the cached sentencepiece model %s", src_file)
+                return tok
 
         def train() -> Tokenizer:
             src_texts, tgt_texts = text.texts(joint)
@@ -289,32 +300,11 @@ class Tokenizer:
             tok = cls.from_state_dict(_in_forked_process(lambda: train().state_dict()))
         else:
             tok = train()
-        tok._save_cached(path)
-        return tok
-
-    @classmethod
-    def _load_cached(cls, path: Path, joint: bool, target_tags: Mapping[str, str] | None = None) -> Tokenizer | None:
-        src_file, tgt_file = path.with_suffix(".src.model"), path.with_suffix(".tgt.model")
-        if not (src_file.exists() and (joint or tgt_file.exists())):
-            return None
-        try:
-            tok = cls(src_file.read_bytes(), None if joint else tgt_file.read_bytes(), target_tags)
-            _check_model(tok.src)
-            _check_model(tok.tgt)
-        except (OSError, RuntimeError, ValueError) as err:
-            log.warning("The cached sentencepiece model %s is damaged (%s); training it again.", src_file,
-                        str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
-            for file in (src_file, tgt_file):
-                file.unlink(missing_ok=True)
-            return None
-        log.info("Loading the cached sentencepiece model %s", src_file)
-        return tok
-
-    def _save_cached(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path.with_suffix(".src.model"), self._src_bytes)
-        if not self.joint:
-            atomic_write_bytes(path.with_suffix(".tgt.model"), self._tgt_bytes)
+        atomic_write_bytes(src_file, tok._src_bytes)
+        if not joint:
+            atomic_write_bytes(tgt_file, tok._tgt_bytes)
+        return tok
 
     def state_dict(self) -> dict:
         """The sentencepiece model(s) as bytes (what checkpoints store). A multilingual tokenizer adds
