@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import Tensor
 
 from seq2seq.data.tokenizer import Tokenizer
-from seq2seq.decoding.search import DecodingConfig, Hypothesis, length_penalty, max_output_lengths
+from seq2seq.decoding.search import DecodingConfig, Hypothesis, max_output_lengths, rerank
 from seq2seq.errors import ConfigError
 from seq2seq.inference.ct2_export import EXPORT_INFO, require_ctranslate2
 from seq2seq.inference.predictor import Predictor
@@ -102,9 +102,8 @@ class CT2Predictor(Predictor):
             for tokens, total in zip(result.hypotheses, result.scores):
                 ids = [tgt.piece_to_id(p) for p in tokens]
                 ended = bool(ids) and ids[-1] == eos
-                penalty = length_penalty(len(ids), self.decoding.alpha, self.decoding.length_penalty)  # EOS counted
-                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / penalty, total, ended))
-            nbest.append(sorted(hyps, key=lambda h: -h.score)[: self.decoding.n_best])
+                hyps.append(Hypothesis(ids[:-1] if ended else ids, total, total, ended))
+            nbest.append(rerank(hyps, self.decoding.alpha, self.decoding.length_penalty)[: self.decoding.n_best])
         return nbest
 
     def generate(self, src: Tensor) -> list[list[Hypothesis]]:

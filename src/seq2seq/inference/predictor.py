@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from seq2seq.data.tokenizer import Tokenizer, truncate_source
 from seq2seq.decoding.ensemble import teacher_forced_nll
@@ -128,10 +129,7 @@ class Predictor:
 
     def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
         """A (len(rows), longest) tensor of ids, padded on the right."""
-        src = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            src[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return src
+        return pad_sequence([torch.tensor(row, dtype=torch.long) for row in rows], True, self.pad_id)
 
     def translate(
         self,
