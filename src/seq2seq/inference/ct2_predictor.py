@@ -77,15 +77,12 @@ class CT2Predictor(Predictor):
         outputs can differ from ours; a speed peer rather than a parity check."""
         cfg = self.decoding
         beam = cfg.strategy == "beam"
+        options = dict(beam_size=cfg.beam_size if beam else 1, max_decoding_length=limit, return_scores=True,
+                       return_end_token=True)
         if self.engine_defaults:
-            return dict(beam_size=cfg.beam_size if beam else 1, max_decoding_length=limit, return_scores=True,
-                        return_end_token=True)
-        options = dict(
-            beam_size=cfg.beam_size if beam else 1, num_hypotheses=cfg.beam_size if beam else 1,
-            length_penalty=NEUTRAL_LENGTH_PENALTY if beam else 0.0, return_scores=True, return_end_token=True,
-            min_decoding_length=cfg.min_len, max_decoding_length=limit, max_input_length=0,
-            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-        )
+            return options
+        options.update(num_hypotheses=options["beam_size"], length_penalty=NEUTRAL_LENGTH_PENALTY if beam else 0.0,
+                       min_decoding_length=cfg.min_len, max_input_length=0, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
         if self.suppress_special:
             special = self.info["special_tokens"]
             options["suppress_sequences"] = [[special["pad"]], [special["bos"]]]
