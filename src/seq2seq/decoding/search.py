@@ -288,8 +288,7 @@ def _greedy_or_sample(
         tokens = out_l[row][: n - 1 if eos_l[row] else n]
         score = lp_l[row] / length_penalty(n, cfg.alpha, cfg.length_penalty)
         hyps.append(Hypothesis(tokens, score, lp_l[row], eos_l[row]))
-    grouped = [hyps[i * copies : (i + 1) * copies] for i in range(src.size(0))]
-    return [sorted(group, key=lambda h: -h.score) for group in grouped] if copies > 1 else grouped
+    return [sorted(hyps[i * copies : (i + 1) * copies], key=lambda h: -h.score) for i in range(src.size(0))]
 
 
 def beam_step(

@@ -274,18 +274,9 @@ class Parent:
                 "run_metrics": run_metrics}
 
 
-def read_parent(path: str | Path | None) -> dict[str, Any]:
-    """A fine-tuning run's parent as checkpoint content: a training checkpoint (:func:`read_checkpoint`),
-    or a Hugging Face transformers Marian folder (:mod:`seq2seq.inference.hf_import`)."""
-    if path is not None and Path(path).expanduser().is_dir():  # what init_from takes for a transformers model
-        from seq2seq.inference.hf_import import read_transformers_folder  # transformers only then
-
-        return read_transformers_folder(path)
-    return read_checkpoint(path)
-
-
 def load_parent(path: str | Path | None, model: Mapping, data: Mapping | None = None) -> Parent:
-    """Read ``path`` (:func:`read_parent`) as the start of a fine-tuning run, in eval mode.
+    """Read ``path``, a training checkpoint or a Hugging Face transformers Marian folder
+    (:mod:`seq2seq.inference.hf_import`), as the start of a fine-tuning run, in eval mode.
 
     The architecture and vocabulary are the parent's: every shape-deciding key of the run's ``model``
     config and ``data.joint_vocab`` (``data``: the data config) must equal the parent's, or one
@@ -295,7 +286,12 @@ def load_parent(path: str | Path | None, model: Mapping, data: Mapping | None = 
     """
     if isinstance(path, (str, Path)):
         path = Path(path).expanduser()
-    checkpoint = read_parent(path)
+    if isinstance(path, Path) and path.is_dir():
+        from seq2seq.inference.hf_import import read_transformers_folder  # transformers only then
+
+        checkpoint = read_transformers_folder(path)
+    else:
+        checkpoint = read_checkpoint(path)
     differ = [(f"model.{k}", theirs, ours) for k, theirs, ours in architecture_difference(checkpoint, model)]
     joint = checkpoint["tokenizer"].get("tgt_model") is None
     if data is not None and data.get("joint_vocab") is not None and bool(data["joint_vocab"]) != joint:

@@ -17,7 +17,6 @@ sums pairs of (unsigned 8-bit activation x int8 weight) products in 16 bits, whi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -236,30 +235,6 @@ def check_output_dir(output_dir: str | Path | None, force: bool) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def staged_folder(output_dir: Path):
-    """Yield an empty temporary folder beside ``output_dir``; on success it replaces ``output_dir``
-    (a previous folder there is removed only then), on error it is deleted."""
-    tmp = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as err:
-        raise ConfigError(f"cannot write output_dir={output_dir}: {err.strerror or err}") from None
-    try:
-        yield tmp
-        old = None
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
-            os.replace(output_dir, old)
-        os.replace(tmp, output_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def source_info(ckpt_path: str | Path, checkpoint: dict, net: Seq2SeqTransformer, run: Path | None) -> dict[str, Any]:
     """What every export's ``seq2seq_export.json`` records of where the model came from."""
     return {"checkpoint": str(Path(ckpt_path).resolve()), "global_step": checkpoint.get("global_step"),
@@ -269,13 +244,30 @@ def source_info(ckpt_path: str | Path, checkpoint: dict, net: Seq2SeqTransformer
 
 def write_export(output: Path, info: dict[str, Any], run: Path | None, license: str | None,
                  write: Callable[[Path], None]) -> Path:
-    """The staged folder (:func:`staged_folder`): the format's files (``write(folder)``), ``info``
-    as ``seq2seq_export.json`` and the model card."""
+    """The format's files (``write(folder)``), ``info`` as ``seq2seq_export.json`` and the model card,
+    written to a temporary folder beside ``output`` that replaces it when all is written (a previous
+    folder there is removed only then) and is deleted on an error."""
     card = model_card(info, run, license=license)
-    with staged_folder(output) as tmp:
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise ConfigError(f"cannot write output_dir={output}: {err.strerror or err}") from None
+    try:
         write(tmp)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(card)
+        old = None
+        if output.exists():
+            old = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+            os.replace(output, old)
+        os.replace(tmp, output)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return output
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import Tensor
 
 from seq2seq.data.tokenizer import Tokenizer
-from seq2seq.decoding.search import DecodingConfig, Hypothesis, length_penalty, max_output_lengths
+from seq2seq.decoding.search import DecodingConfig, Hypothesis, max_output_lengths, rerank
 from seq2seq.errors import ConfigError
 from seq2seq.inference.ct2_export import EXPORT_INFO, require_ctranslate2
 from seq2seq.inference.predictor import Predictor
@@ -77,15 +77,12 @@ class CT2Predictor(Predictor):
         outputs can differ from ours; a speed peer rather than a parity check."""
         cfg = self.decoding
         beam = cfg.strategy == "beam"
+        options = dict(beam_size=cfg.beam_size if beam else 1, max_decoding_length=limit, return_scores=True,
+                       return_end_token=True)
         if self.engine_defaults:
-            return dict(beam_size=cfg.beam_size if beam else 1, max_decoding_length=limit, return_scores=True,
-                        return_end_token=True)
-        options = dict(
-            beam_size=cfg.beam_size if beam else 1, num_hypotheses=cfg.beam_size if beam else 1,
-            length_penalty=NEUTRAL_LENGTH_PENALTY if beam else 0.0, return_scores=True, return_end_token=True,
-            min_decoding_length=cfg.min_len, max_decoding_length=limit, max_input_length=0,
-            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-        )
+            return options
+        options.update(num_hypotheses=options["beam_size"], length_penalty=NEUTRAL_LENGTH_PENALTY if beam else 0.0,
+                       min_decoding_length=cfg.min_len, max_input_length=0, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
         if self.suppress_special:
             special = self.info["special_tokens"]
             options["suppress_sequences"] = [[special["pad"]], [special["bos"]]]
@@ -102,9 +99,8 @@ class CT2Predictor(Predictor):
             for tokens, total in zip(result.hypotheses, result.scores):
                 ids = [tgt.piece_to_id(p) for p in tokens]
                 ended = bool(ids) and ids[-1] == eos
-                penalty = length_penalty(len(ids), self.decoding.alpha, self.decoding.length_penalty)  # EOS counted
-                hyps.append(Hypothesis(ids[:-1] if ended else ids, total / penalty, total, ended))
-            nbest.append(sorted(hyps, key=lambda h: -h.score)[: self.decoding.n_best])
+                hyps.append(Hypothesis(ids[:-1] if ended else ids, total, total, ended))
+            nbest.append(rerank(hyps, self.decoding.alpha, self.decoding.length_penalty)[: self.decoding.n_best])
         return nbest
 
     def generate(self, src: Tensor) -> list[list[Hypothesis]]:

@@ -79,10 +79,8 @@ def scores(metrics: dict, task: str) -> list[dict]:
 
 def dataset_name(config: dict) -> str | None:
     data = config.get("data") or {}
-    if data.get("download"):
-        return str(data["download"])
-    if data.get("dataset"):
-        return str(data["dataset"])
+    if data.get("download") or data.get("dataset"):
+        return str(data.get("download") or data["dataset"])
     if data.get("generate"):
         return "toy"
     root = data.get("root")
@@ -101,13 +99,9 @@ def metadata(info: dict, config: dict, task: str, rows: list[dict], license: str
     tags += [str(t) for t in config.get("tags") or [] if str(t) not in tags]
     if info.get("quantization"):
         tags.append(f"{info['quantization']}")
-    meta: dict[str, Any] = {}
-    if languages:
-        meta["language"] = list(dict.fromkeys(languages))
-    meta["license"] = license or "other"
-    meta["library_name"] = "transformers" if transformers else "ctranslate2"
-    meta["pipeline_tag"] = task
-    meta["tags"] = tags
+    meta: dict[str, Any] = {"language": list(dict.fromkeys(languages))} if languages else {}
+    meta.update(license=license or "other", library_name="transformers" if transformers else "ctranslate2",
+                pipeline_tag=task, tags=tags)
     if dataset:
         meta["datasets"] = [dataset]
     if rows:

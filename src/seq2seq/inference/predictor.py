@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from seq2seq.data.tokenizer import Tokenizer, truncate_source
 from seq2seq.decoding.ensemble import teacher_forced_nll
@@ -106,9 +107,12 @@ class Predictor:
         """Detokenized text of each hypothesis."""
         return self.tokenizer.decode_target([h.tokens for h in hypotheses])
 
-    def _sources(self, lines: Sequence[str], todo: list[int], max_src_len: int | None,
-                 warn: Callable[[str], None] | None, first_line: int) -> list[list[int]]:
-        """Source ids of ``lines[i]`` for ``i`` in ``todo``, cut to ``max_src_len`` with a warning."""
+    def source_ids(self, lines: Sequence[str], *, max_src_len: int | None = None,
+                   warn: Callable[[str], None] | None = None, first_line: int = 1,
+                   todo: Sequence[int] | None = None) -> list[list[int]]:
+        """Source ids of ``lines[i]`` for ``i`` in ``todo`` (default: every line) as :meth:`translate`
+        encodes them: cut to ``max_src_len`` with a warning that names the line."""
+        todo = range(len(lines)) if todo is None else todo
         limit = self.max_positions if max_src_len is None else min(int(max_src_len), self.max_positions)
         if limit < 2:
             raise ConfigError(f"max_src_len={max_src_len} must be at least 2 (one token and EOS)")
@@ -120,18 +124,9 @@ class Predictor:
                 sources[j] = truncate_source(ids, limit)
         return sources
 
-    def source_ids(self, lines: Sequence[str], *, max_src_len: int | None = None,
-                   warn: Callable[[str], None] | None = None) -> list[list[int]]:
-        """Source ids of non-blank ``lines`` as :meth:`translate` encodes them (cut to ``max_src_len``
-        with a warning)."""
-        return self._sources(lines, list(range(len(lines))), max_src_len, warn, 1)
-
     def _padded(self, rows: Sequence[Sequence[int]]) -> Tensor:
         """A (len(rows), longest) tensor of ids, padded on the right."""
-        src = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            src[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return src
+        return pad_sequence([torch.tensor(row, dtype=torch.long) for row in rows], True, self.pad_id)
 
     def translate(
         self,
@@ -154,7 +149,7 @@ class Predictor:
         n_best = self.decoding.n_best
         results: list[list[tuple[str, float]]] = [[("", 0.0)] * n_best for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
-        sources = self._sources(lines, todo, max_src_len, warn, first_line)
+        sources = self.source_ids(lines, max_src_len=max_src_len, warn=warn, first_line=first_line, todo=todo)
         done = len(lines) - len(todo)
         for batch in make_batches([len(s) for s in sources], batch_size, max_tokens):
             groups = self.generate(self._padded([sources[j] for j in batch]))
@@ -196,7 +191,7 @@ class Predictor:
             for i, (source, target) in enumerate(zip(sources, targets)):
                 if not source.strip() and target.strip():
                     warn(f"line {i + first_line}: blank source with a non-blank target; not scored (0.0)")
-        src_ids = self._sources(sources, todo, max_src_len, warn, first_line)
+        src_ids = self.source_ids(sources, max_src_len=max_src_len, warn=warn, first_line=first_line, todo=todo)
         tgt_ids = self.tokenizer.encode_target([targets[i] for i in todo]) if todo else []
         positions = self.max_positions
         eos = [True] * len(todo)
