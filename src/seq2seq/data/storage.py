@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seq2seq.utils.io import fsync_dir
+
 FORMAT, VERSION = "seq2seq-tokenized-split", 1
 SIDES = ("src", "tgt")
 
@@ -220,7 +222,7 @@ class SplitWriter:
             json.dump(info, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(self.tmp)
+        fsync_dir(self.tmp)
         try:
             os.rename(self.tmp, self.path)
         except OSError:
@@ -228,17 +230,8 @@ class SplitWriter:
                 raise
             shutil.rmtree(self.tmp, ignore_errors=True)  # another process finished the same entry first
         self.committed = True
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _load(path: Path, dtype: str | None, length: int) -> np.ndarray:
