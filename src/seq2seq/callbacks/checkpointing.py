@@ -213,7 +213,7 @@ class ResumeState(L.Callback):
         writer = logger.experiment  # creating it removes the file the crashed run left
         writer.save()
         text = saved.get("text") or ""
-        header = next(csv.reader(io.StringIO(text)), []) if text else []
+        header = next(csv.reader(io.StringIO(text)), [])
         path = Path(writer.metrics_file_path)
         if header:
             path.parent.mkdir(parents=True, exist_ok=True)

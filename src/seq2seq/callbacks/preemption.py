@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
 PREEMPTED_EXIT_CODE = 75
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
 
 class Preempted(Exception):
@@ -103,7 +102,7 @@ class PreemptionCheckpoint(Checkpoint):
         signals: signal names that mean "preempted".
     """
 
-    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = DEFAULT_SIGNALS) -> None:
+    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
         self.path = Path(dirpath) / "last.ckpt"
         self.signals = [_signal(s) for s in signals]
         self._received: signal.Signals | None = None

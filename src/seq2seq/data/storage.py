@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seq2seq.utils.io import _fsync_dir
+from seq2seq.utils.io import fsync_dir
 
 FORMAT, VERSION = "seq2seq-tokenized-split", 1
 SIDES = ("src", "tgt")
@@ -219,7 +219,7 @@ class SplitWriter:
             json.dump(info, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(self.tmp)
+        fsync_dir(self.tmp)
         try:
             os.rename(self.tmp, self.path)
         except OSError:
@@ -227,7 +227,7 @@ class SplitWriter:
                 raise
             shutil.rmtree(self.tmp, ignore_errors=True)  # another process finished the same entry first
         self.committed = True
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
 

@@ -20,15 +20,14 @@ from typing import BinaryIO, TextIO
 from seq2seq.errors import DataError
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; best effort, as not every platform can open a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+def fsync_dir(folder: Path) -> None:
+    """Make a rename into ``folder`` durable; best effort, as not every platform can open a folder."""
     with contextlib.suppress(OSError):
-        os.fsync(fd)
-    os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -57,7 +56,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(err, OSError) and err.filename in (None, str(tmp)):
             err.filename = str(path)  # the user asked for path; the temporary name means nothing to them
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -64,7 +64,6 @@ def run_info(
     num_parameters: int | None = None,
     sacrebleu_signature: Mapping[str, str | None] | None = None,
     trainer: Any = None,
-    **extra: Any,
 ) -> dict[str, Any]:
     """The reproducibility facts of a run as a flat-ish dict (JSON and YAML friendly)."""
     info: dict[str, Any] = {"git_commit": git_commit(), "git_dirty": git_dirty()}
@@ -74,18 +73,7 @@ def run_info(
         info["sacrebleu_signature"] = {k: v for k, v in sacrebleu_signature.items() if v}
     if trainer is not None:
         info["device"] = device_summary(trainer)
-    info.update(extra)
     return info
-
-
-def _flat(info: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in info.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 @rank_zero_only
@@ -96,6 +84,7 @@ def log_run_info(loggers: Iterable[Any], info: Mapping[str, Any]) -> None:
     TensorBoard ``hparams.yaml`` files are rewritten, TensorBoard reopens its event file, and the
     wandb run stays open until the process ends (or the next job's logger finishes it).
     """
+    from lightning.fabric.utilities.logger import _flatten_dict
     from lightning.pytorch.core.saving import save_hparams_to_yaml
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
@@ -103,12 +92,12 @@ def log_run_info(loggers: Iterable[Any], info: Mapping[str, Any]) -> None:
     for logger in loggers:
         logger.log_hyperparams({"run_info": info})
         if isinstance(logger, TensorBoardLogger):
-            text = "\n".join(f"- **{k}**: `{v}`" for k, v in _flat(info).items())
+            text = "\n".join(f"- **{k}**: `{v}`" for k, v in _flatten_dict(info).items())
             logger.experiment.add_text("run_info", text)
             logger.experiment.flush()
             # Its save() writes hparams.yaml only when the file is missing: rewrite it with the info.
             save_hparams_to_yaml(os.path.join(logger.log_dir, "hparams.yaml"), logger.hparams)
         elif isinstance(logger, WandbLogger):
             # The summary is what the runs table shows; the config already has it from log_hyperparams.
-            logger.experiment.summary.update({f"run_info/{k}": v for k, v in _flat(info).items()})
+            logger.experiment.summary.update({f"run_info/{k}": v for k, v in _flatten_dict(info).items()})
         logger.save()
