@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from seq2seq.data.sources import _file_digest
+from seq2seq.data.sources import file_digest
 from seq2seq.errors import DataError
 from seq2seq.utils.io import atomic_path
 
@@ -144,7 +144,7 @@ def download_multi30k(
             if expected is None:
                 logger.debug("Keeping %s (no checksum known)", target)
                 continue
-            if _file_digest(target) == expected:
+            if file_digest(target) == expected:
                 logger.debug("Keeping %s (checksum ok)", target)
                 continue
             logger.warning("%s has the wrong checksum; downloading it again", target)

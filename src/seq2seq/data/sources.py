@@ -257,7 +257,7 @@ def _blocks(path: Path, progress: Progress | None = None) -> Iterator[bytes]:
         raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
 
 
-def _file_digest(path: Path, progress: Progress | None = None) -> str:
+def file_digest(path: Path, progress: Progress | None = None) -> str:
     """SHA-256 of a file's content (decompressed for ``.gz``), ~1.1 GB per CPU second."""
     digest = hashlib.sha256()
     for data in _blocks(path, progress):
@@ -455,7 +455,7 @@ class _StampedFiles(PairSource):
     def _file_digests(self) -> list[str]:
         def compute() -> list[str]:
             with self._progress("Hashing") as progress:
-                return [_file_digest(p, progress) for p in self.paths]
+                return [file_digest(p, progress) for p in self.paths]
 
         return self._remember("files", compute)
 

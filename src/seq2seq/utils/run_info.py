@@ -76,6 +76,17 @@ def run_info(
     return info
 
 
+def _flat(info: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    # Lightning's own flattening (lightning.fabric.utilities.logger._flatten_dict) is private.
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @rank_zero_only
 def log_run_info(loggers: Iterable[Any], info: Mapping[str, Any]) -> None:
     """Give ``info`` (see :func:`run_info`) to every logger under the ``run_info`` key.
@@ -84,7 +95,6 @@ def log_run_info(loggers: Iterable[Any], info: Mapping[str, Any]) -> None:
     TensorBoard ``hparams.yaml`` files are rewritten, TensorBoard reopens its event file, and the
     wandb run stays open until the process ends (or the next job's logger finishes it).
     """
-    from lightning.fabric.utilities.logger import _flatten_dict
     from lightning.pytorch.core.saving import save_hparams_to_yaml
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
@@ -92,12 +102,12 @@ def log_run_info(loggers: Iterable[Any], info: Mapping[str, Any]) -> None:
     for logger in loggers:
         logger.log_hyperparams({"run_info": info})
         if isinstance(logger, TensorBoardLogger):
-            text = "\n".join(f"- **{k}**: `{v}`" for k, v in _flatten_dict(info).items())
+            text = "\n".join(f"- **{k}**: `{v}`" for k, v in _flat(info).items())
             logger.experiment.add_text("run_info", text)
             logger.experiment.flush()
             # Its save() writes hparams.yaml only when the file is missing: rewrite it with the info.
             save_hparams_to_yaml(os.path.join(logger.log_dir, "hparams.yaml"), logger.hparams)
         elif isinstance(logger, WandbLogger):
             # The summary is what the runs table shows; the config already has it from log_hyperparams.
-            logger.experiment.summary.update({f"run_info/{k}": v for k, v in _flatten_dict(info).items()})
+            logger.experiment.summary.update({f"run_info/{k}": v for k, v in _flat(info).items()})
         logger.save()
