@@ -24,15 +24,10 @@ _METRIC_NAMES = {"bleu": "BLEU", "bleu_tok_lc": "BLEU (tok., lc)", "chrf": "chrF
 
 
 def split_common(keys: Sequence[Sequence[str]]) -> tuple[list[str], list[str]]:
-    """(overrides in every one of ``keys``, each one's other overrides joined)."""
+    """(overrides in every one of ``keys``, each one's other overrides joined): what tells rows (their
+    ``Group.key``) or jobs apart; of one row, all its overrides are shared and its label is empty."""
     common = [o for o in keys[0] if all(o in key for key in keys[1:])] if keys else []
     return common, [" ".join(o for o in key if o not in common) for key in keys]
-
-
-def varying_labels(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
-    """(overrides shared by every row, each row's other overrides): what tells rows apart (one row:
-    all its overrides are shared, its label is empty)."""
-    return split_common([group.key for group in groups])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -90,7 +85,7 @@ def _test_note(baseline: Group | None, resamples: int, seed: int) -> str:
 def markdown(groups: Sequence[Group], columns: Sequence[str], baseline: Group | None = None,
              resamples: int = 0, seed: int = 0) -> str:
     """The report as Markdown (see the module docstring)."""
-    common, varying = varying_labels(groups)
+    common, varying = split_common([group.key for group in groups])
     header = ["row", "jobs", "n", "failed", "size", "parameters", *columns, "tokens/s", "wall_time_s", "device", "overrides"]
     rows = [[f"{group.number}{' (baseline)' if group is baseline else ''}", ", ".join(j["job"] for j in group.jobs),
              str(len(group.finished)), str(len(group.failed)), str(group.common("size") or ""),
@@ -154,7 +149,7 @@ def _signature_tt(value: str) -> str:
 def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | None = None, resamples: int = 0,
           seed: int = 0, caption: str = "") -> str:
     """The report as a LaTeX ``table`` (see the module docstring)."""
-    common, varying = varying_labels(groups)
+    common, varying = split_common([group.key for group in groups])
     body = []
     for group, label in zip(groups, varying):
         cells = [latex_escape(label or f"row {group.number}") + (" (baseline)" if group is baseline else ""),
@@ -194,7 +189,7 @@ def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | Non
 # ---------------------------------------------------------------------------------- CSV
 def csv_text(groups: Sequence[Group], columns: Sequence[str]) -> str:
     """One line per row: every summary and comparison as plain numbers (see the module docstring)."""
-    _, varying = varying_labels(groups)
+    _, varying = split_common([group.key for group in groups])
     header = ["row", "label", "jobs", "seeds", "n", "failed", "size", "device", "selected by"]
     for column in [*columns, *NUMBERS]:
         header += [column, f"{column}_std", f"{column}_n", f"{column}_min", f"{column}_max"]
