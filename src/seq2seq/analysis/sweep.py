@@ -1,29 +1,10 @@
 """Results table and plot of a sweep (the library behind ``python -m seq2seq.report SWEEP_DIR``).
 
 A Hydra multirun folder holds one folder per job (``<sweep>/<N>/`` with ``.hydra/``,
-``metrics.json`` and ``csv/metrics.csv``); :func:`read_job` makes each a row:
-
-=================  ===========================================================================
-size               the ``model/size`` choice and the model's shape (d_model, layers)
-parameters         ``num_parameters`` of metrics.json
-val/*, test/*      every metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule for all: val/* at
-                   the validation that chose best.ckpt (the best ``monitor`` value in
-                   csv/metrics.csv; without the curve, ``<monitor>_best``), test/* of best.ckpt
-final/*            the run's final scores (``final:`` in conf/train.yaml)
-<folder>/*         val/* and test/* of each subfolder with a metrics.json of its own (a
-                   ``seq2seq-eval`` run written into the job: ``hydra.run.dir=<job>/eval_beam5``)
-selected by        the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
-seed               the job's ``seed`` (override, else config)
-tokens/s           mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
-wall time          ``wall_time_s`` of metrics.json, else the job folder's timestamps
-device             metrics.json's ``device``, else the trainer config
-signatures         sacreBLEU's BLEU, the tokenized lowercased BLEU's, ROUGE's
-overrides          the job's command-line overrides
-=================  ===========================================================================
-
-A job without a finished metrics.json is ``failed``, with the reason its ``failure.json`` or its
-folder gives. :mod:`seq2seq.analysis.groups` groups, summarizes and tests the rows,
-:mod:`seq2seq.analysis.tables` writes them, :func:`report` writes every file into ``--out``.
+``metrics.json`` and ``csv/metrics.csv``); :func:`read_job` makes each a row (its columns:
+docs/baselines.md, "Columns of jobs.csv"); a job without a finished metrics.json is ``failed``, with
+the reason its ``failure.json`` or its folder gives. :mod:`seq2seq.analysis.groups` groups, summarizes
+and tests the rows, :mod:`seq2seq.analysis.tables` writes them, :func:`report` writes every file into ``--out``.
 """
 
 from __future__ import annotations
