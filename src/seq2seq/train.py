@@ -41,12 +41,20 @@ from seq2seq.utils.run_info import log_run_info, run_info
 log = logging.getLogger(__name__)
 
 
-def _trainer(cfg: DictConfig) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers. The preemption
-    checkpoint goes last (Lightning runs checkpoint callbacks after the others in their given order:
-    it saves after every other checkpoint of the step), and is dropped without checkpointing;
-    checkpoints are written atomically unless another CheckpointIO plugin is set."""
+def _plugins(configured) -> list:
+    """The trainer's plugins, with checkpoints written atomically unless another CheckpointIO is set."""
     from lightning.fabric.plugins import CheckpointIO
+
+    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in (configured or [])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def _trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks, loggers and plugins. The preemption
+    checkpoint goes last (Lightning runs checkpoint callbacks after the others in their given order:
+    it saves after every other checkpoint of the step), and is dropped without checkpointing."""
 
     def instantiate_all(group: DictConfig | None) -> list:
         return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
@@ -54,11 +62,8 @@ def _trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = sorted(instantiate_all(cfg.get("callbacks")), key=lambda c: isinstance(c, PreemptionCheckpoint))
     if cfg.trainer.get("enable_checkpointing", True) is False:
         callbacks = [c for c in callbacks if not isinstance(c, PreemptionCheckpoint)]
-    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in (cfg.trainer.get("plugins") or [])]
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
     return instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False,
-                       plugins=plugins)
+                       plugins=_plugins(cfg.trainer.get("plugins")))
 
 
 def requested_checkpoint(cfg: DictConfig) -> str | None:
