@@ -144,10 +144,6 @@ class Translator:
         return replace(self._decoding)
 
     @property
-    def max_src_len(self) -> int | None:
-        return self._batching["max_src_len"]
-
-    @property
     def target_languages(self) -> list[str]:
         """The languages a multilingual checkpoint translates into; empty for one language pair."""
         return self.tokenizer.target_languages

@@ -49,16 +49,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("test", "val")
 
 
-def run_config_of(ckpt_path: Path) -> DictConfig | None:
-    """The config (``<run>/.hydra/config.yaml``) of the run folder holding ``ckpt_path``, if any."""
-    for folder in list(ckpt_path.resolve().parents)[:4]:
-        candidate = folder / ".hydra" / "config.yaml"
-        if candidate.is_file():
-            log.info("Using the training run's config %s", candidate)
-            return OmegaConf.load(candidate)
-    return None
-
-
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` (or score ``cfg.hyp_file``) as ``cfg`` says; returns what was written
     to metrics.json."""
@@ -169,14 +159,13 @@ def _jobs(cfg: DictConfig, datamodule: Seq2SeqDataModule, tokenizer: Tokenizer) 
         selected = [datamodule.pair(tgt_lang)] if tgt_lang else list(datamodule.corpora.items())
         return [(name, data, tokenizer.for_target(data.tgt_lang)) for name, data in selected]
     corpus = datamodule.corpora[None]
-    if tokenizer.target_tags:
-        if tgt_lang and tgt_lang != corpus.tgt_lang:
-            raise ConfigError(
-                f"tgt_lang={tgt_lang} but the data config's target language is {corpus.tgt_lang}: its references "
-                f"are {corpus.tgt_lang}; set data.tgt_lang={tgt_lang} (or leave tgt_lang out)"
-            )
-        return [(None, corpus, tokenizer.for_target(corpus.tgt_lang))]
-    return [(None, corpus, tokenizer.for_target(tgt_lang))]  # a one-pair model: tgt_lang refused
+    if tokenizer.target_tags and tgt_lang and tgt_lang != corpus.tgt_lang:
+        raise ConfigError(
+            f"tgt_lang={tgt_lang} but the data config's target language is {corpus.tgt_lang}: its references "
+            f"are {corpus.tgt_lang}; set data.tgt_lang={tgt_lang} (or leave tgt_lang out)"
+        )
+    # A multilingual model into the corpus's language; a one-pair model refuses a tgt_lang.
+    return [(None, corpus, tokenizer.for_target(corpus.tgt_lang if tokenizer.target_tags else tgt_lang))]
 
 
 def score_hypotheses(cfg: DictConfig) -> dict:
@@ -214,8 +203,13 @@ def _split(cfg: DictConfig) -> str:
 
 def _data_of(cfg: DictConfig, ckpt: Path | None) -> tuple[str, Seq2SeqDataModule, dict]:
     """(task, DataModule, what metrics.json says of the corpus) of ``cfg.data``, or of the config of
-    the run ``ckpt`` comes from; checks that every pair's BLEU tokenizer can run before anything is decoded."""
-    run_cfg = run_config_of(ckpt) if ckpt is not None else None
+    the run ``ckpt`` comes from (``<run>/.hydra/config.yaml`` up to 4 folders above it); checks that every
+    pair's BLEU tokenizer can run before anything is decoded."""
+    configs = [folder / ".hydra" / "config.yaml" for folder in list(ckpt.resolve().parents)[:4]] if ckpt else []
+    run_config = next((path for path in configs if path.is_file()), None)
+    run_cfg = OmegaConf.load(run_config) if run_config is not None else None
+    if run_config is not None:
+        log.info("Using the training run's config %s", run_config)
     task = check_task(cfg.get("task") or (run_cfg.get("task") if run_cfg is not None else None) or "translation")
     if cfg.get("data") is None and run_cfg is None:
         where = f"{ckpt} is not inside a run folder with .hydra/config.yaml" if ckpt else "hyp_file= needs one"

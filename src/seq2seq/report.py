@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from seq2seq.analysis.significance import RESAMPLES, SEED
-from seq2seq.analysis.sweep import FORMATS, report
+from seq2seq.analysis.sweep import report
 from seq2seq.errors import print_user_error
 
 
@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seq2seq.report", description="Results table and plot of a sweep.")
     parser.add_argument("sweep_dir", help="a multirun folder (<sweep>/<N>/ per job)")
     parser.add_argument("--out", default=None, help="where to write the tables and plot (default: SWEEP_DIR)")
-    parser.add_argument("--format", choices=FORMATS, default="markdown", help="what to print (every format is written)")
+    parser.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown",
+                        help="what to print (every format is written)")
     parser.add_argument("--group-by", default=None,
                         help="KEY[,KEY]: jobs with equal values make a row (default: equal overrides but seed; job: one row per job)")
     parser.add_argument("--baseline", default=None, help="ROW: test every other row against it (row number or unique label text)")

@@ -11,6 +11,7 @@ sweepers; a job of a multirun that raises writes ``failure.json`` and the sweep 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from seq2seq.analysis.final_scores import check_final, final_scores
 from seq2seq.callbacks.checkpointing import AtomicCheckpointIO, finished_run, resume_checkpoint
@@ -39,17 +41,29 @@ from seq2seq.utils.run_info import log_run_info, run_info
 log = logging.getLogger(__name__)
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
-    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+def _plugins(configured) -> list:
+    """The trainer's plugins, with checkpoints written atomically unless another CheckpointIO is set."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in (configured or [])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
-def _callbacks(group: DictConfig | None, checkpointing: bool = True) -> list:
-    """The configured callbacks, the preemption checkpoint last (Lightning runs checkpoint callbacks
-    after the others in their given order: it saves after every other checkpoint of the step)."""
-    callbacks = _instantiate_all(group)
-    if not checkpointing:
-        return [c for c in callbacks if not isinstance(c, PreemptionCheckpoint)]
-    return sorted(callbacks, key=lambda c: isinstance(c, PreemptionCheckpoint))
+def _trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks, loggers and plugins. The preemption
+    checkpoint goes last (Lightning runs checkpoint callbacks after the others in their given order:
+    it saves after every other checkpoint of the step), and is dropped without checkpointing."""
+
+    def instantiate_all(group: DictConfig | None) -> list:
+        return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+    callbacks = sorted(instantiate_all(cfg.get("callbacks")), key=lambda c: isinstance(c, PreemptionCheckpoint))
+    if cfg.trainer.get("enable_checkpointing", True) is False:
+        callbacks = [c for c in callbacks if not isinstance(c, PreemptionCheckpoint)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False,
+                       plugins=_plugins(cfg.trainer.get("plugins")))
 
 
 def requested_checkpoint(cfg: DictConfig) -> str | None:
@@ -60,16 +74,6 @@ def requested_checkpoint(cfg: DictConfig) -> str | None:
         log.info("Requeued SLURM job (SLURM_RESTART_COUNT=%s): ckpt_path=auto", os.environ["SLURM_RESTART_COUNT"])
         return "auto"
     return requested
-
-
-def _plugins(configured) -> list:
-    """The trainer's plugins, with checkpoints written atomically unless another CheckpointIO is set."""
-    from lightning.fabric.plugins import CheckpointIO
-
-    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in (configured or [])]
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
-    return plugins
 
 
 def train(cfg: DictConfig) -> dict:
@@ -126,10 +130,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("Fine-tuning %s (step %s) on %s with its %s-piece vocabulary (data.vocab_size and "
                  "data.spm_model_type are not used)", parent.path, parent.global_step, datamodule.root,
                  parent.tokenizer.tgt_vocab_size)
-    checkpointing = cfg.trainer.get("enable_checkpointing", True) is not False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg.get("callbacks"), checkpointing),
-                                     logger=_instantiate_all(cfg.get("logger")) or False,
-                                     plugins=_plugins(cfg.trainer.get("plugins")))
+    trainer = _trainer(cfg)
     resolved = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
     for logger in trainer.loggers:
@@ -160,7 +161,11 @@ def train(cfg: DictConfig) -> dict:
             raise _report_preemption(stop, trainer, output_dir) from None
 
     results = module.eval_results.get("test") or module.eval_results.get("val") or {}
-    num_parameters = _num_parameters(trainer, module)
+    full_parameters = contextlib.nullcontext()
+    if isinstance(trainer.model, FullyShardedDataParallel):  # each rank holds shards: count the gathered ones
+        full_parameters = FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False)
+    with full_parameters:
+        num_parameters = module.net.num_parameters()
     checkpoints = {}
     if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
         folder = Path(trainer.checkpoint_callback.dirpath)
@@ -183,16 +188,6 @@ def train(cfg: DictConfig) -> dict:
             status="finished",
         )
     return metrics
-
-
-def _num_parameters(trainer: L.Trainer, module: Seq2SeqModule) -> int:
-    """The network's parameter count; under FSDP (each rank holds shards) with the full parameters gathered."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    if isinstance(trainer.model, FullyShardedDataParallel):
-        with FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False):
-            return module.net.num_parameters()
-    return module.net.num_parameters()
 
 
 def _report_preemption(stop: Preempted, trainer: L.Trainer, output_dir: Path) -> Preempted:

@@ -9,6 +9,7 @@ only if every seed pair is. docs/baselines.md explains why.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import math
 import statistics
@@ -102,9 +103,10 @@ class Group:
         return values.pop() if len(values) == 1 else ("mixed" if values else None)
 
 
-def metric_columns(rows: Sequence[dict]) -> list[str]:
-    """Every metric column of the jobs, ordered: the run's own (val, then test), ``final/``, then each
-    eval folder's; within one, BLEU, tokenized lowercased BLEU, chrF, ROUGE, then the rest."""
+def metric_columns(rows: Sequence[dict], patterns: Sequence[str] | None = None) -> list[str]:
+    """The metric columns of the jobs that match one of ``patterns`` (shell-style, e.g. ``val/bleu*``,
+    ``eval_beam5/*``; all without patterns), ordered: the run's own (val, then test), ``final/``, then
+    each eval folder's; within one, BLEU, tokenized lowercased BLEU, chrF, ROUGE, then the rest."""
     order = ("bleu", "bleu_tok_lc", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
     found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and _parts(k)}
 
@@ -113,7 +115,13 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
         source = 0 if not prefix else 1 if prefix == "final" else 2
         return (source, prefix, SPLITS.index(split), order.index(metric) if metric in order else len(order), metric)
 
-    return sorted((c for c in found if not c.endswith(("/loss", "/ppl")) and "/loss/" not in c), key=rank)
+    columns = sorted((c for c in found if not c.endswith(("/loss", "/ppl")) and "/loss/" not in c), key=rank)
+    if not patterns:
+        return columns
+    chosen = [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    if not chosen:
+        raise ConfigError(f"--metrics {','.join(patterns)} matches no metric; the jobs have: {', '.join(columns) or 'none'}")
+    return chosen
 
 
 def _parts(column: str) -> tuple[str, str, str] | None:
@@ -151,16 +159,14 @@ def _key(job: dict, group_by: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(o for o in job.get("_overrides", ()) if o.lstrip("+~").partition("=")[0] != SEED_KEY)
 
 
-def group_jobs(rows: Sequence[dict], group_by: Sequence[str] | None = None,
-               columns: Sequence[str] | None = None) -> list[Group]:
-    """Rows grouped and summarized (see the module docstring), in the order of their first job."""
+def group_jobs(rows: Sequence[dict], group_by: Sequence[str] | None, columns: Sequence[str]) -> list[Group]:
+    """Rows grouped and ``columns`` summarized (see the module docstring), in the order of their first job."""
     by_key: dict[tuple[str, ...], list[dict]] = {}
     for row in rows:
         by_key.setdefault(_key(row, group_by), []).append(row)
     groups = [Group(i, key, jobs) for i, (key, jobs) in enumerate(by_key.items(), 1)]
-    numbers = [*(columns if columns is not None else metric_columns(rows)), *NUMBERS]
     for group in groups:
-        for column in numbers:
+        for column in [*columns, *NUMBERS]:
             values = [float(job[column]) for job in group.finished
                       if isinstance(job.get(column), (int, float)) and math.isfinite(job[column])]
             if values:

@@ -1,35 +1,15 @@
 """Results table and plot of a sweep (the library behind ``python -m seq2seq.report SWEEP_DIR``).
 
 A Hydra multirun folder holds one folder per job (``<sweep>/<N>/`` with ``.hydra/``,
-``metrics.json`` and ``csv/metrics.csv``); :func:`read_job` makes each a row:
-
-=================  ===========================================================================
-size               the ``model/size`` choice and the model's shape (d_model, layers)
-parameters         ``num_parameters`` of metrics.json
-val/*, test/*      every metric (BLEU, ``bleu_tok_lc``, chrF, ROUGE), one rule for all: val/* at
-                   the validation that chose best.ckpt (the best ``monitor`` value in
-                   csv/metrics.csv; without the curve, ``<monitor>_best``), test/* of best.ckpt
-final/*            the run's final scores (``final:`` in conf/train.yaml)
-<folder>/*         val/* and test/* of each subfolder with a metrics.json of its own (a
-                   ``seq2seq-eval`` run written into the job: ``hydra.run.dir=<job>/eval_beam5``)
-selected by        the monitored metric and its mode (metrics.json's ``monitor``, else the task's)
-seed               the job's ``seed`` (override, else config)
-tokens/s           mean of ``train/tokens_per_s`` over csv/metrics.csv, else metrics.json's value
-wall time          ``wall_time_s`` of metrics.json, else the job folder's timestamps
-device             metrics.json's ``device``, else the trainer config
-signatures         sacreBLEU's BLEU, the tokenized lowercased BLEU's, ROUGE's
-overrides          the job's command-line overrides
-=================  ===========================================================================
-
-A job without a finished metrics.json is ``failed``, with the reason its ``failure.json`` or its
-folder gives. :mod:`seq2seq.analysis.groups` groups, summarizes and tests the rows,
-:mod:`seq2seq.analysis.tables` writes them, :func:`report` writes every file into ``--out``.
+``metrics.json`` and ``csv/metrics.csv``); :func:`read_job` makes each a row (its columns:
+docs/baselines.md, "Columns of jobs.csv"); a job without a finished metrics.json is ``failed``, with
+the reason its ``failure.json`` or its folder gives. :mod:`seq2seq.analysis.groups` groups, summarizes
+and tests the rows, :mod:`seq2seq.analysis.tables` writes them, :func:`report` writes every file into ``--out``.
 """
 
 from __future__ import annotations
 
 import csv
-import fnmatch
 import io
 import json
 import re
@@ -51,8 +31,7 @@ from seq2seq.analysis.groups import (
     metric_columns,
 )
 from seq2seq.analysis.significance import RESAMPLES, SEED
-from seq2seq.analysis.tables import varying_labels
-from seq2seq.errors import ConfigError, DataError
+from seq2seq.errors import DataError
 from seq2seq.metrics.text_metrics import DEFAULT_MONITOR
 from seq2seq.utils.io import atomic_path, atomic_write_text
 
@@ -251,7 +230,7 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     from matplotlib.figure import Figure  # not pyplot: no display, any backend
     from matplotlib.ticker import EngFormatter
 
-    _, varying = varying_labels(groups)
+    _, varying = tables.split_common([group.key for group in groups])
     done = [(g, v) for g, v in zip(groups, varying) if g.finished and "parameters" in g.summaries]
     candidates = ("test/bleu", "val/bleu", "test/rougeLsum", "val/rougeLsum")
     key = next((k for k in candidates if done and all(k in g.summaries for g, _ in done)), "val/bleu")
@@ -281,21 +260,6 @@ def plot(groups: Sequence[Group], path: Path, title: str = "") -> Path:
     return path
 
 
-FORMATS = ("markdown", "latex", "csv")
-
-
-def select_columns(rows: Sequence[dict], patterns: Sequence[str] | None) -> list[str]:
-    """The metric columns of ``rows`` that match one of ``patterns`` (shell-style, e.g.
-    ``val/bleu*``, ``eval_beam5/*``), in the report's order; all of them without patterns."""
-    columns = metric_columns(rows)
-    if not patterns:
-        return columns
-    chosen = [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
-    if not chosen:
-        raise ConfigError(f"--metrics {','.join(patterns)} matches no metric; the jobs have: {', '.join(columns) or 'none'}")
-    return chosen
-
-
 def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Sequence[str] | None = None,
            baseline: str | None = None, metrics: Sequence[str] | None = None, resamples: int = RESAMPLES,
            seed: int = SEED, caption: str | None = None) -> dict[str, Any]:
@@ -311,7 +275,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, group_by: Se
     if not jobs:
         raise DataError(f"no job folders (0/, 1/, ...) in {sweep_dir}: is it a multirun's folder?")
     rows = [read_job(job) for job in jobs]
-    columns = select_columns(rows, metrics)
+    columns = metric_columns(rows, metrics)
     groups = group_jobs(rows, group_by, columns)
     base = find_group(groups, str(baseline)) if baseline is not None else None
     if base is not None:

@@ -1,11 +1,8 @@
-"""The grouped sweep report as Markdown, LaTeX (booktabs) and CSV (:mod:`seq2seq.analysis.groups` makes the rows).
+"""The grouped sweep report (rows: :mod:`seq2seq.analysis.groups`) as Markdown, LaTeX (booktabs) and CSV.
 
-Markdown (``results.md``) and LaTeX (``results.tex``; compiles with ``\\usepackage{booktabs}``) show
-each number as ``mean ± std``, with ``†`` where the row differs from the baseline row at p < 0.05,
-then the significance table, the failed jobs and the signatures (LaTeX: notes under the table).
-``results.csv`` holds every number of a row as ``<column>``, ``<column>_std``, ``_n``, ``_min``,
-``_max`` and, against a baseline, ``_delta``, ``_ci_low``, ``_ci_high``, ``_p``; ``significance.csv``
-one line per tested seed pair. docs/baselines.md shows them.
+``results.csv`` holds each number of a row as ``<column>``, ``_std``, ``_n``, ``_min``, ``_max`` and,
+against a baseline, ``_delta``, ``_ci_low``, ``_ci_high``, ``_p``; ``significance.csv`` one line per
+tested seed pair. docs/baselines.md shows them all.
 """
 
 from __future__ import annotations
@@ -24,15 +21,10 @@ _METRIC_NAMES = {"bleu": "BLEU", "bleu_tok_lc": "BLEU (tok., lc)", "chrf": "chrF
 
 
 def split_common(keys: Sequence[Sequence[str]]) -> tuple[list[str], list[str]]:
-    """(overrides in every one of ``keys``, each one's other overrides joined)."""
+    """(overrides in every one of ``keys``, each one's other overrides joined): what tells rows (their
+    ``Group.key``) or jobs apart; of one row, all its overrides are shared and its label is empty."""
     common = [o for o in keys[0] if all(o in key for key in keys[1:])] if keys else []
     return common, [" ".join(o for o in key if o not in common) for key in keys]
-
-
-def varying_labels(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
-    """(overrides shared by every row, each row's other overrides): what tells rows apart (one row:
-    all its overrides are shared, its label is empty)."""
-    return split_common([group.key for group in groups])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -89,8 +81,9 @@ def _test_note(baseline: Group | None, resamples: int, seed: int) -> str:
 # ---------------------------------------------------------------------------------- Markdown
 def markdown(groups: Sequence[Group], columns: Sequence[str], baseline: Group | None = None,
              resamples: int = 0, seed: int = 0) -> str:
-    """The report as Markdown (see the module docstring)."""
-    common, varying = varying_labels(groups)
+    """``results.md``: each number as ``mean ± std``, ``†`` where the row differs from the baseline row
+    at p < 0.05; then the significance table, the failed jobs and the signatures."""
+    common, varying = split_common([group.key for group in groups])
     header = ["row", "jobs", "n", "failed", "size", "parameters", *columns, "tokens/s", "wall_time_s", "device", "overrides"]
     rows = [[f"{group.number}{' (baseline)' if group is baseline else ''}", ", ".join(j["job"] for j in group.jobs),
              str(len(group.finished)), str(len(group.failed)), str(group.common("size") or ""),
@@ -153,8 +146,8 @@ def _signature_tt(value: str) -> str:
 
 def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | None = None, resamples: int = 0,
           seed: int = 0, caption: str = "") -> str:
-    """The report as a LaTeX ``table`` (see the module docstring)."""
-    common, varying = varying_labels(groups)
+    """``results.tex``: a booktabs ``table`` as :func:`markdown`'s, the notes under it."""
+    common, varying = split_common([group.key for group in groups])
     body = []
     for group, label in zip(groups, varying):
         cells = [latex_escape(label or f"row {group.number}") + (" (baseline)" if group is baseline else ""),
@@ -193,8 +186,8 @@ def latex(groups: Sequence[Group], columns: Sequence[str], baseline: Group | Non
 
 # ---------------------------------------------------------------------------------- CSV
 def csv_text(groups: Sequence[Group], columns: Sequence[str]) -> str:
-    """One line per row: every summary and comparison as plain numbers (see the module docstring)."""
-    _, varying = varying_labels(groups)
+    """``results.csv``: one line per row, every summary and comparison as plain numbers."""
+    _, varying = split_common([group.key for group in groups])
     header = ["row", "label", "jobs", "seeds", "n", "failed", "size", "device", "selected by"]
     for column in [*columns, *NUMBERS]:
         header += [column, f"{column}_std", f"{column}_n", f"{column}_min", f"{column}_max"]

@@ -52,20 +52,20 @@ def bleu_tokenizer(tgt_lang: str | None = None, tokenize: str | None = None, che
     else:
         base = _language(tgt_lang)
         name = BLEU_TOKENIZER_BY_LANGUAGE.get(_ISO_639_3_TO_1.get(base, base), DEFAULT_BLEU_TOKENIZER)
-    if check and name in _EXTRAS:
-        extra, modules, packages = _EXTRAS[name]
-        try:
-            for module in modules:
-                importlib.import_module(module)
-        except ImportError as err:
-            language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
-            raise ConfigError(
-                f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
-                f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
-                "another tokenizer with data.bleu_tokenize (e.g. flores200)"
-            ) from None
-    if check:
-        _bleu(name)
+    if not check:
+        return name
+    extra, modules, packages = _EXTRAS.get(name, (None, (), None))
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as err:
+        language = f"target language {tgt_lang!r}" if tgt_lang else f"bleu_tokenize={name}"
+        raise ConfigError(
+            f"BLEU for {language} uses sacreBLEU's {name} tokenizer, which needs {packages} "
+            f"(not installed here: {err.name or err}): pip install 'sacrebleu[{extra}]', or choose "
+            "another tokenizer with data.bleu_tokenize (e.g. flores200)"
+        ) from None
+    _bleu(name)
     return name
 
 
