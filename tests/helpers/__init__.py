@@ -225,7 +225,12 @@ def kill_and_resume(tmp_path: Path, overrides: list[str], timeout: int = 600) ->
             assert time.monotonic() < deadline, f"no mid-epoch checkpoint within {timeout} s"
             stamp = last.stat().st_mtime_ns if last.exists() else None
             if stamp is not None and stamp != seen:
-                seen, saved = stamp, _mid_epoch_checkpoint(last)
+                # Stopped while we look, so the checkpoint killed on is the one looked at (a busy machine
+                # once let b write the epoch's last one between the look and the kill).
+                killed.send_signal(signal.SIGSTOP)
+                seen, saved = last.stat().st_mtime_ns, _mid_epoch_checkpoint(last)
+                if saved is None:
+                    killed.send_signal(signal.SIGCONT)
             time.sleep(0.05)
         killed.send_signal(signal.SIGKILL)
     finally:
