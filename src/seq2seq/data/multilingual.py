@@ -93,6 +93,7 @@ class TemperatureBatchSampler(ResumableBatchSampler):
         seed: int = 0,
         shuffle: bool = True,
     ) -> None:
+        super().__init__()
         if len(samplers) != len(sizes) or not samplers:
             raise ValueError(f"{len(samplers)} samplers for {len(sizes)} pair sizes")
         self.samplers = list(samplers)

@@ -97,12 +97,15 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     what = "batch sampler"
     same = "the same data, data.max_tokens and number of devices"
-    epoch = 0
-    _resume_at = 0  # batches of self.epoch to skip on the next iteration
-    _position = 0  # batches of self.epoch handed out so far
     seed: int
     num_replicas: int
     num_batches: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+        self._resume_at = 0  # batches of self.epoch to skip on the next iteration
+        self._position = 0  # batches of self.epoch handed out so far
 
     def _batches(self, start: int) -> Iterator[list[int]]:
         raise NotImplementedError
@@ -176,6 +179,7 @@ class TokenBudgetBatchSampler(ResumableBatchSampler):
         rank: int = 0,
         drop_last: bool = False,
     ) -> None:
+        super().__init__()
         # int32: half the memory of int64 for corpora of millions of pairs (lengths are far below 2^31).
         src = np.asarray(src_lengths).reshape(-1).astype(np.int32)
         tgt = np.asarray(tgt_lengths).reshape(-1).astype(np.int32)
