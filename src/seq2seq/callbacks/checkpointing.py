@@ -144,6 +144,7 @@ class ResumeState(L.Callback):
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._trainer: L.Trainer | None = None  # set in setup; state_dict needs it to gather and read the CSV
 
     # -- saving --------------------------------------------------------------------------------
     @staticmethod
@@ -166,7 +167,7 @@ class ResumeState(L.Callback):
         return {"metrics": metrics, "step": int(loop._batches_that_stepped)}
 
     def state_dict(self) -> dict[str, Any]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._trainer
         state: dict[str, Any] = {"rng": _rng_state(), "csv": []}
         if trainer is None:
             return state

@@ -102,6 +102,7 @@ class ThroughputMonitor(L.Callback):
         self._start = None
         self._elapsed = 0.0  # seconds of training steps in this window (host clock)
         self._events: list = []  # CUDA: (start, end) event of each step in this window
+        self._counts: torch.Tensor | None = None  # real (non-pad) source and target tokens, on the device
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.strategy.root_device.type == "cuda":
@@ -120,7 +121,7 @@ class ThroughputMonitor(L.Callback):
         self._start = None
         pad = pl_module.net.config.pad_id
         counts = torch.stack([(batch["src"] != pad).sum(), (batch["tgt_out"] != pad).sum()])
-        self._counts = counts if self._steps == 0 else self._counts + counts
+        self._counts = counts if self._counts is None else self._counts + counts
         self._src_cells += batch["src"].numel()
         self._tgt_cells += batch["tgt_out"].numel()
         self._sentences += batch["src"].size(0)
